@@ -1,0 +1,40 @@
+# arena-pref: the two set-up commands are `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+SNAKEMAKE := $(BIN)/snakemake
+JOBS   ?= 2
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup demo test lint format report clean
+
+setup: $(BIN)/.installed
+
+$(BIN)/.installed: envs/requirements.txt envs/requirements.lock pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -r envs/requirements.lock -r envs/requirements.txt
+	$(BIN)/python -m pip install -q --no-deps -e .
+	touch $@
+
+demo: setup
+	$(SNAKEMAKE) -j$(JOBS) results/submission.csv
+
+report: setup
+	$(SNAKEMAKE) -j$(JOBS) results/submission.csv --report results/report.html
+
+test: setup
+	$(BIN)/python -m pytest tests -ra
+
+lint: setup
+	$(SNAKEMAKE) --lint
+	$(BIN)/snakefmt --check Snakefile workflow/rules
+
+format: setup
+	$(BIN)/snakefmt Snakefile workflow/rules
+
+clean:
+	rm -rf results .snakemake

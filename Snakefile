@@ -1,0 +1,22 @@
+# arena-pref: predict which of two chatbot answers a person prefers (LMSYS Chatbot Arena).
+#
+#   snakemake -j2 results/submission.csv
+#
+# Paths in the config resolve against the working directory (-d); the workflow's own files
+# against this Snakefile. Without --configfile the embedded CPU demo (config.yaml) runs.
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/tokenize.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/predict.smk"
+include: "workflow/rules/blend.smk"
+
+
+rule all:
+    input:
+        "results/submission.csv",
+        "results/plots/fold_scores.png",
+        "results/plots/calibration.png",
+    default_target: True

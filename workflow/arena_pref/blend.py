@@ -1,0 +1,265 @@
+"""Blend per-model probabilities, calibrate them and write the submission.
+
+Probabilities are ``(n, 3)`` arrays in the class order of :data:`arena_pref.LABELS`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy.optimize import minimize, minimize_scalar
+
+from . import LABELS
+from .errors import InputError
+from .metrics import EPS, accuracy, clip_probs, fold_scores, log_loss, prior_log_loss
+
+PLAIN_COLUMNS = ["a", "b", "tie"]
+TTA_COLUMNS = ["a_tta", "b_tta", "tie_tta"]
+SUBMISSION_COLUMNS = ["id", *LABELS]
+METHODS = ("weights", "optimize")
+TEMPERATURE_BOUNDS = (0.05, 20.0)
+
+
+def _few(values, n=5):
+    values = sorted(values)
+    more = f" (and {len(values) - n} more)" if len(values) > n else ""
+    return ", ".join(map(str, values[:n])) + more
+
+
+def blend(probs, weights):
+    """Weighted average of ``{name: (n, 3) array}``; weights are normalised to sum 1.
+
+    Every model needs a weight (0 allowed) and every weighted model must be present.
+    """
+    unweighted = [m for m in probs if m not in weights]
+    if unweighted:
+        raise InputError(f"no blend weight for model(s): {_few(unweighted)}")
+    absent = [m for m in weights if m not in probs]
+    if absent:
+        raise InputError(f"blend weights name model(s) without predictions: {_few(absent)}")
+    w = np.array([float(weights[m]) for m in probs])
+    if not np.isfinite(w).all() or (w < 0).any():
+        raise InputError(f"blend weights must be finite and non-negative, got {dict(weights)}")
+    if w.sum() <= 0:
+        raise InputError(f"blend weights must not all be zero, got {dict(weights)}")
+    arrays = [np.asarray(p, dtype=np.float64) for p in probs.values()]
+    shapes = {p.shape for p in arrays}
+    if len(shapes) != 1:
+        raise InputError(f"models' probability arrays differ in shape: {sorted(shapes)}")
+    return sum(wi * p for wi, p in zip(w / w.sum(), arrays))
+
+
+def optimize_weights(oof, y):
+    """Non-negative weights summing to 1 that minimise the OOF log loss of the blend.
+
+    The loss is convex in the weights, so SLSQP on the simplex from equal weights finds
+    the optimum; deterministic (no random start).
+    """
+    names = list(oof)
+    if not names:
+        raise InputError("no models to blend")
+    y = np.asarray(y, dtype=np.int64)
+    rows = np.arange(len(y))
+    # only the true class's probability enters the loss: q[i, m] = P_m[i, y_i]
+    q = np.column_stack([clip_probs(oof[m])[rows, y] for m in names])
+
+    def loss_and_grad(w):
+        p = np.maximum(q @ w, EPS)
+        return -np.mean(np.log(p)), -(q / p[:, None]).mean(axis=0)
+
+    k = len(names)
+    res = minimize(
+        loss_and_grad,
+        np.full(k, 1 / k),
+        jac=True,
+        method="SLSQP",
+        bounds=[(0.0, 1.0)] * k,
+        constraints=[{"type": "eq", "fun": lambda w: w.sum() - 1, "jac": lambda w: np.ones(k)}],
+        options={"ftol": 1e-12, "maxiter": 500},
+    )
+    w = np.clip(res.x, 0.0, None)
+    w = w / w.sum()
+    # guard against an early SLSQP stop: never return worse than the best single model
+    best_single = np.eye(k)[np.argmin([loss_and_grad(e)[0] for e in np.eye(k)])]
+    if loss_and_grad(best_single)[0] < loss_and_grad(w)[0]:
+        w = best_single
+    return {m: float(wi) for m, wi in zip(names, w)}
+
+
+def apply_temperature(probs, temperature):
+    """``softmax(log p / T)``: T > 1 softens over-confident probabilities, T < 1 sharpens."""
+    if not temperature > 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    z = np.log(clip_probs(probs)) / temperature
+    z -= z.max(axis=1, keepdims=True)  # avoid overflow in exp for small T
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def fit_temperature(probs, y):
+    """Temperature in :data:`TEMPERATURE_BOUNDS` minimising the log loss on ``(probs, y)``."""
+    res = minimize_scalar(
+        lambda t: log_loss(y, apply_temperature(probs, t)),
+        bounds=TEMPERATURE_BOUNDS,
+        method="bounded",
+        options={"xatol": 1e-6},
+    )
+    return float(res.x)
+
+
+def make_submission(ids, probs):
+    """``DataFrame[id, winner_model_a, winner_model_b, winner_tie]`` in the given row order.
+
+    Probabilities are clipped to ``[EPS, 1 - EPS]`` and renormalised, as the scores assume.
+    """
+    ids = np.asarray(ids, dtype=np.int64)
+    probs = np.asarray(probs, dtype=np.float64)
+    if probs.shape != (len(ids), len(LABELS)):
+        raise InputError(f"{len(ids)} ids but probabilities of shape {probs.shape}")
+    dup = pd.Series(ids)[pd.Series(ids).duplicated()].unique()
+    if len(dup):
+        raise InputError(f"duplicate test id(s): {_few(dup)}")
+    sub = pd.DataFrame(clip_probs(probs), columns=list(LABELS))
+    sub.insert(0, "id", ids)
+    return sub
+
+
+def validate_submission(df, test_ids):
+    """Raise ``ValueError`` unless ``df`` is a well-formed submission for ``test_ids``."""
+    if list(df.columns) != SUBMISSION_COLUMNS:
+        raise ValueError(f"submission columns must be {SUBMISSION_COLUMNS}, got {list(df.columns)}")
+    ids = pd.Series(df["id"])
+    dup = ids[ids.duplicated()].unique()
+    if len(dup):
+        raise ValueError(f"submission repeats id(s): {_few(dup)}")
+    expected = set(np.asarray(test_ids).tolist())
+    got = set(ids.tolist())
+    if got != expected:
+        raise ValueError(
+            f"submission ids differ from the test ids: missing {_few(expected - got) or 'none'}; "
+            f"unexpected {_few(got - expected) or 'none'}"
+        )
+    p = df[list(LABELS)].to_numpy(dtype=np.float64)
+    if not np.isfinite(p).all():
+        raise ValueError("submission has non-finite probabilities")
+    if ((p <= 0) | (p >= 1)).any():
+        raise ValueError("submission probabilities must lie strictly between 0 and 1")
+    worst = np.abs(p.sum(axis=1) - 1).max(initial=0.0)
+    if worst > 1e-6:
+        raise ValueError(f"submission rows must sum to 1 (worst is off by {worst:.3g})")
+
+
+def _aligned(frame, name, kind, ids, columns):
+    """``frame`` rows in the order of ``ids``, after checking ids and columns."""
+    missing_cols = [c for c in ["id", *columns] if c not in frame.columns]
+    if missing_cols:
+        raise InputError(f"{kind} predictions of model '{name}' lack column(s) {missing_cols}")
+    fid = frame["id"].astype(np.int64)
+    dup = fid[fid.duplicated()].unique()
+    if len(dup):
+        raise InputError(f"{kind} predictions of model '{name}' repeat id(s): {_few(dup)}")
+    missing, extra = set(ids) - set(fid), set(fid) - set(ids)
+    if missing or extra:
+        raise InputError(
+            f"{kind} predictions of model '{name}' do not cover the expected ids: "
+            f"missing {_few(missing) or 'none'}; unexpected {_few(extra) or 'none'}"
+        )
+    out = frame.set_index(fid).loc[ids]
+    values = out[columns].to_numpy(dtype=np.float64)
+    if not np.isfinite(values).all():
+        raise InputError(f"{kind} predictions of model '{name}' contain non-finite values")
+    return out
+
+
+def blend_run(oof, test, y_by_id, folds_by_id, *, use_tta, method, weights=None, calibrate=False):
+    """The blend step: score each model, blend, optionally calibrate, build the submission.
+
+    ``oof``: ``{name: DataFrame[id, fold, a, b, tie, a_tta, b_tta, tie_tta]}`` covering
+    exactly the train ids; ``test``: ``{name: DataFrame[id, a, b, tie]}``, same ids for
+    every model. ``y_by_id`` / ``folds_by_id``: Series of label / fold indexed by train id.
+    ``use_tta[name]`` picks the model's ``*_tta`` OOF columns. ``method`` is ``"weights"``
+    (``weights``, normalised; equal weights when None) or ``"optimize"`` (fitted on OOF).
+    With ``calibrate`` one temperature is fitted on the OOF blend and applied to the test
+    blend. Weights and temperature are fitted and scored on the same OOF rows, so the
+    blend's OOF log loss is slightly optimistic.
+
+    Returns ``(submission DataFrame, metrics dict, OOF blend DataFrame[id, fold, label, a, b, tie])``.
+    """
+    if method not in METHODS:
+        raise InputError(f"unknown blend method '{method}', expected one of {list(METHODS)}")
+    names = list(oof)
+    if not names:
+        raise InputError("no models to blend")
+    if set(test) != set(names):
+        raise InputError(
+            f"models with OOF but no test predictions: {_few(set(names) - set(test)) or 'none'}; "
+            f"with test but no OOF predictions: {_few(set(test) - set(names)) or 'none'}"
+        )
+    no_flag = [m for m in names if m not in use_tta]
+    if no_flag:
+        raise InputError(f"no TTA setting for model(s): {_few(no_flag)}")
+
+    y_by_id, folds_by_id = pd.Series(y_by_id), pd.Series(folds_by_id)
+    train_ids = y_by_id.index.to_numpy(dtype=np.int64)
+    if not y_by_id.index.is_unique:
+        raise InputError("training labels repeat ids")
+    if set(folds_by_id.index) != set(train_ids):
+        raise InputError("fold assignment and training labels cover different ids")
+    y = y_by_id.to_numpy(dtype=np.int64)
+    folds = folds_by_id.loc[train_ids].to_numpy(dtype=np.int64)
+    test_ids = test[names[0]]["id"].to_numpy(dtype=np.int64)
+
+    oof_probs, test_probs, models = {}, {}, {}
+    for m in names:
+        frame = _aligned(oof[m], m, "OOF", train_ids, ["fold", *PLAIN_COLUMNS, *TTA_COLUMNS])
+        if not (frame["fold"].to_numpy(dtype=np.int64) == folds).all():
+            # a model trained on other folds leaks its training rows into the blend's OOF
+            raise InputError(f"OOF predictions of model '{m}' use a different fold assignment")
+        plain = frame[PLAIN_COLUMNS].to_numpy(dtype=np.float64)
+        tta = frame[TTA_COLUMNS].to_numpy(dtype=np.float64)
+        used = tta if use_tta[m] else plain
+        oof_probs[m] = used
+        test_frame = _aligned(test[m], m, "test", test_ids, PLAIN_COLUMNS)
+        test_probs[m] = test_frame[PLAIN_COLUMNS].to_numpy(dtype=np.float64)
+        models[m] = {
+            "log_loss": log_loss(y, plain),
+            "log_loss_tta": log_loss(y, tta),
+            "accuracy": accuracy(y, used),
+            "folds": fold_scores(y, used, folds),
+        }
+
+    if method == "optimize":
+        weights = optimize_weights(oof_probs, y)
+    elif weights is None:
+        weights = {m: 1.0 for m in names}
+    oof_blend = blend(oof_probs, weights)
+    test_blend = blend(test_probs, weights)
+    total = sum(float(weights[m]) for m in names)
+    norm_weights = {m: float(weights[m]) / total for m in names}
+
+    temperature = None
+    if calibrate:
+        temperature = fit_temperature(oof_blend, y)
+        oof_blend = apply_temperature(oof_blend, temperature)
+        test_blend = apply_temperature(test_blend, temperature)
+
+    submission = make_submission(test_ids, test_blend)
+    validate_submission(submission, test_ids)
+    metrics = {
+        "prior_log_loss": prior_log_loss(y),
+        "models": models,
+        "blend": {
+            "log_loss": log_loss(y, oof_blend),
+            "weights": norm_weights,
+            "method": method,
+            "temperature": temperature,
+            "folds": fold_scores(y, oof_blend, folds),
+        },
+        "n_train": int(len(train_ids)),
+        "n_test": int(len(test_ids)),
+    }
+    oof_frame = pd.DataFrame(oof_blend, columns=PLAIN_COLUMNS)
+    oof_frame.insert(0, "id", train_ids)
+    oof_frame.insert(1, "fold", folds)
+    oof_frame.insert(2, "label", y)
+    return submission, metrics, oof_frame

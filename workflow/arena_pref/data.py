@@ -1,0 +1,223 @@
+"""Read the Kaggle "LMSYS Chatbot Arena" CSVs into a checked, parsed table.
+
+Kaggle cells ``prompt``, ``response_a`` and ``response_b`` hold JSON lists of turns
+(strings or nulls).  They are parsed with :func:`json.loads` only, so data is never
+executed.  Any problem in the input raises :class:`~arena_pref.errors.InputError` with one
+message naming the file, the row id (when one row is at fault), the column and the problem.
+
+Lone surrogates: the Kaggle texts contain JSON escapes such as ``"\\ud83d"`` (an emoji cut
+in half).  ``json.loads`` accepts them and yields a ``str`` holding an unpaired surrogate
+code point, which cannot be encoded as UTF-8 and would make parquet writing and tokenizers
+fail.  Each unpaired surrogate is therefore replaced by U+FFFD (the replacement character);
+valid pairs become the real character.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from io import StringIO
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import LABELS
+from . import io
+from .errors import InputError, describe
+
+TURN_COLUMNS = ("prompt", "response_a", "response_b")
+MODEL_COLUMNS = ("model_a", "model_b")
+SPLITS = ("train", "test")
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_INT64 = np.iinfo(np.int64)
+
+
+def read_kaggle_csv(path, split):
+    """Read and check a Kaggle CSV; return one row per conversation, in file order.
+
+    Columns: ``id`` (int64), ``model_a``/``model_b`` (str, only when the CSV has them),
+    ``prompt``/``response_a``/``response_b`` (lists of str or None) and, for
+    ``split="train"``, ``label`` (int64: 0 = A wins, 1 = B wins, 2 = tie).  Label columns
+    in a test CSV are ignored.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, not {split!r}")
+    path = Path(path)
+    raw = _read_table(path)
+    required = ["id", *TURN_COLUMNS] + (list(LABELS) if split == "train" else [])
+    missing = [c for c in required if c not in raw.columns]
+    if missing:
+        raise InputError(
+            f"{describe(path)}: missing required column(s) {', '.join(missing)} "
+            f"(found: {', '.join(map(str, raw.columns))})"
+        )
+
+    ids = _parse_ids(path, raw["id"])
+    out = {"id": ids}
+    for col in MODEL_COLUMNS:
+        if col in raw.columns:
+            out[col] = raw[col].tolist()
+    for col in TURN_COLUMNS:
+        out[col] = [_parse_turns(path, i, col, cell) for i, cell in zip(ids, raw[col])]
+    if split == "train":
+        out["label"] = _parse_labels(path, ids, raw)
+    return pd.DataFrame(out)
+
+
+def write_parsed(df, path):
+    """Write a table from :func:`read_kaggle_csv` to parquet, atomically."""
+    io.write_parquet(df, path)
+
+
+def read_parsed(path):
+    """Read a table written by :func:`write_parsed`, with turn columns as python lists."""
+    df = pd.read_parquet(path)
+    # parquet hands list columns back as numpy object arrays; callers expect lists
+    for col in TURN_COLUMNS:
+        if col in df.columns:
+            df[col] = [None if v is None else v.tolist() for v in df[col]]
+    return df
+
+
+def _read_table(path):
+    """Read every cell as a raw string; report missing, undecodable, empty or malformed files."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise InputError(f"{describe(path)}: file not found") from None
+    except OSError as e:
+        raise InputError(f"{describe(path)}: cannot read file ({e.strerror})") from None
+    try:
+        # utf-8-sig: tolerate the byte-order mark that spreadsheet programs add
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise InputError(
+            f"{describe(path)}: not valid UTF-8 text: undecodable byte "
+            f"0x{data[e.start]:02x} at byte offset {e.start} (line {line})"
+        ) from None
+    if not text.strip():
+        raise InputError(f"{describe(path)}: file is empty")
+    try:
+        # dtype=str and keep_default_na=False keep every cell exactly as written
+        # ("null", "NA", "" stay strings) so the checks below see the real content
+        df = pd.read_csv(StringIO(text), dtype=str, keep_default_na=False)
+    except pd.errors.ParserError as e:
+        raise InputError(
+            f"{describe(path)}: not a valid CSV file ({str(e).strip()})"
+        ) from None
+    if df.empty:
+        raise InputError(f"{describe(path)}: no data rows (only a header)")
+    # cells missing from short rows come back as NaN; make them empty so they are reported
+    return df.fillna("")
+
+
+def _parse_ids(path, column):
+    ids = []
+    for n, cell in enumerate(column, start=1):
+        try:
+            value = int(cell)
+        except ValueError:
+            problem = (
+                "id is empty" if not cell.strip() else f"id {cell!r} is not an integer"
+            )
+            raise InputError(
+                f"{describe(path, column='id')}: data row {n}: {problem}"
+            ) from None
+        if not _INT64.min <= value <= _INT64.max:
+            raise InputError(
+                f"{describe(path, column='id')}: data row {n}: "
+                f"id {cell!r} is out of the 64-bit integer range"
+            )
+        ids.append(value)
+    ids = np.array(ids, dtype=np.int64)
+    values, counts = np.unique(ids, return_counts=True)
+    if (counts > 1).any():
+        dup = values[counts > 1]
+        first = ids[np.isin(ids, dup)][0]  # the first repeated id in file order
+        n = int(counts[values == first][0])
+        raise InputError(
+            f"{describe(path, row_id=first, column='id')}: duplicate id "
+            f"(appears {n} times; ids must be unique)"
+        )
+    return ids
+
+
+def _parse_turns(path, row_id, column, cell):
+    """Parse one JSON list of turns; each turn is a string (surrogates fixed) or None."""
+    where = describe(path, row_id=row_id, column=column)
+    if not cell.strip():
+        raise InputError(f"{where}: cell is empty (expected a JSON list of turns)")
+    try:
+        turns = json.loads(cell)
+    except json.JSONDecodeError as e:
+        raise InputError(f"{where}: invalid JSON ({e})") from None
+    if not isinstance(turns, list):
+        raise InputError(
+            f"{where}: expected a JSON list of turns, found a JSON {_json_type(turns)}"
+        )
+    for k, turn in enumerate(turns):
+        if turn is None:
+            continue
+        if not isinstance(turn, str):
+            raise InputError(
+                f"{where}: turn {k} is a JSON {_json_type(turn)}; "
+                "turns must be strings or null"
+            )
+        if _SURROGATE.search(turn):
+            turns[k] = _fix_surrogates(turn)
+    return turns
+
+
+def _fix_surrogates(text):
+    # A round trip through UTF-16 joins valid surrogate pairs into the real character and
+    # turns each unpaired surrogate into U+FFFD.  (-le: no byte-order mark to strip.)
+    return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+
+
+def _json_type(value):
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    return {dict: "object", list: "list", str: "string", type(None): "null"}[
+        type(value)
+    ]
+
+
+def _parse_labels(path, ids, raw):
+    """Turn the one-hot winner columns into one label per row (index into LABELS)."""
+    onehot = np.column_stack(
+        [_parse_label_column(path, ids, raw[col]) for col in LABELS]
+    )
+    bad = np.flatnonzero(onehot.sum(axis=1) != 1)
+    if len(bad):
+        n = bad[0]
+        values = ", ".join(f"{c}={v}" for c, v in zip(LABELS, onehot[n]))
+        raise InputError(
+            f"{describe(path, row_id=ids[n])}: labels are not one-hot ({values}; "
+            "exactly one of the winner columns must be 1)"
+        )
+    return onehot.argmax(axis=1).astype(np.int64)
+
+
+def _parse_label_column(path, ids, column):
+    # the common spellings are mapped in one go; only the others are looked at one by one
+    values = column.str.strip().map({"0": 0, "1": 1})
+    for n in np.flatnonzero(values.isna().to_numpy()):
+        cell = column.iloc[n]
+        where = describe(path, row_id=ids[n], column=column.name)
+        if not cell.strip():
+            raise InputError(f"{where}: label is empty (expected 0 or 1)")
+        try:
+            value = int(cell)
+        except ValueError:
+            raise InputError(
+                f"{where}: label {cell!r} is not an integer (expected 0 or 1)"
+            ) from None
+        if value not in (0, 1):
+            raise InputError(f"{where}: label {cell!r} is not 0 or 1")
+        values.iloc[n] = value
+    return values.to_numpy(dtype=np.int64)

@@ -1,0 +1,184 @@
+"""Backbones, quantization, LoRA: load a model the way its config says.
+
+A model's ``backbone`` names where weights come from:
+
+``{kind: path, path: DIR_OR_HUB_NAME}``
+    a local directory saved with ``save_pretrained`` (or a hub name for users online);
+``{kind: package, package: MODULE, subdir: model}``
+    weights shipped inside an installed Python package (the demo's all-MiniLM-L6-v2);
+``{kind: tiny, arch: gemma2|llama, ...}``
+    a tiny randomly initialised model with a tokenizer trained on the training texts,
+    built by the workflow itself (no downloads); the same code path as a 9B model.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+from .errors import InputError
+from .io import atomic_path
+
+log = logging.getLogger(__name__)
+
+NUM_LABELS = 3
+QUANTIZATIONS = ("4bit", "8bit", "none")
+
+
+def resolve_backbone(spec, built_dir=None):
+    """Directory (or hub name) holding a backbone's weights and tokenizer."""
+    kind = spec["kind"]
+    if kind == "path":
+        return str(spec["path"])
+    if kind == "package":
+        try:
+            module = importlib.import_module(spec["package"])
+        except ImportError as err:
+            raise InputError(f"backbone package '{spec['package']}' is not installed: {err}") from err
+        return str(Path(module.__file__).parent / spec.get("subdir", "model"))
+    if kind == "tiny":
+        if built_dir is None:
+            raise ValueError("a tiny backbone is built by the workflow: pass built_dir")
+        return str(built_dir)
+    raise InputError(f"unknown backbone kind {kind!r}")
+
+
+def device():
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def torch_dtype(name):
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def load_tokenizer(backbone):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(backbone)
+    if tok.pad_token_id is None:
+        # Llama-3 ships no pad token; its eos serves, the model ignores padded positions
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def quantization_config(quantization, compute_dtype):
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "4bit":
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                  bnb_4bit_use_double_quant=True,
+                                  bnb_4bit_compute_dtype=compute_dtype)
+    if quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    if quantization == "none":
+        return None
+    raise InputError(f"unknown quantization {quantization!r}; choose one of {QUANTIZATIONS}")
+
+
+def load_model(backbone, *, quantization="none", dtype="float32", pad_token_id=None,
+               attn_implementation=None):
+    """``AutoModelForSequenceClassification`` with 3 labels, quantized through bitsandbytes."""
+    from transformers import AutoModelForSequenceClassification
+
+    compute_dtype = torch_dtype(dtype)
+    dev = device()
+    kwargs = {}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    qconf = quantization_config(quantization, compute_dtype)
+    if qconf is not None:
+        kwargs["quantization_config"] = qconf
+    model = AutoModelForSequenceClassification.from_pretrained(
+        backbone, num_labels=NUM_LABELS, dtype=compute_dtype,
+        device_map={"": dev.index if dev.type == "cuda" and dev.index is not None else dev.type},
+        **kwargs)
+    if pad_token_id is not None:
+        model.config.pad_token_id = pad_token_id
+    return model
+
+
+def attach_lora(model, lora, *, quantized, gradient_checkpointing=False):
+    """Wrap ``model`` with trainable LoRA adapters (the score head is trained in full)."""
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if quantized:
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=gradient_checkpointing)
+    elif gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    config = LoraConfig(
+        task_type="SEQ_CLS", r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
+        target_modules=list(lora["target_modules"]),
+        layers_to_transform=list(lora["layers_to_transform"]) if lora.get("layers_to_transform") else None,
+        bias="none")
+    model = get_peft_model(model, config)
+    # peft puts the new classification head in modules_to_save; a 4-bit load leaves it in the
+    # compute dtype, which is fine on GPU but we keep trainable weights in fp32 for stable updates
+    for param in model.parameters():
+        if param.requires_grad:
+            param.data = param.data.float()
+    return model
+
+
+def load_for_inference(backbone, adapter_dir, *, quantization, dtype, pad_token_id):
+    from peft import PeftModel
+
+    model = load_model(backbone, quantization=quantization, dtype=dtype, pad_token_id=pad_token_id)
+    model = PeftModel.from_pretrained(model, adapter_dir)
+    model.eval()
+    return model
+
+
+# --------------------------------------------------------------------------- tiny backbones
+
+def build_tiny_backbone(out_dir, texts, *, arch="gemma2", vocab_size=1000, hidden_size=64,
+                        num_layers=2, num_heads=4, intermediate_size=128, max_position=1024, seed=0):
+    """Tokenizer trained on ``texts`` and a randomly initialised seq-cls model, saved to ``out_dir``.
+
+    Deterministic from ``texts`` and ``seed``. Saved with ``save_pretrained``, so it loads
+    (and quantizes) exactly like a downloaded 9B checkpoint.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import (Gemma2Config, Gemma2ForSequenceClassification, LlamaConfig,
+                              LlamaForSequenceClassification, PreTrainedTokenizerFast)
+
+    specials = ["<pad>", "<bos>", "<eos>", "<unk>"]
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    tok.train_from_iterator(texts, trainer=trainer)
+    from tokenizers.processors import TemplateProcessing
+
+    # decoder models start every sequence with <bos>, as Gemma's tokenizer does
+    tok.post_processor = TemplateProcessing(single="<bos> $A", pair="<bos> $A $B",
+                                            special_tokens=[("<bos>", tok.token_to_id("<bos>"))])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<bos>",
+                                   eos_token="<eos>", unk_token="<unk>", model_max_length=max_position)
+    common = dict(vocab_size=tok.get_vocab_size(), hidden_size=hidden_size, num_hidden_layers=num_layers,
+                  num_attention_heads=num_heads, num_key_value_heads=max(1, num_heads // 2),
+                  intermediate_size=intermediate_size, max_position_embeddings=max_position,
+                  pad_token_id=fast.pad_token_id, bos_token_id=fast.bos_token_id,
+                  eos_token_id=fast.eos_token_id, num_labels=NUM_LABELS)
+    if arch == "gemma2":
+        config = Gemma2Config(head_dim=hidden_size // num_heads, sliding_window=max_position, **common)
+        cls = Gemma2ForSequenceClassification
+    elif arch == "llama":
+        config = LlamaConfig(**common)
+        cls = LlamaForSequenceClassification
+    else:
+        raise InputError(f"unknown tiny arch {arch!r}; choose gemma2 or llama")
+    torch.manual_seed(seed)
+    model = cls(config)
+    with atomic_path(out_dir, directory=True) as tmp:
+        model.save_pretrained(tmp)
+        fast.save_pretrained(tmp)
+    log.info("built tiny %s backbone: %d parameters, vocab %d -> %s", arch,
+             sum(p.numel() for p in model.parameters()), config.vocab_size, os.fspath(out_dir))
+    return out_dir

@@ -1,0 +1,206 @@
+"""Per-fold LoRA / QLoRA training with the Hugging Face Trainer.
+
+The Trainer provides what a long GPU job needs and what we would otherwise hand-roll:
+gradient accumulation, warm-up and schedules, bitsandbytes 8-bit optimizers, length-grouped
+batches, and checkpoints that resume exactly (model, optimizer, scheduler and RNG state).
+Checkpoints live outside the rule's declared outputs so a failed or killed job keeps them;
+a fingerprint of the settings and training rows guards against resuming a different run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import resource
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .io import atomic_path, read_json, write_json
+from .modeling import attach_lora, device, load_model, load_tokenizer
+
+log = logging.getLogger(__name__)
+
+# config name -> Trainer `optim` name; 8-bit AdamW from bitsandbytes where it runs
+OPTIMIZERS = {"adamw": "adamw_torch", "adamw_8bit": "adamw_bnb_8bit", "paged_adamw_8bit": "paged_adamw_8bit",
+              "sgd": "sgd"}
+
+
+class RowDataset(torch.utils.data.Dataset):
+    def __init__(self, sequences, labels):
+        self.sequences, self.labels = sequences, labels
+
+    def __len__(self):
+        return len(self.sequences)
+
+    def __getitem__(self, i):
+        return {"input_ids": self.sequences[i], "labels": int(self.labels[i])}
+
+
+def training_rows(tokens, labels, swap_augment):
+    """Sequences and labels to train on; with ``swap_augment`` each row also appears as (B, A).
+
+    In the swapped order "A wins" becomes "B wins" and vice versa; ties stay ties.
+    """
+    seqs = [list(map(int, s)) for s in tokens["input_ids"]]
+    y = np.asarray(labels, dtype=np.int64)
+    if swap_augment:
+        seqs += [list(map(int, s)) for s in tokens["input_ids_swap"]]
+        y = np.concatenate([y, np.array([1, 0, 2])[y]])
+    return seqs, y
+
+
+def fingerprint(settings, ids, labels):
+    h = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
+    h.update(np.asarray(ids, dtype=np.int64).tobytes())
+    h.update(np.asarray(labels, dtype=np.int64).tobytes())
+    return h.hexdigest()
+
+
+def prepare_checkpoint_dir(ckpt_dir, fp):
+    """Keep checkpoints of the same run; wipe those of a different one. Returns resume path or None."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    ckpt_dir = Path(ckpt_dir)
+    stamp = ckpt_dir / "fingerprint.json"
+    if ckpt_dir.exists():
+        old = read_json(stamp).get("fingerprint") if stamp.exists() else None
+        if old != fp:
+            log.info("checkpoints in %s belong to other settings or data: starting afresh", ckpt_dir)
+            shutil.rmtree(ckpt_dir)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    write_json({"fingerprint": fp}, stamp)
+    last = get_last_checkpoint(str(ckpt_dir))
+    if last:
+        log.info("resuming from %s", last)
+    return last
+
+
+def optimizer_name(name):
+    optim = OPTIMIZERS[name]
+    if "8bit" in optim and not torch.cuda.is_available():
+        # bitsandbytes' 8-bit optimizers need a GPU; on CPU the same AdamW in 32 bits
+        log.warning("optimizer %s needs a GPU; using adamw_torch on CPU", name)
+        optim = "adamw_torch"
+    return optim
+
+
+def progress_callback():
+    from transformers import TrainerCallback
+
+    class LogProgress(TrainerCallback):
+        """Log lines with loss, learning rate and rate (tqdm is off: logs go to files)."""
+
+        def on_train_begin(self, args, state, control, **kw):
+            self.t0, self.step0 = time.perf_counter(), state.global_step
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if not logs or "loss" not in logs:
+                return
+            dt = time.perf_counter() - self.t0
+            steps = state.global_step - self.step0
+            rate = steps / dt if dt > 0 else float("nan")
+            eta = (state.max_steps - state.global_step) / rate if rate > 0 else float("nan")
+            log.info("step %d/%d epoch %.2f loss %.4f lr %.2e | %.2f steps/s, eta %.0f s",
+                     state.global_step, state.max_steps, state.epoch or 0, logs["loss"],
+                     logs.get("learning_rate", float("nan")), rate, eta)
+
+    return LogProgress()
+
+
+def train_fold(*, backbone, tokens, labels, settings, ckpt_dir, adapter_dir, metrics_path, threads=None):
+    """Train one fold's adapter on ``tokens`` (rows of the token cache) and ``labels``.
+
+    ``settings`` is the model's config slice: quantization, dtype, lora, train.
+    Writes the adapter (``save_pretrained``, with the score head) and a metrics JSON.
+    """
+    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, set_seed
+
+    if threads:
+        torch.set_num_threads(threads)
+    tr = settings["train"]
+    seed = int(tr["seed"])
+    seqs, y = training_rows(tokens, labels, tr.get("swap_augment", False))
+    fp = fingerprint(settings, tokens["id"], labels)
+    resume = prepare_checkpoint_dir(ckpt_dir, fp)
+
+    set_seed(seed)  # the new score head is initialised at load time
+    tokenizer = load_tokenizer(backbone)
+    quantized = settings["quantization"] != "none"
+    model = load_model(backbone, quantization=settings["quantization"], dtype=settings["dtype"],
+                       pad_token_id=tokenizer.pad_token_id)
+    model = attach_lora(model, settings["lora"], quantized=quantized,
+                        gradient_checkpointing=tr.get("gradient_checkpointing", False))
+    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+    on_gpu = device().type == "cuda"
+    args = TrainingArguments(
+        output_dir=str(ckpt_dir),
+        per_device_train_batch_size=tr["batch_size"],
+        gradient_accumulation_steps=tr["grad_accum"],
+        learning_rate=tr["lr"],
+        weight_decay=tr.get("weight_decay", 0.0),
+        warmup_steps=tr["warmup_steps"],
+        num_train_epochs=tr["epochs"],
+        lr_scheduler_type=tr.get("scheduler", "linear"),
+        max_grad_norm=tr.get("max_grad_norm", 1.0),
+        optim=optimizer_name(tr["optimizer"]),
+        bf16=on_gpu and settings["dtype"] == "bfloat16",
+        fp16=on_gpu and settings["dtype"] == "float16",
+        use_cpu=not on_gpu,
+        train_sampling_strategy="group_by_length",
+        logging_steps=tr.get("logging_steps", 10),
+        save_strategy="steps",
+        save_steps=tr["save_steps"],
+        save_total_limit=2,
+        seed=seed,
+        data_seed=seed,
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+    n_tokens = int(sum(len(s) for s in seqs))
+    trainer = Trainer(model=model, args=args, train_dataset=RowDataset(seqs, y),
+                      data_collator=DataCollatorWithPadding(tokenizer),
+                      callbacks=[progress_callback()])
+    log.info("training %d sequences (%d tokens), %d trainable parameters, optimizer %s",
+             len(seqs), n_tokens, n_trainable, args.optim)
+    if on_gpu:
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=resume)
+    elapsed = time.perf_counter() - t0
+
+    with atomic_path(adapter_dir, directory=True) as tmp:
+        trainer.model.save_pretrained(tmp)
+    epochs_run = float(result.metrics.get("epoch", tr["epochs"]))
+    # tokens of this process's run only: a resumed job did part of the epochs before
+    done_fraction = 1.0 - (_checkpoint_step(resume) / max(trainer.state.max_steps, 1))
+    metrics = {
+        "train_loss": result.training_loss,
+        "steps": trainer.state.global_step,
+        "epochs": epochs_run,
+        "n_sequences": len(seqs),
+        "n_tokens_per_epoch": n_tokens,
+        "trainable_parameters": n_trainable,
+        "runtime_s": elapsed,
+        "tokens_per_s": n_tokens * epochs_run * done_fraction / max(elapsed, 1e-9),
+        "resumed_from": resume,
+        "optimizer": args.optim,
+        "device": str(device()),
+        "peak_memory_mb": (torch.cuda.max_memory_allocated() / 2**20 if on_gpu
+                           else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "log_history": trainer.state.log_history,
+    }
+    write_json(metrics, metrics_path)
+    log.info("trained in %.1f s, final loss %.4f, %.0f tokens/s", elapsed, result.training_loss,
+             metrics["tokens_per_s"])
+    return metrics
+
+
+def _checkpoint_step(path):
+    return int(Path(path).name.split("-")[-1]) if path else 0

@@ -1,0 +1,40 @@
+rule blend:
+    input:
+        oof=expand("results/oof/{model}/fold{fold}.parquet", model=MODELS, fold=FOLDS),
+        test=expand("results/test/{model}.parquet", model=MODELS),
+        data="results/data/train.parquet",
+        folds="results/data/folds.parquet",
+    output:
+        submission="results/submission.csv",
+        metrics="results/metrics.json",
+        oof_blend="results/oof_blend.parquet",
+        run_info="results/run_info.json",
+    params:
+        blend=config["blend"],
+        tta=blend_tta(),
+        models=MODELS,
+    log:
+        "results/logs/blend.log",
+    script:
+        "../scripts/blend.py"
+
+
+rule plots:
+    input:
+        metrics="results/metrics.json",
+        oof_blend="results/oof_blend.parquet",
+    output:
+        fold_scores=report(
+            "results/plots/fold_scores.png",
+            caption="../report/fold_scores.rst",
+            category="Scores",
+        ),
+        calibration=report(
+            "results/plots/calibration.png",
+            caption="../report/calibration.rst",
+            category="Calibration",
+        ),
+    log:
+        "results/logs/plots.log",
+    script:
+        "../scripts/plots.py"

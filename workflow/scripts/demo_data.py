@@ -1,0 +1,14 @@
+"""Rule demo_data: synthetic Kaggle-format train.csv / test.csv."""
+from arena_pref import steps
+from arena_pref.logs import run_main, setup_logging
+
+
+@run_main
+def main(sm):
+    setup_logging(sm.log[0])
+    demo = sm.params.demo
+    steps.demo_data(sm.output.train, sm.output.test, n_train=demo["n_train"],
+                    n_test=demo["n_test"], seed=demo["seed"])
+
+
+main(snakemake)  # noqa: F821

@@ -1,0 +1,15 @@
+"""Rule infer: test probabilities from one fold's adapter (with A/B-swap TTA if configured)."""
+from arena_pref import steps
+from arena_pref.logs import run_main, setup_logging
+
+
+@run_main
+def main(sm):
+    setup_logging(sm.log[0])
+    steps.infer(tokens_parquet=sm.input.tokens,
+                backbone=steps.backbone_dir(sm.params.backbone, sm.input.backbone),
+                adapter=sm.input.adapter, settings=sm.params.settings, out=sm.output[0],
+                threads=sm.threads)
+
+
+main(snakemake)  # noqa: F821

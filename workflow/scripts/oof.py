@@ -1,0 +1,15 @@
+"""Rule oof: one fold's held-out rows predicted with that fold's adapter, both orders."""
+from arena_pref import steps
+from arena_pref.logs import run_main, setup_logging
+
+
+@run_main
+def main(sm):
+    setup_logging(sm.log[0])
+    steps.oof(tokens_parquet=sm.input.tokens, folds_parquet=sm.input.folds,
+              fold=int(sm.wildcards.fold), backbone=steps.backbone_dir(sm.params.backbone, sm.input.backbone),
+              adapter=sm.input.adapter, settings=sm.params.settings, out=sm.output[0],
+              threads=sm.threads)
+
+
+main(snakemake)  # noqa: F821

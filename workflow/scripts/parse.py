@@ -1,0 +1,12 @@
+"""Rule parse: a Kaggle CSV into a checked parquet table."""
+from arena_pref import steps
+from arena_pref.logs import run_main, setup_logging
+
+
+@run_main
+def main(sm):
+    setup_logging(sm.log[0])
+    steps.parse(sm.input[0], sm.wildcards.split, sm.output[0])
+
+
+main(snakemake)  # noqa: F821

@@ -1,0 +1,16 @@
+"""Rule train: one fold's LoRA adapter; checkpoints resume a killed job."""
+from arena_pref import steps
+from arena_pref.logs import run_main, setup_logging
+
+
+@run_main
+def main(sm):
+    setup_logging(sm.log[0])
+    steps.train_fold(
+        tokens_parquet=sm.input.tokens, train_parquet=sm.input.data, folds_parquet=sm.input.folds,
+        fold=int(sm.wildcards.fold), backbone=steps.backbone_dir(sm.params.backbone, sm.input.backbone),
+        settings=sm.params.settings, checkpoints=sm.params.checkpoints, adapter=sm.output.adapter,
+        metrics=sm.output.metrics, threads=sm.threads)
+
+
+main(snakemake)  # noqa: F821
