@@ -15,8 +15,8 @@ include: "workflow/rules/blend.smk"
 
 
 rule all:
+    default_target: True
     input:
         "results/submission.csv",
         "results/plots/fold_scores.png",
         "results/plots/calibration.png",
-    default_target: True

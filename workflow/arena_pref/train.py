@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import resource
 import shutil
 import time
@@ -39,6 +40,33 @@ class RowDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         return {"input_ids": self.sequences[i], "labels": int(self.labels[i])}
+
+
+class LengthGroupedSampler(torch.utils.data.Sampler):
+    """Length-grouped order that depends only on (seed, epoch).
+
+    Like the Trainer's own ``group_by_length`` sampler (shuffle, cut into mega-batches of 50
+    batches, sort each by length, longest first) but drawn from its own generator seeded per
+    epoch, so a run resumed mid-epoch from a checkpoint sees exactly the batches an
+    uninterrupted run sees (the stock sampler draws from the global RNG at epoch start).
+    """
+
+    def __init__(self, lengths, batch_size, seed, mega=50):
+        self.lengths, self.batch_size, self.seed, self.mega = np.asarray(lengths), batch_size, seed, mega
+        self.epoch = 0
+
+    def set_epoch(self, epoch):
+        self.epoch = int(epoch)
+
+    def __len__(self):
+        return len(self.lengths)
+
+    def __iter__(self):
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = rng.permutation(len(self.lengths))
+        size = self.batch_size * self.mega
+        groups = [order[i:i + size] for i in range(0, len(order), size)]
+        return iter([int(i) for g in groups for i in g[np.argsort(-self.lengths[g], kind="stable")]])
 
 
 def training_rows(tokens, labels, swap_augment):
@@ -89,6 +117,40 @@ def optimizer_name(name):
     return optim
 
 
+def _trainer_class():
+    from transformers import Trainer
+
+    class LengthGroupedTrainer(Trainer):
+        def _get_train_sampler(self, train_dataset=None):
+            dataset = train_dataset if train_dataset is not None else self.train_dataset
+            return LengthGroupedSampler([len(s) for s in dataset.sequences],
+                                        self.args.train_batch_size * self.args.gradient_accumulation_steps,
+                                        self.args.seed)
+
+    return LengthGroupedTrainer
+
+
+KILL_AFTER_CHECKPOINT = "ARENA_PREF_KILL_AFTER_CHECKPOINT"
+
+
+def kill_after_checkpoint_callback(step):
+    """Fault injection for tests: SIGKILL this process right after checkpoint ``step`` is saved,
+    as a node failure or a time limit would. Enabled by the environment variable
+    ARENA_PREF_KILL_AFTER_CHECKPOINT=STEP."""
+    import signal
+
+    from transformers import TrainerCallback
+
+    class KillAfterCheckpoint(TrainerCallback):
+        def on_save(self, args, state, control, **kw):
+            if state.global_step >= step:
+                log.warning("%s=%d: killing the job after checkpoint %d", KILL_AFTER_CHECKPOINT,
+                            step, state.global_step)
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    return KillAfterCheckpoint()
+
+
 def progress_callback():
     from transformers import TrainerCallback
 
@@ -118,7 +180,7 @@ def train_fold(*, backbone, tokens, labels, settings, ckpt_dir, adapter_dir, met
     ``settings`` is the model's config slice: quantization, dtype, lora, train.
     Writes the adapter (``save_pretrained``, with the score head) and a metrics JSON.
     """
-    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, set_seed
+    from transformers import DataCollatorWithPadding, PrinterCallback, TrainingArguments, set_seed
 
     if threads:
         torch.set_num_threads(threads)
@@ -138,6 +200,7 @@ def train_fold(*, backbone, tokens, labels, settings, ckpt_dir, adapter_dir, met
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
     on_gpu = device().type == "cuda"
+    optim = optimizer_name(tr["optimizer"])
     args = TrainingArguments(
         output_dir=str(ckpt_dir),
         per_device_train_batch_size=tr["batch_size"],
@@ -148,11 +211,10 @@ def train_fold(*, backbone, tokens, labels, settings, ckpt_dir, adapter_dir, met
         num_train_epochs=tr["epochs"],
         lr_scheduler_type=tr.get("scheduler", "linear"),
         max_grad_norm=tr.get("max_grad_norm", 1.0),
-        optim=optimizer_name(tr["optimizer"]),
+        optim=optim,
         bf16=on_gpu and settings["dtype"] == "bfloat16",
         fp16=on_gpu and settings["dtype"] == "float16",
         use_cpu=not on_gpu,
-        train_sampling_strategy="group_by_length",
         logging_steps=tr.get("logging_steps", 10),
         save_strategy="steps",
         save_steps=tr["save_steps"],
@@ -164,11 +226,15 @@ def train_fold(*, backbone, tokens, labels, settings, ckpt_dir, adapter_dir, met
         dataloader_num_workers=0,
     )
     n_tokens = int(sum(len(s) for s in seqs))
-    trainer = Trainer(model=model, args=args, train_dataset=RowDataset(seqs, y),
+    trainer = _trainer_class()(model=model, args=args, train_dataset=RowDataset(seqs, y),
                       data_collator=DataCollatorWithPadding(tokenizer),
                       callbacks=[progress_callback()])
+    # with tqdm off the Trainer prints raw log dicts; our callback logs them readably instead
+    trainer.remove_callback(PrinterCallback)
+    if os.environ.get(KILL_AFTER_CHECKPOINT):
+        trainer.add_callback(kill_after_checkpoint_callback(int(os.environ[KILL_AFTER_CHECKPOINT])))
     log.info("training %d sequences (%d tokens), %d trainable parameters, optimizer %s",
-             len(seqs), n_tokens, n_trainable, args.optim)
+             len(seqs), n_tokens, n_trainable, optim)
     if on_gpu:
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
@@ -190,7 +256,7 @@ def train_fold(*, backbone, tokens, labels, settings, ckpt_dir, adapter_dir, met
         "runtime_s": elapsed,
         "tokens_per_s": n_tokens * epochs_run * done_fraction / max(elapsed, 1e-9),
         "resumed_from": resume,
-        "optimizer": args.optim,
+        "optimizer": optim,
         "device": str(device()),
         "peak_memory_mb": (torch.cuda.max_memory_allocated() / 2**20 if on_gpu
                            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),

@@ -9,12 +9,14 @@ rule blend:
         metrics="results/metrics.json",
         oof_blend="results/oof_blend.parquet",
         run_info="results/run_info.json",
+    log:
+        "results/logs/blend.log",
+    conda:
+        CONDA_ENV
     params:
         blend=config["blend"],
         tta=blend_tta(),
         models=MODELS,
-    log:
-        "results/logs/blend.log",
     script:
         "../scripts/blend.py"
 
@@ -36,5 +38,7 @@ rule plots:
         ),
     log:
         "results/logs/plots.log",
+    conda:
+        CONDA_ENV
     script:
         "../scripts/plots.py"

@@ -8,8 +8,8 @@ min_version("9.0")
 
 # The workflow's own package, for scripts run in a fresh process (also under SLURM).
 PACKAGE_DIR = os.path.join(workflow.basedir, "workflow")
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    p for p in (PACKAGE_DIR, os.environ.get("PYTHONPATH")) if p
+os.environ.update(
+    PYTHONPATH=os.pathsep.join(p for p in (PACKAGE_DIR, os.getenv("PYTHONPATH")) if p)
 )
 sys.path.insert(0, PACKAGE_DIR)
 # Nothing is ever fetched from a model hub unless a config names a hub backbone.
@@ -26,6 +26,7 @@ validate(config, os.path.join(workflow.basedir, "workflow/schemas/config.schema.
 MODELS = list(config["models"])
 FOLDS = list(range(config["cv"]["n_folds"]))
 THREADS = config["compute"]["threads"]
+CONDA_ENV = "../../envs/arena-pref.yaml"
 
 
 wildcard_constraints:
@@ -39,7 +40,7 @@ def check_config():
     if any(config["models"][m]["backbone"]["kind"] == "hub" for m in MODELS):
         os.environ.pop("HF_HUB_OFFLINE", None)
     else:
-        os.environ["HF_HUB_OFFLINE"] = "1"
+        os.environ.update(HF_HUB_OFFLINE="1")
     blend = config["blend"]
     if blend["method"] == "weights":
         missing = [m for m in MODELS if m not in blend["weights"]]
@@ -49,7 +50,9 @@ def check_config():
                 f"config blend.weights must name every model: missing {missing}, unknown {unknown}"
             )
         if sum(blend["weights"].values()) <= 0:
-            raise WorkflowError("config blend.weights: at least one weight must be positive")
+            raise WorkflowError(
+                "config blend.weights: at least one weight must be positive"
+            )
     for m in MODELS:
         folds = config["models"][m]["predict"]["folds"]
         if folds != "all" and any(f >= len(FOLDS) for f in folds):

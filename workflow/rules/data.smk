@@ -2,10 +2,12 @@ rule demo_data:
     output:
         train="results/demo/train.csv",
         test="results/demo/test.csv",
-    params:
-        demo=config["demo"],
     log:
         "results/logs/demo_data.log",
+    conda:
+        CONDA_ENV
+    params:
+        demo=config["demo"],
     script:
         "../scripts/demo_data.py"
 
@@ -17,6 +19,8 @@ rule parse:
         "results/data/{split}.parquet",
     log:
         "results/logs/parse/{split}.log",
+    conda:
+        CONDA_ENV
     script:
         "../scripts/parse.py"
 
@@ -26,9 +30,11 @@ rule folds:
         "results/data/train.parquet",
     output:
         "results/data/folds.parquet",
-    params:
-        cv=config["cv"],
     log:
         "results/logs/folds.log",
+    conda:
+        CONDA_ENV
+    params:
+        cv=config["cv"],
     script:
         "../scripts/folds.py"

@@ -6,16 +6,18 @@ rule oof:
         backbone=backbone_input,
     output:
         "results/oof/{model}/fold{fold}.parquet",
-    params:
-        backbone=backbone_spec,
-        settings=predict_settings,
-    threads: THREADS
-    resources:
-        gpu=1,
     log:
         "results/logs/oof/{model}/fold{fold}.log",
     benchmark:
         "results/benchmarks/oof/{model}/fold{fold}.tsv"
+    conda:
+        CONDA_ENV
+    threads: THREADS
+    resources:
+        gpu=1,
+    params:
+        backbone=backbone_spec,
+        settings=predict_settings,
     script:
         "../scripts/oof.py"
 
@@ -27,16 +29,18 @@ rule infer:
         backbone=backbone_input,
     output:
         "results/test/{model}/fold{fold}.parquet",
-    params:
-        backbone=backbone_spec,
-        settings=predict_settings,
-    threads: THREADS
-    resources:
-        gpu=1,
     log:
         "results/logs/infer/{model}/fold{fold}.log",
     benchmark:
         "results/benchmarks/infer/{model}/fold{fold}.tsv"
+    conda:
+        CONDA_ENV
+    threads: THREADS
+    resources:
+        gpu=1,
+    params:
+        backbone=backbone_spec,
+        settings=predict_settings,
     script:
         "../scripts/infer.py"
 
@@ -46,9 +50,11 @@ rule average_test:
         fold_test_predictions,
     output:
         "results/test/{model}.parquet",
-    params:
-        tta=blend_tta(),
     log:
         "results/logs/average_test/{model}.log",
+    conda:
+        CONDA_ENV
+    params:
+        tta=blend_tta(),
     script:
         "../scripts/average_test.py"

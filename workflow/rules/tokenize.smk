@@ -3,10 +3,12 @@ rule tiny_backbone:
         "results/data/train.parquet",
     output:
         directory("results/backbones/{model}"),
-    params:
-        backbone=backbone_spec,
     log:
         "results/logs/tiny_backbone/{model}.log",
+    conda:
+        CONDA_ENV
+    params:
+        backbone=backbone_spec,
     script:
         "../scripts/tiny_backbone.py"
 
@@ -17,12 +19,14 @@ rule tokenize:
         backbone=backbone_input,
     output:
         "results/tokens/{model}/{split}.parquet",
-    params:
-        backbone=backbone_spec,
-        settings=token_settings,
     log:
         "results/logs/tokenize/{model}/{split}.log",
     benchmark:
         "results/benchmarks/tokenize/{model}/{split}.tsv"
+    conda:
+        CONDA_ENV
+    params:
+        backbone=backbone_spec,
+        settings=token_settings,
     script:
         "../scripts/tokenize.py"

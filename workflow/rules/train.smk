@@ -7,17 +7,19 @@ rule train:
     output:
         adapter=directory("results/models/{model}/fold{fold}/adapter"),
         metrics="results/models/{model}/fold{fold}/train_metrics.json",
+    log:
+        "results/logs/train/{model}/fold{fold}.log",
+    benchmark:
+        "results/benchmarks/train/{model}/fold{fold}.tsv"
+    conda:
+        CONDA_ENV
+    threads: THREADS
+    resources:
+        gpu=1,
     params:
         backbone=backbone_spec,
         settings=train_settings,
         # outside the outputs: a failed or killed job keeps its checkpoints and resumes
         checkpoints="results/checkpoints/{model}/fold{fold}",
-    threads: THREADS
-    resources:
-        gpu=1,
-    log:
-        "results/logs/train/{model}/fold{fold}.log",
-    benchmark:
-        "results/benchmarks/train/{model}/fold{fold}.tsv"
     script:
         "../scripts/train.py"

@@ -1,0 +1,98 @@
+"""The real QLoRA code path on CPU: tiny Gemma-2 in 4-bit NF4 through bitsandbytes, LoRA, save/load."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from arena_pref import modeling
+from arena_pref.predict import predict_frame, predict_sequences
+from arena_pref.tokenize import tokenize_frame
+
+LORA = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"],
+        "layers_to_transform": [1]}
+
+
+def frame(n=6):
+    return pd.DataFrame({
+        "id": np.arange(n) + 100,
+        "prompt": [[f"what is rust {i}?"] for i in range(n)],
+        "response_a": [["the answer about rust is long " * (1 + i % 3)] for i in range(n)],
+        "response_b": [["stars", None] if i % 2 else ["tea is complete"] for i in range(n)],
+    })
+
+
+@pytest.mark.parametrize("quantization,layer_type", [("4bit", "Linear4bit"), ("8bit", "Linear8bitLt"),
+                                                     ("none", "Linear")])
+def test_load_quantized(tiny_backbone_dir, quantization, layer_type):
+    tok = modeling.load_tokenizer(tiny_backbone_dir)
+    model = modeling.load_model(tiny_backbone_dir, quantization=quantization, pad_token_id=tok.pad_token_id)
+    assert type(model.model.layers[0].self_attn.q_proj).__name__ == layer_type
+    assert model.config.num_labels == 3
+
+
+def test_lora_adapter_round_trip(tiny_backbone_dir, tmp_path):
+    """LoRA on chosen layers + the score head; save_pretrained then PeftModel gives identical logits."""
+    torch.manual_seed(0)
+    tok = modeling.load_tokenizer(tiny_backbone_dir)
+    model = modeling.load_model(tiny_backbone_dir, quantization="4bit", pad_token_id=tok.pad_token_id)
+    model = modeling.attach_lora(model, LORA, quantized=True)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert any("layers.1.self_attn.q_proj.lora_A" in n for n in trainable)
+    assert not any("layers.0." in n for n in trainable)  # layers_to_transform respected
+    assert any("score" in n for n in trainable)  # the head is trained in full
+    # one training step so the adapter differs from its initialisation
+    ids = torch.tensor([tok("what is rust? the answer")["input_ids"]])
+    out = model(input_ids=ids, labels=torch.tensor([2]))
+    out.loss.backward()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p -= 0.5 * p.grad
+    model.eval()
+    with torch.no_grad():
+        before = model(input_ids=ids).logits
+    model.save_pretrained(tmp_path / "adapter")
+    loaded = modeling.load_for_inference(tiny_backbone_dir, tmp_path / "adapter", quantization="4bit",
+                                         dtype="float32", pad_token_id=tok.pad_token_id)
+    with torch.no_grad():
+        after = loaded(input_ids=ids).logits
+    torch.testing.assert_close(after, before, rtol=0, atol=1e-5)
+
+
+def test_dynamic_padding_matches_one_row_batches(tiny_backbone_dir):
+    """Length-sorted padded batches give each row the probabilities it gets alone, in input order."""
+    tok = modeling.load_tokenizer(tiny_backbone_dir)
+    model = modeling.load_model(tiny_backbone_dir, quantization="none", pad_token_id=tok.pad_token_id)
+    model.eval()
+    cache = tokenize_frame(frame(), tok, strategy="per_part", max_length=64)
+    seqs = list(cache["input_ids"])
+    assert len({len(s) for s in seqs}) > 1
+    batched = predict_sequences(model, seqs, pad_token_id=tok.pad_token_id, batch_size=4)
+    single = predict_sequences(model, seqs, pad_token_id=tok.pad_token_id, batch_size=1)
+    np.testing.assert_allclose(batched, single, atol=1e-5)
+    np.testing.assert_allclose(batched.sum(axis=1), 1, atol=1e-6)
+
+
+class OrderModel(torch.nn.Module):
+    """Says 'the answer shown first wins' when token 0 comes first, 'second wins' otherwise."""
+
+    def __init__(self):
+        super().__init__()
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, input_ids, attention_mask):
+        first = (input_ids[:, 0] == 0).float()
+        logits = torch.stack([3 * first, 3 * (1 - first), torch.zeros_like(first)], dim=1)
+        return type("Out", (), {"logits": logits})
+
+
+def test_tta_maps_swapped_prediction_back():
+    tokens = pd.DataFrame({"id": [5, 6], "input_ids": [[0, 1], [1, 0, 1]],
+                           "input_ids_swap": [[1, 0], [0, 1, 1]]})
+    out = predict_frame(OrderModel(), tokens, pad_token_id=9, batch_size=2, tta=True)
+    assert out["id"].tolist() == [5, 6]
+    # row 5: A shown first says A; swapped, B shown first says "second" = original A
+    assert out.loc[0, "a"] > 0.9 and out.loc[0, "a_tta"] > 0.9
+    assert out.loc[1, "b"] > 0.9 and out.loc[1, "b_tta"] > 0.9
+    np.testing.assert_allclose(out[["a_tta", "b_tta", "tie_tta"]].sum(axis=1), 1)

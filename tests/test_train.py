@@ -1,0 +1,108 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from safetensors.torch import load_file
+
+from arena_pref import modeling, train
+from arena_pref.tokenize import tokenize_frame
+
+SETTINGS = {
+    "quantization": "4bit",
+    "dtype": "float32",
+    "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"],
+             "layers_to_transform": None},
+    "train": {"epochs": 2, "batch_size": 4, "grad_accum": 1, "lr": 1e-3, "warmup_steps": 1,
+              "optimizer": "adamw_8bit", "save_steps": 2, "logging_steps": 1, "seed": 0,
+              "swap_augment": False},
+}
+
+
+@pytest.fixture
+def tokens(tiny_backbone_dir):
+    n = 12
+    df = pd.DataFrame({
+        "id": np.arange(n),
+        "prompt": [[f"what is rust {i}?"] for i in range(n)],
+        "response_a": [["the answer about rust is long " * (1 + i % 3)] for i in range(n)],
+        "response_b": [["stars"] for _ in range(n)],
+    })
+    tok = modeling.load_tokenizer(tiny_backbone_dir)
+    return tokenize_frame(df, tok, strategy="per_part", max_length=48), np.arange(n) % 3
+
+
+def run(tiny_backbone_dir, tokens, tmp_path, settings=SETTINGS, name="a"):
+    cache, labels = tokens
+    return train.train_fold(backbone=tiny_backbone_dir, tokens=cache, labels=labels, settings=settings,
+                            ckpt_dir=tmp_path / "ckpt", adapter_dir=tmp_path / name / "adapter",
+                            metrics_path=tmp_path / name / "metrics.json", threads=1)
+
+
+def adapter_weights(path):
+    return load_file(str(path / "adapter_model.safetensors"))
+
+
+def test_train_saves_adapter_and_metrics(tiny_backbone_dir, tokens, tmp_path):
+    metrics = run(tiny_backbone_dir, tokens, tmp_path)
+    assert (tmp_path / "a" / "adapter" / "adapter_config.json").exists()
+    weights = adapter_weights(tmp_path / "a" / "adapter")
+    assert any("lora_A" in k for k in weights) and any("score" in k for k in weights)
+    saved = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    assert saved["steps"] == 6 and saved["n_sequences"] == 12
+    assert saved["tokens_per_s"] > 0 and saved["peak_memory_mb"] > 0
+    assert np.isfinite(saved["train_loss"])
+    assert metrics["resumed_from"] is None
+    assert saved["optimizer"] == "adamw_torch"  # 8-bit AdamW needs a GPU: logged fallback on CPU
+
+
+def test_resume_continues_from_last_checkpoint_and_matches(tiny_backbone_dir, tokens, tmp_path):
+    """A job killed after its step-4 checkpoint resumes there and ends with the same adapter."""
+    run(tiny_backbone_dir, tokens, tmp_path / "full")
+    full = adapter_weights(tmp_path / "full" / "a" / "adapter")
+    # simulate the kill: keep the checkpoints up to step 4 only
+    run(tiny_backbone_dir, tokens, tmp_path / "killed")
+    ckpt = tmp_path / "killed" / "ckpt"
+    for step in (6,):
+        import shutil
+
+        shutil.rmtree(ckpt / f"checkpoint-{step}")
+    assert (ckpt / "checkpoint-4").exists()
+    metrics = run(tiny_backbone_dir, tokens, tmp_path / "killed", name="b")
+    assert metrics["resumed_from"].endswith("checkpoint-4")
+    resumed = adapter_weights(tmp_path / "killed" / "b" / "adapter")
+    assert resumed.keys() == full.keys()
+    for k in full:
+        np.testing.assert_allclose(resumed[k].numpy(), full[k].numpy(), atol=1e-6, err_msg=k)
+
+
+def test_checkpoints_of_other_settings_are_not_resumed(tiny_backbone_dir, tokens, tmp_path):
+    run(tiny_backbone_dir, tokens, tmp_path)
+    changed = {**SETTINGS, "train": {**SETTINGS["train"], "lr": 5e-4}}
+    metrics = run(tiny_backbone_dir, tokens, tmp_path, settings=changed, name="b")
+    assert metrics["resumed_from"] is None
+
+
+def test_swap_augment_mirrors_labels(tokens):
+    cache, labels = tokens
+    seqs, y = train.training_rows(cache, labels, swap_augment=True)
+    n = len(cache)
+    assert len(seqs) == 2 * n
+    assert list(y[n:]) == [{0: 1, 1: 0, 2: 2}[v] for v in labels]
+    assert seqs[n] == list(cache["input_ids_swap"][0])
+
+
+def test_length_grouped_sampler_is_a_function_of_seed_and_epoch():
+    lengths = np.random.default_rng(0).integers(1, 100, size=40)
+    s = train.LengthGroupedSampler(lengths, batch_size=2, seed=3, mega=4)
+    first = list(s)
+    assert sorted(first) == list(range(40))
+    s.set_epoch(1)
+    second = list(s)
+    assert second != first
+    s.set_epoch(0)
+    assert list(s) == first
+    # within each mega-batch of 8 rows, longest first
+    for g in range(0, 40, 8):
+        chunk = lengths[first[g:g + 8]]
+        assert list(chunk) == sorted(chunk, reverse=True)
