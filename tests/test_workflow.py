@@ -2,7 +2,6 @@
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -153,7 +152,6 @@ def test_killed_training_job_resumes(run_a, tmp_path):
 
 def test_bad_input_fails_with_a_clear_message(tmp_path):
     write_config(tmp_path, **{"data.train_csv": "bad.csv"})
-    shutil.copy(REPO / "tests" / "configs" / "small.yaml", tmp_path / "unused.yaml")
     (tmp_path / "bad.csv").write_text(
         "id,prompt,response_a,response_b,winner_model_a,winner_model_b,winner_tie\n"
         '11,"[""hi""]","[""a""]","[""b""]",1,0,0\n'

@@ -12,7 +12,6 @@ os.environ.update(
     PYTHONPATH=os.pathsep.join(p for p in (PACKAGE_DIR, os.getenv("PYTHONPATH")) if p)
 )
 sys.path.insert(0, PACKAGE_DIR)
-# Nothing is ever fetched from a model hub unless a config names a hub backbone.
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
@@ -37,6 +36,7 @@ wildcard_constraints:
 
 def check_config():
     """Cross-field checks the schema cannot express; errors name the key."""
+    # nothing is fetched from a model hub unless a config names a hub backbone
     if any(config["models"][m]["backbone"]["kind"] == "hub" for m in MODELS):
         os.environ.pop("HF_HUB_OFFLINE", None)
     else:
