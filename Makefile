@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test lint format report clean
+.PHONY: setup demo test bench lint format report clean
 
 setup: $(BIN)/.installed
 
@@ -29,6 +29,12 @@ report: setup
 
 test: setup
 	$(BIN)/python -m pytest tests -ra
+
+# speed benchmarks (JSON): prediction methods side by side, our training step vs the baseline's
+bench: setup
+	mkdir -p results/bench
+	$(BIN)/python -m arena_pref.bench inference --out results/bench/inference.json
+	$(BIN)/python -m arena_pref.bench training --out results/bench/training.json
 
 lint: setup
 	$(SNAKEMAKE) --lint

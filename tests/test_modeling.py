@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from arena_pref import modeling
-from arena_pref.predict import predict_frame, predict_sequences
+from arena_pref.predict import plan_batches, predict_frame, run_batches
 from arena_pref.tokenize import tokenize_frame
 
 LORA = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"],
@@ -68,29 +68,27 @@ def test_dynamic_padding_matches_one_row_batches(tiny_backbone_dir):
     cache = tokenize_frame(frame(), tok, strategy="per_part", max_length=64)
     seqs = list(cache["input_ids"])
     assert len({len(s) for s in seqs}) > 1
-    batched = predict_sequences(model, seqs, pad_token_id=tok.pad_token_id, batch_size=4)
-    single = predict_sequences(model, seqs, pad_token_id=tok.pad_token_id, batch_size=1)
+    lengths = [len(s) for s in seqs]
+    batched = run_batches(model, seqs, plan_batches(lengths, method="sorted_dynamic", batch_size=4),
+                          pad_token_id=tok.pad_token_id)
+    single = run_batches(model, seqs, plan_batches(lengths, method="sorted_dynamic", batch_size=1),
+                         pad_token_id=tok.pad_token_id)
     np.testing.assert_allclose(batched, single, atol=1e-5)
     np.testing.assert_allclose(batched.sum(axis=1), 1, atol=1e-6)
 
 
-class OrderModel(torch.nn.Module):
+def order_forward(model, sequences, batch, **kw):
     """Says 'the answer shown first wins' when token 0 comes first, 'second wins' otherwise."""
-
-    def __init__(self):
-        super().__init__()
-        self.dummy = torch.nn.Parameter(torch.zeros(1))
-
-    def forward(self, input_ids, attention_mask):
-        first = (input_ids[:, 0] == 0).float()
-        logits = torch.stack([3 * first, 3 * (1 - first), torch.zeros_like(first)], dim=1)
-        return type("Out", (), {"logits": logits})
+    first = torch.tensor([float(sequences[i][0] == 0) for i in batch.rows])
+    return torch.stack([3 * first, 3 * (1 - first), torch.zeros_like(first)], dim=1)
 
 
-def test_tta_maps_swapped_prediction_back():
+@pytest.mark.parametrize("method", ["fixed", "sorted_dynamic", "token_budget", "packed"])
+def test_tta_maps_swapped_prediction_back(method):
     tokens = pd.DataFrame({"id": [5, 6], "input_ids": [[0, 1], [1, 0, 1]],
                            "input_ids_swap": [[1, 0], [0, 1, 1]]})
-    out = predict_frame(OrderModel(), tokens, pad_token_id=9, batch_size=2, tta=True)
+    settings = {"predict": {"method": method, "batch_size": 2, "max_tokens_per_batch": 4}}
+    out = predict_frame(None, tokens, pad_token_id=9, settings=settings, tta=True, forward=order_forward)
     assert out["id"].tolist() == [5, 6]
     # row 5: A shown first says A; swapped, B shown first says "second" = original A
     assert out.loc[0, "a"] > 0.9 and out.loc[0, "a_tta"] > 0.9

@@ -47,8 +47,15 @@ def resolve_backbone(spec, built_dir=None):
     raise InputError(f"unknown backbone kind {kind!r}")
 
 
-def device():
+def default_device():
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def job_devices():
+    """Every device this job may use: the GPUs visible to it (see gpus.py), else the CPU."""
+    if torch.cuda.is_available():
+        return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    return ["cpu"]
 
 
 def torch_dtype(name):
@@ -80,14 +87,15 @@ def quantization_config(quantization, compute_dtype):
 
 
 def load_model(backbone, *, quantization="none", dtype="float32", pad_token_id=None,
-               attn_implementation=None):
-    """``AutoModelForSequenceClassification`` with 3 labels, quantized through bitsandbytes."""
+               attn_implementation=None, device=None):
+    """``AutoModelForSequenceClassification`` with 3 labels, quantized through bitsandbytes,
+    on ``device`` (default: the first GPU, else the CPU)."""
     from transformers import AutoModelForSequenceClassification
 
     compute_dtype = torch_dtype(dtype)
-    dev = device()
+    dev = torch.device(device) if device is not None else default_device()
     kwargs = {}
-    if attn_implementation:
+    if attn_implementation and attn_implementation != "auto":
         kwargs["attn_implementation"] = attn_implementation
     qconf = quantization_config(quantization, compute_dtype)
     if qconf is not None:
@@ -124,10 +132,12 @@ def attach_lora(model, lora, *, quantized, gradient_checkpointing=False):
     return model
 
 
-def load_for_inference(backbone, adapter_dir, *, quantization, dtype, pad_token_id):
+def load_for_inference(backbone, adapter_dir, *, quantization, dtype, pad_token_id, device=None,
+                       attn_implementation=None):
     from peft import PeftModel
 
-    model = load_model(backbone, quantization=quantization, dtype=dtype, pad_token_id=pad_token_id)
+    model = load_model(backbone, quantization=quantization, dtype=dtype, pad_token_id=pad_token_id,
+                       device=device, attn_implementation=attn_implementation)
     model = PeftModel.from_pretrained(model, adapter_dir)
     model.eval()
     return model

@@ -1,8 +1,27 @@
-"""Prediction with test-time augmentation (A/B swap) and length-sorted dynamic padding."""
+"""Prediction with test-time augmentation (A/B swap): batch planning, packing, several devices.
+
+Four ways to cut rows into forward passes (``predict.method``):
+
+``fixed``           rows in file order, every batch padded to ``max_length`` (the first public
+                    notebooks);
+``sorted_dynamic``  rows sorted by length, ``batch_size`` rows padded to the longest (the seed's);
+``token_budget``    rows sorted by length, batches filled up to ``max_tokens_per_batch`` padded
+                    token slots, so short rows go through in large batches and long ones in small;
+``packed``          rows sorted by length and concatenated without padding up to
+                    ``max_tokens_per_batch`` tokens, each sequence attending only to itself
+                    (restarting position ids; flash-attention varlen where installed, a
+                    block-diagonal mask elsewhere), pooled per sequence by :mod:`pooling`.
+
+With TTA a row's two orders go through together (adjacent in the same or the next batch).
+With several devices the batches are shared out balanced by token slots, one worker process
+per device, and merged back in input order.
+"""
 
 from __future__ import annotations
 
 import logging
+import time
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -10,48 +29,154 @@ import torch
 
 from .logs import Rate
 from .metrics import tta_average
-from .modeling import device, load_for_inference, load_tokenizer
+from .pooling import classify, packed_inputs
 
 log = logging.getLogger(__name__)
 
 PROB_COLUMNS = ["a", "b", "tie"]
 TTA_COLUMNS = ["a_tta", "b_tta", "tie_tta"]
+METHODS = ("fixed", "sorted_dynamic", "token_budget", "packed")
 
 
-def length_sorted_batches(lengths, batch_size):
-    """Index batches over rows sorted by length (longest first: memory peaks show at once)."""
-    order = np.argsort(-np.asarray(lengths), kind="stable")
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+@dataclass
+class Batch:
+    rows: np.ndarray   # indices into the sequence list
+    width: int         # padded width (0 for a packed batch)
+
+    def slots(self, lengths):
+        """Token positions computed for this batch (real tokens plus padding)."""
+        return int(lengths[self.rows].sum()) if self.width == 0 else len(self.rows) * self.width
+
+
+def _sorted_units(lengths, n_pairs):
+    """Units of rows kept together, longest first: pairs (i, i + n_pairs) when the second half of
+    ``lengths`` holds the swapped orders of the first half (TTA), single rows otherwise."""
+    lengths = np.asarray(lengths)
+    if n_pairs:
+        firsts = np.arange(n_pairs)
+        key = np.maximum(lengths[firsts], lengths[firsts + n_pairs])
+        order = np.argsort(-key, kind="stable")
+        units = [np.array([i, i + n_pairs]) for i in firsts[order]]
+        rest = np.arange(2 * n_pairs, len(lengths))
+    else:
+        rest = np.arange(len(lengths))
+        units = []
+    if len(rest):
+        units += [np.array([i]) for i in rest[np.argsort(-lengths[rest], kind="stable")]]
+        units.sort(key=lambda u: -lengths[u].max())  # stable: pairs keep their order
+    return units
+
+
+def plan_batches(lengths, *, method, batch_size=8, max_tokens=8192, max_length=None, n_pairs=0):
+    """Cut sequence indices into batches by ``method``.
+
+    ``n_pairs``: with TTA the first ``n_pairs`` sequences have their swapped twins at
+    ``i + n_pairs``; a twin goes into the same batch, or the next one when the budget is full.
+    A sequence longer than the budget goes alone.
+    """
+    lengths = np.asarray(lengths, dtype=np.int64)
+    if method not in METHODS:
+        raise ValueError(f"unknown prediction method {method!r}; choose one of {METHODS}")
+    if len(lengths) == 0:
+        return []
+    if method == "fixed":
+        width = int(max_length or lengths.max())
+        if n_pairs:
+            order = np.stack([np.arange(n_pairs), np.arange(n_pairs) + n_pairs], 1).ravel()
+            order = np.concatenate([order, np.arange(2 * n_pairs, len(lengths))])
+        else:
+            order = np.arange(len(lengths))
+        return [Batch(order[i:i + batch_size], width) for i in range(0, len(order), batch_size)]
+    order = np.concatenate(_sorted_units(lengths, n_pairs))
+    if method == "sorted_dynamic":
+        return [Batch(b, int(lengths[b].max())) for b in
+                (order[i:i + batch_size] for i in range(0, len(order), batch_size))]
+    batches, current, width, used = [], [], 0, 0
+    for i in order:
+        n = int(lengths[i])
+        if method == "token_budget":
+            fits = (len(current) + 1) * max(width, n) <= max_tokens
+        else:
+            fits = used + n <= max_tokens
+        if current and not fits:
+            batches.append(Batch(np.array(current), width if method == "token_budget" else 0))
+            current, width, used = [], 0, 0
+        current.append(i)
+        width, used = max(width, n), used + n
+    batches.append(Batch(np.array(current), width if method == "token_budget" else 0))
+    return batches
+
+
+def padding_efficiency(batches, lengths):
+    lengths = np.asarray(lengths)
+    real = sum(int(lengths[b.rows].sum()) for b in batches)
+    return real / max(sum(b.slots(lengths) for b in batches), 1)
+
+
+def shard_batches(batches, lengths, n_shards):
+    """Share batches out to ``n_shards`` devices, balanced by token slots: longest-processing-time
+    first (largest batch to the least loaded shard). Returns lists of batches, one per shard."""
+    lengths = np.asarray(lengths)
+    shards, loads = [[] for _ in range(n_shards)], np.zeros(n_shards, dtype=np.int64)
+    for b in sorted(batches, key=lambda b: -b.slots(lengths)):
+        k = int(np.argmin(loads))
+        shards[k].append(b)
+        loads[k] += b.slots(lengths)
+    return shards
+
+
+def shard_imbalance(shards, lengths):
+    """(most loaded - least loaded) / mean load, in token slots."""
+    loads = np.array([sum(b.slots(np.asarray(lengths)) for b in s) for s in shards], dtype=float)
+    return float((loads.max() - loads.min()) / max(loads.mean(), 1e-9))
+
+
+def forward_batch(model, sequences, batch, *, pad_token_id, pooling):
+    """Logits for one planned batch (padded to ``batch.width`` or packed when it is 0)."""
+    dev = next(model.parameters()).device
+    seqs = [sequences[i] for i in batch.rows]
+    if batch.width == 0:
+        ids, positions, lengths = packed_inputs(seqs, dev)
+        return classify(model, input_ids=ids, position_ids=positions, lengths=lengths, pooling=pooling)
+    ids = torch.full((len(seqs), batch.width), pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), batch.width), dtype=torch.long)
+    for row, s in enumerate(seqs):
+        ids[row, :len(s)] = torch.as_tensor(s, dtype=torch.long)
+        mask[row, :len(s)] = 1
+    return classify(model, input_ids=ids.to(dev), attention_mask=mask.to(dev), pooling=pooling)
 
 
 @torch.inference_mode()
-def predict_sequences(model, sequences, *, pad_token_id, batch_size):
-    """Class probabilities (n, 3) for token sequences, in the order given."""
-    dev = next(model.parameters()).device
+def run_batches(model, sequences, batches, *, pad_token_id, pooling="auto", forward=forward_batch):
+    """Probabilities (n, 3) for ``sequences``, row i of the result for sequence i (rows not in any
+    batch stay 0); logs progress with token rates."""
+    lengths = np.array([len(s) for s in sequences])
     probs = np.zeros((len(sequences), 3), dtype=np.float64)
-    lengths = [len(s) for s in sequences]
-    rate = Rate(sum(lengths), what="tokens")
-    for idx in length_sorted_batches(lengths, batch_size):
-        width = max(lengths[i] for i in idx)
-        ids = torch.full((len(idx), width), pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(idx), width), dtype=torch.long)
-        for row, i in enumerate(idx):
-            ids[row, :lengths[i]] = torch.as_tensor(sequences[i], dtype=torch.long)
-            mask[row, :lengths[i]] = 1
-        logits = model(input_ids=ids.to(dev), attention_mask=mask.to(dev)).logits
-        probs[idx] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
-        rate.update(sum(lengths[i] for i in idx))
+    rate = Rate(int(sum(lengths[b.rows].sum() for b in batches)), what="tokens")
+    for batch in batches:
+        logits = forward(model, sequences, batch, pad_token_id=pad_token_id, pooling=pooling)
+        probs[batch.rows] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
+        rate.update(int(lengths[batch.rows].sum()))
     return probs
 
 
-def predict_frame(model, tokens, *, pad_token_id, batch_size, tta):
-    """Probabilities for the rows of a token cache: ``a, b, tie`` in (A, B) order, and with
-    ``tta`` also ``a_tta, b_tta, tie_tta``: the (B, A) prediction mapped back and averaged."""
-    seqs = [s for s in tokens["input_ids"]]
+def plan_for(settings, lengths, n_pairs, max_length=None):
+    p = settings["predict"]
+    return plan_batches(lengths, method=p["method"], batch_size=p["batch_size"],
+                        max_tokens=p["max_tokens_per_batch"], max_length=max_length, n_pairs=n_pairs)
+
+
+def sequences_of(tokens, tta):
+    """The sequences to score: (A, B) orders, then with ``tta`` the (B, A) orders."""
+    seqs = list(tokens["input_ids"])
     if tta:
-        # both orders in one pass: length sorting puts a row's two orders in nearby batches
-        seqs += [s for s in tokens["input_ids_swap"]]
-    probs = predict_sequences(model, seqs, pad_token_id=pad_token_id, batch_size=batch_size)
+        seqs += list(tokens["input_ids_swap"])
+    return seqs
+
+
+def frame_from_probs(tokens, probs, tta):
+    """``a, b, tie`` in (A, B) order and with ``tta`` also ``a_tta, b_tta, tie_tta``: the (B, A)
+    prediction mapped back and averaged."""
     n = len(tokens)
     out = pd.DataFrame(probs[:n], columns=PROB_COLUMNS)
     out.insert(0, "id", tokens["id"].to_numpy(dtype=np.int64))
@@ -60,15 +185,73 @@ def predict_frame(model, tokens, *, pad_token_id, batch_size, tta):
     return out
 
 
-def predict_with_adapter(*, backbone, adapter_dir, tokens, settings, tta, threads=None):
-    if threads:
-        torch.set_num_threads(threads)
+def predict_frame(model, tokens, *, pad_token_id, settings, tta, max_length=None, forward=forward_batch):
+    """Probabilities for the rows of a token cache with one model in this process."""
+    seqs = sequences_of(tokens, tta)
+    batches = plan_for(settings, [len(s) for s in seqs], len(tokens) if tta else 0, max_length)
+    probs = run_batches(model, seqs, batches, pad_token_id=pad_token_id,
+                        pooling=settings.get("pooling", "auto"), forward=forward)
+    return frame_from_probs(tokens, probs, tta)
+
+
+# --------------------------------------------------------------------------- several devices
+
+def _load(backbone, adapter_dir, settings, dev):
+    from .modeling import load_for_inference, load_tokenizer
+
     tokenizer = load_tokenizer(backbone)
     model = load_for_inference(backbone, adapter_dir, quantization=settings["quantization"],
-                               dtype=settings["dtype"], pad_token_id=tokenizer.pad_token_id)
-    log.info("predicting %d rows%s on %s", len(tokens), " x 2 orders (TTA)" if tta else "", device())
-    return predict_frame(model, tokens, pad_token_id=tokenizer.pad_token_id,
-                         batch_size=settings["predict"]["batch_size"], tta=tta)
+                               dtype=settings["dtype"], pad_token_id=tokenizer.pad_token_id,
+                               device=dev, attn_implementation=settings.get("attn_implementation"))
+    return model, tokenizer.pad_token_id
+
+
+def _worker(backbone, adapter_dir, settings, dev, sequences, batches, threads):
+    """One device's share, in its own process: load the model there, run its batches."""
+    from .logs import setup_logging
+
+    setup_logging(None)
+    if threads:
+        torch.set_num_threads(threads)
+    model, pad = _load(backbone, adapter_dir, settings, dev)
+    t0 = time.perf_counter()
+    probs = run_batches(model, sequences, batches, pad_token_id=pad, pooling=settings.get("pooling", "auto"))
+    rows = np.concatenate([b.rows for b in batches]) if batches else np.array([], dtype=np.int64)
+    return rows, probs[rows], time.perf_counter() - t0
+
+
+def predict_on_devices(*, backbone, adapter_dir, tokens, settings, tta, devices, threads=None,
+                       max_length=None):
+    """Probabilities for a token cache, the batches shared over ``devices`` (one worker process
+    per device when there are several), merged back in row order."""
+    seqs = sequences_of(tokens, tta)
+    lengths = np.array([len(s) for s in seqs])
+    batches = plan_for(settings, lengths, len(tokens) if tta else 0, max_length)
+    log.info("predicting %d rows%s on %s: %d batches by %s, padding efficiency %.3f", len(tokens),
+             " x 2 orders (TTA)" if tta else "", ", ".join(map(str, devices)), len(batches),
+             settings["predict"]["method"], padding_efficiency(batches, lengths))
+    if len(devices) == 1:
+        if threads:
+            torch.set_num_threads(threads)
+        model, pad = _load(backbone, adapter_dir, settings, devices[0])
+        probs = run_batches(model, seqs, batches, pad_token_id=pad, pooling=settings.get("pooling", "auto"))
+        return frame_from_probs(tokens, probs, tta)
+
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    shards = shard_batches(batches, lengths, len(devices))
+    log.info("%d shards, token-slot imbalance %.2f%%", len(shards), 100 * shard_imbalance(shards, lengths))
+    probs = np.zeros((len(seqs), 3))
+    # spawn: CUDA cannot be used in forked children
+    with ProcessPoolExecutor(len(devices), mp_context=mp.get_context("spawn")) as pool:
+        futures = [pool.submit(_worker, backbone, str(adapter_dir), settings, str(dev), seqs, shard, threads)
+                   for dev, shard in zip(devices, shards)]
+        for dev, fut in zip(devices, futures):
+            rows, p, seconds = fut.result()
+            probs[rows] = p
+            log.info("%s: %d sequences in %.1f s", dev, len(rows), seconds)
+    return frame_from_probs(tokens, probs, tta)
 
 
 def final_probs(pred, tta):

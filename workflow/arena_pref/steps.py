@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from . import blend as blending
-from . import data, folds, io, modeling, predict, tokenize, train
+from . import data, folds, io, modeling, predict, text, tokenize, train
 from .errors import InputError
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ def tiny_backbone(train_parquet, out_dir, spec):
     df = data.read_parsed(train_parquet)
     # the tokenizer learns from the training texts only, the template labels included
     texts = [t for col in data.TURN_COLUMNS for turns in df[col] for t in turns if t]
-    texts += ["<prompt>: ", "<response_a>: ", "<response_b>: "]
+    texts += list(text.DEFAULT_TEMPLATE.values())
     modeling.build_tiny_backbone(out_dir, texts, **{k: v for k, v in spec.items() if k != "kind"})
 
 
@@ -91,8 +91,9 @@ def train_fold(*, tokens_parquet, train_parquet, folds_parquet, fold, backbone, 
 def oof(*, tokens_parquet, folds_parquet, fold, backbone, adapter, settings, out, threads=None):
     """Held-out rows of one fold, predicted in both orders (TTA scored either way)."""
     tokens = _fold_rows(tokenize.read_tokens(tokens_parquet), folds_parquet, fold, held_out=True)
-    pred = predict.predict_with_adapter(backbone=backbone, adapter_dir=adapter, tokens=tokens,
-                                        settings=settings, tta=True, threads=threads)
+    pred = predict.predict_on_devices(backbone=backbone, adapter_dir=adapter, tokens=tokens,
+                                      settings=settings, tta=True, threads=threads,
+                                      devices=modeling.job_devices(), max_length=settings["max_length"])
     pred.insert(1, "fold", np.int64(fold))
     io.write_parquet(pred, out)
 
@@ -100,8 +101,9 @@ def oof(*, tokens_parquet, folds_parquet, fold, backbone, adapter, settings, out
 def infer(*, tokens_parquet, backbone, adapter, settings, out, threads=None):
     tokens = tokenize.read_tokens(tokens_parquet)
     tta = settings["predict"]["tta"]
-    pred = predict.predict_with_adapter(backbone=backbone, adapter_dir=adapter, tokens=tokens,
-                                        settings=settings, tta=tta, threads=threads)
+    pred = predict.predict_on_devices(backbone=backbone, adapter_dir=adapter, tokens=tokens,
+                                      settings=settings, tta=tta, threads=threads,
+                                      devices=modeling.job_devices(), max_length=settings["max_length"])
     io.write_parquet(pred, out)
 
 

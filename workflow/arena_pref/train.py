@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 from .io import atomic_path, read_json, write_json
-from .modeling import attach_lora, device, load_model, load_tokenizer
+from .modeling import attach_lora, default_device, load_model, load_tokenizer
+from .pooling import classify, packed_inputs
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,17 @@ class LengthGroupedSampler(torch.utils.data.Sampler):
         size = self.batch_size * self.mega
         groups = [order[i:i + size] for i in range(0, len(order), size)]
         return iter([int(i) for g in groups for i in g[np.argsort(-self.lengths[g], kind="stable")]])
+
+
+class PackedCollator:
+    """A batch of rows as one padding-free packed row: ``input_ids`` and restarting
+    ``position_ids`` of shape (1, total tokens), ``lengths`` per row, ``labels`` per row.
+    :func:`pooling.classify` pools each sequence; attention stays within each sequence."""
+
+    def __call__(self, features):
+        ids, positions, lengths = packed_inputs([f["input_ids"] for f in features])
+        return {"input_ids": ids, "position_ids": positions, "lengths": lengths,
+                "labels": torch.tensor([int(f["labels"]) for f in features], dtype=torch.long)}
 
 
 def training_rows(tokens, labels, swap_augment):
@@ -117,10 +129,26 @@ def optimizer_name(name):
     return optim
 
 
-def _trainer_class():
+def _trainer_class(pooling):
     from transformers import Trainer
 
     class LengthGroupedTrainer(Trainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            # our pooling and the model's score head, as prediction uses them (pooling.py)
+            labels = inputs["labels"]
+            logits = classify(model, input_ids=inputs["input_ids"],
+                              attention_mask=inputs.get("attention_mask"),
+                              lengths=inputs.get("lengths"), position_ids=inputs.get("position_ids"),
+                              pooling=pooling)
+            if num_items_in_batch is not None:
+                # rows of the whole accumulated step: the Trainer then skips its own division
+                # by the accumulation steps, and uneven last batches are weighted right
+                loss = torch.nn.functional.cross_entropy(logits.float(), labels, reduction="sum")
+                loss = loss / num_items_in_batch
+            else:
+                loss = torch.nn.functional.cross_entropy(logits.float(), labels)
+            return (loss, {"logits": logits}) if return_outputs else loss
+
         def _get_train_sampler(self, train_dataset=None):
             dataset = train_dataset if train_dataset is not None else self.train_dataset
             return LengthGroupedSampler([len(s) for s in dataset.sequences],
@@ -131,24 +159,32 @@ def _trainer_class():
 
 
 KILL_AFTER_CHECKPOINT = "ARENA_PREF_KILL_AFTER_CHECKPOINT"
+PAUSE_AFTER_CHECKPOINT = "ARENA_PREF_PAUSE_AFTER_CHECKPOINT"
 
 
-def kill_after_checkpoint_callback(step):
-    """Fault injection for tests: SIGKILL this process right after checkpoint ``step`` is saved,
-    as a node failure or a time limit would. Enabled by the environment variable
-    ARENA_PREF_KILL_AFTER_CHECKPOINT=STEP."""
+def fault_injection_callback(step, *, pause):
+    """For tests of resumption: right after checkpoint ``step`` is saved, SIGKILL this process (as a
+    node failure would; ARENA_PREF_KILL_AFTER_CHECKPOINT=STEP) or stop making progress so a test can
+    cancel the job from outside, as a scheduler's time limit or scancel would
+    (ARENA_PREF_PAUSE_AFTER_CHECKPOINT=STEP)."""
     import signal
 
     from transformers import TrainerCallback
 
-    class KillAfterCheckpoint(TrainerCallback):
+    class AfterCheckpoint(TrainerCallback):
         def on_save(self, args, state, control, **kw):
-            if state.global_step >= step:
-                log.warning("%s=%d: killing the job after checkpoint %d", KILL_AFTER_CHECKPOINT,
-                            step, state.global_step)
-                os.kill(os.getpid(), signal.SIGKILL)
+            if state.global_step < step:
+                return
+            if pause:
+                log.warning("%s=%d: pausing after checkpoint %d", PAUSE_AFTER_CHECKPOINT, step,
+                            state.global_step)
+                while True:
+                    time.sleep(60)
+            log.warning("%s=%d: killing the job after checkpoint %d", KILL_AFTER_CHECKPOINT,
+                        step, state.global_step)
+            os.kill(os.getpid(), signal.SIGKILL)
 
-    return KillAfterCheckpoint()
+    return AfterCheckpoint()
 
 
 def progress_callback():
@@ -194,12 +230,13 @@ def train_fold(*, backbone, tokens, labels, settings, ckpt_dir, adapter_dir, met
     tokenizer = load_tokenizer(backbone)
     quantized = settings["quantization"] != "none"
     model = load_model(backbone, quantization=settings["quantization"], dtype=settings["dtype"],
-                       pad_token_id=tokenizer.pad_token_id)
+                       pad_token_id=tokenizer.pad_token_id,
+                       attn_implementation=settings.get("attn_implementation"))
     model = attach_lora(model, settings["lora"], quantized=quantized,
                         gradient_checkpointing=tr.get("gradient_checkpointing", False))
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
-    on_gpu = device().type == "cuda"
+    on_gpu = default_device().type == "cuda"
     optim = optimizer_name(tr["optimizer"])
     args = TrainingArguments(
         output_dir=str(ckpt_dir),
@@ -226,13 +263,14 @@ def train_fold(*, backbone, tokens, labels, settings, ckpt_dir, adapter_dir, met
         dataloader_num_workers=0,
     )
     n_tokens = int(sum(len(s) for s in seqs))
-    trainer = _trainer_class()(model=model, args=args, train_dataset=RowDataset(seqs, y),
-                      data_collator=DataCollatorWithPadding(tokenizer),
+    trainer = _trainer_class(settings.get("pooling", "auto"))(model=model, args=args, train_dataset=RowDataset(seqs, y),
+                      data_collator=PackedCollator() if tr.get("packing") else DataCollatorWithPadding(tokenizer),
                       callbacks=[progress_callback()])
     # with tqdm off the Trainer prints raw log dicts; our callback logs them readably instead
     trainer.remove_callback(PrinterCallback)
-    if os.environ.get(KILL_AFTER_CHECKPOINT):
-        trainer.add_callback(kill_after_checkpoint_callback(int(os.environ[KILL_AFTER_CHECKPOINT])))
+    for var, pause in ((KILL_AFTER_CHECKPOINT, False), (PAUSE_AFTER_CHECKPOINT, True)):
+        if os.environ.get(var):
+            trainer.add_callback(fault_injection_callback(int(os.environ[var]), pause=pause))
     log.info("training %d sequences (%d tokens), %d trainable parameters, optimizer %s",
              len(seqs), n_tokens, n_trainable, optim)
     if on_gpu:
@@ -257,7 +295,7 @@ def train_fold(*, backbone, tokens, labels, settings, ckpt_dir, adapter_dir, met
         "tokens_per_s": n_tokens * epochs_run * done_fraction / max(elapsed, 1e-9),
         "resumed_from": resume,
         "optimizer": optim,
-        "device": str(device()),
+        "device": str(default_device()),
         "peak_memory_mb": (torch.cuda.max_memory_allocated() / 2**20 if on_gpu
                            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "log_history": trainer.state.log_history,

@@ -25,6 +25,7 @@ validate(config, os.path.join(workflow.basedir, "workflow/schemas/config.schema.
 MODELS = list(config["models"])
 FOLDS = list(range(config["cv"]["n_folds"]))
 THREADS = config["compute"]["threads"]
+PREDICT_GPUS = config["compute"]["predict_gpus"]
 CONDA_ENV = "../../envs/arena-pref.yaml"
 
 
@@ -114,11 +115,27 @@ def token_settings(wildcards):
 
 
 def train_settings(wildcards):
-    return model_config(wildcards.model, "quantization", "dtype", "lora", "train")
+    return model_config(
+        wildcards.model,
+        "quantization",
+        "dtype",
+        "attn_implementation",
+        "pooling",
+        "lora",
+        "train",
+    )
 
 
 def predict_settings(wildcards):
-    return model_config(wildcards.model, "quantization", "dtype", "predict")
+    return model_config(
+        wildcards.model,
+        "quantization",
+        "dtype",
+        "attn_implementation",
+        "pooling",
+        "max_length",
+        "predict",
+    )
 
 
 def blend_tta():

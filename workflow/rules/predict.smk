@@ -14,7 +14,7 @@ rule oof:
         CONDA_ENV
     threads: THREADS
     resources:
-        gpu=1,
+        gpu=PREDICT_GPUS,
     params:
         backbone=backbone_spec,
         settings=predict_settings,
@@ -37,7 +37,7 @@ rule infer:
         CONDA_ENV
     threads: THREADS
     resources:
-        gpu=1,
+        gpu=PREDICT_GPUS,
     params:
         backbone=backbone_spec,
         settings=predict_settings,

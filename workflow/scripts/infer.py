@@ -1,11 +1,13 @@
 """Rule infer: test probabilities from one fold's adapter (with A/B-swap TTA if configured)."""
 from arena_pref import steps
+from arena_pref.gpus import claim_gpus
 from arena_pref.logs import run_main, setup_logging
 
 
 @run_main
 def main(sm):
     setup_logging(sm.log[0])
+    claim_gpus(sm.resources.gpu)  # before anything starts CUDA: -j2 jobs get their own GPUs
     steps.infer(tokens_parquet=sm.input.tokens,
                 backbone=steps.backbone_dir(sm.params.backbone, sm.input.backbone),
                 adapter=sm.input.adapter, settings=sm.params.settings, out=sm.output[0],

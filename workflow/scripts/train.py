@@ -1,11 +1,13 @@
 """Rule train: one fold's LoRA adapter; checkpoints resume a killed job."""
 from arena_pref import steps
+from arena_pref.gpus import claim_gpus
 from arena_pref.logs import run_main, setup_logging
 
 
 @run_main
 def main(sm):
     setup_logging(sm.log[0])
+    claim_gpus(sm.resources.gpu)  # before anything starts CUDA: -j2 jobs get their own GPUs
     steps.train_fold(
         tokens_parquet=sm.input.tokens, train_parquet=sm.input.data, folds_parquet=sm.input.folds,
         fold=int(sm.wildcards.fold), backbone=steps.backbone_dir(sm.params.backbone, sm.input.backbone),

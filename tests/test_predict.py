@@ -1,0 +1,179 @@
+"""Batch planning, our pooling, padding-free packed prediction and sharding over devices."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from arena_pref import modeling, pooling, predict
+
+
+def arena_lengths(n, seed=0, cap=2048):
+    rng = np.random.default_rng(seed)
+    return np.minimum(rng.lognormal(np.log(700), 0.9, n).astype(int) + 8, cap)
+
+
+@pytest.mark.parametrize("method", predict.METHODS)
+@pytest.mark.parametrize("n_pairs", [0, 50])
+def test_every_sequence_planned_exactly_once(method, n_pairs):
+    lengths = arena_lengths(100 if n_pairs == 0 else 2 * n_pairs)
+    batches = predict.plan_batches(lengths, method=method, batch_size=8, max_tokens=4096,
+                                   max_length=2048, n_pairs=n_pairs)
+    rows = np.concatenate([b.rows for b in batches])
+    assert sorted(rows.tolist()) == list(range(len(lengths)))
+    for b in batches:
+        if method == "fixed":
+            assert b.width == 2048
+        elif method == "packed":
+            assert b.width == 0
+            assert lengths[b.rows].sum() <= 4096 or len(b.rows) == 1
+        else:
+            assert b.width == lengths[b.rows].max()
+        if method == "token_budget":
+            assert len(b.rows) * b.width <= 4096 or len(b.rows) == 1
+
+
+@pytest.mark.parametrize("method", predict.METHODS)
+def test_tta_twins_go_together_or_adjacent(method):
+    n = 60
+    lengths = np.concatenate([arena_lengths(n, seed=1), arena_lengths(n, seed=2)])
+    batches = predict.plan_batches(lengths, method=method, batch_size=8, max_tokens=4096,
+                                   max_length=2048, n_pairs=n)
+    where = {int(i): k for k, b in enumerate(batches) for i in b.rows}
+    assert all(abs(where[i] - where[i + n]) <= 1 for i in range(n))
+
+
+def test_padding_efficiency_by_method():
+    lengths = arena_lengths(400)
+    eff = {m: predict.padding_efficiency(
+        predict.plan_batches(lengths, method=m, batch_size=8, max_tokens=8192, max_length=2048), lengths)
+        for m in predict.METHODS}
+    assert eff["packed"] == 1.0
+    assert eff["fixed"] < eff["sorted_dynamic"] < 1.0
+    assert eff["token_budget"] > 0.95
+
+
+def test_plan_rejects_unknown_method():
+    with pytest.raises(ValueError, match="unknown prediction method 'magic'"):
+        predict.plan_batches([3, 4], method="magic")
+
+
+def test_shards_balanced_by_tokens():
+    lengths = arena_lengths(2000)
+    batches = predict.plan_batches(lengths, method="packed", max_tokens=8192)
+    shards = predict.shard_batches(batches, lengths, 2)
+    assert predict.shard_imbalance(shards, lengths) <= 0.02
+    assert sorted(np.concatenate([b.rows for s in shards for b in s]).tolist()) == list(range(2000))
+
+
+# --------------------------------------------------------------------------- real models
+
+def random_sequences(n, low, high, vocab=(5, 300), seed=0, first=None, last=None):
+    rng = np.random.default_rng(seed)
+    seqs = []
+    for _ in range(n):
+        body = rng.integers(*vocab, size=rng.integers(low, high)).tolist()
+        seqs.append(([first] if first is not None else []) + body + ([last] if last is not None else []))
+    return seqs
+
+
+def padded(seqs, pad):
+    width = max(map(len, seqs))
+    ids = torch.full((len(seqs), width), pad)
+    mask = torch.zeros_like(ids)
+    for i, s in enumerate(seqs):
+        ids[i, :len(s)] = torch.tensor(s)
+        mask[i, :len(s)] = 1
+    return ids, mask
+
+
+@pytest.mark.parametrize("arch", ["gemma2", "llama"])
+@pytest.mark.parametrize("quantization", ["none", "4bit"])
+def test_last_token_pooling_matches_stock_head(request, arch, quantization):
+    """Our body + last-token pooling + score head reproduces ``*ForSequenceClassification``."""
+    path = request.getfixturevalue("tiny_backbone_dir" if arch == "gemma2" else "tiny_llama_dir")
+    model = modeling.load_model(path, quantization=quantization, pad_token_id=0).eval()
+    ids, mask = padded(random_sequences(6, 3, 40), 0)
+    with torch.no_grad():
+        stock = model(input_ids=ids, attention_mask=mask).logits
+        ours = pooling.classify(model, input_ids=ids, attention_mask=mask, pooling="auto")
+    torch.testing.assert_close(ours, stock, rtol=0, atol=1e-6)
+
+
+def test_cls_pooling_matches_stock_bert_head(minilm_dir):
+    model = modeling.load_model(minilm_dir).eval()
+    ids, mask = padded(random_sequences(5, 3, 30, vocab=(1000, 20000), first=101, last=102), 0)
+    with torch.no_grad():
+        stock = model(input_ids=ids, attention_mask=mask).logits
+        ours = pooling.classify(model, input_ids=ids, attention_mask=mask, pooling="cls")
+    torch.testing.assert_close(ours, stock, rtol=0, atol=1e-6)
+    assert pooling.resolve_pooling("auto", pooling.model_parts(model)) == "mean"
+
+
+def _packed_vs_padded(model, seqs, pool):
+    lengths = [len(s) for s in seqs]
+    padded_probs = predict.run_batches(
+        model, seqs, predict.plan_batches(lengths, method="sorted_dynamic", batch_size=4),
+        pad_token_id=0, pooling=pool)
+    packed_batches = predict.plan_batches(lengths, method="packed", max_tokens=150)
+    assert max(len(b.rows) for b in packed_batches) > 2  # several sequences share a pass
+    packed_probs = predict.run_batches(model, seqs, packed_batches, pad_token_id=0, pooling=pool)
+    np.testing.assert_allclose(packed_probs, padded_probs, rtol=0, atol=1e-4)
+    assert np.abs(padded_probs - padded_probs.mean(0)).max() > 1e-3  # rows really differ
+
+
+@pytest.mark.parametrize("arch", ["gemma2", "llama"])
+@pytest.mark.parametrize("quantization", ["none", "4bit"])
+def test_packed_matches_padded_on_decoders(request, arch, quantization):
+    path = request.getfixturevalue("tiny_backbone_dir" if arch == "gemma2" else "tiny_llama_dir")
+    model = modeling.load_model(path, quantization=quantization, pad_token_id=0).eval()
+    _packed_vs_padded(model, random_sequences(20, 3, 60, seed=3), "auto")
+
+
+@pytest.mark.parametrize("pool", ["mean", "cls"])
+def test_packed_matches_padded_on_minilm(minilm_dir, pool):
+    model = modeling.load_model(minilm_dir).eval()
+    torch.manual_seed(0)
+    torch.nn.init.normal_(model.classifier.weight, std=0.5)  # a fresh head says little: sharpen it
+    _packed_vs_padded(model, random_sequences(16, 3, 50, vocab=(1000, 20000), first=101, last=102, seed=4),
+                      pool)
+
+
+def test_two_cpu_workers_match_one(tiny_backbone_dir, tmp_path):
+    """The several-device path (one spawned worker per device, shards merged by row) gives what
+    one process gives; on a GPU machine the devices are cuda:0, cuda:1, ..."""
+    model = modeling.load_model(tiny_backbone_dir, quantization="none", pad_token_id=0)
+    model = modeling.attach_lora(model, {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]},
+                                 quantized=False)
+    model.save_pretrained(tmp_path / "adapter")
+    n = 24
+    seqs = random_sequences(2 * n, 3, 50, seed=5)
+    tokens = pd.DataFrame({"id": np.arange(n) + 1000, "input_ids": seqs[:n], "input_ids_swap": seqs[n:]})
+    settings = {"quantization": "none", "dtype": "float32", "pooling": "auto",
+                "predict": {"method": "packed", "batch_size": 4, "max_tokens_per_batch": 200}}
+    kw = dict(backbone=str(tiny_backbone_dir), adapter_dir=tmp_path / "adapter", tokens=tokens,
+              settings=settings, tta=True, threads=1)
+    one = predict.predict_on_devices(devices=["cpu"], **kw)
+    two = predict.predict_on_devices(devices=["cpu", "cpu"], **kw)
+    assert two["id"].tolist() == tokens["id"].tolist()
+    np.testing.assert_allclose(two.drop(columns="id").to_numpy(), one.drop(columns="id").to_numpy(),
+                               rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("which", ["tiny_backbone_dir", "tiny_llama_dir", "minilm_dir"])
+def test_packed_rows_attend_per_sequence_not_row_squared(request, which, monkeypatch):
+    """Without flash-attention, packed rows go through varlen.py's per-sequence attention (cost
+    sum of length^2), never a (row x row) mask."""
+    from arena_pref import varlen
+
+    model = modeling.load_model(request.getfixturevalue(which), pad_token_id=0).eval()
+    seen = []
+    real = varlen._segment_mask
+    monkeypatch.setattr(varlen, "_segment_mask", lambda n, **kw: seen.append(n) or real(n, **kw))
+    seqs = random_sequences(5, 3, 30, vocab=(1000, 20000) if which == "minilm_dir" else (5, 300), seed=6)
+    ids, positions, lengths = pooling.packed_inputs(seqs)
+    with torch.no_grad():
+        pooling.classify(model, input_ids=ids, position_ids=positions, lengths=lengths)
+    layers = model.config.num_hidden_layers
+    assert sorted(seen) == sorted([len(s) for s in seqs] * layers)
+    assert model.config._attn_implementation != varlen.NAME  # switched back after the pass

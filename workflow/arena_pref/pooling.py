@@ -1,0 +1,151 @@
+"""Sequence-classification forward with our own pooling, for padded and for packed batches.
+
+The stock ``*ForSequenceClassification`` models pool one token per row: the last non-pad token
+(decoders) or the ``[CLS]`` pooler (BERT-like encoders). That is wrong for packed batches, where
+one row holds many sequences, and a poor fit for sentence encoders such as all-MiniLM, which
+were trained with mean pooling. Here the transformer body runs alone and the pooling and the
+model's own score head (the one LoRA training saves with the adapter) are applied by us, the
+same way in training and prediction.
+
+``pooling``:
+    ``last``  the last token of each sequence (decoders; the stock choice),
+    ``mean``  the mean over each sequence's tokens (sentence encoders),
+    ``cls``   the first token through the encoder's pooler (the stock BERT choice),
+    ``auto``  ``last`` for decoder models, ``mean`` for encoders.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from . import varlen
+
+POOLINGS = ("auto", "last", "mean", "cls")
+
+
+@dataclass
+class Parts:
+    body: torch.nn.Module        # the transformer: token ids -> hidden states
+    head: torch.nn.Module        # hidden -> 3 logits (peft's saved copy when wrapped)
+    dropout: torch.nn.Module | None
+    pooler: torch.nn.Module | None
+    decoder: bool
+
+
+def model_parts(model):
+    """Body, head and kind of a (peft-wrapped or plain) ``*ForSequenceClassification``."""
+    seqcls = model.get_base_model() if hasattr(model, "get_base_model") else model
+    body = getattr(seqcls, seqcls.base_model_prefix)
+    if hasattr(seqcls, "score"):      # Llama, Gemma2, Mistral, Qwen2 ...
+        return Parts(body, seqcls.score, None, None, decoder=True)
+    if hasattr(seqcls, "classifier"):  # BERT-like encoders
+        return Parts(body, seqcls.classifier, getattr(seqcls, "dropout", None),
+                     getattr(body, "pooler", None), decoder=False)
+    raise TypeError(f"{type(seqcls).__name__}: no score or classifier head to pool into")
+
+
+def resolve_pooling(pooling, parts):
+    if pooling not in POOLINGS:
+        raise ValueError(f"unknown pooling {pooling!r}; choose one of {POOLINGS}")
+    if pooling == "auto":
+        return "last" if parts.decoder else "mean"
+    if pooling == "cls" and parts.pooler is None:
+        raise ValueError("pooling 'cls' needs an encoder with a pooler (BERT-like)")
+    return pooling
+
+
+def packed_inputs(sequences, device=None):
+    """One row of concatenated ``sequences`` with restarting position ids and their lengths."""
+    lengths = torch.tensor([len(s) for s in sequences], dtype=torch.long)
+    ids = torch.cat([torch.as_tensor(s, dtype=torch.long) for s in sequences])[None]
+    starts = torch.cumsum(lengths, 0) - lengths
+    positions = torch.arange(int(lengths.sum())) - torch.repeat_interleave(starts, lengths)
+    return ids.to(device), positions[None].to(device), lengths.to(device)
+
+
+def _segment_ids(lengths):
+    return torch.repeat_interleave(torch.arange(len(lengths), device=lengths.device), lengths)
+
+
+def block_diagonal_mask(lengths, dtype):
+    """Additive (1, 1, T, T) mask letting each token attend within its own sequence only: what
+    encoders need for packed rows (decoders derive it from the restarting position ids)."""
+    seg = _segment_ids(lengths)
+    allowed = seg[:, None] == seg[None, :]
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=lengths.device)
+    return mask.masked_fill_(~allowed, torch.finfo(dtype).min)[None, None]
+
+
+def _pool_padded(hidden, attention_mask, pooling):
+    if pooling == "last":
+        # right padding: the last real token sits at (number of real tokens - 1)
+        last = attention_mask.sum(1) - 1
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+    if pooling == "mean":
+        m = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * m).sum(1) / m.sum(1).clamp(min=1)
+    return hidden[:, 0]
+
+
+def _pool_packed(hidden, lengths, pooling):
+    h = hidden[0]
+    ends = torch.cumsum(lengths, 0)
+    if pooling == "last":
+        return h[ends - 1]
+    if pooling == "mean":
+        sums = torch.zeros((len(lengths), h.shape[-1]), dtype=h.dtype, device=h.device)
+        sums.index_add_(0, _segment_ids(lengths), h)
+        return sums / lengths.unsqueeze(-1).to(h.dtype)
+    return h[ends - lengths]
+
+
+def classify(model, *, input_ids, attention_mask=None, lengths=None, position_ids=None,
+             pooling="auto"):
+    """Logits (n, 3) for a padded batch (``attention_mask``, right-padded) or for one packed row
+    (``input_ids`` of shape (1, T) holding sequences of ``lengths``, with ``position_ids``)."""
+    parts = model_parts(model)
+    pooling = resolve_pooling(pooling, parts)
+    packed = lengths is not None
+    kwargs = {}
+    if parts.decoder:
+        # without a KV cache transformers reads packed boundaries from the position ids
+        kwargs["use_cache"] = False
+    if not packed:
+        hidden = parts.body(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
+    else:
+        if position_ids is None:
+            raise ValueError("packed input needs position_ids")
+        kwargs["position_ids"] = position_ids
+        with varlen.packed_attention(parts.body.config) as segmentwise:
+            if segmentwise:
+                # eager / SDPA models: attention per sequence from the boundaries (varlen.py)
+                cu = torch.zeros(len(lengths) + 1, dtype=torch.int32, device=lengths.device)
+                cu[1:] = torch.cumsum(lengths, 0)
+                longest = int(lengths.max())
+                kwargs.update(cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=longest, max_length_k=longest)
+            elif not parts.decoder:
+                # an encoder on flash-style kernels: spell the block-diagonal mask out
+                dtype = parts.body.get_input_embeddings().weight.dtype
+                kwargs["attention_mask"] = block_diagonal_mask(lengths, dtype)
+            # decoders on flash-attention take the boundaries from the restarting position ids
+            hidden = parts.body(input_ids=input_ids, **kwargs).last_hidden_state
+    if pooling == "cls":
+        first = hidden[:, :1] if not packed else _pool_packed(hidden, lengths, "cls")[:, None]
+        pooled = parts.pooler(first)
+    elif packed:
+        pooled = _pool_packed(hidden, lengths, pooling)
+    else:
+        pooled = _pool_padded(hidden, attention_mask, pooling)
+    if parts.dropout is not None:
+        pooled = parts.dropout(pooled)
+    head_dtype = _head_dtype(parts.head, pooled.dtype)
+    return parts.head(pooled.to(head_dtype))
+
+
+def _head_dtype(head, default):
+    for p in head.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return default
