@@ -1,7 +1,6 @@
 """The whole workflow on the small test config, run by Snakemake in temporary directories."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,58 +9,9 @@ import pandas as pd
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-SNAKEFILE = REPO / "Snakefile"
-SNAKEMAKE = Path(sys.executable).parent / "snakemake"
-SMALL = REPO / "tests" / "configs" / "small.yaml"
+from workflow_helpers import REPO, SNAKEFILE, SNAKEMAKE, planned_jobs, snakemake, write_config
 
 pytestmark = pytest.mark.slow
-
-
-def snakemake(workdir, *args, config=None, env=None, check=True, timeout=900):
-    cmd = [str(SNAKEMAKE), "-s", str(SNAKEFILE), "-d", str(workdir), "--configfile",
-           str(config or workdir / "config.yaml"), *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
-    return proc
-
-
-def write_config(workdir, **changes):
-    cfg = yaml.safe_load(SMALL.read_text())
-    for key, value in changes.items():
-        node = cfg
-        *parents, last = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[last] = value
-    workdir.mkdir(parents=True, exist_ok=True)
-    path = workdir / "config.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
-
-
-def planned_jobs(proc):
-    """{rule: count} from a dry run's job stats table."""
-    jobs, in_table = {}, False
-    for line in proc.stdout.splitlines():
-        parts = line.split()
-        if parts[:2] == ["job", "count"]:
-            in_table = True
-        elif in_table and len(parts) == 2 and parts[1].isdigit():
-            if parts[0] == "total":
-                break
-            jobs[parts[0]] = int(parts[1])
-    return jobs
-
-
-@pytest.fixture(scope="module")
-def run_a(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("run_a")
-    write_config(workdir)
-    snakemake(workdir, "-j2")
-    return workdir
 
 
 def test_submission_and_outputs(run_a):
@@ -186,3 +136,21 @@ def test_preset_dry_run(preset, tmp_path):
     jobs = planned_jobs(proc)
     n_folds = cfg.get("cv", {}).get("n_folds", 5)
     assert jobs["train"] == n_folds * len(cfg["models"]) and jobs["blend"] == 1
+
+
+def test_profiles_name_existing_rules_and_local_2gpu_plans(tmp_path):
+    """Profiles set resources of rules that exist (a typo would silently set nothing), and the
+    two-GPU profile caps GPU jobs at two."""
+    rules = set(subprocess.run([str(SNAKEMAKE), "-s", str(SNAKEFILE), "--list-rules"], capture_output=True,
+                               text=True, cwd=REPO, check=True).stdout.split())
+    assert {"train", "oof", "infer", "blend"} <= rules
+    for profile in sorted((REPO / "workflow" / "profiles").glob("*/config.yaml")):
+        cfg = yaml.safe_load(profile.read_text())
+        for key in ("set-resources", "set-threads"):
+            assert set(cfg.get(key) or {}) <= rules, (profile, key)
+    local = yaml.safe_load((REPO / "workflow/profiles/local-2gpu/config.yaml").read_text())
+    assert local["resources"] == {"gpu": 2}
+    write_config(tmp_path)
+    proc = snakemake(tmp_path, "-n", "--workflow-profile", str(REPO / "workflow/profiles/local-2gpu"),
+                     "results/submission.csv")
+    assert "train" in planned_jobs(proc)

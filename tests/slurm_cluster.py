@@ -1,0 +1,124 @@
+"""A one-node SLURM cluster on localhost for the tests: installed and started when missing.
+
+CI runs as root on a fresh Debian machine: Debian's ``slurm-wlm`` and ``munge`` are installed if
+absent, ``munged``, ``slurmctld`` and ``slurmd`` are started, and exactly the daemons started here
+are stopped again, by pid. A cluster that already answers ``sinfo`` is used as it is.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+SLURM_CONF = """\
+ClusterName=local
+SlurmctldHost=localhost
+MpiDefault=none
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SlurmUser=root
+SlurmdUser=root
+StateSaveLocation=/var/spool/slurmctld
+SlurmdSpoolDir=/var/spool/slurmd
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core_Memory
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+NodeName=localhost CPUs={cpus} RealMemory={mem_mb} State=UNKNOWN
+PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
+"""
+
+
+class Unavailable(Exception):
+    """SLURM cannot be installed or started here (the reason is the message)."""
+
+
+def _run(*cmd, timeout=300):
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+
+def node_idle():
+    try:
+        out = _run("sinfo", "-h", "-o", "%t", timeout=20).stdout.split()
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return bool(out) and all(state.rstrip("*") in ("idle", "mix", "alloc") for state in out)
+
+
+def install():
+    if shutil.which("sbatch") and shutil.which("slurmctld") and shutil.which("munged"):
+        return
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        raise Unavailable("SLURM is not installed and this is not a root Debian machine to install it")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    cmd = ["apt-get", "install", "-y", "-q", "slurm-wlm", "munge"]
+    if subprocess.run(cmd, capture_output=True, env=env, timeout=900).returncode != 0:
+        subprocess.run(["apt-get", "update", "-q"], capture_output=True, env=env, timeout=900)
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+        if proc.returncode != 0:
+            raise Unavailable(f"apt-get install slurm-wlm munge failed: {proc.stderr[-2000:]}")
+
+
+class Cluster:
+    def __init__(self):
+        self.started = []  # Popen objects of the daemons started here
+
+    def start(self, timeout=90):
+        if node_idle():
+            return self
+        install()
+        conf = Path("/etc/slurm/slurm.conf")
+        if not conf.exists():
+            conf.parent.mkdir(parents=True, exist_ok=True)
+            mem_mb = int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20 * 0.6)
+            conf.write_text(SLURM_CONF.format(cpus=os.cpu_count(), mem_mb=mem_mb))
+        for d in ("/var/spool/slurmctld", "/var/spool/slurmd", "/run/munge", "/var/log/munge"):
+            Path(d).mkdir(parents=True, exist_ok=True)
+        if not Path("/etc/munge/munge.key").exists():
+            _run("mungekey", "-c", "-f")
+        subprocess.run(["chown", "-R", "munge:munge", "/etc/munge", "/run/munge", "/var/log/munge"],
+                       capture_output=True)
+        if _run("pgrep", "-x", "munged").returncode != 0:
+            self._spawn("setpriv", "--reuid", "munge", "--regid", "munge", "--init-groups",
+                        "/usr/sbin/munged", "-F")
+            time.sleep(1)
+        if _run("pgrep", "-x", "slurmctld").returncode != 0:
+            self._spawn("slurmctld", "-D")
+        if _run("pgrep", "-x", "slurmd").returncode != 0:
+            self._spawn("slurmd", "-D", "-N", "localhost")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if node_idle():
+                return self
+            for p in self.started:
+                if p.poll() is not None:
+                    self.stop()
+                    raise Unavailable(f"{p.args[0]} exited with {p.returncode}: {p.stderr.read()[-2000:]}")
+            time.sleep(1)
+        self.stop()
+        raise Unavailable(f"the SLURM node did not become idle within {timeout} s")
+
+    def _spawn(self, *cmd):
+        self.started.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                             text=True, start_new_session=True))
+
+    def stop(self):
+        """Stop only the daemons started here, by pid (slurmd and slurmctld before munged)."""
+        for p in reversed(self.started):
+            if p.poll() is None:
+                p.terminate()
+                try:
+                    p.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+        self.started.clear()
+
+
+def squeue_jobs():
+    """{slurm job id: job name} of jobs in the queue."""
+    out = _run("squeue", "-h", "-o", "%i %j", timeout=20).stdout
+    return dict(line.split(maxsplit=1) for line in out.splitlines() if line.strip())

@@ -1,0 +1,116 @@
+"""The workflow under a real SLURM (one node on localhost, GPU-less) through the executor plugin.
+
+The cluster is installed and started by tests/slurm_cluster.py when missing (CI runs as root on a
+fresh Debian machine); elsewhere these tests are skipped with the reason.
+"""
+
+import os
+import re
+import subprocess
+import time
+
+import pandas as pd
+import pytest
+from safetensors.torch import load_file
+
+from slurm_cluster import Cluster, Unavailable, squeue_jobs
+from workflow_helpers import REPO, SNAKEFILE, SNAKEMAKE, snakemake, write_config
+
+pytestmark = pytest.mark.slow
+
+PROFILE = REPO / "workflow" / "profiles" / "slurm-local"
+SUBMITTED = re.compile(r"Job \d+ has been submitted with SLURM jobid (\d+) \(log: (\S+)\)")
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    c = Cluster()
+    try:
+        c.start()
+    except Unavailable as err:
+        pytest.skip(f"no SLURM cluster: {err}")
+    yield c
+    c.stop()
+
+
+def submitted_rules(proc):
+    """[(slurm job id, rule)] from the plugin's submission lines."""
+    out = proc.stdout + proc.stderr
+    return [(jobid, re.search(r"/rule_([A-Za-z_]+)/", log).group(1)) for jobid, log in SUBMITTED.findall(out)]
+
+
+@pytest.fixture(scope="module")
+def slurm_run(cluster, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("slurm_run")
+    write_config(workdir)
+    t0 = time.monotonic()
+    proc = snakemake(workdir, "--workflow-profile", str(PROFILE), "results/submission.csv", timeout=1800)
+    return workdir, proc, time.monotonic() - t0
+
+
+def test_every_training_job_went_through_sbatch(slurm_run):
+    workdir, proc, seconds = slurm_run
+    rules = [rule for _, rule in submitted_rules(proc)]
+    # 3 models x 2 folds, each its own SLURM job
+    assert rules.count("train") == 6
+    assert len(list((workdir / ".snakemake/slurm_logs/rule_train").rglob("*.log"))) == 6
+    assert rules.count("infer") == 5 and rules.count("oof") == 6  # minilm infers with fold 1 only
+    print(f"SLURM run of the small config: {seconds:.0f} s, {len(rules)} jobs")
+
+
+def test_submission_matches_a_local_run(slurm_run, run_a):
+    workdir, _, _ = slurm_run
+    a = pd.read_csv(run_a / "results/submission.csv").set_index("id").sort_index()
+    b = pd.read_csv(workdir / "results/submission.csv").set_index("id").sort_index()
+    assert list(a.index) == list(b.index)
+    assert (a - b).abs().to_numpy().max() <= 1e-6
+
+
+def _wait_for(predicate, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = predicate()
+        if found:
+            return found
+        time.sleep(1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_cancelled_training_job_resumes_on_rerun(cluster, run_a, tmp_path):
+    """scancel a running training job (as a time limit or a lost node would end it); rerunning the
+    same command resubmits it, it resumes from its last checkpoint, and the adapter equals the one an
+    uninterrupted run trains."""
+    write_config(tmp_path)
+    target = "results/models/tiny_gemma2/fold0/adapter"
+    cmd = ["--workflow-profile", str(PROFILE), target]
+    # the first attempt trains to checkpoint 3, then stalls there until cancelled
+    env = {"ARENA_PREF_PAUSE_AFTER_CHECKPOINT": "3"}
+    first = subprocess.Popen([str(SNAKEMAKE), "-s", str(SNAKEFILE), "-d", str(tmp_path), "--configfile",
+                              str(tmp_path / "config.yaml"), *cmd], env={**os.environ, **env},
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        ckpt = tmp_path / "results/checkpoints/tiny_gemma2/fold0/checkpoint-3"
+        _wait_for(lambda: ckpt.exists(), 600, "checkpoint 3")
+        log = tmp_path / "results/logs/train/tiny_gemma2/fold0.log"
+        _wait_for(lambda: log.exists() and "pausing after checkpoint" in log.read_text(), 120, "the pause")
+        jobs = squeue_jobs()
+        assert jobs, "the training job is not in the queue"
+        for jid in jobs:
+            subprocess.run(["scancel", jid], check=True)
+        out, _ = first.communicate(timeout=300)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    assert first.returncode != 0, out[-3000:]
+    assert not (tmp_path / target).exists()
+
+    rerun = snakemake(tmp_path, *cmd, timeout=900)
+    assert [rule for _, rule in submitted_rules(rerun)] == ["train"]
+    log = (tmp_path / "results/logs/train/tiny_gemma2/fold0.log").read_text()
+    assert "resuming from" in log and "checkpoint-3" in log
+    a = load_file(str(run_a / target / "adapter_model.safetensors"))
+    b = load_file(str(tmp_path / target / "adapter_model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert (a[k] - b[k]).abs().max() < 1e-6, k

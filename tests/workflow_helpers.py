@@ -1,0 +1,51 @@
+"""Running the workflow from tests: Snakemake in a subprocess on the small test config."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEFILE = REPO / "Snakefile"
+SNAKEMAKE = Path(sys.executable).parent / "snakemake"
+SMALL = REPO / "tests" / "configs" / "small.yaml"
+
+
+def snakemake(workdir, *args, config=None, env=None, check=True, timeout=900):
+    cmd = [str(SNAKEMAKE), "-s", str(SNAKEFILE), "-d", str(workdir), "--configfile",
+           str(config or workdir / "config.yaml"), *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def write_config(workdir, **changes):
+    cfg = yaml.safe_load(SMALL.read_text())
+    for key, value in changes.items():
+        node = cfg
+        *parents, last = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[last] = value
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def planned_jobs(proc):
+    """{rule: count} from a dry run's job stats table."""
+    jobs, in_table = {}, False
+    for line in proc.stdout.splitlines():
+        parts = line.split()
+        if parts[:2] == ["job", "count"]:
+            in_table = True
+        elif in_table and len(parts) == 2 and parts[1].isdigit():
+            if parts[0] == "total":
+                break
+            jobs[parts[0]] = int(parts[1])
+    return jobs
