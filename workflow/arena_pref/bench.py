@@ -2,9 +2,9 @@
 against the public baseline's, on the same model and rows in one run. Results are JSON.
 
 Row lengths are synthetic and arena-like: log-normal with a median of 700 tokens and sigma 0.9,
-so about 3% of rows run past 4,000 tokens (Gemma-2 tokens of prompt + both answers in the
-Kaggle training data have a median of several hundred and a long tail of multi-turn rows),
-capped at the model's ``max_length``. Token ids are random: speed does not depend on them.
+so about 3% of rows run past 4,000 tokens (the shape asked for: median about 700, a tail of long
+multi-turn rows past 4k; the Kaggle data itself is not available offline to measure), capped at
+the model's ``max_length``. Token ids are random: speed does not depend on them.
 
     python -m arena_pref.bench inference --out results/bench/inference.json
     python -m arena_pref.bench training --out results/bench/training.json

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from . import varlen
@@ -59,7 +60,8 @@ def resolve_pooling(pooling, parts):
 def packed_inputs(sequences, device=None):
     """One row of concatenated ``sequences`` with restarting position ids and their lengths."""
     lengths = torch.tensor([len(s) for s in sequences], dtype=torch.long)
-    ids = torch.cat([torch.as_tensor(s, dtype=torch.long) for s in sequences])[None]
+    # one copy into a fresh array (cached token lists are read-only numpy arrays)
+    ids = torch.from_numpy(np.concatenate([np.asarray(s, dtype=np.int64) for s in sequences]))[None]
     starts = torch.cumsum(lengths, 0) - lengths
     positions = torch.arange(int(lengths.sum())) - torch.repeat_interleave(starts, lengths)
     return ids.to(device), positions[None].to(device), lengths.to(device)

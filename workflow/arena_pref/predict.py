@@ -141,7 +141,7 @@ def forward_batch(model, sequences, batch, *, pad_token_id, pooling):
     ids = torch.full((len(seqs), batch.width), pad_token_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), batch.width), dtype=torch.long)
     for row, s in enumerate(seqs):
-        ids[row, :len(s)] = torch.as_tensor(s, dtype=torch.long)
+        ids[row, :len(s)] = torch.tensor(s, dtype=torch.long)
         mask[row, :len(s)] = 1
     return classify(model, input_ids=ids.to(dev), attention_mask=mask.to(dev), pooling=pooling)
 
