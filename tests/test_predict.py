@@ -177,3 +177,24 @@ def test_packed_rows_attend_per_sequence_not_row_squared(request, which, monkeyp
     layers = model.config.num_hidden_layers
     assert sorted(seen) == sorted([len(s) for s in seqs] * layers)
     assert model.config._attn_implementation != varlen.NAME  # switched back after the pass
+
+
+def test_pair_pooling_packed_matches_padded_and_needs_segments(minilm_dir):
+    """pooling 'pair' (mean over A's tokens minus mean over B's) gives the same probabilities
+    padded and packed, and swapping which tokens count as A and B changes them."""
+    model = modeling.load_model(minilm_dir).eval()
+    torch.manual_seed(0)
+    torch.nn.init.normal_(model.classifier.weight, std=0.5)
+    seqs = random_sequences(12, 10, 50, vocab=(1000, 20000), first=101, last=102, seed=7)
+    segs = [[0] * 3 + [1] * ((len(s) - 3) // 2) + [2] * (len(s) - 3 - (len(s) - 3) // 2) for s in seqs]
+    lengths = [len(s) for s in seqs]
+    run = lambda method, sg: predict.run_batches(  # noqa: E731
+        model, seqs, predict.plan_batches(lengths, method=method, batch_size=4, max_tokens=150),
+        pad_token_id=0, pooling="pair", segments=sg)
+    by_padding, by_packing = run("sorted_dynamic", segs), run("packed", segs)
+    np.testing.assert_allclose(by_packing, by_padding, rtol=0, atol=1e-4)
+    mirrored = run("packed", [[{1: 2, 2: 1}.get(v, v) for v in s] for s in segs])
+    assert np.abs(mirrored - by_packing).max() > 1e-3
+    ids, mask = padded(seqs[:2], 0)
+    with pytest.raises(ValueError, match="pooling 'pair' needs the segment ids"):
+        pooling.classify(model, input_ids=ids, attention_mask=mask, pooling="pair")

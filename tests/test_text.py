@@ -94,3 +94,21 @@ def test_tokenize_frame_flags_truncation(char_tokenizer):
     cache = tokenize_frame(df, char_tokenizer, strategy="per_part", max_length=40, template=TEMPLATE)
     assert cache["truncated"].tolist() == [True, False]
     assert cache["length"].max() <= 40
+
+
+@pytest.mark.parametrize("strategy,max_length", [("concat", 16), ("concat", 40), ("per_part", 20),
+                                                 ("tail", 14), ("tail", 40)])
+def test_segment_ids_mark_each_answers_tokens(char_tokenizer, strategy, max_length):
+    """Segment 1 covers exactly the kept tokens of the answer shown first, 2 those of the second."""
+    layout = make_layout(char_tokenizer, TEMPLATE)
+    enc = lambda s: [ord(c) for c in s]  # noqa: E731
+    p, a, b = "ppp", "a" * 12, "b" * 9
+    ids, full, segs = build_sequence(strategy, layout, max_length, enc(p), enc(a), enc(b),
+                                     turns=[(enc(p), enc(a), enc(b))], segments=True)
+    plain, plain_full = build_sequence(strategy, layout, max_length, enc(p), enc(a), enc(b),
+                                       turns=[(enc(p), enc(a), enc(b))])
+    assert (ids, full) == (plain, plain_full) and len(segs) == len(ids)
+    text = decode(ids)
+    assert "".join(c for c, s in zip(text, segs) if s == 1) == "a" * text.count("a")
+    assert "".join(c for c, s in zip(text, segs) if s == 2) == "b" * text.count("b")
+    assert all(s == 0 for c, s in zip(text, segs) if c not in "ab")

@@ -83,7 +83,7 @@ def test_checkpoints_of_other_settings_are_not_resumed(tiny_backbone_dir, tokens
 
 def test_swap_augment_mirrors_labels(tokens):
     cache, labels = tokens
-    seqs, y = train.training_rows(cache, labels, swap_augment=True)
+    seqs, y, segs = train.training_rows(cache, labels, swap_augment=True)
     n = len(cache)
     assert len(seqs) == 2 * n
     assert list(y[n:]) == [{0: 1, 1: 0, 2: 2}[v] for v in labels]
@@ -121,9 +121,10 @@ def test_gradient_accumulation_matches_one_big_batch(tiny_backbone_dir, tokens, 
         np.testing.assert_allclose(b[k].numpy(), a[k].numpy(), rtol=0, atol=1e-5, err_msg=k)
 
 
-def test_packed_training_matches_padded(tiny_backbone_dir, tokens, tmp_path):
-    """Padding-free packed batches train the same adapter as padded ones."""
-    padded = {**SETTINGS, "quantization": "none",
+@pytest.mark.parametrize("pool", ["auto", "pair"])
+def test_packed_training_matches_padded(tiny_backbone_dir, tokens, tmp_path, pool):
+    """Padding-free packed batches train the same adapter as padded ones (with either pooling)."""
+    padded = {**SETTINGS, "quantization": "none", "pooling": pool,
               "train": {**SETTINGS["train"], "epochs": 1, "optimizer": "sgd", "lr": 0.5, "max_grad_norm": 1e9}}
     packed = {**padded, "train": {**padded["train"], "packing": True}}
     run(tiny_backbone_dir, tokens, tmp_path / "padded", settings=padded)

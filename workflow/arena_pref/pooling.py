@@ -10,6 +10,9 @@ same way in training and prediction.
 ``pooling``:
     ``last``  the last token of each sequence (decoders; the stock choice),
     ``mean``  the mean over each sequence's tokens (sentence encoders),
+    ``pair``  mean over the first answer's tokens minus mean over the second's (needs the token
+              cache's segment ids): the head then sees how the answers differ, which a sentence
+              encoder pooled over the whole (prompt, A, B) sequence must otherwise learn first,
     ``cls``   the first token through the encoder's pooler (the stock BERT choice),
     ``auto``  ``last`` for decoder models, ``mean`` for encoders.
 """
@@ -23,7 +26,7 @@ import torch
 
 from . import varlen
 
-POOLINGS = ("auto", "last", "mean", "cls")
+POOLINGS = ("auto", "last", "mean", "cls", "pair")
 
 
 @dataclass
@@ -58,13 +61,19 @@ def resolve_pooling(pooling, parts):
 
 
 def packed_inputs(sequences, device=None):
-    """One row of concatenated ``sequences`` with restarting position ids and their lengths."""
+    """One row of concatenated ``sequences`` with restarting position ids and their lengths.
+    (Segment ids are concatenated the same way: :func:`concat_row`.)"""
     lengths = torch.tensor([len(s) for s in sequences], dtype=torch.long)
-    # one copy into a fresh array (cached token lists are read-only numpy arrays)
-    ids = torch.from_numpy(np.concatenate([np.asarray(s, dtype=np.int64) for s in sequences]))[None]
+    ids = concat_row(sequences)
     starts = torch.cumsum(lengths, 0) - lengths
     positions = torch.arange(int(lengths.sum())) - torch.repeat_interleave(starts, lengths)
     return ids.to(device), positions[None].to(device), lengths.to(device)
+
+
+def concat_row(arrays, device=None):
+    """Token-aligned arrays (ids, segment ids) of the sequences of a packed row, as (1, T); one copy
+    into a fresh array (cached token lists are read-only numpy arrays)."""
+    return torch.from_numpy(np.concatenate([np.asarray(a, dtype=np.int64) for a in arrays]))[None].to(device)
 
 
 def _segment_ids(lengths):
@@ -80,7 +89,28 @@ def block_diagonal_mask(lengths, dtype):
     return mask.masked_fill_(~allowed, torch.finfo(dtype).min)[None, None]
 
 
-def _pool_padded(hidden, attention_mask, pooling):
+def _segment_means(h, seq_index, n_seqs, weight):
+    """Per-sequence weighted means of token vectors ``h`` (tokens, hidden)."""
+    sums = torch.zeros((n_seqs, h.shape[-1]), dtype=h.dtype, device=h.device)
+    sums.index_add_(0, seq_index, h * weight.unsqueeze(-1).to(h.dtype))
+    counts = torch.zeros(n_seqs, dtype=h.dtype, device=h.device).index_add_(0, seq_index, weight.to(h.dtype))
+    return sums / counts.clamp(min=1).unsqueeze(-1)
+
+
+def _pool_pair(h, seq_index, n_seqs, segments):
+    from .text import FIRST_SEGMENT, SECOND_SEGMENT
+
+    first = _segment_means(h, seq_index, n_seqs, segments == FIRST_SEGMENT)
+    second = _segment_means(h, seq_index, n_seqs, segments == SECOND_SEGMENT)
+    return first - second
+
+
+def _pool_padded(hidden, attention_mask, pooling, segments=None):
+    if pooling == "pair":
+        b, w, _ = hidden.shape
+        seq_index = torch.arange(b, device=hidden.device).repeat_interleave(w)
+        seg = segments.reshape(-1) * attention_mask.reshape(-1).to(segments.dtype)
+        return _pool_pair(hidden.reshape(b * w, -1), seq_index, b, seg)
     if pooling == "last":
         # right padding: the last real token sits at (number of real tokens - 1)
         last = attention_mask.sum(1) - 1
@@ -91,8 +121,10 @@ def _pool_padded(hidden, attention_mask, pooling):
     return hidden[:, 0]
 
 
-def _pool_packed(hidden, lengths, pooling):
+def _pool_packed(hidden, lengths, pooling, segments=None):
     h = hidden[0]
+    if pooling == "pair":
+        return _pool_pair(h, _segment_ids(lengths), len(lengths), segments.reshape(-1))
     ends = torch.cumsum(lengths, 0)
     if pooling == "last":
         return h[ends - 1]
@@ -104,11 +136,14 @@ def _pool_packed(hidden, lengths, pooling):
 
 
 def classify(model, *, input_ids, attention_mask=None, lengths=None, position_ids=None,
-             pooling="auto"):
+             pooling="auto", segments=None):
     """Logits (n, 3) for a padded batch (``attention_mask``, right-padded) or for one packed row
-    (``input_ids`` of shape (1, T) holding sequences of ``lengths``, with ``position_ids``)."""
+    (``input_ids`` of shape (1, T) holding sequences of ``lengths``, with ``position_ids``).
+    ``segments`` (shaped like ``input_ids``): answer segment ids, for ``pooling="pair"``."""
     parts = model_parts(model)
     pooling = resolve_pooling(pooling, parts)
+    if pooling == "pair" and segments is None:
+        raise ValueError("pooling 'pair' needs the segment ids of the token cache")
     packed = lengths is not None
     kwargs = {}
     if parts.decoder:
@@ -137,9 +172,9 @@ def classify(model, *, input_ids, attention_mask=None, lengths=None, position_id
         first = hidden[:, :1] if not packed else _pool_packed(hidden, lengths, "cls")[:, None]
         pooled = parts.pooler(first)
     elif packed:
-        pooled = _pool_packed(hidden, lengths, pooling)
+        pooled = _pool_packed(hidden, lengths, pooling, segments)
     else:
-        pooled = _pool_padded(hidden, attention_mask, pooling)
+        pooled = _pool_padded(hidden, attention_mask, pooling, segments)
     if parts.dropout is not None:
         pooled = parts.dropout(pooled)
     head_dtype = _head_dtype(parts.head, pooled.dtype)

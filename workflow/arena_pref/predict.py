@@ -29,7 +29,7 @@ import torch
 
 from .logs import Rate
 from .metrics import tta_average
-from .pooling import classify, packed_inputs
+from .pooling import classify, concat_row, packed_inputs
 
 log = logging.getLogger(__name__)
 
@@ -131,30 +131,39 @@ def shard_imbalance(shards, lengths):
     return float((loads.max() - loads.min()) / max(loads.mean(), 1e-9))
 
 
-def forward_batch(model, sequences, batch, *, pad_token_id, pooling):
-    """Logits for one planned batch (padded to ``batch.width`` or packed when it is 0)."""
+def forward_batch(model, sequences, batch, *, pad_token_id, pooling, segments=None):
+    """Logits for one planned batch (padded to ``batch.width`` or packed when it is 0);
+    ``segments``: the sequences' answer segment ids (pooling ``pair``)."""
     dev = next(model.parameters()).device
     seqs = [sequences[i] for i in batch.rows]
+    segs = [segments[i] for i in batch.rows] if segments is not None else None
     if batch.width == 0:
         ids, positions, lengths = packed_inputs(seqs, dev)
-        return classify(model, input_ids=ids, position_ids=positions, lengths=lengths, pooling=pooling)
+        return classify(model, input_ids=ids, position_ids=positions, lengths=lengths, pooling=pooling,
+                        segments=concat_row(segs, dev) if segs is not None else None)
     ids = torch.full((len(seqs), batch.width), pad_token_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), batch.width), dtype=torch.long)
+    seg = torch.zeros((len(seqs), batch.width), dtype=torch.long)
     for row, s in enumerate(seqs):
         ids[row, :len(s)] = torch.tensor(s, dtype=torch.long)
         mask[row, :len(s)] = 1
-    return classify(model, input_ids=ids.to(dev), attention_mask=mask.to(dev), pooling=pooling)
+        if segs is not None:
+            seg[row, :len(s)] = torch.tensor(segs[row], dtype=torch.long)
+    return classify(model, input_ids=ids.to(dev), attention_mask=mask.to(dev), pooling=pooling,
+                    segments=seg.to(dev) if segs is not None else None)
 
 
 @torch.inference_mode()
-def run_batches(model, sequences, batches, *, pad_token_id, pooling="auto", forward=forward_batch):
+def run_batches(model, sequences, batches, *, pad_token_id, pooling="auto", forward=forward_batch,
+                segments=None):
     """Probabilities (n, 3) for ``sequences``, row i of the result for sequence i (rows not in any
     batch stay 0); logs progress with token rates."""
     lengths = np.array([len(s) for s in sequences])
     probs = np.zeros((len(sequences), 3), dtype=np.float64)
     rate = Rate(int(sum(lengths[b.rows].sum() for b in batches)), what="tokens")
     for batch in batches:
-        logits = forward(model, sequences, batch, pad_token_id=pad_token_id, pooling=pooling)
+        logits = forward(model, sequences, batch, pad_token_id=pad_token_id, pooling=pooling,
+                         segments=segments)
         probs[batch.rows] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
         rate.update(int(lengths[batch.rows].sum()))
     return probs
@@ -166,11 +175,14 @@ def plan_for(settings, lengths, n_pairs, max_length=None):
                         max_tokens=p["max_tokens_per_batch"], max_length=max_length, n_pairs=n_pairs)
 
 
-def sequences_of(tokens, tta):
-    """The sequences to score: (A, B) orders, then with ``tta`` the (B, A) orders."""
-    seqs = list(tokens["input_ids"])
+def sequences_of(tokens, tta, column="input_ids"):
+    """The sequences to score: (A, B) orders, then with ``tta`` the (B, A) orders. With
+    ``column="segments"`` their segment ids (None for a cache without them)."""
+    if column not in tokens:
+        return None
+    seqs = list(tokens[column])
     if tta:
-        seqs += list(tokens["input_ids_swap"])
+        seqs += list(tokens[f"{column}_swap"])
     return seqs
 
 
@@ -190,7 +202,8 @@ def predict_frame(model, tokens, *, pad_token_id, settings, tta, max_length=None
     seqs = sequences_of(tokens, tta)
     batches = plan_for(settings, [len(s) for s in seqs], len(tokens) if tta else 0, max_length)
     probs = run_batches(model, seqs, batches, pad_token_id=pad_token_id,
-                        pooling=settings.get("pooling", "auto"), forward=forward)
+                        pooling=settings.get("pooling", "auto"), forward=forward,
+                        segments=sequences_of(tokens, tta, "segments"))
     return frame_from_probs(tokens, probs, tta)
 
 
@@ -206,7 +219,7 @@ def _load(backbone, adapter_dir, settings, dev):
     return model, tokenizer.pad_token_id
 
 
-def _worker(backbone, adapter_dir, settings, dev, sequences, batches, threads):
+def _worker(backbone, adapter_dir, settings, dev, sequences, segments, batches, threads):
     """One device's share, in its own process: load the model there, run its batches."""
     from .logs import setup_logging
 
@@ -215,7 +228,8 @@ def _worker(backbone, adapter_dir, settings, dev, sequences, batches, threads):
         torch.set_num_threads(threads)
     model, pad = _load(backbone, adapter_dir, settings, dev)
     t0 = time.perf_counter()
-    probs = run_batches(model, sequences, batches, pad_token_id=pad, pooling=settings.get("pooling", "auto"))
+    probs = run_batches(model, sequences, batches, pad_token_id=pad, pooling=settings.get("pooling", "auto"),
+                        segments=segments)
     rows = np.concatenate([b.rows for b in batches]) if batches else np.array([], dtype=np.int64)
     return rows, probs[rows], time.perf_counter() - t0
 
@@ -225,6 +239,7 @@ def predict_on_devices(*, backbone, adapter_dir, tokens, settings, tta, devices,
     """Probabilities for a token cache, the batches shared over ``devices`` (one worker process
     per device when there are several), merged back in row order."""
     seqs = sequences_of(tokens, tta)
+    segs = sequences_of(tokens, tta, "segments")
     lengths = np.array([len(s) for s in seqs])
     batches = plan_for(settings, lengths, len(tokens) if tta else 0, max_length)
     log.info("predicting %d rows%s on %s: %d batches by %s, padding efficiency %.3f", len(tokens),
@@ -234,7 +249,8 @@ def predict_on_devices(*, backbone, adapter_dir, tokens, settings, tta, devices,
         if threads:
             torch.set_num_threads(threads)
         model, pad = _load(backbone, adapter_dir, settings, devices[0])
-        probs = run_batches(model, seqs, batches, pad_token_id=pad, pooling=settings.get("pooling", "auto"))
+        probs = run_batches(model, seqs, batches, pad_token_id=pad, pooling=settings.get("pooling", "auto"),
+                            segments=segs)
         return frame_from_probs(tokens, probs, tta)
 
     import multiprocessing as mp
@@ -245,7 +261,7 @@ def predict_on_devices(*, backbone, adapter_dir, tokens, settings, tta, devices,
     probs = np.zeros((len(seqs), 3))
     # spawn: CUDA cannot be used in forked children
     with ProcessPoolExecutor(len(devices), mp_context=mp.get_context("spawn")) as pool:
-        futures = [pool.submit(_worker, backbone, str(adapter_dir), settings, str(dev), seqs, shard, threads)
+        futures = [pool.submit(_worker, backbone, str(adapter_dir), settings, str(dev), seqs, segs, shard, threads)
                    for dev, shard in zip(devices, shards)]
         for dev, fut in zip(devices, futures):
             rows, p, seconds = fut.result()

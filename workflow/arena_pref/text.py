@@ -106,21 +106,34 @@ def waterfill(lengths, budget, caps=None):
     return alloc
 
 
+PROMPT_SEGMENT, FIRST_SEGMENT, SECOND_SEGMENT = 0, 1, 2
+
+
 def build_sequence(strategy, layout, max_length, prompt, first, second, turns=None,
-                   prompt_max_frac=1 / 3):
+                   prompt_max_frac=1 / 3, segments=False):
     """Token ids of one sequence (answer ``first`` shown as A, ``second`` as B), and its untruncated length.
 
     ``prompt``, ``first`` and ``second`` are token lists of the joined turns; ``tail``
     instead uses ``turns``: a list of (prompt_i, first_i, second_i) token lists.
+    With ``segments`` also one segment id per token: 1 for the answer shown first, 2 for the
+    second, 0 for everything else (special tokens, labels, prompts) — what ``pooling: pair`` needs.
     """
     budget = max_length - len(layout.prefix) - len(layout.suffix)
     if budget <= layout.fixed_len - len(layout.prefix) - len(layout.suffix):
         raise ValueError(f"max_length {max_length} leaves no room for text after the template")
+    body, seg = [], []
+
+    def add(tokens, segment=PROMPT_SEGMENT):
+        body.extend(tokens)
+        seg.extend([segment] * len(tokens))
+
     if strategy == "concat":
-        body = (layout.label_prompt + prompt + layout.label_first + first
-                + layout.label_second + second)
+        add(layout.label_prompt + prompt + layout.label_first)
+        add(first, FIRST_SEGMENT)
+        add(layout.label_second)
+        add(second, SECOND_SEGMENT)
         full_len = len(body)
-        body = body[:budget]
+        body, seg = body[:budget], seg[:budget]
     elif strategy == "per_part":
         room = budget - len(layout.label_prompt) - len(layout.label_first) - len(layout.label_second)
         cap = max(1, int(room * prompt_max_frac))
@@ -128,18 +141,24 @@ def build_sequence(strategy, layout, max_length, prompt, first, second, turns=No
         # a capped prompt may leave room the answers cannot use; give it back to the prompt
         spare = room - n_p - n_a - n_b
         n_p = min(len(prompt), n_p + spare)
-        body = (layout.label_prompt + prompt[:n_p] + layout.label_first + first[:n_a]
-                + layout.label_second + second[:n_b])
+        add(layout.label_prompt + prompt[:n_p] + layout.label_first)
+        add(first[:n_a], FIRST_SEGMENT)
+        add(layout.label_second)
+        add(second[:n_b], SECOND_SEGMENT)
         full_len = layout.fixed_len - len(layout.prefix) - len(layout.suffix) \
             + len(prompt) + len(first) + len(second)
     elif strategy == "tail":
-        body = []
         for t, (p, a, b) in enumerate(turns):
-            body += ((layout.label_next_turn if t else layout.label_prompt) + p
-                     + layout.label_first + a + layout.label_second + b)
+            add((layout.label_next_turn if t else layout.label_prompt) + p + layout.label_first)
+            add(a, FIRST_SEGMENT)
+            add(layout.label_second)
+            add(b, SECOND_SEGMENT)
         full_len = len(body)
-        body = body[-budget:]
+        body, seg = body[-budget:], seg[-budget:]
     else:
         raise ValueError(f"unknown truncation strategy {strategy!r}; choose one of {STRATEGIES}")
     specials = len(layout.prefix) + len(layout.suffix)
-    return layout.prefix + body + layout.suffix, full_len + specials
+    ids = layout.prefix + body + layout.suffix
+    if segments:
+        return ids, full_len + specials, [PROMPT_SEGMENT] * len(layout.prefix) + seg + [PROMPT_SEGMENT] * len(layout.suffix)
+    return ids, full_len + specials

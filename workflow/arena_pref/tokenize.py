@@ -16,7 +16,8 @@ from .text import build_sequence, join_turns, make_layout, turn_text
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ["id", "input_ids", "input_ids_swap", "length", "length_swap", "truncated"]
+COLUMNS = ["id", "input_ids", "input_ids_swap", "segments", "segments_swap", "length", "length_swap",
+           "truncated"]
 
 
 def _encode(tokenizer, texts, batch=2048):
@@ -47,28 +48,35 @@ def tokenize_frame(df, tokenizer, *, strategy, max_length, template=None, prompt
                                   for t in df[col]])
         prompts, answers_a, answers_b = enc[:n], enc[n:2 * n], enc[2 * n:]
 
-    ids, ids_swap, full_lengths = [], [], []
+    ids, ids_swap, segs, segs_swap, full_lengths = [], [], [], [], []
     for r in range(n):
         if strategy == "tail":
             turns = [(pieces[(r, t, "p")], pieces[(r, t, "a")], pieces[(r, t, "b")])
                      for t in range(n_turns[r])]
             swapped = [(p, b, a) for p, a, b in turns]
-            fwd, full = build_sequence("tail", layout, max_length, None, None, None, turns=turns)
-            rev, _ = build_sequence("tail", layout, max_length, None, None, None, turns=swapped)
+            fwd, full, fwd_seg = build_sequence("tail", layout, max_length, None, None, None, turns=turns,
+                                                segments=True)
+            rev, _, rev_seg = build_sequence("tail", layout, max_length, None, None, None, turns=swapped,
+                                             segments=True)
         else:
             p, a, b = prompts[r], answers_a[r], answers_b[r]
-            fwd, full = build_sequence(strategy, layout, max_length, p, a, b,
-                                       prompt_max_frac=prompt_max_frac)
-            rev, _ = build_sequence(strategy, layout, max_length, p, b, a,
-                                    prompt_max_frac=prompt_max_frac)
+            fwd, full, fwd_seg = build_sequence(strategy, layout, max_length, p, a, b,
+                                                prompt_max_frac=prompt_max_frac, segments=True)
+            rev, _, rev_seg = build_sequence(strategy, layout, max_length, p, b, a,
+                                             prompt_max_frac=prompt_max_frac, segments=True)
         ids.append(np.asarray(fwd, dtype=np.int32))
         ids_swap.append(np.asarray(rev, dtype=np.int32))
+        # which answer each token belongs to (1 shown first, 2 second): for pooling "pair"
+        segs.append(np.asarray(fwd_seg, dtype=np.int8))
+        segs_swap.append(np.asarray(rev_seg, dtype=np.int8))
         full_lengths.append(full)
 
     out = pd.DataFrame({
         "id": df["id"].to_numpy(dtype=np.int64),
         "input_ids": ids,
         "input_ids_swap": ids_swap,
+        "segments": segs,
+        "segments_swap": segs_swap,
         "length": np.array([len(x) for x in ids], dtype=np.int64),
         "length_swap": np.array([len(x) for x in ids_swap], dtype=np.int64),
         "truncated": np.array(full_lengths) > max_length,

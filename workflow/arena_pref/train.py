@@ -23,7 +23,7 @@ import torch
 
 from .io import atomic_path, read_json, write_json
 from .modeling import attach_lora, default_device, load_model, load_tokenizer
-from .pooling import classify, packed_inputs
+from .pooling import classify, concat_row, packed_inputs
 
 log = logging.getLogger(__name__)
 
@@ -33,14 +33,37 @@ OPTIMIZERS = {"adamw": "adamw_torch", "adamw_8bit": "adamw_bnb_8bit", "paged_ada
 
 
 class RowDataset(torch.utils.data.Dataset):
-    def __init__(self, sequences, labels):
-        self.sequences, self.labels = sequences, labels
+    def __init__(self, sequences, labels, segments=None):
+        self.sequences, self.labels, self.segments = sequences, labels, segments
 
     def __len__(self):
         return len(self.sequences)
 
     def __getitem__(self, i):
-        return {"input_ids": self.sequences[i], "labels": int(self.labels[i])}
+        item = {"input_ids": self.sequences[i], "labels": int(self.labels[i])}
+        if self.segments is not None:
+            item["segments"] = self.segments[i]
+        return item
+
+
+class PaddedCollator:
+    """Dynamic padding by the tokenizer (``DataCollatorWithPadding``), with the rows' answer
+    segment ids (pooling ``pair``) padded alongside, which that collator does not know."""
+
+    def __init__(self, tokenizer):
+        from transformers import DataCollatorWithPadding
+
+        self.pad = DataCollatorWithPadding(tokenizer)
+
+    def __call__(self, features):
+        segments = [f.pop("segments") for f in features] if "segments" in features[0] else None
+        batch = self.pad(features)
+        if segments is not None:
+            seg = torch.zeros(batch["input_ids"].shape, dtype=torch.long)
+            for row, s in enumerate(segments):
+                seg[row, :len(s)] = torch.tensor(s, dtype=torch.long)
+            batch["segments"] = seg
+        return batch
 
 
 class LengthGroupedSampler(torch.utils.data.Sampler):
@@ -77,21 +100,28 @@ class PackedCollator:
 
     def __call__(self, features):
         ids, positions, lengths = packed_inputs([f["input_ids"] for f in features])
-        return {"input_ids": ids, "position_ids": positions, "lengths": lengths,
-                "labels": torch.tensor([int(f["labels"]) for f in features], dtype=torch.long)}
+        batch = {"input_ids": ids, "position_ids": positions, "lengths": lengths,
+                 "labels": torch.tensor([int(f["labels"]) for f in features], dtype=torch.long)}
+        if "segments" in features[0]:
+            batch["segments"] = concat_row([f["segments"] for f in features])
+        return batch
 
 
 def training_rows(tokens, labels, swap_augment):
-    """Sequences and labels to train on; with ``swap_augment`` each row also appears as (B, A).
+    """Sequences, labels and answer segment ids (None for a cache without them) to train on;
+    with ``swap_augment`` each row also appears as (B, A).
 
     In the swapped order "A wins" becomes "B wins" and vice versa; ties stay ties.
     """
     seqs = [list(map(int, s)) for s in tokens["input_ids"]]
+    segs = [list(map(int, s)) for s in tokens["segments"]] if "segments" in tokens else None
     y = np.asarray(labels, dtype=np.int64)
     if swap_augment:
         seqs += [list(map(int, s)) for s in tokens["input_ids_swap"]]
+        if segs is not None:
+            segs += [list(map(int, s)) for s in tokens["segments_swap"]]
         y = np.concatenate([y, np.array([1, 0, 2])[y]])
-    return seqs, y
+    return seqs, y, segs
 
 
 def fingerprint(settings, ids, labels):
@@ -139,7 +169,7 @@ def _trainer_class(pooling):
             logits = classify(model, input_ids=inputs["input_ids"],
                               attention_mask=inputs.get("attention_mask"),
                               lengths=inputs.get("lengths"), position_ids=inputs.get("position_ids"),
-                              pooling=pooling)
+                              pooling=pooling, segments=inputs.get("segments"))
             if num_items_in_batch is not None:
                 # rows of the whole accumulated step: the Trainer then skips its own division
                 # by the accumulation steps, and uneven last batches are weighted right
@@ -216,13 +246,13 @@ def train_fold(*, backbone, tokens, labels, settings, ckpt_dir, adapter_dir, met
     ``settings`` is the model's config slice: quantization, dtype, lora, train.
     Writes the adapter (``save_pretrained``, with the score head) and a metrics JSON.
     """
-    from transformers import DataCollatorWithPadding, PrinterCallback, TrainingArguments, set_seed
+    from transformers import PrinterCallback, TrainingArguments, set_seed
 
     if threads:
         torch.set_num_threads(threads)
     tr = settings["train"]
     seed = int(tr["seed"])
-    seqs, y = training_rows(tokens, labels, tr.get("swap_augment", False))
+    seqs, y, segs = training_rows(tokens, labels, tr.get("swap_augment", False))
     fp = fingerprint(settings, tokens["id"], labels)
     resume = prepare_checkpoint_dir(ckpt_dir, fp)
 
@@ -261,10 +291,12 @@ def train_fold(*, backbone, tokens, labels, settings, ckpt_dir, adapter_dir, met
         report_to="none",
         disable_tqdm=True,
         dataloader_num_workers=0,
+        # our rows carry exactly what compute_loss reads (segment ids too): keep them all
+        remove_unused_columns=False,
     )
     n_tokens = int(sum(len(s) for s in seqs))
-    trainer = _trainer_class(settings.get("pooling", "auto"))(model=model, args=args, train_dataset=RowDataset(seqs, y),
-                      data_collator=PackedCollator() if tr.get("packing") else DataCollatorWithPadding(tokenizer),
+    trainer = _trainer_class(settings.get("pooling", "auto"))(model=model, args=args, train_dataset=RowDataset(seqs, y, segs),
+                      data_collator=PackedCollator() if tr.get("packing") else PaddedCollator(tokenizer),
                       callbacks=[progress_callback()])
     # with tqdm off the Trainer prints raw log dicts; our callback logs them readably instead
     trainer.remove_callback(PrinterCallback)
