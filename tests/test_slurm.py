@@ -11,10 +11,9 @@ import time
 
 import pandas as pd
 import pytest
-from safetensors.torch import load_file
 
 from slurm_cluster import Cluster, Unavailable, squeue_jobs
-from workflow_helpers import REPO, SNAKEFILE, SNAKEMAKE, snakemake, write_config
+from workflow_helpers import REPO, SNAKEFILE, SNAKEMAKE, assert_resumed_and_matches, snakemake, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -107,10 +106,4 @@ def test_cancelled_training_job_resumes_on_rerun(cluster, run_a, tmp_path):
 
     rerun = snakemake(tmp_path, *cmd, timeout=900)
     assert [rule for _, rule in submitted_rules(rerun)] == ["train"]
-    log = (tmp_path / "results/logs/train/tiny_gemma2/fold0.log").read_text()
-    assert "resuming from" in log and "checkpoint-3" in log
-    a = load_file(str(run_a / target / "adapter_model.safetensors"))
-    b = load_file(str(tmp_path / target / "adapter_model.safetensors"))
-    assert a.keys() == b.keys()
-    for k in a:
-        assert (a[k] - b[k]).abs().max() < 1e-6, k
+    assert_resumed_and_matches(run_a, tmp_path, target)

@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from workflow_helpers import REPO, SNAKEFILE, SNAKEMAKE, planned_jobs, snakemake, write_config
+from workflow_helpers import (REPO, SNAKEFILE, SNAKEMAKE, assert_resumed_and_matches, planned_jobs,
+                              snakemake, write_config)
 
 pytestmark = pytest.mark.slow
 
@@ -89,15 +90,7 @@ def test_killed_training_job_resumes(run_a, tmp_path):
     assert not (tmp_path / target).exists()  # no complete-looking output after the kill
     assert list((tmp_path / "results/checkpoints/tiny_gemma2/fold0").glob("checkpoint-3"))
     snakemake(tmp_path, "-j1", target)
-    log = (tmp_path / "results/logs/train/tiny_gemma2/fold0.log").read_text()
-    assert "resuming from" in log and "checkpoint-3" in log
-    from safetensors.torch import load_file
-
-    a = load_file(str(run_a / target / "adapter_model.safetensors"))
-    b = load_file(str(tmp_path / target / "adapter_model.safetensors"))
-    assert a.keys() == b.keys()
-    for k in a:
-        assert (a[k] - b[k]).abs().max() < 1e-6, k
+    assert_resumed_and_matches(run_a, tmp_path, target)
 
 
 def test_bad_input_fails_with_a_clear_message(tmp_path):

@@ -49,3 +49,17 @@ def planned_jobs(proc):
                 break
             jobs[parts[0]] = int(parts[1])
     return jobs
+
+
+def assert_resumed_and_matches(reference, workdir, target, model="tiny_gemma2", fold=0, checkpoint=3):
+    """The rerun training job of ``target`` (an adapter directory) resumed from ``checkpoint`` and
+    ended with the adapter the uninterrupted run in ``reference`` trained (to 1e-6)."""
+    from safetensors.torch import load_file
+
+    log = (workdir / f"results/logs/train/{model}/fold{fold}.log").read_text()
+    assert "resuming from" in log and f"checkpoint-{checkpoint}" in log
+    a = load_file(str(reference / target / "adapter_model.safetensors"))
+    b = load_file(str(workdir / target / "adapter_model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert (a[k] - b[k]).abs().max() < 1e-6, k

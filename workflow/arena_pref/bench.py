@@ -57,18 +57,18 @@ def environment():
     return env
 
 
-def time_method(model, seqs, batches, *, repeats=1):
-    """Best-of-``repeats`` seconds to run ``batches`` (the first pass also warms up)."""
+def time_method(model, seqs, batches, *, pad_token_id, repeats=1):
+    """Best-of-``repeats`` seconds to run ``batches``, and the probabilities they gave."""
     best = float("inf")
     for _ in range(repeats):
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        predict.run_batches(model, seqs, batches, pad_token_id=0)
+        probs = predict.run_batches(model, seqs, batches, pad_token_id=pad_token_id)
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         best = min(best, time.perf_counter() - t0)
-    return best
+    return best, probs
 
 
 def bench_inference(*, rows=96, max_length=4096, batch_size=8, budget=16384, pack_budget=4096,
@@ -95,9 +95,7 @@ def bench_inference(*, rows=96, max_length=4096, batch_size=8, budget=16384, pac
         methods, reference = {}, None
         for name, plan in plans.items():
             batches = predict.plan_batches(lengths, **plan)
-            seconds = time_method(model, seqs, batches, repeats=repeats)
-            probs = predict.run_batches(model, seqs, batches, pad_token_id=tok.pad_token_id) \
-                if reference is None or name == "packed" else None
+            seconds, probs = time_method(model, seqs, batches, pad_token_id=tok.pad_token_id, repeats=repeats)
             if reference is None:
                 reference = probs
             methods[name] = {"padding_efficiency": predict.padding_efficiency(batches, lengths),

@@ -76,6 +76,15 @@ def concat_row(arrays, device=None):
     return torch.from_numpy(np.concatenate([np.asarray(a, dtype=np.int64) for a in arrays]))[None].to(device)
 
 
+def pad_rows(arrays, width, value=0):
+    """Token-aligned arrays (ids, segment ids) of a padded batch, right-padded with ``value``
+    to ``width``, as (n, width)."""
+    out = torch.full((len(arrays), width), value, dtype=torch.long)
+    for row, a in enumerate(arrays):
+        out[row, :len(a)] = torch.tensor(np.asarray(a), dtype=torch.long)
+    return out
+
+
 def _segment_ids(lengths):
     return torch.repeat_interleave(torch.arange(len(lengths), device=lengths.device), lengths)
 
@@ -129,9 +138,7 @@ def _pool_packed(hidden, lengths, pooling, segments=None):
     if pooling == "last":
         return h[ends - 1]
     if pooling == "mean":
-        sums = torch.zeros((len(lengths), h.shape[-1]), dtype=h.dtype, device=h.device)
-        sums.index_add_(0, _segment_ids(lengths), h)
-        return sums / lengths.unsqueeze(-1).to(h.dtype)
+        return _segment_means(h, _segment_ids(lengths), len(lengths), torch.ones_like(h[:, 0]))
     return h[ends - lengths]
 
 

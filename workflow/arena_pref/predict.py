@@ -29,7 +29,7 @@ import torch
 
 from .logs import Rate
 from .metrics import tta_average
-from .pooling import classify, concat_row, packed_inputs
+from .pooling import classify, concat_row, packed_inputs, pad_rows
 
 log = logging.getLogger(__name__)
 
@@ -141,16 +141,10 @@ def forward_batch(model, sequences, batch, *, pad_token_id, pooling, segments=No
         ids, positions, lengths = packed_inputs(seqs, dev)
         return classify(model, input_ids=ids, position_ids=positions, lengths=lengths, pooling=pooling,
                         segments=concat_row(segs, dev) if segs is not None else None)
-    ids = torch.full((len(seqs), batch.width), pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), batch.width), dtype=torch.long)
-    seg = torch.zeros((len(seqs), batch.width), dtype=torch.long)
-    for row, s in enumerate(seqs):
-        ids[row, :len(s)] = torch.tensor(s, dtype=torch.long)
-        mask[row, :len(s)] = 1
-        if segs is not None:
-            seg[row, :len(s)] = torch.tensor(segs[row], dtype=torch.long)
+    ids = pad_rows(seqs, batch.width, pad_token_id)
+    mask = (torch.arange(batch.width)[None] < torch.tensor([len(x) for x in seqs])[:, None]).long()
     return classify(model, input_ids=ids.to(dev), attention_mask=mask.to(dev), pooling=pooling,
-                    segments=seg.to(dev) if segs is not None else None)
+                    segments=pad_rows(segs, batch.width).to(dev) if segs is not None else None)
 
 
 @torch.inference_mode()
@@ -169,10 +163,12 @@ def run_batches(model, sequences, batches, *, pad_token_id, pooling="auto", forw
     return probs
 
 
-def plan_for(settings, lengths, n_pairs, max_length=None):
+def plan_for(settings, lengths, n_pairs):
+    """Batches by a model's ``predict`` settings (``fixed`` pads to the model's ``max_length``)."""
     p = settings["predict"]
     return plan_batches(lengths, method=p["method"], batch_size=p["batch_size"],
-                        max_tokens=p["max_tokens_per_batch"], max_length=max_length, n_pairs=n_pairs)
+                        max_tokens=p["max_tokens_per_batch"], max_length=settings.get("max_length"),
+                        n_pairs=n_pairs)
 
 
 def sequences_of(tokens, tta, column="input_ids"):
@@ -197,10 +193,10 @@ def frame_from_probs(tokens, probs, tta):
     return out
 
 
-def predict_frame(model, tokens, *, pad_token_id, settings, tta, max_length=None, forward=forward_batch):
+def predict_frame(model, tokens, *, pad_token_id, settings, tta, forward=forward_batch):
     """Probabilities for the rows of a token cache with one model in this process."""
     seqs = sequences_of(tokens, tta)
-    batches = plan_for(settings, [len(s) for s in seqs], len(tokens) if tta else 0, max_length)
+    batches = plan_for(settings, [len(s) for s in seqs], len(tokens) if tta else 0)
     probs = run_batches(model, seqs, batches, pad_token_id=pad_token_id,
                         pooling=settings.get("pooling", "auto"), forward=forward,
                         segments=sequences_of(tokens, tta, "segments"))
@@ -219,11 +215,9 @@ def _load(backbone, adapter_dir, settings, dev):
     return model, tokenizer.pad_token_id
 
 
-def _worker(backbone, adapter_dir, settings, dev, sequences, segments, batches, threads):
-    """One device's share, in its own process: load the model there, run its batches."""
-    from .logs import setup_logging
-
-    setup_logging(None)
+def _predict_share(backbone, adapter_dir, settings, dev, sequences, segments, batches, threads):
+    """One device's share of the batches: load the model there, run them. Returns the rows
+    scored, their probabilities and the seconds taken."""
     if threads:
         torch.set_num_threads(threads)
     model, pad = _load(backbone, adapter_dir, settings, dev)
@@ -234,39 +228,45 @@ def _worker(backbone, adapter_dir, settings, dev, sequences, segments, batches, 
     return rows, probs[rows], time.perf_counter() - t0
 
 
-def predict_on_devices(*, backbone, adapter_dir, tokens, settings, tta, devices, threads=None,
-                       max_length=None):
-    """Probabilities for a token cache, the batches shared over ``devices`` (one worker process
-    per device when there are several), merged back in row order."""
+def _worker(*args):
+    """:func:`_predict_share` in a worker process of its own (logging to stderr)."""
+    from .logs import setup_logging
+
+    setup_logging(None)
+    return _predict_share(*args)
+
+
+def predict_on_devices(*, backbone, adapter_dir, tokens, settings, tta, devices=None, threads=None):
+    """Probabilities for a token cache, the batches shared over ``devices`` (default: all this job
+    may use; one worker process per device when there are several), merged back in row order."""
+    if devices is None:
+        from .modeling import job_devices
+
+        devices = job_devices()
     seqs = sequences_of(tokens, tta)
     segs = sequences_of(tokens, tta, "segments")
     lengths = np.array([len(s) for s in seqs])
-    batches = plan_for(settings, lengths, len(tokens) if tta else 0, max_length)
+    batches = plan_for(settings, lengths, len(tokens) if tta else 0)
     log.info("predicting %d rows%s on %s: %d batches by %s, padding efficiency %.3f", len(tokens),
              " x 2 orders (TTA)" if tta else "", ", ".join(map(str, devices)), len(batches),
              settings["predict"]["method"], padding_efficiency(batches, lengths))
-    if len(devices) == 1:
-        if threads:
-            torch.set_num_threads(threads)
-        model, pad = _load(backbone, adapter_dir, settings, devices[0])
-        probs = run_batches(model, seqs, batches, pad_token_id=pad, pooling=settings.get("pooling", "auto"),
-                            segments=segs)
-        return frame_from_probs(tokens, probs, tta)
-
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
-
-    shards = shard_batches(batches, lengths, len(devices))
-    log.info("%d shards, token-slot imbalance %.2f%%", len(shards), 100 * shard_imbalance(shards, lengths))
     probs = np.zeros((len(seqs), 3))
-    # spawn: CUDA cannot be used in forked children
-    with ProcessPoolExecutor(len(devices), mp_context=mp.get_context("spawn")) as pool:
-        futures = [pool.submit(_worker, backbone, str(adapter_dir), settings, str(dev), seqs, segs, shard, threads)
-                   for dev, shard in zip(devices, shards)]
-        for dev, fut in zip(devices, futures):
-            rows, p, seconds = fut.result()
-            probs[rows] = p
-            log.info("%s: %d sequences in %.1f s", dev, len(rows), seconds)
+    if len(devices) == 1:
+        results = [_predict_share(backbone, adapter_dir, settings, devices[0], seqs, segs, batches, threads)]
+    else:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        shards = shard_batches(batches, lengths, len(devices))
+        log.info("%d shards, token-slot imbalance %.2f%%", len(shards), 100 * shard_imbalance(shards, lengths))
+        # spawn: CUDA cannot be used in forked children
+        with ProcessPoolExecutor(len(devices), mp_context=mp.get_context("spawn")) as pool:
+            futures = [pool.submit(_worker, backbone, str(adapter_dir), settings, str(dev), seqs, segs, shard,
+                                   threads) for dev, shard in zip(devices, shards)]
+            results = [f.result() for f in futures]
+    for dev, (rows, p, seconds) in zip(devices, results):
+        probs[rows] = p
+        log.info("%s: %d sequences in %.1f s", dev, len(rows), seconds)
     return frame_from_probs(tokens, probs, tta)
 
 

@@ -92,8 +92,7 @@ def oof(*, tokens_parquet, folds_parquet, fold, backbone, adapter, settings, out
     """Held-out rows of one fold, predicted in both orders (TTA scored either way)."""
     tokens = _fold_rows(tokenize.read_tokens(tokens_parquet), folds_parquet, fold, held_out=True)
     pred = predict.predict_on_devices(backbone=backbone, adapter_dir=adapter, tokens=tokens,
-                                      settings=settings, tta=True, threads=threads,
-                                      devices=modeling.job_devices(), max_length=settings["max_length"])
+                                      settings=settings, tta=True, threads=threads)
     pred.insert(1, "fold", np.int64(fold))
     io.write_parquet(pred, out)
 
@@ -102,8 +101,7 @@ def infer(*, tokens_parquet, backbone, adapter, settings, out, threads=None):
     tokens = tokenize.read_tokens(tokens_parquet)
     tta = settings["predict"]["tta"]
     pred = predict.predict_on_devices(backbone=backbone, adapter_dir=adapter, tokens=tokens,
-                                      settings=settings, tta=tta, threads=threads,
-                                      devices=modeling.job_devices(), max_length=settings["max_length"])
+                                      settings=settings, tta=tta, threads=threads)
     io.write_parquet(pred, out)
 
 

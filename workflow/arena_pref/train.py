@@ -23,7 +23,7 @@ import torch
 
 from .io import atomic_path, read_json, write_json
 from .modeling import attach_lora, default_device, load_model, load_tokenizer
-from .pooling import classify, concat_row, packed_inputs
+from .pooling import classify, concat_row, packed_inputs, pad_rows
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +59,7 @@ class PaddedCollator:
         segments = [f.pop("segments") for f in features] if "segments" in features[0] else None
         batch = self.pad(features)
         if segments is not None:
-            seg = torch.zeros(batch["input_ids"].shape, dtype=torch.long)
-            for row, s in enumerate(segments):
-                seg[row, :len(s)] = torch.tensor(s, dtype=torch.long)
-            batch["segments"] = seg
+            batch["segments"] = pad_rows(segments, batch["input_ids"].shape[1])
         return batch
 
 
