@@ -198,3 +198,79 @@ def test_pair_pooling_packed_matches_padded_and_needs_segments(minilm_dir):
     ids, mask = padded(seqs[:2], 0)
     with pytest.raises(ValueError, match="pooling 'pair' needs the segment ids"):
         pooling.classify(model, input_ids=ids, attention_mask=mask, pooling="pair")
+
+
+def _random_adapter(path, out, quantization, targets=("q_proj", "v_proj", "down_proj")):
+    model = modeling.load_model(path, quantization=quantization, pad_token_id=0)
+    model = modeling.attach_lora(model, {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": list(targets)},
+                                 quantized=quantization != "none")
+    torch.manual_seed(1)
+    for name, param in model.named_parameters():
+        if "lora_B" in name:  # a trained adapter is not the zero update peft starts from
+            torch.nn.init.normal_(param, std=0.2)
+    model.save_pretrained(out)
+    return out
+
+
+@pytest.mark.parametrize("quantization", ["none", "4bit"])
+def test_merged_lora_predicts_what_the_adapter_does(tiny_backbone_dir, tmp_path, quantization):
+    """merge_lora: the dequantized base with the adapter folded in is the trained function."""
+    adapter = _random_adapter(tiny_backbone_dir, tmp_path / "adapter", quantization)
+    kw = dict(quantization=quantization, dtype="float32", pad_token_id=0)
+    unmerged = modeling.load_for_inference(tiny_backbone_dir, adapter, **kw)
+    merged = modeling.load_for_inference(tiny_backbone_dir, adapter, merge_lora=True, **kw)
+    assert not any("lora" in name for name, _ in merged.named_parameters())
+    assert not any(type(m.weight).__name__ == "Params4bit" for m in merged.modules() if hasattr(m, "weight"))
+    seqs = random_sequences(16, 3, 60, seed=6)
+    batches = predict.plan_batches([len(s) for s in seqs], method="packed", max_tokens=200)
+    # the reference runs the 4-bit layers in train mode: in eval mode on CPUs with AVX512-BF16,
+    # bitsandbytes repacks them for an inference kernel that computes in bf16 (README)
+    unmerged.train()
+    reference = predict.run_batches(unmerged, seqs, batches, pad_token_id=0)
+    got = predict.run_batches(merged, seqs, batches, pad_token_id=0)
+    np.testing.assert_allclose(got, reference, rtol=0, atol=1e-4)
+    base = modeling.load_model(tiny_backbone_dir, **kw).train()
+    without = predict.run_batches(base, seqs, batches, pad_token_id=0)
+    assert np.abs(without - reference).max() > 1e-2  # the adapter changes predictions: it was merged
+
+
+def test_merge_lora_falls_back_when_memory_is_short(tiny_backbone_dir, tmp_path, monkeypatch, caplog):
+    adapter = _random_adapter(tiny_backbone_dir, tmp_path / "adapter", "4bit")
+    monkeypatch.setattr(modeling, "free_memory_bytes", lambda device: 1024)
+    model = modeling.load_for_inference(tiny_backbone_dir, adapter, quantization="4bit", dtype="float32",
+                                        pad_token_id=0, merge_lora=True)
+    assert hasattr(model, "peft_config")  # the unmerged adapter on the 4-bit base
+    assert any(type(m.weight).__name__ == "Params4bit" for m in model.modules() if hasattr(m, "weight"))
+    assert "predicting with the unmerged adapter" in caplog.text
+
+
+def test_compiled_backbone_predicts_what_eager_does(tiny_backbone_dir):
+    """predict.compile: a torch.compile'd backbone matches eager (padded batches: the packed path's
+    per-sequence attention loop recompiles per sequence count, slow to test on CPU)."""
+    model = modeling.load_model(tiny_backbone_dir, pad_token_id=0).eval()
+    seqs = random_sequences(8, 3, 40, seed=7)
+    batches = predict.plan_batches([len(s) for s in seqs], method="sorted_dynamic", batch_size=4)
+    eager = predict.run_batches(model, seqs, batches, pad_token_id=0)
+    modeling.compile_backbone(model)
+    body = pooling.model_parts(model).body
+    assert body._compiled_call_impl is not None
+    compiled = predict.run_batches(model, seqs, batches, pad_token_id=0)
+    np.testing.assert_allclose(compiled, eager, rtol=0, atol=1e-5)
+
+
+def test_packed_matches_fixed_padding_on_long_rows(tiny_backbone_dir):
+    """Rows past Gemma-2's sliding window (1,024 tokens in this model) and rows padded far past
+    their length: packed equals the fixed-width padded path in fp32. (The bench's 4-bit CPU run
+    shows up to 4e-4 between these two: bitsandbytes' CPU 4-bit inference kernel computes in
+    bf16, and its rounding depends on the batch shape; fp32 agrees to 1e-7.)"""
+    model = modeling.load_model(tiny_backbone_dir, pad_token_id=0).eval()
+    assert model.config.sliding_window == 1024
+    rng = np.random.default_rng(8)
+    seqs = [[1] + rng.integers(5, 300, n - 1).tolist() for n in (2500, 1800, 1100, 300, 40, 700)]
+    lengths = [len(s) for s in seqs]
+    fixed = predict.run_batches(model, seqs, predict.plan_batches(lengths, method="fixed", batch_size=3,
+                                                                  max_length=2600), pad_token_id=0)
+    packed = predict.run_batches(model, seqs, predict.plan_batches(lengths, method="packed", max_tokens=3000),
+                                 pad_token_id=0)
+    np.testing.assert_allclose(packed, fixed, rtol=0, atol=1e-5)
+    assert np.abs(fixed - fixed.mean(0)).max() > 1e-3

@@ -57,16 +57,25 @@ def test_train_saves_adapter_and_metrics(tiny_backbone_dir, tokens, tmp_path):
     assert saved["optimizer"] == "adamw_torch"  # 8-bit AdamW needs a GPU: logged fallback on CPU
 
 
-def test_resume_continues_from_last_checkpoint_and_matches(tiny_backbone_dir, tokens, tmp_path):
-    """A job killed after its step-4 checkpoint resumes there and ends with the same adapter."""
-    run(tiny_backbone_dir, tokens, tmp_path / "full")
+@pytest.mark.parametrize("batching", ["rows", "token_budget_packed"])
+def test_resume_continues_from_last_checkpoint_and_matches(tiny_backbone_dir, tokens, tmp_path, batching):
+    """A job killed after its step-4 checkpoint resumes there and ends with the same adapter,
+    with fixed-row batches and with packed token-budget batches (which the Trainer skips by
+    batch on resume)."""
+    settings = SETTINGS
+    if batching == "token_budget_packed":
+        lengths = [len(s) for s in train.training_rows(tokens[0], tokens[1], False)[0]]
+        budget = int(sum(lengths) / 3) + 1  # 3 batches an epoch: 6 steps as with 4 rows a batch
+        settings = {**SETTINGS, "train": {**SETTINGS["train"], "packing": True, "max_tokens_per_batch": budget}}
+        assert len(train.TokenBudgetBatchSampler(lengths, budget, packed=True, seed=0)) == 3
+    run(tiny_backbone_dir, tokens, tmp_path / "full", settings=settings)
     full = adapter_weights(tmp_path / "full" / "a" / "adapter")
     # simulate the kill: keep the checkpoints up to step 4 only
-    run(tiny_backbone_dir, tokens, tmp_path / "killed")
+    run(tiny_backbone_dir, tokens, tmp_path / "killed", settings=settings)
     ckpt = tmp_path / "killed" / "ckpt"
     shutil.rmtree(ckpt / "checkpoint-6")
     assert (ckpt / "checkpoint-4").exists()
-    metrics = run(tiny_backbone_dir, tokens, tmp_path / "killed", name="b")
+    metrics = run(tiny_backbone_dir, tokens, tmp_path / "killed", settings=settings, name="b")
     assert metrics["resumed_from"].endswith("checkpoint-4")
     resumed = adapter_weights(tmp_path / "killed" / "b" / "adapter")
     assert resumed.keys() == full.keys()
@@ -133,3 +142,45 @@ def test_packed_training_matches_padded(tiny_backbone_dir, tokens, tmp_path, poo
     for k in a:
         np.testing.assert_allclose(b[k].numpy(), a[k].numpy(), rtol=0, atol=1e-5, err_msg=k)
     assert any(np.abs(a[k].numpy()).max() > 0 for k in a if "lora_B" in k)  # it did train
+
+
+def test_token_budget_sampler_covers_rows_within_budget():
+    lengths = np.random.default_rng(0).integers(5, 200, size=60)
+    for packed in (False, True):
+        s = train.TokenBudgetBatchSampler(lengths, 400, packed=packed, seed=3)
+        epochs = []
+        for epoch in range(3):
+            s.set_epoch(epoch)
+            batches = list(s)
+            epochs.append(batches)
+            assert len(batches) == len(s)  # the Trainer's step count holds every epoch
+            assert sorted(i for b in batches for i in b) == list(range(60))
+            cost = [lengths[b].sum() if packed else len(b) * lengths[b].max() for b in batches]
+            assert max(cost) <= 400 and cost[0] == max(cost)  # costliest first
+            assert min(len(b) for b in batches) < max(len(b) for b in batches)  # rows vary by length
+        assert epochs[0] != epochs[1]
+        s.set_epoch(0)
+        assert list(s) == epochs[0]  # a function of (seed, epoch): resumes see the same batches
+    # a row longer than the budget goes alone
+    s = train.TokenBudgetBatchSampler([500, 10, 10], 100, packed=True, seed=0)
+    assert sorted(map(sorted, s)) == [[0], [1, 2]]
+
+
+def test_token_budget_steps_weigh_rows_not_batches(tiny_backbone_dir, tokens, tmp_path):
+    """One optimizer step over token-budget micro-batches of uneven row counts equals one step
+    over all rows at once: the loss is scaled by the rows of the accumulated step."""
+    base = {**SETTINGS, "quantization": "none",
+            "train": {**SETTINGS["train"], "epochs": 1, "optimizer": "sgd", "lr": 0.5, "max_grad_norm": 1e9,
+                      "warmup_steps": 0, "batch_size": 12}}
+    seqs, _, _ = train.training_rows(tokens[0], tokens[1], False)
+    budget = 3 * max(len(s) for s in seqs)
+    n_batches = len(train.TokenBudgetBatchSampler([len(s) for s in seqs], budget, packed=False, seed=0))
+    assert 2 < n_batches < 12
+    budgeted = {**base, "train": {**base["train"], "max_tokens_per_batch": budget, "grad_accum": n_batches}}
+    one = run(tiny_backbone_dir, tokens, tmp_path / "one", settings=base)
+    many = run(tiny_backbone_dir, tokens, tmp_path / "many", settings=budgeted)
+    assert one["steps"] == many["steps"] == 1
+    a, b = adapter_weights(tmp_path / "one/a/adapter"), adapter_weights(tmp_path / "many/a/adapter")
+    for k in a:
+        np.testing.assert_allclose(b[k].numpy(), a[k].numpy(), rtol=0, atol=1e-5, err_msg=k)
+    assert any(np.abs(a[k].numpy()).max() > 0 for k in a if "lora_B" in k)

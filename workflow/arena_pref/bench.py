@@ -8,6 +8,7 @@ the model's ``max_length``. Token ids are random: speed does not depend on them.
 
     python -m arena_pref.bench inference --out results/bench/inference.json
     python -m arena_pref.bench training --out results/bench/training.json
+    python -m arena_pref.bench gpu --out results/bench/gpu_<name>.json   # on a CUDA machine
 """
 
 from __future__ import annotations
@@ -71,48 +72,169 @@ def time_method(model, seqs, batches, *, pad_token_id, repeats=1):
     return best, probs
 
 
+def compare_methods(models, lengths, seqs, plans, *, pad_token_id, repeats=1, flops_per_token=None,
+                    peak_flops=None):
+    """The same rows through each ``plans`` entry (name -> (model name, plan_batches kwargs)):
+    tokens/s, padding efficiency, passes; with ``flops_per_token`` and ``peak_flops`` the fraction
+    of the device's peak reached. Every entry's probabilities are compared with the first one's."""
+    real = int(np.sum(lengths))
+    methods, reference = {}, None
+    for name, (model_name, plan) in plans.items():
+        model = models[model_name]
+        # warm-up: first calls allocate, pick kernels (and repack 4-bit CPU weights)
+        predict.run_batches(model, seqs[:4], predict.plan_batches(lengths[:4], method="packed"),
+                            pad_token_id=pad_token_id)
+        batches = predict.plan_batches(lengths, **plan)
+        seconds, probs = time_method(model, seqs, batches, pad_token_id=pad_token_id, repeats=repeats)
+        entry = {"padding_efficiency": predict.padding_efficiency(batches, lengths),
+                 "tokens_per_s": real / seconds, "seconds": seconds, "passes": len(batches),
+                 **{k: v for k, v in plan.items() if k != "method"}}
+        if model_name != "model":
+            entry["model"] = model_name
+        if flops_per_token and peak_flops:
+            entry["fraction_of_bf16_peak"] = flops_per_token * entry["tokens_per_s"] / peak_flops
+        if reference is None:
+            reference = probs
+        else:
+            entry["max_abs_diff_vs_first"] = float(np.abs(probs - reference).max())
+        methods[name] = entry
+        log.info("%-15s %9.0f tokens/s  padding efficiency %.3f  (%d passes, %.1f s)%s", name,
+                 entry["tokens_per_s"], entry["padding_efficiency"], len(batches), seconds,
+                 f"  {entry['fraction_of_bf16_peak']:.1%} of bf16 peak" if "fraction_of_bf16_peak" in entry else "")
+    return methods
+
+
+def best_of(methods, baseline="sorted_dynamic"):
+    best = max(methods, key=lambda m: methods[m]["tokens_per_s"])
+    return {"method": best, f"speedup_vs_{baseline}": methods[best]["tokens_per_s"] / methods[baseline]["tokens_per_s"]}
+
+
+def method_plans(*, batch_size, max_length, budget, pack_budget, model="model"):
+    return {
+        "fixed": (model, dict(method="fixed", batch_size=batch_size, max_length=max_length)),
+        "sorted_dynamic": (model, dict(method="sorted_dynamic", batch_size=batch_size)),
+        "token_budget": (model, dict(method="token_budget", max_tokens=budget)),
+        "packed": (model, dict(method="packed", max_tokens=pack_budget)),
+    }
+
+
+def random_adapter(backbone, out_dir, *, quantization, targets=("q_proj", "k_proj", "v_proj", "o_proj")):
+    """A LoRA adapter (r 16) with random, non-zero weights, saved as training saves one."""
+    model = modeling.load_model(backbone, quantization=quantization, dtype="float32")
+    model = modeling.attach_lora(model, {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": list(targets)},
+                                 quantized=quantization != "none")
+    torch.manual_seed(0)
+    for name, param in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.02)
+    model.save_pretrained(out_dir)
+    return out_dir
+
+
 def bench_inference(*, rows=96, max_length=4096, batch_size=8, budget=16384, pack_budget=4096,
                     quantization="4bit", threads=2, repeats=1, backbone=None):
-    """The same rows through the four prediction methods; tokens/s and padding efficiency."""
+    """The same rows through the four prediction methods, with a trained-like LoRA adapter on the
+    base as the workflow predicts; then packed batches again with the adapter merged into the
+    dequantized base (``predict.merge_lora``). Tokens/s and padding efficiency."""
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory() as tmp:
         path = backbone or tiny_gemma(Path(tmp) / "tiny_gemma2", max_position=max_length)
         tok = modeling.load_tokenizer(path)
-        model = modeling.load_model(path, quantization=quantization, dtype="float32",
-                                    pad_token_id=tok.pad_token_id).eval()
+        adapter = random_adapter(path, Path(tmp) / "adapter", quantization=quantization)
+        kw = dict(quantization=quantization, dtype="float32", pad_token_id=tok.pad_token_id)
+        models = {"model": modeling.load_for_inference(path, adapter, **kw),
+                  "merged": modeling.load_for_inference(path, adapter, merge_lora=True, **kw)}
         lengths = arena_lengths(rows, cap=max_length)
-        seqs = random_sequences(lengths, model.config.vocab_size)
-        real = int(lengths.sum())
-        plans = {
-            "fixed": dict(method="fixed", batch_size=batch_size, max_length=max_length),
-            "sorted_dynamic": dict(method="sorted_dynamic", batch_size=batch_size),
-            "token_budget": dict(method="token_budget", max_tokens=budget),
-            "packed": dict(method="packed", max_tokens=pack_budget),
-        }
-        # warm-up: first calls allocate and pick kernels
-        predict.run_batches(model, seqs[:4], predict.plan_batches(lengths[:4], method="packed"),
-                            pad_token_id=tok.pad_token_id)
-        methods, reference = {}, None
-        for name, plan in plans.items():
-            batches = predict.plan_batches(lengths, **plan)
-            seconds, probs = time_method(model, seqs, batches, pad_token_id=tok.pad_token_id, repeats=repeats)
-            if reference is None:
-                reference = probs
-            methods[name] = {"padding_efficiency": predict.padding_efficiency(batches, lengths),
-                             "tokens_per_s": real / seconds, "seconds": seconds, "passes": len(batches),
-                             **{k: v for k, v in plan.items() if k != "method"}}
-            if name == "packed":
-                methods[name]["max_abs_diff_vs_fixed"] = float(np.abs(probs - reference).max())
-            log.info("%-15s %8.0f tokens/s  padding efficiency %.3f  (%d passes, %.1f s)", name,
-                     methods[name]["tokens_per_s"], methods[name]["padding_efficiency"], len(batches), seconds)
-    base = methods["sorted_dynamic"]["tokens_per_s"]
-    best = max(methods, key=lambda m: methods[m]["tokens_per_s"])
-    return {"methods": methods,
-            "best": {"method": best, "speedup_vs_sorted_dynamic": methods[best]["tokens_per_s"] / base},
+        seqs = random_sequences(lengths, models["model"].config.vocab_size)
+        plans = method_plans(batch_size=batch_size, max_length=max_length, budget=budget, pack_budget=pack_budget)
+        plans["packed_merged"] = ("merged", dict(method="packed", max_tokens=pack_budget))
+        methods = compare_methods(models, lengths, seqs, plans, pad_token_id=tok.pad_token_id, repeats=repeats)
+    return {"methods": methods, "best": best_of(methods),
             "setup": {"model": "tiny Gemma-2 (random, hidden 64, 2 layers)" if backbone is None else str(backbone),
-                      "quantization": quantization, "rows": rows, "real_tokens": real,
+                      "adapter": "LoRA r 16 on q, k, v, o (random weights)",
+                      "quantization": quantization, "rows": rows, "real_tokens": int(lengths.sum()),
                       "median_length": float(np.median(lengths)), "max_length": max_length,
                       "rows_over_4000": int((lengths > 4000).sum()), **environment()}}
+
+
+# --------------------------------------------------------------------------- GPU, 9B shape
+
+# Gemma-2-9B's shape (its config.json): speed depends on shapes, not on trained weights
+GEMMA2_9B = dict(vocab_size=256000, hidden_size=3584, num_hidden_layers=42, num_attention_heads=16,
+                 num_key_value_heads=8, head_dim=256, intermediate_size=14336, sliding_window=4096,
+                 query_pre_attn_scalar=256, attn_logit_softcapping=50.0, final_logit_softcapping=30.0,
+                 max_position_embeddings=8192)
+
+# dense bf16 tensor-core peak, TFLOP/s, by (a substring of) torch.cuda.get_device_name(); the
+# more specific names first. From the vendors' data sheets (without sparsity).
+PEAK_BF16_TFLOPS = [("H100 PCIe", 756), ("H100 NVL", 835), ("H100", 989), ("H200", 989), ("A100", 312),
+                    ("L40S", 362), ("L4", 121)]
+
+
+def peak_bf16_flops(device_name):
+    for key, tflops in PEAK_BF16_TFLOPS:
+        if key in device_name:
+            return tflops * 1e12
+    return None
+
+
+def random_gemma2(out_dir, *, shape=None, dtype=torch.bfloat16, seed=0):
+    """A randomly initialised ``Gemma2ForSequenceClassification`` of ``shape`` (default: 9B),
+    saved with ``save_pretrained`` so it loads (and quantizes) as a downloaded checkpoint would."""
+    from transformers import Gemma2Config, Gemma2ForSequenceClassification
+
+    config = Gemma2Config(**(shape or GEMMA2_9B), num_labels=modeling.NUM_LABELS, pad_token_id=0,
+                          bos_token_id=2, eos_token_id=1)
+    torch.manual_seed(seed)
+    init_device = "cuda" if torch.cuda.is_available() else "cpu"
+    with torch.device(init_device):  # on the GPU: initialising 9B parameters on a CPU takes minutes
+        model = Gemma2ForSequenceClassification._from_config(config, dtype=dtype)
+    model.save_pretrained(out_dir)
+    n_params = sum(p.numel() for p in model.parameters())
+    n_embed = model.model.embed_tokens.weight.numel()
+    del model
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return n_params, n_embed
+
+
+def bench_gpu(*, rows=256, max_length=4096, batch_size=8, budget=32768, pack_budget=16384,
+              quantizations=("none", "4bit"), dtype="bfloat16", shape=None, peak_tflops=None, workdir=None):
+    """The four prediction methods on a randomly initialised model of Gemma-2-9B's shape, in 16-bit
+    and 4-bit: tokens/s and the fraction of the GPU's bf16 peak reached, taken as
+    2 x non-embedding parameters x tokens/s / peak FLOP/s (the embedding is a lookup, not a
+    product; attention's own FLOPs are left out, so this is a lower bound of utilisation)."""
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    peak = peak_tflops * 1e12 if peak_tflops else peak_bf16_flops(device)
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        path = Path(tmp) / "gemma2_9b_shape"
+        t0 = time.perf_counter()
+        n_params, n_embed = random_gemma2(path, shape=shape, dtype=modeling.torch_dtype(dtype))
+        log.info("random model of %.2fB parameters saved in %.0f s", n_params / 1e9, time.perf_counter() - t0)
+        lengths = arena_lengths(rows, cap=max_length)
+        vocab = (shape or GEMMA2_9B)["vocab_size"]
+        seqs = random_sequences(lengths, vocab)
+        results = {}
+        for quantization in quantizations:
+            model = modeling.load_model(path, quantization=quantization, dtype=dtype, pad_token_id=0).eval()
+            plans = method_plans(batch_size=batch_size, max_length=max_length, budget=budget,
+                                 pack_budget=pack_budget)
+            methods = compare_methods({"model": model}, lengths, seqs, plans, pad_token_id=0,
+                                      flops_per_token=2 * (n_params - n_embed), peak_flops=peak)
+            label = dtype if quantization == "none" else quantization
+            results[label] = {"methods": methods, "best": best_of(methods)}
+            if torch.cuda.is_available():
+                results[label]["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+                torch.cuda.reset_peak_memory_stats()
+            del model
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+    return {"by_precision": results,
+            "setup": {"model": "random Gemma-2-9B shape" if shape is None else f"random Gemma-2, {shape}",
+                      "parameters": n_params, "non_embedding_parameters": n_params - n_embed,
+                      "peak_bf16_tflops": peak / 1e12 if peak else None, "rows": rows,
+                      "real_tokens": int(lengths.sum()), "median_length": float(np.median(lengths)),
+                      "max_length": max_length, **environment()}}
 
 
 def bench_training(*, rows=256, max_length=1024, batch_size=8, quantization="4bit", threads=2, backbone=None):
@@ -178,17 +300,24 @@ def bench_training(*, rows=256, max_length=1024, batch_size=8, quantization="4bi
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m arena_pref.bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("what", choices=["inference", "training"])
+    parser.add_argument("what", choices=["inference", "training", "gpu"])
     parser.add_argument("--out", required=True)
     parser.add_argument("--rows", type=int)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quantization", default="4bit", choices=["4bit", "8bit", "none"])
+    parser.add_argument("--peak-tflops", type=float, help="gpu: the device's dense bf16 peak, where the "
+                        "built-in table does not know it")
     args = parser.parse_args(argv)
     setup_logging(None)
-    kw = {"threads": args.threads, "quantization": args.quantization}
-    if args.rows:
-        kw["rows"] = args.rows
-    result = bench_inference(**kw) if args.what == "inference" else bench_training(**kw)
+    if args.what == "gpu":
+        if not torch.cuda.is_available():
+            parser.error("the gpu benchmark needs a CUDA device")
+        result = bench_gpu(peak_tflops=args.peak_tflops, **({"rows": args.rows} if args.rows else {}))
+    else:
+        kw = {"threads": args.threads, "quantization": args.quantization}
+        if args.rows:
+            kw["rows"] = args.rows
+        result = bench_inference(**kw) if args.what == "inference" else bench_training(**kw)
     write_json(result, args.out)
     log.info("wrote %s", args.out)
 

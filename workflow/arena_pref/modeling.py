@@ -133,14 +133,89 @@ def attach_lora(model, lora, *, quantized, gradient_checkpointing=False):
 
 
 def load_for_inference(backbone, adapter_dir, *, quantization, dtype, pad_token_id, device=None,
-                       attn_implementation=None):
+                       attn_implementation=None, merge_lora=False):
+    """The trained model for prediction: the base as trained (quantized or not) with the adapter.
+
+    ``merge_lora``: dequantize the base to ``dtype`` and fold the LoRA weights into it, so each
+    layer is one plain 16-bit (or fp32) matrix product instead of a 4-bit dequantize-and-multiply
+    plus the adapter's two extra products. The dequantized weights are the ones the 4-bit
+    layers computed with in training, so the merged model is the trained function (to the
+    rounding of ``dtype``). Needs the memory of the unquantized model: when the device has
+    too little free, or the base cannot be dequantized, the unmerged model is used (logged).
+    """
     from peft import PeftModel
 
-    model = load_model(backbone, quantization=quantization, dtype=dtype, pad_token_id=pad_token_id,
-                       device=device, attn_implementation=attn_implementation)
+    def load():
+        return load_model(backbone, quantization=quantization, dtype=dtype, pad_token_id=pad_token_id,
+                          device=device, attn_implementation=attn_implementation)
+
+    model = load()
+    if merge_lora:
+        merged = _merge(model, adapter_dir, quantization=quantization, dtype=dtype)
+        if merged is not None:
+            return merged.eval()
+        model = load()  # a failed dequantize may leave layers half converted
     model = PeftModel.from_pretrained(model, adapter_dir)
     model.eval()
     return model
+
+
+def compile_backbone(model):
+    """``torch.compile`` the backbone in place, with dynamic shapes (every batch has its own).
+    Where a graph cannot be compiled, dynamo runs that code eagerly and logs why
+    (``suppress_errors``): compiling is a speed option, never a reason for a job to fail."""
+    import torch._dynamo
+
+    from .pooling import model_parts
+
+    torch._dynamo.config.suppress_errors = True
+    model_parts(model).body.compile(dynamic=True)
+    log.info("backbone compiled with torch.compile (dynamic shapes); the first batches include compile time")
+    return model
+
+
+def _merge(model, adapter_dir, *, quantization, dtype):
+    """``model`` dequantized with the adapter merged in, or None (logged) where that cannot be."""
+    from peft import PeftModel
+
+    if quantization != "none":
+        need = _dequantized_extra_bytes(model, torch_dtype(dtype))
+        free = free_memory_bytes(next(model.parameters()).device)
+        if free is not None and need > 0.9 * free:
+            log.warning("merge_lora: a %s base needs %.1f GiB more to dequantize and %.1f GiB is free; "
+                        "predicting with the unmerged adapter", quantization, need / 2**30, free / 2**30)
+            return None
+        try:
+            model = model.dequantize()
+        except Exception as err:  # a quantizer without dequantize support
+            log.warning("merge_lora: cannot dequantize the %s base (%s); predicting with the unmerged "
+                        "adapter", quantization, err)
+            return None
+    merged = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
+    log.info("merge_lora: adapter merged into a %s base", dtype)
+    return merged
+
+
+def _dequantized_extra_bytes(model, dtype):
+    """Bytes a quantized model grows by when its quantized layers become ``dtype`` matrices."""
+    elt = torch.tensor([], dtype=dtype).element_size()
+    extra = 0
+    for module in model.modules():
+        weight = getattr(module, "weight", None)
+        if weight is not None and type(weight).__name__ in ("Params4bit", "Int8Params"):
+            extra += module.in_features * module.out_features * elt - weight.numel() * weight.element_size()
+    return extra
+
+
+def free_memory_bytes(device):
+    """Free memory on ``device`` (a CUDA device, or the host's available RAM for the CPU)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return None
 
 
 # --------------------------------------------------------------------------- tiny backbones

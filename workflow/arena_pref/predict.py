@@ -206,12 +206,16 @@ def predict_frame(model, tokens, *, pad_token_id, settings, tta, forward=forward
 # --------------------------------------------------------------------------- several devices
 
 def _load(backbone, adapter_dir, settings, dev):
-    from .modeling import load_for_inference, load_tokenizer
+    from .modeling import compile_backbone, load_for_inference, load_tokenizer
 
     tokenizer = load_tokenizer(backbone)
+    p = settings["predict"]
     model = load_for_inference(backbone, adapter_dir, quantization=settings["quantization"],
                                dtype=settings["dtype"], pad_token_id=tokenizer.pad_token_id,
-                               device=dev, attn_implementation=settings.get("attn_implementation"))
+                               device=dev, attn_implementation=settings.get("attn_implementation"),
+                               merge_lora=p.get("merge_lora", False))
+    if p.get("compile"):
+        compile_backbone(model)
     return model, tokenizer.pad_token_id
 
 

@@ -90,6 +90,51 @@ class LengthGroupedSampler(torch.utils.data.Sampler):
         return iter([int(i) for g in groups for i in g[np.argsort(-self.lengths[g], kind="stable")]])
 
 
+class TokenBudgetBatchSampler(torch.utils.data.Sampler):
+    """Batches filled up to ``max_tokens`` instead of a fixed row count: padded token slots
+    (rows x longest row), or real tokens when the batches are ``packed``. Short rows then go
+    through many at a time and long rows alone, so memory per step stays bounded and small
+    rows keep the device busy. The cut is :func:`predict.plan_batches`, the one prediction uses.
+
+    Each epoch the rows are length-sorted with ties broken at random and the batches are
+    shuffled, drawn from a generator seeded by (seed, epoch): a resumed run sees the batches
+    an uninterrupted one sees. The costliest batch goes first, so a step that does not fit in
+    memory fails at once rather than hours in. The batch boundaries depend only on the sorted
+    lengths, so the number of batches is the same every epoch, as the Trainer's step count needs.
+    """
+
+    def __init__(self, lengths, max_tokens, *, packed, seed):
+        self.lengths, self.max_tokens, self.seed = np.asarray(lengths, dtype=np.int64), int(max_tokens), seed
+        self.method = "packed" if packed else "token_budget"
+        self.epoch = 0
+        self.n_batches = len(self._plan(np.arange(len(self.lengths))))
+
+    def _plan(self, perm):
+        from .predict import plan_batches
+
+        return [perm[b.rows] for b in plan_batches(self.lengths[perm], method=self.method,
+                                                    max_tokens=self.max_tokens)]
+
+    def set_epoch(self, epoch):
+        self.epoch = int(epoch)
+
+    def __len__(self):
+        return self.n_batches
+
+    def batches(self):
+        rng = np.random.default_rng([self.seed, self.epoch])
+        batches = self._plan(rng.permutation(len(self.lengths)))
+        assert len(batches) == self.n_batches, "batch count changed between epochs"
+        cost = [len(b) * self.lengths[b].max() if self.method == "token_budget" else self.lengths[b].sum()
+                for b in batches]
+        first = int(np.argmax(cost))
+        rest = [i for i in rng.permutation(len(batches)) if i != first]
+        return [[int(i) for i in batches[k]] for k in [first, *rest]]
+
+    def __iter__(self):
+        return iter(self.batches())
+
+
 class PackedCollator:
     """A batch of rows as one padding-free packed row: ``input_ids`` and restarting
     ``position_ids`` of shape (1, total tokens), ``lengths`` per row, ``labels`` per row.
@@ -156,7 +201,7 @@ def optimizer_name(name):
     return optim
 
 
-def _trainer_class(pooling):
+def _trainer_class(pooling, *, max_tokens=None, packed=False):
     from transformers import Trainer
 
     class LengthGroupedTrainer(Trainer):
@@ -175,6 +220,15 @@ def _trainer_class(pooling):
             else:
                 loss = torch.nn.functional.cross_entropy(logits.float(), labels)
             return (loss, {"logits": logits}) if return_outputs else loss
+
+        def get_train_dataloader(self):
+            if not max_tokens:
+                return super().get_train_dataloader()
+            sampler = TokenBudgetBatchSampler([len(s) for s in self.train_dataset.sequences], max_tokens,
+                                              packed=packed, seed=self.args.seed)
+            loader = torch.utils.data.DataLoader(self.train_dataset, batch_sampler=sampler,
+                                                 collate_fn=self.data_collator, num_workers=0)
+            return self.accelerator.prepare(loader)
 
         def _get_train_sampler(self, train_dataset=None):
             dataset = train_dataset if train_dataset is not None else self.train_dataset
@@ -292,16 +346,23 @@ def train_fold(*, backbone, tokens, labels, settings, ckpt_dir, adapter_dir, met
         remove_unused_columns=False,
     )
     n_tokens = int(sum(len(s) for s in seqs))
-    trainer = _trainer_class(settings.get("pooling", "auto"))(model=model, args=args, train_dataset=RowDataset(seqs, y, segs),
-                      data_collator=PackedCollator() if tr.get("packing") else PaddedCollator(tokenizer),
-                      callbacks=[progress_callback()])
+    max_tokens = tr.get("max_tokens_per_batch")
+    if max_tokens and max_tokens < max(len(s) for s in seqs):
+        log.info("train.max_tokens_per_batch %d is below the longest sequence (%d tokens): such rows go alone",
+                 max_tokens, max(len(s) for s in seqs))
+    trainer_class = _trainer_class(settings.get("pooling", "auto"), max_tokens=max_tokens,
+                                   packed=bool(tr.get("packing")))
+    trainer = trainer_class(model=model, args=args, train_dataset=RowDataset(seqs, y, segs),
+                            data_collator=PackedCollator() if tr.get("packing") else PaddedCollator(tokenizer),
+                            callbacks=[progress_callback()])
     # with tqdm off the Trainer prints raw log dicts; our callback logs them readably instead
     trainer.remove_callback(PrinterCallback)
     for var, pause in ((KILL_AFTER_CHECKPOINT, False), (PAUSE_AFTER_CHECKPOINT, True)):
         if os.environ.get(var):
             trainer.add_callback(fault_injection_callback(int(os.environ[var]), pause=pause))
-    log.info("training %d sequences (%d tokens), %d trainable parameters, optimizer %s",
-             len(seqs), n_tokens, n_trainable, optim)
+    log.info("training %d sequences (%d tokens) in %s, %d trainable parameters, optimizer %s",
+             len(seqs), n_tokens, f"batches of up to {max_tokens} tokens" if max_tokens
+             else f"batches of {tr['batch_size']} rows", n_trainable, optim)
     if on_gpu:
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()

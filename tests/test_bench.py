@@ -1,0 +1,53 @@
+"""The benchmarks behind `make bench` run end to end at toy sizes (their numbers are not tested:
+speed targets live in the JSON they write, not in timed tests)."""
+
+import pytest
+
+from arena_pref import bench
+
+SMALL_GEMMA2 = dict(vocab_size=512, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                    num_key_value_heads=2, head_dim=16, intermediate_size=128, sliding_window=256,
+                    query_pre_attn_scalar=16, attn_logit_softcapping=50.0, final_logit_softcapping=30.0,
+                    max_position_embeddings=512)
+METHODS = {"fixed", "sorted_dynamic", "token_budget", "packed"}
+
+
+def test_inference_bench_compares_methods_and_the_merged_adapter():
+    result = bench.bench_inference(rows=10, max_length=2048, budget=4096, pack_budget=2048, threads=1)
+    methods = result["methods"]
+    assert set(methods) == METHODS | {"packed_merged"}
+    assert methods["packed"]["padding_efficiency"] == 1.0
+    assert methods["fixed"]["padding_efficiency"] < methods["sorted_dynamic"]["padding_efficiency"]
+    assert all(m["tokens_per_s"] > 0 for m in methods.values())
+    # same rows, same probabilities, whatever the batching (fp32 merge of a 4-bit base: to bf16
+    # kernel rounding on CPUs with AVX512-BF16)
+    assert all(m["max_abs_diff_vs_first"] < 5e-3 for k, m in methods.items() if k != "fixed")
+    assert methods["packed_merged"]["model"] == "merged"
+    assert result["best"]["method"] in methods
+
+
+def test_gpu_bench_reports_fraction_of_peak_per_precision():
+    result = bench.bench_gpu(rows=6, max_length=128, budget=512, pack_budget=512, dtype="float32",
+                             shape=SMALL_GEMMA2, peak_tflops=1.0)
+    assert set(result["by_precision"]) == {"float32", "4bit"}
+    for run in result["by_precision"].values():
+        assert set(run["methods"]) == METHODS
+        for m in run["methods"].values():
+            expected = 2 * result["setup"]["non_embedding_parameters"] * m["tokens_per_s"] / 1e12
+            assert m["fraction_of_bf16_peak"] == pytest.approx(expected)
+    assert result["setup"]["parameters"] > result["setup"]["non_embedding_parameters"]
+
+
+def test_gpu_peak_table_matches_specific_names_first():
+    assert bench.peak_bf16_flops("NVIDIA H100 PCIe") == 756e12
+    assert bench.peak_bf16_flops("NVIDIA H100 80GB HBM3") == 989e12
+    assert bench.peak_bf16_flops("NVIDIA H200") == 989e12
+    assert bench.peak_bf16_flops("NVIDIA L40S") == 362e12
+    assert bench.peak_bf16_flops("NVIDIA L4") == 121e12
+    assert bench.peak_bf16_flops("Tesla T4") is None  # no bf16: pass --peak-tflops
+
+
+def test_training_bench_runs_baseline_and_ours():
+    result = bench.bench_training(rows=16, max_length=128, batch_size=4, threads=1)
+    assert {"hf_trainer_padded", "ours_length_grouped", "ours_packed"} <= set(result["methods"])
+    assert all(m["tokens_per_s"] > 0 for m in result["methods"].values())
