@@ -35,6 +35,7 @@ bench: setup
 	mkdir -p results/bench
 	$(BIN)/python -m arena_pref.bench inference --out results/bench/inference.json
 	$(BIN)/python -m arena_pref.bench training --out results/bench/training.json
+	$(BIN)/python -m arena_pref.bench compile --out results/bench/compile.json
 
 lint: setup
 	$(SNAKEMAKE) --lint

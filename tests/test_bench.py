@@ -49,5 +49,14 @@ def test_gpu_peak_table_matches_specific_names_first():
 
 def test_training_bench_runs_baseline_and_ours():
     result = bench.bench_training(rows=16, max_length=128, batch_size=4, threads=1)
-    assert {"hf_trainer_padded", "ours_length_grouped", "ours_packed"} <= set(result["methods"])
+    assert set(result["methods"]) == {"hf_trainer_padded", "ours_length_grouped", "ours_packed",
+                                      "ours_packed_token_budget"}
     assert all(m["tokens_per_s"] > 0 for m in result["methods"].values())
+
+
+def test_compile_bench_compares_eager_and_compiled_passes():
+    result = bench.bench_compile(rows=6, max_length=128, budget=512, pack_budget=256, threads=1)
+    for method in ("token_budget", "packed"):
+        entry = result["methods"][method]
+        assert set(entry) == {"eager", "compiled_first_pass", "compiled_second_pass"}
+        assert entry["compiled_second_pass"]["max_abs_diff_vs_eager"] < 1e-5

@@ -8,6 +8,7 @@ the model's ``max_length``. Token ids are random: speed does not depend on them.
 
     python -m arena_pref.bench inference --out results/bench/inference.json
     python -m arena_pref.bench training --out results/bench/training.json
+    python -m arena_pref.bench compile --out results/bench/compile.json   # torch.compile vs eager
     python -m arena_pref.bench gpu --out results/bench/gpu_<name>.json   # on a CUDA machine
 """
 
@@ -157,6 +158,37 @@ def bench_inference(*, rows=96, max_length=4096, batch_size=8, budget=16384, pac
                       "rows_over_4000": int((lengths > 4000).sum()), **environment()}}
 
 
+def bench_compile(*, rows=64, max_length=1024, budget=8192, pack_budget=2048, threads=2):
+    """``predict.compile`` against eager on the same rows, fp32 tiny Gemma-2: seconds of a warm
+    eager pass, of the first compiled pass (compile time included) and of a second one, for
+    padded (token-budget) and packed batches."""
+    torch.set_num_threads(threads)
+    lengths = arena_lengths(rows, cap=max_length, seed=5)
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = tiny_gemma(Path(tmp) / "tiny_gemma2", max_position=max_length)
+        tok = modeling.load_tokenizer(path)
+        seqs = random_sequences(lengths, modeling.load_model(path).config.vocab_size)
+        for method, plan in [("token_budget", dict(max_tokens=budget)), ("packed", dict(max_tokens=pack_budget))]:
+            batches = predict.plan_batches(lengths, method=method, **plan)
+            model = modeling.load_model(path, pad_token_id=tok.pad_token_id).eval()
+            time_method(model, seqs, batches, pad_token_id=tok.pad_token_id)  # eager warm-up pass
+            entry = {}
+            for label in ("eager", "compiled_first_pass", "compiled_second_pass"):
+                if label == "compiled_first_pass":
+                    modeling.compile_backbone(model)
+                seconds, probs = time_method(model, seqs, batches, pad_token_id=tok.pad_token_id)
+                entry[label] = {"seconds": seconds, "tokens_per_s": int(lengths.sum()) / seconds}
+                if label == "eager":
+                    reference = probs
+                else:
+                    entry[label]["max_abs_diff_vs_eager"] = float(np.abs(probs - reference).max())
+                log.info("%-13s %-21s %6.1f s", method, label, seconds)
+            out[method] = entry
+    return {"methods": out, "setup": {"model": "tiny Gemma-2 (random, hidden 64, 2 layers), fp32", "rows": rows,
+                                      "real_tokens": int(lengths.sum()), "max_length": max_length, **environment()}}
+
+
 # --------------------------------------------------------------------------- GPU, 9B shape
 
 # Gemma-2-9B's shape (its config.json): speed depends on shapes, not on trained weights
@@ -280,13 +312,18 @@ def bench_training(*, rows=256, max_length=1024, batch_size=8, quantization="4bi
         del trainer, model
 
         tokens = {"id": np.arange(rows), "input_ids": seqs, "input_ids_swap": seqs}
-        for name, packing in [("ours_length_grouped", False), ("ours_packed", True)]:
-            ours = {**settings, "train": {**settings["train"], "packing": packing}}
+        # the token budget holds, on average, the rows of a fixed-row batch: the same number of steps
+        budget = int(np.ceil(lengths.mean() * batch_size))
+        for name, packing, max_tokens in [("ours_length_grouped", False, None), ("ours_packed", True, None),
+                                          ("ours_packed_token_budget", True, budget)]:
+            ours = {**settings, "train": {**settings["train"], "packing": packing,
+                                          "max_tokens_per_batch": max_tokens}}
             metrics = train.train_fold(backbone=path, tokens=tokens, labels=labels, settings=ours,
                                        ckpt_dir=tmp / f"{name}_ckpt", adapter_dir=tmp / f"{name}_adapter",
                                        metrics_path=tmp / f"{name}.json", threads=threads)
             out[name] = {"tokens_per_s": metrics["tokens_per_s"], "seconds": metrics["runtime_s"],
-                         "peak_memory_mb": metrics["peak_memory_mb"]}
+                         "steps": metrics["steps"], "peak_memory_mb": metrics["peak_memory_mb"],
+                         **({"max_tokens_per_batch": max_tokens} if max_tokens else {})}
     for k, v in out.items():
         log.info("%-20s %8.0f tokens/s (%.1f s)", k, v["tokens_per_s"], v["seconds"])
     best = max(out, key=lambda m: out[m]["tokens_per_s"])
@@ -300,7 +337,7 @@ def bench_training(*, rows=256, max_length=1024, batch_size=8, quantization="4bi
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m arena_pref.bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("what", choices=["inference", "training", "gpu"])
+    parser.add_argument("what", choices=["inference", "training", "compile", "gpu"])
     parser.add_argument("--out", required=True)
     parser.add_argument("--rows", type=int)
     parser.add_argument("--threads", type=int, default=2)
@@ -313,6 +350,8 @@ def main(argv=None):
         if not torch.cuda.is_available():
             parser.error("the gpu benchmark needs a CUDA device")
         result = bench_gpu(peak_tflops=args.peak_tflops, **({"rows": args.rows} if args.rows else {}))
+    elif args.what == "compile":
+        result = bench_compile(threads=args.threads, **({"rows": args.rows} if args.rows else {}))
     else:
         kw = {"threads": args.threads, "quantization": args.quantization}
         if args.rows:
