@@ -277,3 +277,30 @@ def test_packed_matches_fixed_padding_on_long_rows(tiny_backbone_dir):
                                  pad_token_id=0)
     np.testing.assert_allclose(packed, fixed, rtol=0, atol=1e-5)
     assert np.abs(fixed - fixed.mean(0)).max() > 1e-3
+
+
+def test_packing_support_is_detected(tiny_backbone_dir, tiny_llama_dir, minilm_dir):
+    for path in (tiny_backbone_dir, tiny_llama_dir, minilm_dir):
+        assert pooling.packing_unsupported(modeling.load_model(path, pad_token_id=0)) is None
+    model = modeling.load_model(tiny_llama_dir, pad_token_id=0)
+    model.config._attn_implementation = "flex_attention"
+    assert "flex_attention" in pooling.packing_unsupported(model)
+
+
+def test_packed_prediction_falls_back_to_token_budget(tiny_backbone_dir, monkeypatch, caplog):
+    """A model that cannot run packed rows gets the same rows in token-budget batches."""
+    model = modeling.load_model(tiny_backbone_dir, pad_token_id=0).eval()
+    n = 10
+    seqs = random_sequences(2 * n, 3, 50, seed=9)
+    tokens = pd.DataFrame({"id": np.arange(n), "input_ids": seqs[:n], "input_ids_swap": seqs[n:]})
+    settings = {"pooling": "auto", "predict": {"method": "packed", "batch_size": 4, "max_tokens_per_batch": 200}}
+    packed = predict.predict_frame(model, tokens, pad_token_id=0, settings=settings, tta=True)
+    widths = []
+    monkeypatch.setattr(predict, "packing_unsupported", lambda model: "no attention interface")
+    fallback = predict.predict_frame(model, tokens, pad_token_id=0, settings=settings, tta=True,
+                                     forward=lambda m, s, b, **kw: (widths.append(b.width),
+                                                                    predict.forward_batch(m, s, b, **kw))[1])
+    assert "token-budget batches instead" in caplog.text
+    assert widths and all(w > 0 for w in widths)  # padded, not packed
+    np.testing.assert_allclose(fallback.drop(columns="id").to_numpy(), packed.drop(columns="id").to_numpy(),
+                               rtol=0, atol=1e-4)

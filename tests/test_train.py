@@ -184,3 +184,15 @@ def test_token_budget_steps_weigh_rows_not_batches(tiny_backbone_dir, tokens, tm
     for k in a:
         np.testing.assert_allclose(b[k].numpy(), a[k].numpy(), rtol=0, atol=1e-5, err_msg=k)
     assert any(np.abs(a[k].numpy()).max() > 0 for k in a if "lora_B" in k)
+
+
+def test_packed_training_falls_back_to_padded_batches(tiny_backbone_dir, tokens, tmp_path, monkeypatch, caplog):
+    padded = {**SETTINGS, "quantization": "none",
+              "train": {**SETTINGS["train"], "epochs": 1, "optimizer": "sgd", "lr": 0.5, "max_grad_norm": 1e9}}
+    run(tiny_backbone_dir, tokens, tmp_path / "padded", settings=padded)
+    monkeypatch.setattr(train, "packing_unsupported", lambda model: "no attention interface")
+    run(tiny_backbone_dir, tokens, tmp_path / "fallback", settings={**padded, "train": {**padded["train"], "packing": True}})
+    assert "padded batches instead" in caplog.text
+    a, b = adapter_weights(tmp_path / "padded/a/adapter"), adapter_weights(tmp_path / "fallback/a/adapter")
+    for k in a:
+        np.testing.assert_allclose(b[k].numpy(), a[k].numpy(), rtol=0, atol=1e-6, err_msg=k)

@@ -19,6 +19,7 @@ same way in training and prediction.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,6 +59,27 @@ def resolve_pooling(pooling, parts):
     if pooling == "cls" and parts.pooler is None:
         raise ValueError("pooling 'cls' needs an encoder with a pooler (BERT-like)")
     return pooling
+
+
+PACKING_ATTENTION = ("eager", "sdpa", "flash_attention_2", "flash_attention_3")
+
+
+def packing_unsupported(model):
+    """Why ``model`` cannot run padding-free packed rows, or None when it can.
+
+    Packing needs a body that takes ``position_ids`` and attention that keeps each sequence to
+    itself: transformers' attention interface (``varlen.py`` hooks in there) with eager or SDPA
+    attention, or flash-attention's varlen kernel. Callers fall back to padded batches."""
+    parts = model_parts(model)
+    seqcls = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if not getattr(type(seqcls), "_supports_attention_backend", False):
+        return f"{type(seqcls).__name__} does not use transformers' attention interface"
+    impl = parts.body.config._attn_implementation
+    if impl not in PACKING_ATTENTION:
+        return f"attention implementation {impl!r}"
+    if "position_ids" not in inspect.signature(parts.body.forward).parameters:
+        return f"{type(parts.body).__name__}.forward takes no position_ids"
+    return None
 
 
 def packed_inputs(sequences, device=None):

@@ -29,7 +29,7 @@ import torch
 
 from .logs import Rate
 from .metrics import tta_average
-from .pooling import classify, concat_row, packed_inputs, pad_rows
+from .pooling import classify, concat_row, packed_inputs, packing_unsupported, pad_rows
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +163,20 @@ def run_batches(model, sequences, batches, *, pad_token_id, pooling="auto", forw
     return probs
 
 
+def batches_for_model(model, batches, lengths, max_tokens):
+    """``batches`` as planned or, where ``model`` cannot run packed rows, the same rows in
+    token-budget batches of ``max_tokens`` padded slots (logged)."""
+    if not any(b.width == 0 for b in batches):
+        return batches
+    why = packing_unsupported(model)
+    if why is None:
+        return batches
+    log.warning("packed prediction is not supported for this model (%s): token-budget batches instead", why)
+    rows = np.concatenate([b.rows for b in batches])
+    plan = plan_batches(np.asarray(lengths)[rows], method="token_budget", max_tokens=max_tokens)
+    return [Batch(rows[b.rows], b.width) for b in plan]
+
+
 def plan_for(settings, lengths, n_pairs):
     """Batches by a model's ``predict`` settings (``fixed`` pads to the model's ``max_length``)."""
     p = settings["predict"]
@@ -196,7 +210,9 @@ def frame_from_probs(tokens, probs, tta):
 def predict_frame(model, tokens, *, pad_token_id, settings, tta, forward=forward_batch):
     """Probabilities for the rows of a token cache with one model in this process."""
     seqs = sequences_of(tokens, tta)
-    batches = plan_for(settings, [len(s) for s in seqs], len(tokens) if tta else 0)
+    lengths = [len(s) for s in seqs]
+    batches = batches_for_model(model, plan_for(settings, lengths, len(tokens) if tta else 0), lengths,
+                                settings["predict"]["max_tokens_per_batch"])
     probs = run_batches(model, seqs, batches, pad_token_id=pad_token_id,
                         pooling=settings.get("pooling", "auto"), forward=forward,
                         segments=sequences_of(tokens, tta, "segments"))
@@ -225,6 +241,8 @@ def _predict_share(backbone, adapter_dir, settings, dev, sequences, segments, ba
     if threads:
         torch.set_num_threads(threads)
     model, pad = _load(backbone, adapter_dir, settings, dev)
+    batches = batches_for_model(model, batches, [len(s) for s in sequences],
+                                settings["predict"]["max_tokens_per_batch"])
     t0 = time.perf_counter()
     probs = run_batches(model, sequences, batches, pad_token_id=pad, pooling=settings.get("pooling", "auto"),
                         segments=segments)

@@ -23,7 +23,7 @@ import torch
 
 from .io import atomic_path, read_json, write_json
 from .modeling import attach_lora, default_device, load_model, load_tokenizer
-from .pooling import classify, concat_row, packed_inputs, pad_rows
+from .pooling import classify, concat_row, packed_inputs, packing_unsupported, pad_rows
 
 log = logging.getLogger(__name__)
 
@@ -316,6 +316,10 @@ def train_fold(*, backbone, tokens, labels, settings, ckpt_dir, adapter_dir, met
     model = attach_lora(model, settings["lora"], quantized=quantized,
                         gradient_checkpointing=tr.get("gradient_checkpointing", False))
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    packing = bool(tr.get("packing"))
+    if packing and (why := packing_unsupported(model)):
+        log.warning("train.packing is not supported for this model (%s): padded batches instead", why)
+        packing = False
 
     on_gpu = default_device().type == "cuda"
     optim = optimizer_name(tr["optimizer"])
@@ -350,10 +354,9 @@ def train_fold(*, backbone, tokens, labels, settings, ckpt_dir, adapter_dir, met
     if max_tokens and max_tokens < max(len(s) for s in seqs):
         log.info("train.max_tokens_per_batch %d is below the longest sequence (%d tokens): such rows go alone",
                  max_tokens, max(len(s) for s in seqs))
-    trainer_class = _trainer_class(settings.get("pooling", "auto"), max_tokens=max_tokens,
-                                   packed=bool(tr.get("packing")))
+    trainer_class = _trainer_class(settings.get("pooling", "auto"), max_tokens=max_tokens, packed=packing)
     trainer = trainer_class(model=model, args=args, train_dataset=RowDataset(seqs, y, segs),
-                            data_collator=PackedCollator() if tr.get("packing") else PaddedCollator(tokenizer),
+                            data_collator=PackedCollator() if packing else PaddedCollator(tokenizer),
                             callbacks=[progress_callback()])
     # with tqdm off the Trainer prints raw log dicts; our callback logs them readably instead
     trainer.remove_callback(PrinterCallback)
