@@ -304,3 +304,16 @@ def test_packed_prediction_falls_back_to_token_budget(tiny_backbone_dir, monkeyp
     assert widths and all(w > 0 for w in widths)  # padded, not packed
     np.testing.assert_allclose(fallback.drop(columns="id").to_numpy(), packed.drop(columns="id").to_numpy(),
                                rtol=0, atol=1e-4)
+
+
+def test_merge_lora_falls_back_when_the_base_cannot_be_merged(tiny_backbone_dir, tmp_path, monkeypatch, caplog):
+    adapter = _random_adapter(tiny_backbone_dir, tmp_path / "adapter", "4bit")
+
+    def no_dequantize(*args, **kwargs):
+        raise NotImplementedError("no dequantize for this quantizer")
+
+    monkeypatch.setattr(modeling, "_merge", no_dequantize)
+    model = modeling.load_for_inference(tiny_backbone_dir, adapter, quantization="4bit", dtype="float32",
+                                        pad_token_id=0, merge_lora=True)
+    assert hasattr(model, "peft_config")
+    assert "cannot merge into the 4bit base" in caplog.text

@@ -151,10 +151,18 @@ def load_for_inference(backbone, adapter_dir, *, quantization, dtype, pad_token_
 
     model = load()
     if merge_lora:
-        merged = _merge(model, adapter_dir, quantization=quantization, dtype=dtype)
-        if merged is not None:
-            return merged.eval()
-        model = load()  # a failed dequantize may leave layers half converted
+        short = _memory_short_for_merge(model, quantization=quantization, dtype=dtype)
+        if short:
+            log.warning("merge_lora: %s; predicting with the unmerged adapter", short)
+        else:
+            try:
+                merged = _merge(model, adapter_dir, quantization=quantization)
+                log.info("merge_lora: adapter merged into a %s base", dtype)
+                return merged.eval()
+            except Exception as err:  # e.g. a quantizer without dequantize support
+                log.warning("merge_lora: cannot merge into the %s base (%s); predicting with the unmerged "
+                            "adapter", quantization, err)
+                model = load()  # a failed dequantize may leave layers half converted
     model = PeftModel.from_pretrained(model, adapter_dir)
     model.eval()
     return model
@@ -174,26 +182,25 @@ def compile_backbone(model):
     return model
 
 
-def _merge(model, adapter_dir, *, quantization, dtype):
-    """``model`` dequantized with the adapter merged in, or None (logged) where that cannot be."""
+def _memory_short_for_merge(model, *, quantization, dtype):
+    """Why the device cannot hold ``model`` dequantized to ``dtype``, or None."""
+    if quantization == "none":
+        return None
+    need = _dequantized_extra_bytes(model, torch_dtype(dtype))
+    free = free_memory_bytes(next(model.parameters()).device)
+    if free is not None and need > 0.9 * free:
+        return (f"a {quantization} base needs {need / 2**30:.1f} GiB more to dequantize and "
+                f"{free / 2**30:.1f} GiB is free")
+    return None
+
+
+def _merge(model, adapter_dir, *, quantization):
+    """``model`` dequantized (where quantized) with the adapter merged in."""
     from peft import PeftModel
 
     if quantization != "none":
-        need = _dequantized_extra_bytes(model, torch_dtype(dtype))
-        free = free_memory_bytes(next(model.parameters()).device)
-        if free is not None and need > 0.9 * free:
-            log.warning("merge_lora: a %s base needs %.1f GiB more to dequantize and %.1f GiB is free; "
-                        "predicting with the unmerged adapter", quantization, need / 2**30, free / 2**30)
-            return None
-        try:
-            model = model.dequantize()
-        except Exception as err:  # a quantizer without dequantize support
-            log.warning("merge_lora: cannot dequantize the %s base (%s); predicting with the unmerged "
-                        "adapter", quantization, err)
-            return None
-    merged = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
-    log.info("merge_lora: adapter merged into a %s base", dtype)
-    return merged
+        model = model.dequantize()
+    return PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
 
 
 def _dequantized_extra_bytes(model, dtype):
