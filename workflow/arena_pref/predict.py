@@ -211,8 +211,9 @@ def predict_frame(model, tokens, *, pad_token_id, settings, tta, forward=forward
     """Probabilities for the rows of a token cache with one model in this process."""
     seqs = sequences_of(tokens, tta)
     lengths = [len(s) for s in seqs]
-    batches = batches_for_model(model, plan_for(settings, lengths, len(tokens) if tta else 0), lengths,
-                                settings["predict"]["max_tokens_per_batch"])
+    batches = plan_for(settings, lengths, len(tokens) if tta else 0)
+    if model is not None:  # a ``forward`` of the caller's own may run without one
+        batches = batches_for_model(model, batches, lengths, settings["predict"]["max_tokens_per_batch"])
     probs = run_batches(model, seqs, batches, pad_token_id=pad_token_id,
                         pooling=settings.get("pooling", "auto"), forward=forward,
                         segments=sequences_of(tokens, tta, "segments"))
