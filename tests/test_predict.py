@@ -5,7 +5,10 @@ import pandas as pd
 import pytest
 import torch
 
-from arena_pref import modeling, pooling, predict
+from arena_pref import bench, modeling, pooling, predict
+
+# a small adapter whose random update clearly moves predictions
+ADAPTER = dict(targets=("q_proj", "v_proj", "down_proj"), r=4, std=0.2, seed=1)
 
 
 def arena_lengths(n, seed=0, cap=2048):
@@ -200,25 +203,13 @@ def test_pair_pooling_packed_matches_padded_and_needs_segments(minilm_dir):
         pooling.classify(model, input_ids=ids, attention_mask=mask, pooling="pair")
 
 
-def _random_adapter(path, out, quantization, targets=("q_proj", "v_proj", "down_proj")):
-    model = modeling.load_model(path, quantization=quantization, pad_token_id=0)
-    model = modeling.attach_lora(model, {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": list(targets)},
-                                 quantized=quantization != "none")
-    torch.manual_seed(1)
-    for name, param in model.named_parameters():
-        if "lora_B" in name:  # a trained adapter is not the zero update peft starts from
-            torch.nn.init.normal_(param, std=0.2)
-    model.save_pretrained(out)
-    return out
-
-
 @pytest.mark.parametrize("quantization,atol", [("none", 1e-4), ("4bit", 1e-4), ("8bit", 2e-3)])
 def test_merged_lora_predicts_what_the_adapter_does(request, tmp_path, quantization, atol):
     """merge_lora: the dequantized base with the adapter folded in is the trained function
     (8-bit: to the int8 rounding of activations that LLM.int8 layers add and a merged model
     does not)."""
     path = request.getfixturevalue("tiny_llama_dir" if quantization == "8bit" else "tiny_backbone_dir")
-    adapter = _random_adapter(path, tmp_path / "adapter", quantization)
+    adapter = bench.random_adapter(path, tmp_path / "adapter", quantization=quantization, **ADAPTER)
     kw = dict(quantization=quantization, dtype="float32", pad_token_id=0)
     unmerged = modeling.load_for_inference(path, adapter, **kw)
     merged = modeling.load_for_inference(path, adapter, merge_lora=True, **kw)
@@ -238,7 +229,7 @@ def test_merged_lora_predicts_what_the_adapter_does(request, tmp_path, quantizat
 
 
 def test_merge_lora_falls_back_when_memory_is_short(tiny_backbone_dir, tmp_path, monkeypatch, caplog):
-    adapter = _random_adapter(tiny_backbone_dir, tmp_path / "adapter", "4bit")
+    adapter = bench.random_adapter(tiny_backbone_dir, tmp_path / "adapter", quantization="4bit", **ADAPTER)
     monkeypatch.setattr(modeling, "free_memory_bytes", lambda device: 1024)
     model = modeling.load_for_inference(tiny_backbone_dir, adapter, quantization="4bit", dtype="float32",
                                         pad_token_id=0, merge_lora=True)
@@ -307,7 +298,7 @@ def test_packed_prediction_falls_back_to_token_budget(tiny_backbone_dir, monkeyp
 
 
 def test_merge_lora_falls_back_when_the_base_cannot_be_merged(tiny_backbone_dir, tmp_path, monkeypatch, caplog):
-    adapter = _random_adapter(tiny_backbone_dir, tmp_path / "adapter", "4bit")
+    adapter = bench.random_adapter(tiny_backbone_dir, tmp_path / "adapter", quantization="4bit", **ADAPTER)
 
     def no_dequantize(*args, **kwargs):
         raise NotImplementedError("no dequantize for this quantizer")

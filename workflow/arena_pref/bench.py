@@ -79,12 +79,13 @@ def compare_methods(models, lengths, seqs, plans, *, pad_token_id, repeats=1, fl
     tokens/s, padding efficiency, passes; with ``flops_per_token`` and ``peak_flops`` the fraction
     of the device's peak reached. Every entry's probabilities are compared with the first one's."""
     real = int(np.sum(lengths))
+    # warm-up: first calls allocate, pick kernels (and repack 4-bit CPU weights)
+    for model in models.values():
+        predict.run_batches(model, seqs[:4], predict.plan_batches(lengths[:4], method="packed"),
+                            pad_token_id=pad_token_id)
     methods, reference = {}, None
     for name, (model_name, plan) in plans.items():
         model = models[model_name]
-        # warm-up: first calls allocate, pick kernels (and repack 4-bit CPU weights)
-        predict.run_batches(model, seqs[:4], predict.plan_batches(lengths[:4], method="packed"),
-                            pad_token_id=pad_token_id)
         batches = predict.plan_batches(lengths, **plan)
         seconds, probs = time_method(model, seqs, batches, pad_token_id=pad_token_id, repeats=repeats)
         entry = {"padding_efficiency": predict.padding_efficiency(batches, lengths),
@@ -119,15 +120,17 @@ def method_plans(*, batch_size, max_length, budget, pack_budget, model="model"):
     }
 
 
-def random_adapter(backbone, out_dir, *, quantization, targets=("q_proj", "k_proj", "v_proj", "o_proj")):
-    """A LoRA adapter (r 16) with random, non-zero weights, saved as training saves one."""
-    model = modeling.load_model(backbone, quantization=quantization, dtype="float32")
-    model = modeling.attach_lora(model, {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": list(targets)},
+def random_adapter(backbone, out_dir, *, quantization, targets=("q_proj", "k_proj", "v_proj", "o_proj"), r=16,
+                   std=0.02, seed=0):
+    """A LoRA adapter with random, non-zero weights (a trained adapter is not the zero update peft
+    starts from), saved as training saves one."""
+    model = modeling.load_model(backbone, quantization=quantization, dtype="float32", pad_token_id=0)
+    model = modeling.attach_lora(model, {"r": r, "alpha": 2 * r, "dropout": 0.0, "target_modules": list(targets)},
                                  quantized=quantization != "none")
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     for name, param in model.named_parameters():
         if "lora_B" in name:
-            torch.nn.init.normal_(param, std=0.02)
+            torch.nn.init.normal_(param, std=std)
     model.save_pretrained(out_dir)
     return out_dir
 
@@ -162,13 +165,15 @@ def bench_compile(*, rows=64, max_length=1024, budget=8192, pack_budget=2048, th
     """``predict.compile`` against eager on the same rows, fp32 tiny Gemma-2: seconds of a warm
     eager pass, of the first compiled pass (compile time included) and of a second one, for
     padded (token-budget) and packed batches."""
+    from transformers import AutoConfig
+
     torch.set_num_threads(threads)
     lengths = arena_lengths(rows, cap=max_length, seed=5)
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
         path = tiny_gemma(Path(tmp) / "tiny_gemma2", max_position=max_length)
         tok = modeling.load_tokenizer(path)
-        seqs = random_sequences(lengths, modeling.load_model(path).config.vocab_size)
+        seqs = random_sequences(lengths, AutoConfig.from_pretrained(path).vocab_size)
         for method, plan in [("token_budget", dict(max_tokens=budget)), ("packed", dict(max_tokens=pack_budget))]:
             batches = predict.plan_batches(lengths, method=method, **plan)
             model = modeling.load_model(path, pad_token_id=tok.pad_token_id).eval()
@@ -231,14 +236,14 @@ def random_gemma2(out_dir, *, shape=None, dtype=torch.bfloat16, seed=0):
 
 
 def bench_gpu(*, rows=256, max_length=4096, batch_size=8, budget=32768, pack_budget=16384,
-              quantizations=("none", "4bit"), dtype="bfloat16", shape=None, peak_tflops=None, workdir=None):
+              quantizations=("none", "4bit"), dtype="bfloat16", shape=None, peak_tflops=None):
     """The four prediction methods on a randomly initialised model of Gemma-2-9B's shape, in 16-bit
     and 4-bit: tokens/s and the fraction of the GPU's bf16 peak reached, taken as
     2 x non-embedding parameters x tokens/s / peak FLOP/s (the embedding is a lookup, not a
     product; attention's own FLOPs are left out, so this is a lower bound of utilisation)."""
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     peak = peak_tflops * 1e12 if peak_tflops else peak_bf16_flops(device)
-    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+    with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "gemma2_9b_shape"
         t0 = time.perf_counter()
         n_params, n_embed = random_gemma2(path, shape=shape, dtype=modeling.torch_dtype(dtype))

@@ -107,6 +107,13 @@ def plan_batches(lengths, *, method, batch_size=8, max_tokens=8192, max_length=N
     return batches
 
 
+def plan_rows(lengths, rows, **plan):
+    """:func:`plan_batches` over the sequences ``rows`` (indices into ``lengths``) only; the
+    batches index ``lengths``."""
+    rows = np.asarray(rows)
+    return [Batch(rows[b.rows], b.width) for b in plan_batches(np.asarray(lengths)[rows], **plan)]
+
+
 def padding_efficiency(batches, lengths):
     lengths = np.asarray(lengths)
     real = sum(int(lengths[b.rows].sum()) for b in batches)
@@ -172,9 +179,8 @@ def batches_for_model(model, batches, lengths, max_tokens):
     if why is None:
         return batches
     log.warning("packed prediction is not supported for this model (%s): token-budget batches instead", why)
-    rows = np.concatenate([b.rows for b in batches])
-    plan = plan_batches(np.asarray(lengths)[rows], method="token_budget", max_tokens=max_tokens)
-    return [Batch(rows[b.rows], b.width) for b in plan]
+    return plan_rows(lengths, np.concatenate([b.rows for b in batches]), method="token_budget",
+                     max_tokens=max_tokens)
 
 
 def plan_for(settings, lengths, n_pairs):

@@ -24,6 +24,7 @@ import torch
 from .io import atomic_path, read_json, write_json
 from .modeling import attach_lora, default_device, load_model, load_tokenizer
 from .pooling import classify, concat_row, packed_inputs, packing_unsupported, pad_rows
+from .predict import plan_rows
 
 log = logging.getLogger(__name__)
 
@@ -109,11 +110,8 @@ class TokenBudgetBatchSampler(torch.utils.data.Sampler):
         self.epoch = 0
         self.n_batches = len(self._plan(np.arange(len(self.lengths))))
 
-    def _plan(self, perm):
-        from .predict import plan_batches
-
-        return [perm[b.rows] for b in plan_batches(self.lengths[perm], method=self.method,
-                                                    max_tokens=self.max_tokens)]
+    def _plan(self, order):
+        return plan_rows(self.lengths, order, method=self.method, max_tokens=self.max_tokens)
 
     def set_epoch(self, epoch):
         self.epoch = int(epoch)
@@ -125,11 +123,9 @@ class TokenBudgetBatchSampler(torch.utils.data.Sampler):
         rng = np.random.default_rng([self.seed, self.epoch])
         batches = self._plan(rng.permutation(len(self.lengths)))
         assert len(batches) == self.n_batches, "batch count changed between epochs"
-        cost = [len(b) * self.lengths[b].max() if self.method == "token_budget" else self.lengths[b].sum()
-                for b in batches]
-        first = int(np.argmax(cost))
+        first = int(np.argmax([b.slots(self.lengths) for b in batches]))
         rest = [i for i in rng.permutation(len(batches)) if i != first]
-        return [[int(i) for i in batches[k]] for k in [first, *rest]]
+        return [batches[k].rows.tolist() for k in [first, *rest]]
 
     def __iter__(self):
         return iter(self.batches())
@@ -351,9 +347,10 @@ def train_fold(*, backbone, tokens, labels, settings, ckpt_dir, adapter_dir, met
     )
     n_tokens = int(sum(len(s) for s in seqs))
     max_tokens = tr.get("max_tokens_per_batch")
-    if max_tokens and max_tokens < max(len(s) for s in seqs):
+    longest = max(len(s) for s in seqs)
+    if max_tokens and max_tokens < longest:
         log.info("train.max_tokens_per_batch %d is below the longest sequence (%d tokens): such rows go alone",
-                 max_tokens, max(len(s) for s in seqs))
+                 max_tokens, longest)
     trainer_class = _trainer_class(settings.get("pooling", "auto"), max_tokens=max_tokens, packed=packing)
     trainer = trainer_class(model=model, args=args, train_dataset=RowDataset(seqs, y, segs),
                             data_collator=PackedCollator() if packing else PaddedCollator(tokenizer),
