@@ -36,7 +36,7 @@ def test_lora_adapter_round_trip(tiny_backbone_dir, tmp_path):
     torch.manual_seed(0)
     tok = modeling.load_tokenizer(tiny_backbone_dir)
     model = modeling.load_model(tiny_backbone_dir, quantization="4bit", pad_token_id=tok.pad_token_id)
-    model = modeling.attach_lora(model, LORA, quantized=True)
+    model = modeling.attach_lora(model, LORA)
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert any("layers.1.self_attn.q_proj.lora_A" in n for n in trainable)
     assert not any("layers.0." in n for n in trainable)  # layers_to_transform respected
@@ -94,3 +94,52 @@ def test_tta_maps_swapped_prediction_back(method):
     assert out.loc[0, "a"] > 0.9 and out.loc[0, "a_tta"] > 0.9
     assert out.loc[1, "b"] > 0.9 and out.loc[1, "b_tta"] > 0.9
     np.testing.assert_allclose(out[["a_tta", "b_tta", "tie_tta"]].sum(axis=1), 1)
+
+
+def fake_gpu(monkeypatch, name="Tesla T4", capability=(7, 5)):
+    """What torch.cuda says about a GPU, for checks that run before any CUDA work."""
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+
+
+def test_bfloat16_on_a_gpu_without_bf16_tensor_cores_stops_with_one_line(tiny_backbone_dir, monkeypatch):
+    """torch reports bf16 as supported on a T4 and emulates it, several times slower than fp16:
+    such a job stops before loading anything, unless emulation is allowed explicitly."""
+    from arena_pref.errors import InputError
+
+    fake_gpu(monkeypatch)
+    with pytest.raises(InputError, match=r"dtype bfloat16 on Tesla T4 \(compute capability 7\.5\).*float16"):
+        modeling.load_model(tiny_backbone_dir, dtype="bfloat16", device="cuda:0")
+    modeling.check_dtype_supported("bfloat16", "cuda:0", allow_emulation=True)  # allowed: no error
+    modeling.check_dtype_supported("float16", "cuda:0")
+    fake_gpu(monkeypatch, "NVIDIA A100-SXM4-80GB", (8, 0))
+    modeling.check_dtype_supported("bfloat16", "cuda:0")
+
+
+def test_flash_attention_falls_back_with_the_reason(tiny_backbone_dir, monkeypatch, caplog):
+    """attn_implementation flash_attention_2 where flash-attn cannot run: the model's default
+    attention, and a warning that says why."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(tiny_backbone_dir)
+    model = modeling.load_model(tiny_backbone_dir, pad_token_id=0, attn_implementation="flash_attention_2")
+    assert model.config._attn_implementation == "eager"  # Gemma-2's default (softcapping)
+    assert "flash_attention_2 is not used: it needs a CUDA GPU" in caplog.text
+    assert modeling.attention_implementation("auto", config, "cpu") is None
+    assert modeling.attention_implementation("eager", config, "cpu") == "eager"
+    fake_gpu(monkeypatch)
+    from importlib import metadata
+
+    monkeypatch.setattr(metadata, "version", lambda name: "2.5.8")
+    assert "compute capability 7.5" in modeling.flash_attention_unavailable(config, "cuda:0")
+    fake_gpu(monkeypatch, "NVIDIA H100 80GB HBM3", (9, 0))
+    assert "no logit softcapping" in modeling.flash_attention_unavailable(config, "cuda:0")
+    monkeypatch.setattr(metadata, "version", lambda name: "2.8.3")
+    assert modeling.flash_attention_unavailable(config, "cuda:0") is None
+    assert modeling.attention_implementation("flash_attention_2", config, "cuda:0") == "flash_attention_2"
+
+    def missing(name):
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(metadata, "version", missing)
+    assert "not installed" in modeling.flash_attention_unavailable(config, "cuda:0")

@@ -1,5 +1,8 @@
 """Batch planning, our pooling, padding-free packed prediction and sharding over devices."""
 
+import os
+import sys
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -146,13 +149,12 @@ def test_two_cpu_workers_match_one(tiny_backbone_dir, tmp_path):
     """The several-device path (one spawned worker per device, shards merged by row) gives what
     one process gives; on a GPU machine the devices are cuda:0, cuda:1, ..."""
     model = modeling.load_model(tiny_backbone_dir, quantization="none", pad_token_id=0)
-    model = modeling.attach_lora(model, {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]},
-                                 quantized=False)
+    model = modeling.attach_lora(model, {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]})
     model.save_pretrained(tmp_path / "adapter")
     n = 24
     seqs = random_sequences(2 * n, 3, 50, seed=5)
     tokens = pd.DataFrame({"id": np.arange(n) + 1000, "input_ids": seqs[:n], "input_ids_swap": seqs[n:]})
-    settings = {"quantization": "none", "dtype": "float32", "pooling": "auto",
+    settings = {"quantization": "none", "dtype": "float32", "pooling": "auto", "max_length": 64,
                 "predict": {"method": "packed", "batch_size": 4, "max_tokens_per_batch": 200}}
     kw = dict(backbone=str(tiny_backbone_dir), adapter_dir=tmp_path / "adapter", tokens=tokens,
               settings=settings, tta=True, threads=1)
@@ -166,20 +168,36 @@ def test_two_cpu_workers_match_one(tiny_backbone_dir, tmp_path):
 @pytest.mark.parametrize("which", ["tiny_backbone_dir", "tiny_llama_dir", "minilm_dir"])
 def test_packed_rows_attend_per_sequence_not_row_squared(request, which, monkeypatch):
     """Without flash-attention, packed rows go through varlen.py's per-sequence attention (cost
-    sum of length^2), never a (row x row) mask."""
+    sum of length^2), never a (row x row) mask. It stays installed (a checkpointed layer recomputes
+    in the backward pass, after the forward returned) and leaves padded forwards as they were."""
     from arena_pref import varlen
 
     model = modeling.load_model(request.getfixturevalue(which), pad_token_id=0).eval()
-    seen = []
-    real = varlen._segment_mask
-    monkeypatch.setattr(varlen, "_segment_mask", lambda n, **kw: seen.append(n) or real(n, **kw))
-    seqs = random_sequences(5, 3, 30, vocab=(1000, 20000) if which == "minilm_dir" else (5, 300), seed=6)
-    ids, positions, lengths = pooling.packed_inputs(seqs)
+    vocab = (1000, 20000) if which == "minilm_dir" else (5, 300)
+    ids, mask = padded(random_sequences(4, 3, 30, vocab=vocab, seed=5), 0)
     with torch.no_grad():
-        pooling.classify(model, input_ids=ids, position_ids=positions, lengths=lengths)
+        before = model(input_ids=ids, attention_mask=mask).logits
+    seen = []
+    real = varlen._segment_call
+    monkeypatch.setattr(varlen, "_segment_call", lambda module, base, **kw: seen.append(kw["length"]) or real(
+        module, base, **kw))
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS as masks
+
+    built = []
+    for impl in ("eager", "sdpa"):
+        monkeypatch.setitem(masks._global_mapping, impl, lambda *a, _f=masks[impl], **kw: built.append(kw) or _f(*a, **kw))
+    seqs = random_sequences(5, 3, 30, vocab=vocab, seed=6)
+    packed_ids, positions, lengths = pooling.packed_inputs(seqs)
+    with torch.no_grad():
+        pooling.classify(model, input_ids=packed_ids, position_ids=positions, lengths=lengths)
+    monkeypatch.undo()
     layers = model.config.num_hidden_layers
     assert sorted(seen) == sorted([len(s) for s in seqs] * layers)
-    assert model.config._attn_implementation != varlen.NAME  # switched back after the pass
+    assert not built  # no attention mask over the packed row was built
+    assert model.config._attn_implementation == varlen.NAME
+    with torch.no_grad():
+        after = model(input_ids=ids, attention_mask=mask).logits
+    torch.testing.assert_close(after, before, rtol=0, atol=1e-6)
 
 
 def test_pair_pooling_packed_matches_padded_and_needs_segments(minilm_dir):
@@ -308,3 +326,244 @@ def test_merge_lora_falls_back_when_the_base_cannot_be_merged(tiny_backbone_dir,
                                         pad_token_id=0, merge_lora=True)
     assert hasattr(model, "peft_config")
     assert "cannot merge into the 4bit base" in caplog.text
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_padded_pooling_finds_the_real_tokens_on_either_side(side):
+    """'last' pools each row's last real token and 'cls' its first, however the batch is padded."""
+    lengths = [5, 2, 7]
+    width = 7
+    mask = torch.zeros((3, width), dtype=torch.long)
+    for row, n in enumerate(lengths):
+        if side == "left":
+            mask[row, width - n:] = 1
+        else:
+            mask[row, :n] = 1
+    hidden = torch.arange(width, dtype=torch.float32)[None, :, None].expand(3, width, 2)  # position as value
+    first = [width - n if side == "left" else 0 for n in lengths]
+    last = [width - 1 if side == "left" else n - 1 for n in lengths]
+    assert pooling._pool_padded(hidden, mask, "last")[:, 0].tolist() == last
+    assert pooling._pool_padded(hidden, mask, "cls")[:, 0].tolist() == first
+    means = [float(np.mean(range(f, l + 1))) for f, l in zip(first, last)]
+    np.testing.assert_allclose(pooling._pool_padded(hidden, mask, "mean")[:, 0].numpy(), means)
+
+
+@pytest.mark.parametrize("arch", ["gemma2", "llama"])
+def test_left_padded_batches_give_right_padded_logits(request, arch):
+    """A decoder batch padded on the left (as Gemma's and Llama's tokenizers pad) classifies as the
+    same batch padded on the right."""
+    path = request.getfixturevalue("tiny_backbone_dir" if arch == "gemma2" else "tiny_llama_dir")
+    model = modeling.load_model(path, pad_token_id=0).eval()
+    seqs = random_sequences(5, 3, 40, seed=11)
+    right_ids, right_mask = padded(seqs, 0)
+    left_ids, left_mask = torch.zeros_like(right_ids), torch.zeros_like(right_mask)
+    for row, s in enumerate(seqs):
+        left_ids[row, right_ids.shape[1] - len(s):] = torch.tensor(s)
+        left_mask[row, right_ids.shape[1] - len(s):] = 1
+    with torch.no_grad():
+        right = pooling.classify(model, input_ids=right_ids, attention_mask=right_mask)
+        left = pooling.classify(model, input_ids=left_ids, attention_mask=left_mask)
+    torch.testing.assert_close(left, right, rtol=0, atol=1e-5)
+
+
+def _count_host_reads(monkeypatch):
+    """Calls of Tensor.tolist / Tensor.item (each a device sync on a GPU), counted."""
+    calls = {"tolist": 0, "item": 0}
+    for name in calls:
+        real = getattr(torch.Tensor, name)
+
+        def counting(self, *a, _name=name, _real=real, **kw):
+            calls[_name] += 1
+            return _real(self, *a, **kw)
+
+        monkeypatch.setattr(torch.Tensor, name, counting)
+    return calls
+
+
+@pytest.mark.parametrize("which", ["tiny_backbone_dir", "tiny_llama_dir"])
+def test_packed_forward_reads_boundaries_to_the_host_once(request, which, monkeypatch):
+    """The packed boundaries reach every layer as host ints: one read per batch, not one per layer
+    (on a GPU each read waits for the device)."""
+    model = modeling.load_model(request.getfixturevalue(which), pad_token_id=0).eval()
+    seqs = random_sequences(6, 3, 30, seed=12)
+    ids, positions, lengths = pooling.packed_inputs(seqs)
+    with torch.no_grad():
+        pooling.classify(model, input_ids=ids, position_ids=positions, lengths=lengths)  # warm-up
+        calls = _count_host_reads(monkeypatch)
+        pooling.classify(model, input_ids=ids, position_ids=positions, lengths=lengths)
+    assert calls["tolist"] <= 1 and calls["item"] == 0, calls
+
+
+def test_packed_sdpa_segments_run_causal_kernels_without_masks(tiny_llama_dir, monkeypatch):
+    """SDPA models (Llama) attend per packed sequence with is_causal and no mask, so SDPA's flash
+    and memory-efficient kernels can run; eager models (Gemma-2: softcapping) get their causal
+    masks sliced from one cached mask."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    from arena_pref import varlen
+
+    model = modeling.load_model(tiny_llama_dir, pad_token_id=0).eval()
+    assert model.config._attn_implementation == "sdpa"
+    seen = []
+    real = ALL_ATTENTION_FUNCTIONS["sdpa"]
+    monkeypatch.setitem(ALL_ATTENTION_FUNCTIONS._global_mapping, "sdpa", lambda module, q, k, v, mask, **kw: (
+        seen.append((mask, kw.get("is_causal"))), real(module, q, k, v, mask, **kw))[1])
+    seqs = random_sequences(5, 3, 30, seed=13)
+    ids, positions, lengths = pooling.packed_inputs(seqs)
+    with torch.no_grad():
+        pooling.classify(model, input_ids=ids, position_ids=positions, lengths=lengths)
+    assert len(seen) == 5 * model.config.num_hidden_layers
+    assert all(mask is None and causal is True for mask, causal in seen)
+    a = varlen.causal_mask(40, window=None, dtype=torch.float32, device="cpu")
+    b = varlen.causal_mask(12, window=None, dtype=torch.float32, device="cpu")
+    assert b.untyped_storage().data_ptr() == a.untyped_storage().data_ptr()  # one cached mask serves all lengths
+    expected = torch.triu(torch.full((12, 12), torch.finfo(torch.float32).min), diagonal=1)
+    torch.testing.assert_close(b[0, 0], expected)
+    windowed = varlen.causal_mask(6, window=2, dtype=torch.float32, device="cpu")[0, 0]
+    assert (windowed == 0).sum(1).tolist() == [1, 2, 2, 2, 2, 2]
+
+
+@pytest.mark.parametrize("which", ["tiny_backbone_dir", "tiny_llama_dir"])
+def test_flash_attention_gets_the_packed_boundaries(request, which, monkeypatch):
+    """With attn_implementation flash_attention_2, packed rows hand the varlen kernel cu_seq_lens
+    and max_length explicitly (transformers would otherwise re-derive them from the position ids
+    in every layer). flash-attn does not run on a CPU: a stand-in kernel with its calling
+    convention checks the arguments and computes per-sequence attention."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    path = request.getfixturevalue(which)
+    reference = modeling.load_model(path, pad_token_id=0, attn_implementation="eager").eval()
+    model = modeling.load_model(path, pad_token_id=0, attn_implementation="eager").eval()
+    eager = sys.modules[type(model.model.layers[0].self_attn).__module__].eager_attention_forward
+    calls = []
+
+    def flash_stand_in(module, q, k, v, mask, *, cu_seq_lens_q, cu_seq_lens_k, max_length_q, max_length_k,
+                       sliding_window=None, **kw):
+        assert mask is None and cu_seq_lens_q.dtype == torch.int32 and torch.equal(cu_seq_lens_q, cu_seq_lens_k)
+        bounds = cu_seq_lens_q.tolist()
+        assert max_length_q == max_length_k == max(np.diff(bounds))
+        calls.append(bounds)
+        kw.pop("position_ids", None)
+        out = []
+        for s, e in zip(bounds[:-1], bounds[1:]):
+            causal = torch.triu(torch.full((e - s, e - s), torch.finfo(q.dtype).min), diagonal=1)[None, None]
+            out.append(eager(module, q[:, :, s:e], k[:, :, s:e], v[:, :, s:e], causal, **kw)[0])
+        return torch.cat(out, dim=1), None
+
+    monkeypatch.setitem(ALL_ATTENTION_FUNCTIONS._global_mapping, "flash_attention_2", flash_stand_in)
+    model.config._attn_implementation = "flash_attention_2"
+    seqs = random_sequences(6, 3, 40, seed=14)
+    lengths = [len(s) for s in seqs]
+    batches = predict.plan_batches(lengths, method="packed", max_tokens=120)
+    packed = predict.run_batches(model, seqs, batches, pad_token_id=0)
+    padded_probs = predict.run_batches(reference, seqs, predict.plan_batches(lengths, method="sorted_dynamic"),
+                                       pad_token_id=0)
+    np.testing.assert_allclose(packed, padded_probs, rtol=0, atol=1e-5)
+    assert len(calls) == len(batches) * model.config.num_hidden_layers
+
+
+def test_float16_overflow_stops_with_the_model_and_fold_named(tiny_backbone_dir, tmp_path):
+    """Logits past float16's range (65504) become inf and the probabilities NaN: the job stops
+    with one line naming the model and fold, and writes nothing."""
+    from safetensors.torch import load_file, save_file
+
+    from arena_pref import io, steps
+    from arena_pref.errors import InputError
+
+    adapter = bench.random_adapter(tiny_backbone_dir, tmp_path / "adapter", quantization="none", **ADAPTER)
+    weights = load_file(str(adapter / "adapter_model.safetensors"))
+    save_file({k: v * 1e6 if "score" in k else v for k, v in weights.items()}, str(adapter / "adapter_model.safetensors"))
+    n = 6
+    seqs = random_sequences(2 * n, 3, 30, seed=15)
+    io.write_parquet(pd.DataFrame({"id": np.arange(n), "input_ids": seqs[:n], "input_ids_swap": seqs[n:]}),
+                     tmp_path / "test.parquet")
+    settings = {"quantization": "none", "dtype": "float16", "pooling": "auto", "max_length": 64,
+                "predict": {"tta": True, "method": "packed", "batch_size": 4, "max_tokens_per_batch": 128}}
+    out = tmp_path / "fold3.parquet"
+    with pytest.raises(InputError, match=r"model 'gemma_t4', fold 3 \(test\): \d+ of 12 sequences got "
+                                         r"non-finite probabilities.*float16 overflows"):
+        steps.infer(model="gemma_t4", fold=3, tokens_parquet=tmp_path / "test.parquet", backbone=tiny_backbone_dir,
+                    adapter=adapter, settings=settings, out=out, threads=1)
+    assert not out.exists()
+
+
+def test_each_prediction_worker_sees_only_its_own_gpu(monkeypatch):
+    """With several GPUs each worker process is pinned to its device before anything in it starts
+    CUDA (CUDA_VISIBLE_DEVICES set by the pool's initializer): no worker opens a context on GPU 0.
+    CUDA does not run here: the pool is replaced by one that runs initializer and task in turn in
+    this process, and the task reports what it saw."""
+    import concurrent.futures
+
+    assert predict.worker_device("cuda:1", "4,7") == ("7", "cuda:0")
+    assert predict.worker_device("cuda:0", "4,7") == ("4", "cuda:0")
+    assert predict.worker_device("cuda:1", None) == ("1", "cuda:0")
+    assert predict.worker_device("cpu", "4,7") == (None, "cpu")
+
+    class InProcessPool:
+        """A worker's environment is its own: restored once its task has run."""
+
+        def __init__(self, workers, mp_context, initializer, initargs):
+            self.parent_env = dict(os.environ)
+            initializer(*initargs)
+
+        def submit(self, fn, *args):
+            future = concurrent.futures.Future()
+            future.set_result(fn(*args))
+            os.environ.clear()
+            os.environ.update(self.parent_env)
+            return future
+
+        def shutdown(self, cancel_futures):
+            pass
+
+    seen = []
+    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", InProcessPool)
+    monkeypatch.setattr(predict, "_predict_share", lambda backbone, adapter, settings, dev, seqs, segs, shard, threads: (
+        seen.append((os.environ["CUDA_VISIBLE_DEVICES"], dev)), (np.array([], dtype=np.int64), np.zeros((0, 3)), 0.0))[1])
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,7")
+    predict._predict_in_workers(["cuda:0", "cuda:1"], [[], []], backbone="b", adapter_dir="a", settings={},
+                                seqs=[], segs=None, threads=1)
+    assert seen == [("4", "cuda:0"), ("7", "cuda:0")]
+
+
+def test_merge_lora_memory_check_counts_the_activations_of_a_pass(tiny_backbone_dir, tmp_path, monkeypatch, caplog):
+    """Free memory that holds the dequantized weights but not also the activations of one forward
+    pass of the configured token budget keeps the unmerged adapter."""
+    adapter = bench.random_adapter(tiny_backbone_dir, tmp_path / "adapter", quantization="4bit", **ADAPTER)
+    base = modeling.load_model(tiny_backbone_dir, quantization="4bit", dtype="float32", pad_token_id=0)
+    weights = modeling._dequantized_extra_bytes(base, torch.float32)
+    activations = modeling.activation_bytes(base.config, tokens=4096, longest=1024, dtype="float32")
+    assert activations > weights > 0
+    monkeypatch.setattr(modeling, "free_memory_bytes", lambda device: int(1.2 * weights))
+    kw = dict(quantization="4bit", dtype="float32", pad_token_id=0, merge_lora=True)
+    small_pass = modeling.load_for_inference(tiny_backbone_dir, adapter, batch_tokens=1, longest=1, **kw)
+    assert not hasattr(small_pass, "peft_config")  # weights fit, a one-token pass too: merged
+    big_pass = modeling.load_for_inference(tiny_backbone_dir, adapter, batch_tokens=4096, longest=1024, **kw)
+    assert hasattr(big_pass, "peft_config")
+    assert "for the activations of 4096 tokens per pass" in caplog.text
+
+
+def test_failed_merge_frees_the_half_converted_model_before_reloading(tiny_backbone_dir, tmp_path, monkeypatch):
+    import weakref
+
+    adapter = bench.random_adapter(tiny_backbone_dir, tmp_path / "adapter", quantization="4bit", **ADAPTER)
+    first, alive_at_reload = [], []
+    real_load = modeling.load_model
+
+    def load(*args, **kwargs):
+        if first:
+            alive_at_reload.append(first[0]() is not None)
+        model = real_load(*args, **kwargs)
+        first.append(weakref.ref(model))
+        return model
+
+    def failing_merge(model, adapter_dir, *, quantization):
+        model.dequantize()  # converts layers, then fails: the model is half converted
+        raise RuntimeError("dequantize failed half-way")
+
+    monkeypatch.setattr(modeling, "load_model", load)
+    monkeypatch.setattr(modeling, "_merge", failing_merge)
+    model = modeling.load_for_inference(tiny_backbone_dir, adapter, quantization="4bit", dtype="float32",
+                                        pad_token_id=0, merge_lora=True)
+    assert alive_at_reload == [False]
+    assert any(type(m.weight).__name__ == "Params4bit" for m in model.modules() if hasattr(m, "weight"))

@@ -4,6 +4,7 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from arena_pref import modeling, train
@@ -130,20 +131,6 @@ def test_gradient_accumulation_matches_one_big_batch(tiny_backbone_dir, tokens, 
         np.testing.assert_allclose(b[k].numpy(), a[k].numpy(), rtol=0, atol=1e-5, err_msg=k)
 
 
-@pytest.mark.parametrize("pool", ["auto", "pair"])
-def test_packed_training_matches_padded(tiny_backbone_dir, tokens, tmp_path, pool):
-    """Padding-free packed batches train the same adapter as padded ones (with either pooling)."""
-    padded = {**SETTINGS, "quantization": "none", "pooling": pool,
-              "train": {**SETTINGS["train"], "epochs": 1, "optimizer": "sgd", "lr": 0.5, "max_grad_norm": 1e9}}
-    packed = {**padded, "train": {**padded["train"], "packing": True}}
-    run(tiny_backbone_dir, tokens, tmp_path / "padded", settings=padded)
-    run(tiny_backbone_dir, tokens, tmp_path / "packed", settings=packed)
-    a, b = adapter_weights(tmp_path / "padded/a/adapter"), adapter_weights(tmp_path / "packed/a/adapter")
-    for k in a:
-        np.testing.assert_allclose(b[k].numpy(), a[k].numpy(), rtol=0, atol=1e-5, err_msg=k)
-    assert any(np.abs(a[k].numpy()).max() > 0 for k in a if "lora_B" in k)  # it did train
-
-
 def test_token_budget_sampler_covers_rows_within_budget():
     lengths = np.random.default_rng(0).integers(5, 200, size=60)
     for packed in (False, True):
@@ -196,3 +183,120 @@ def test_packed_training_falls_back_to_padded_batches(tiny_backbone_dir, tokens,
     a, b = adapter_weights(tmp_path / "padded/a/adapter"), adapter_weights(tmp_path / "fallback/a/adapter")
     for k in a:
         np.testing.assert_allclose(b[k].numpy(), a[k].numpy(), rtol=0, atol=1e-6, err_msg=k)
+
+
+# --------------------------------------------------------------------------- GPU presets' settings on CPU
+
+def arch_tokens(path, n=12, max_length=48):
+    """The tokens fixture's rows for any tiny backbone."""
+    df = pd.DataFrame({
+        "id": np.arange(n),
+        "prompt": [[f"what is rust {i}?"] for i in range(n)],
+        "response_a": [["the answer about rust is long " * (1 + i % 3)] for i in range(n)],
+        "response_b": [["stars " * (1 + i % 4)] for i in range(n)],
+    })
+    cache = tokenize_frame(df, modeling.load_tokenizer(path), strategy="per_part", max_length=max_length)
+    return cache, np.arange(n) % 3
+
+
+def sgd_settings(quantization, **train_changes):
+    """Two plain SGD steps (no clipping, no warm-up): the adapter after them is a function of the
+    gradients, so equal adapters mean equal gradients. LoRA on attention and MLP."""
+    return {**SETTINGS, "quantization": quantization,
+            "lora": {**SETTINGS["lora"], "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "down_proj"]},
+            "train": {**SETTINGS["train"], "epochs": 1, "batch_size": 6, "optimizer": "sgd", "lr": 0.5,
+                      "max_grad_norm": 1e9, "warmup_steps": 0, **train_changes}}
+
+
+@pytest.mark.parametrize("arch", ["gemma2", "llama"])
+@pytest.mark.parametrize("quantization", ["none", "4bit"])
+def test_packed_training_with_gradient_checkpointing_matches_padded(request, tmp_path, arch, quantization):
+    """Checkpointed layers recompute in the backward pass, after the forward returned: they must
+    attend per packed sequence then too. Packed + gradient checkpointing trains the adapter that
+    padded batches without checkpointing train (fp32, to 1e-5)."""
+    path = request.getfixturevalue("tiny_backbone_dir" if arch == "gemma2" else "tiny_llama_dir")
+    tokens = arch_tokens(path)
+    padded = sgd_settings(quantization)
+    checkpointed = sgd_settings(quantization, packing=True, gradient_checkpointing=True)
+    assert run(path, tokens, tmp_path / "padded", settings=padded)["steps"] == 2
+    run(path, tokens, tmp_path / "ckpt", settings=checkpointed)
+    a, b = adapter_weights(tmp_path / "padded/a/adapter"), adapter_weights(tmp_path / "ckpt/a/adapter")
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_allclose(b[k].numpy(), a[k].numpy(), rtol=0, atol=1e-5, err_msg=k)
+    assert any(np.abs(a[k].numpy()).max() > 0 for k in a if "lora_B" in k)  # it did train
+
+
+@pytest.mark.parametrize("quantization", ["4bit", "none"])
+@pytest.mark.parametrize("packing", [True, False])
+def test_bfloat16_training_runs_attention_in_bfloat16(tiny_backbone_dir, tmp_path, monkeypatch, quantization,
+                                                      packing):
+    """dtype bfloat16 trains in mixed precision: attention gets bf16 queries under autocast, in the
+    forward pass and in the gradient-checkpointing recompute (the body and head are called
+    directly, outside the autocast accelerate wraps around ``model.forward``)."""
+    from transformers.models.gemma2 import modeling_gemma2
+
+    seen = []
+    real = modeling_gemma2.eager_attention_forward
+
+    def recording(module, query, *args, **kwargs):
+        seen.append((query.dtype, torch.is_autocast_enabled("cpu"), torch.is_grad_enabled()))
+        return real(module, query, *args, **kwargs)
+
+    monkeypatch.setattr(modeling_gemma2, "eager_attention_forward", recording)
+    settings = {**SETTINGS, "quantization": quantization, "dtype": "bfloat16",
+                "train": {**SETTINGS["train"], "epochs": 1, "packing": packing, "gradient_checkpointing": True}}
+    metrics = run(tiny_backbone_dir, tokens=arch_tokens(tiny_backbone_dir), tmp_path=tmp_path, settings=settings)
+    assert np.isfinite(metrics["train_loss"]) and metrics["steps"] == 3
+    assert seen and all(dtype == torch.bfloat16 and autocast for dtype, autocast, _ in seen), set(seen)
+    layers, calls_per_layer = 2, 4 if packing else 1  # packed: once per sequence (4 rows a batch)
+    assert len(seen) == 2 * 3 * layers * calls_per_layer  # forward and recompute of every layer
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_full_precision_base_trains_and_predicts_in_16_bit(tiny_backbone_dir, tmp_path, dtype):
+    """quantization none with a 16-bit dtype: the head's trained copy (fp32) computes the logits,
+    not the frozen 16-bit original peft keeps beside it."""
+    from arena_pref import predict
+
+    settings = {**SETTINGS, "quantization": "none", "dtype": dtype, "train": {**SETTINGS["train"], "epochs": 1}}
+    cache, labels = arch_tokens(tiny_backbone_dir)
+    metrics = run(tiny_backbone_dir, (cache, labels), tmp_path, settings=settings)
+    assert np.isfinite(metrics["train_loss"])
+    pred = predict.predict_on_devices(backbone=tiny_backbone_dir, adapter_dir=tmp_path / "a" / "adapter", tokens=cache,
+                                      settings={**settings, "max_length": 48, "pooling": "auto",
+                                                "predict": {"method": "packed", "max_tokens_per_batch": 256,
+                                                            "batch_size": 4}},
+                                      tta=True, devices=["cpu"], threads=1)
+    probs = pred[["a", "b", "tie", "a_tta", "b_tta", "tie_tta"]].to_numpy()
+    assert np.isfinite(probs).all()
+    np.testing.assert_allclose(probs[:, :3].sum(1), 1, atol=1e-5)
+
+
+def with_padding_side(backbone, side, tmp_path):
+    """A copy of ``backbone`` whose tokenizer pads on ``side``."""
+    copy = tmp_path / f"{side}_padding_backbone"
+    shutil.copytree(backbone, copy)
+    config = json.loads((copy / "tokenizer_config.json").read_text())
+    (copy / "tokenizer_config.json").write_text(json.dumps({**config, "padding_side": side}))
+    assert modeling.load_tokenizer(copy).padding_side == side
+    return copy
+
+
+@pytest.mark.parametrize("pool", ["auto", "pair"])
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_packed_training_matches_padded(tiny_backbone_dir, tmp_path, pool, side):
+    """Padding-free packed batches train the same adapter as padded ones, with either pooling and
+    whichever side the tokenizer pads on (Gemma's and Llama's pad on the left in transformers 5.x):
+    padded batches pool the last real token and pair-pool the answers' own tokens."""
+    backbone = with_padding_side(tiny_backbone_dir, side, tmp_path)
+    tokens = arch_tokens(backbone, max_length=160)
+    assert len({len(s) for s in tokens[0]["input_ids"]}) > 3  # batches need padding
+    padded = {**sgd_settings("none"), "pooling": pool}
+    packed = {**padded, "train": {**padded["train"], "packing": True}}
+    run(backbone, tokens, tmp_path / "padded", settings=padded)
+    run(backbone, tokens, tmp_path / "packed", settings=packed)
+    a, b = adapter_weights(tmp_path / "padded/a/adapter"), adapter_weights(tmp_path / "packed/a/adapter")
+    for k in a:
+        np.testing.assert_allclose(b[k].numpy(), a[k].numpy(), rtol=0, atol=1e-5, err_msg=k)
+    assert any(np.abs(a[k].numpy()).max() > 0 for k in a if "lora_B" in k)  # it did train

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import modeling, predict
+from . import modeling, predict, varlen
 from .io import write_json
 from .logs import setup_logging
 
@@ -73,42 +73,61 @@ def time_method(model, seqs, batches, *, pad_token_id, repeats=1):
     return best, probs
 
 
+def is_out_of_memory(err):
+    return isinstance(err, torch.cuda.OutOfMemoryError) or (
+        isinstance(err, RuntimeError) and ("out of memory" in str(err) or "can't allocate memory" in str(err)))
+
+
 def compare_methods(models, lengths, seqs, plans, *, pad_token_id, repeats=1, flops_per_token=None,
-                    peak_flops=None):
+                    peak_flops=None, reference=None):
     """The same rows through each ``plans`` entry (name -> (model name, plan_batches kwargs)):
     tokens/s, padding efficiency, passes; with ``flops_per_token`` and ``peak_flops`` the fraction
-    of the device's peak reached. Every entry's probabilities are compared with the first one's."""
+    of the device's peak reached. Every entry's probabilities are compared with ``reference`` (by
+    default the first entry's). A method that runs out of memory is recorded as such
+    (``"error"``) and the others go on. Returns the entries and the reference probabilities."""
     real = int(np.sum(lengths))
     # warm-up: first calls allocate, pick kernels (and repack 4-bit CPU weights)
     for model in models.values():
         predict.run_batches(model, seqs[:4], predict.plan_batches(lengths[:4], method="packed"),
                             pad_token_id=pad_token_id)
-    methods, reference = {}, None
+    methods = {}
     for name, (model_name, plan) in plans.items():
         model = models[model_name]
         batches = predict.plan_batches(lengths, **plan)
-        seconds, probs = time_method(model, seqs, batches, pad_token_id=pad_token_id, repeats=repeats)
-        entry = {"padding_efficiency": predict.padding_efficiency(batches, lengths),
-                 "tokens_per_s": real / seconds, "seconds": seconds, "passes": len(batches),
+        entry = {"padding_efficiency": predict.padding_efficiency(batches, lengths), "passes": len(batches),
                  **{k: v for k, v in plan.items() if k != "method"}}
         if model_name != "model":
             entry["model"] = model_name
+        methods[name] = entry
+        try:
+            seconds, probs = time_method(model, seqs, batches, pad_token_id=pad_token_id, repeats=repeats)
+        except Exception as err:
+            if not is_out_of_memory(err):
+                raise
+            entry["error"] = f"out of memory: {str(err).splitlines()[0][:200]}"
+            log.warning("%-15s out of memory; going on with the other methods", name)
+            modeling.release_memory()
+            continue
+        entry.update(tokens_per_s=real / seconds, seconds=seconds)
         if flops_per_token and peak_flops:
             entry["fraction_of_bf16_peak"] = flops_per_token * entry["tokens_per_s"] / peak_flops
         if reference is None:
             reference = probs
         else:
             entry["max_abs_diff_vs_first"] = float(np.abs(probs - reference).max())
-        methods[name] = entry
         log.info("%-15s %9.0f tokens/s  padding efficiency %.3f  (%d passes, %.1f s)%s", name,
                  entry["tokens_per_s"], entry["padding_efficiency"], len(batches), seconds,
                  f"  {entry['fraction_of_bf16_peak']:.1%} of bf16 peak" if "fraction_of_bf16_peak" in entry else "")
-    return methods
+    return methods, reference
 
 
 def best_of(methods, baseline="sorted_dynamic"):
-    best = max(methods, key=lambda m: methods[m]["tokens_per_s"])
-    return {"method": best, f"speedup_vs_{baseline}": methods[best]["tokens_per_s"] / methods[baseline]["tokens_per_s"]}
+    ran = {m: v for m, v in methods.items() if "tokens_per_s" in v}
+    if not ran:
+        return {"method": None}
+    best = max(ran, key=lambda m: ran[m]["tokens_per_s"])
+    speedup = ran[best]["tokens_per_s"] / ran[baseline]["tokens_per_s"] if baseline in ran else None
+    return {"method": best, f"speedup_vs_{baseline}": speedup}
 
 
 def method_plans(*, batch_size, max_length, budget, pack_budget, model="model"):
@@ -121,17 +140,18 @@ def method_plans(*, batch_size, max_length, budget, pack_budget, model="model"):
 
 
 def random_adapter(backbone, out_dir, *, quantization, targets=("q_proj", "k_proj", "v_proj", "o_proj"), r=16,
-                   std=0.02, seed=0):
+                   std=0.02, seed=0, dtype="float32"):
     """A LoRA adapter with random, non-zero weights (a trained adapter is not the zero update peft
     starts from), saved as training saves one."""
-    model = modeling.load_model(backbone, quantization=quantization, dtype="float32", pad_token_id=0)
-    model = modeling.attach_lora(model, {"r": r, "alpha": 2 * r, "dropout": 0.0, "target_modules": list(targets)},
-                                 quantized=quantization != "none")
+    model = modeling.load_model(backbone, quantization=quantization, dtype=dtype, pad_token_id=0)
+    model = modeling.attach_lora(model, {"r": r, "alpha": 2 * r, "dropout": 0.0, "target_modules": list(targets)})
     torch.manual_seed(seed)
     for name, param in model.named_parameters():
         if "lora_B" in name:
             torch.nn.init.normal_(param, std=std)
     model.save_pretrained(out_dir)
+    del model
+    modeling.release_memory()
     return out_dir
 
 
@@ -152,7 +172,7 @@ def bench_inference(*, rows=96, max_length=4096, batch_size=8, budget=16384, pac
         seqs = random_sequences(lengths, models["model"].config.vocab_size)
         plans = method_plans(batch_size=batch_size, max_length=max_length, budget=budget, pack_budget=pack_budget)
         plans["packed_merged"] = ("merged", dict(method="packed", max_tokens=pack_budget))
-        methods = compare_methods(models, lengths, seqs, plans, pad_token_id=tok.pad_token_id, repeats=repeats)
+        methods, _ = compare_methods(models, lengths, seqs, plans, pad_token_id=tok.pad_token_id, repeats=repeats)
     return {"methods": methods, "best": best_of(methods),
             "setup": {"model": "tiny Gemma-2 (random, hidden 64, 2 layers)" if backbone is None else str(backbone),
                       "adapter": "LoRA r 16 on q, k, v, o (random weights)",
@@ -215,9 +235,11 @@ def peak_bf16_flops(device_name):
     return None
 
 
-def random_gemma2(out_dir, *, shape=None, dtype=torch.bfloat16, seed=0):
+def random_gemma2(out_dir, *, shape=None, dtype=torch.bfloat16, seed=0, max_shard_size="2GB"):
     """A randomly initialised ``Gemma2ForSequenceClassification`` of ``shape`` (default: 9B),
-    saved with ``save_pretrained`` so it loads (and quantizes) as a downloaded checkpoint would."""
+    saved with ``save_pretrained`` so it loads (and quantizes) as a downloaded checkpoint would.
+    Saved in shards of ``max_shard_size``: each shard passes through host memory on its own, so
+    saving a 9B model from the GPU needs a few GB of RAM, not the model's 18."""
     from transformers import Gemma2Config, Gemma2ForSequenceClassification
 
     config = Gemma2Config(**(shape or GEMMA2_9B), num_labels=modeling.NUM_LABELS, pad_token_id=0,
@@ -226,52 +248,79 @@ def random_gemma2(out_dir, *, shape=None, dtype=torch.bfloat16, seed=0):
     init_device = "cuda" if torch.cuda.is_available() else "cpu"
     with torch.device(init_device):  # on the GPU: initialising 9B parameters on a CPU takes minutes
         model = Gemma2ForSequenceClassification._from_config(config, dtype=dtype)
-    model.save_pretrained(out_dir)
+    model.save_pretrained(out_dir, max_shard_size=max_shard_size)
     n_params = sum(p.numel() for p in model.parameters())
     n_embed = model.model.embed_tokens.weight.numel()
     del model
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+    modeling.release_memory()
     return n_params, n_embed
 
 
 def bench_gpu(*, rows=256, max_length=4096, batch_size=8, budget=32768, pack_budget=16384,
-              quantizations=("none", "4bit"), dtype="bfloat16", shape=None, peak_tflops=None):
-    """The four prediction methods on a randomly initialised model of Gemma-2-9B's shape, in 16-bit
-    and 4-bit: tokens/s and the fraction of the GPU's bf16 peak reached, taken as
-    2 x non-embedding parameters x tokens/s / peak FLOP/s (the embedding is a lookup, not a
-    product; attention's own FLOPs are left out, so this is a lower bound of utilisation)."""
+              quantizations=("none", "4bit"), dtype="bfloat16", shape=None, peak_tflops=None, threads=None,
+              attn_implementation="flash_attention_2", max_shard_size="2GB"):
+    """The workflow's prediction path on a randomly initialised model of Gemma-2-9B's shape: the
+    base in 16-bit and 4-bit with a random LoRA adapter attached (as a trained fold's adapter is),
+    flash-attention where it runs (else the model's default, logged), through the four batching
+    methods; then packed batches again with the adapter merged (``predict.merge_lora``). Reports
+    tokens/s and the fraction of the GPU's bf16 peak reached, taken as 2 x non-embedding parameters
+    x tokens/s / peak FLOP/s (the embedding is a lookup, not a product; attention's own FLOPs and
+    the adapter's are left out, so this is a lower bound of utilisation). A method that runs out
+    of memory is recorded and the others go on."""
+    if threads:
+        torch.set_num_threads(threads)
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     peak = peak_tflops * 1e12 if peak_tflops else peak_bf16_flops(device)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "gemma2_9b_shape"
         t0 = time.perf_counter()
-        n_params, n_embed = random_gemma2(path, shape=shape, dtype=modeling.torch_dtype(dtype))
+        n_params, n_embed = random_gemma2(path, shape=shape, dtype=modeling.torch_dtype(dtype),
+                                          max_shard_size=max_shard_size)
         log.info("random model of %.2fB parameters saved in %.0f s", n_params / 1e9, time.perf_counter() - t0)
         lengths = arena_lengths(rows, cap=max_length)
-        vocab = (shape or GEMMA2_9B)["vocab_size"]
-        seqs = random_sequences(lengths, vocab)
+        seqs = random_sequences(lengths, (shape or GEMMA2_9B)["vocab_size"])
         results = {}
         for quantization in quantizations:
-            model = modeling.load_model(path, quantization=quantization, dtype=dtype, pad_token_id=0).eval()
-            plans = method_plans(batch_size=batch_size, max_length=max_length, budget=budget,
-                                 pack_budget=pack_budget)
-            methods = compare_methods({"model": model}, lengths, seqs, plans, pad_token_id=0,
-                                      flops_per_token=2 * (n_params - n_embed), peak_flops=peak)
+            adapter = random_adapter(path, Path(tmp) / f"adapter_{quantization}", quantization=quantization,
+                                     dtype=dtype)
+            kw = dict(quantization=quantization, dtype=dtype, pad_token_id=0, attn_implementation=attn_implementation)
             label = dtype if quantization == "none" else quantization
-            results[label] = {"methods": methods, "best": best_of(methods)}
-            if torch.cuda.is_available():
-                results[label]["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
-                torch.cuda.reset_peak_memory_stats()
-            del model
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
+            results[label] = _bench_precision(path, adapter, kw, lengths, seqs, n_params - n_embed, peak,
+                                              batch_size=batch_size, max_length=max_length, budget=budget,
+                                              pack_budget=pack_budget)
     return {"by_precision": results,
             "setup": {"model": "random Gemma-2-9B shape" if shape is None else f"random Gemma-2, {shape}",
+                      "adapter": "LoRA r 16 on q, k, v, o (random weights)",
                       "parameters": n_params, "non_embedding_parameters": n_params - n_embed,
                       "peak_bf16_tflops": peak / 1e12 if peak else None, "rows": rows,
                       "real_tokens": int(lengths.sum()), "median_length": float(np.median(lengths)),
                       "max_length": max_length, **environment()}}
+
+
+def _bench_precision(path, adapter, load_kw, lengths, seqs, non_embedding, peak, *, batch_size, max_length, budget,
+                     pack_budget):
+    """One precision of :func:`bench_gpu`: the unmerged adapter through the four methods, then
+    packed batches with the adapter merged, one model in memory at a time."""
+    timing = dict(pad_token_id=0, flops_per_token=2 * non_embedding, peak_flops=peak)
+    model = modeling.load_for_inference(path, adapter, **load_kw)
+    attention = varlen.base_implementation(model.config)
+    plans = method_plans(batch_size=batch_size, max_length=max_length, budget=budget, pack_budget=pack_budget)
+    methods, reference = compare_methods({"model": model}, lengths, seqs, plans, **timing)
+    del model
+    modeling.release_memory()
+    merged = modeling.load_for_inference(path, adapter, merge_lora=True, batch_tokens=pack_budget,
+                                         longest=max_length, **load_kw)
+    is_merged = not hasattr(merged, "peft_config")
+    merged_plan = {"packed_merged": ("merged", dict(method="packed", max_tokens=pack_budget))}
+    methods.update(compare_methods({"merged": merged}, lengths, seqs, merged_plan, reference=reference, **timing)[0])
+    methods["packed_merged"]["merged"] = is_merged  # False: memory was short, the unmerged adapter ran
+    out = {"methods": methods, "best": best_of(methods), "attention": attention}
+    if torch.cuda.is_available():
+        out["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        torch.cuda.reset_peak_memory_stats()
+    del merged
+    modeling.release_memory()
+    return out
 
 
 def bench_training(*, rows=256, max_length=1024, batch_size=8, quantization="4bit", threads=2, backbone=None):
@@ -303,7 +352,7 @@ def bench_training(*, rows=256, max_length=1024, batch_size=8, quantization="4bi
         # the public baseline: stock model forward and loss, padded batches in random order
         model = modeling.load_model(path, quantization=settings["quantization"], dtype="float32",
                                     pad_token_id=tok.pad_token_id)
-        model = modeling.attach_lora(model, settings["lora"], quantized=quantization != "none")
+        model = modeling.attach_lora(model, settings["lora"])
         args = TrainingArguments(output_dir=str(tmp / "baseline"), per_device_train_batch_size=batch_size,
                                  learning_rate=2e-4, warmup_steps=2, num_train_epochs=1, report_to="none",
                                  save_strategy="no", disable_tqdm=True, use_cpu=not torch.cuda.is_available(),
@@ -346,22 +395,23 @@ def main(argv=None):
     parser.add_argument("--out", required=True)
     parser.add_argument("--rows", type=int)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--quantization", default="4bit", choices=["4bit", "8bit", "none"])
+    parser.add_argument("--quantization", choices=["4bit", "8bit", "none"],
+                        help="base weights (inference, training: default 4bit; gpu: default none and 4bit)")
     parser.add_argument("--peak-tflops", type=float, help="gpu: the device's dense bf16 peak, where the "
                         "built-in table does not know it")
     args = parser.parse_args(argv)
     setup_logging(None)
+    rows = {"rows": args.rows} if args.rows else {}
     if args.what == "gpu":
         if not torch.cuda.is_available():
             parser.error("the gpu benchmark needs a CUDA device")
-        result = bench_gpu(peak_tflops=args.peak_tflops, **({"rows": args.rows} if args.rows else {}))
+        quantizations = {"quantizations": (args.quantization,)} if args.quantization else {}
+        result = bench_gpu(peak_tflops=args.peak_tflops, threads=args.threads, **quantizations, **rows)
     elif args.what == "compile":
-        result = bench_compile(threads=args.threads, **({"rows": args.rows} if args.rows else {}))
+        result = bench_compile(threads=args.threads, **rows)
     else:
-        kw = {"threads": args.threads, "quantization": args.quantization}
-        if args.rows:
-            kw["rows"] = args.rows
-        result = bench_inference(**kw) if args.what == "inference" else bench_training(**kw)
+        bench = bench_inference if args.what == "inference" else bench_training
+        result = bench(threads=args.threads, quantization=args.quantization or "4bit", **rows)
     write_json(result, args.out)
     log.info("wrote %s", args.out)
 

@@ -13,6 +13,7 @@ A model's ``backbone`` names where weights come from:
 
 from __future__ import annotations
 
+import gc
 import importlib
 import logging
 import os
@@ -87,16 +88,18 @@ def quantization_config(quantization, compute_dtype):
 
 
 def load_model(backbone, *, quantization="none", dtype="float32", pad_token_id=None,
-               attn_implementation=None, device=None):
+               attn_implementation=None, device=None, allow_bf16_emulation=False):
     """``AutoModelForSequenceClassification`` with 3 labels, quantized through bitsandbytes,
     on ``device`` (default: the first GPU, else the CPU)."""
-    from transformers import AutoModelForSequenceClassification
+    from transformers import AutoConfig, AutoModelForSequenceClassification
 
     compute_dtype = torch_dtype(dtype)
     dev = torch.device(device) if device is not None else default_device()
+    check_dtype_supported(dtype, dev, allow_emulation=allow_bf16_emulation)
     kwargs = {}
-    if attn_implementation and attn_implementation != "auto":
-        kwargs["attn_implementation"] = attn_implementation
+    impl = attention_implementation(attn_implementation, AutoConfig.from_pretrained(backbone), dev)
+    if impl:
+        kwargs["attn_implementation"] = impl
     qconf = quantization_config(quantization, compute_dtype)
     if qconf is not None:
         kwargs["quantization_config"] = qconf
@@ -106,26 +109,89 @@ def load_model(backbone, *, quantization="none", dtype="float32", pad_token_id=N
         **kwargs)
     if pad_token_id is not None:
         model.config.pad_token_id = pad_token_id
+    log.info("loaded %s (%s, %s) on %s with %s attention", type(model).__name__, quantization, dtype, dev,
+             model.config._attn_implementation)
     return model
 
 
-def attach_lora(model, lora, *, quantized, gradient_checkpointing=False):
-    """Wrap ``model`` with trainable LoRA adapters (the score head is trained in full)."""
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+def check_dtype_supported(dtype, device, *, allow_emulation=False):
+    """Stop a bfloat16 job on a GPU without bf16 tensor cores (compute capability below 8.0, e.g.
+    Kaggle's T4): torch emulates bf16 there, several times slower than float16, and reports it as
+    supported, so the job would run, only for hours longer."""
+    device = torch.device(device)
+    if dtype != "bfloat16" or device.type != "cuda" or allow_emulation:
+        return
+    major, minor = torch.cuda.get_device_capability(device)
+    if (major, minor) < (8, 0):
+        raise InputError(
+            f"dtype bfloat16 on {torch.cuda.get_device_name(device)} (compute capability {major}.{minor}), which "
+            "has no bf16 tensor cores and emulates it several times slower than float16: set the model's dtype "
+            "to float16 (as workflow/presets/gemma2-9b-t4.yaml does), or allow_bf16_emulation: true to run anyway")
 
-    if quantized:
-        model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=gradient_checkpointing)
-    elif gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+
+FLASH_ATTENTION_SOFTCAP = "2.6"  # the first flash-attn release with logit softcapping (Gemma-2)
+
+
+def flash_attention_unavailable(config, device):
+    """Why flash-attention 2 cannot run ``config``'s model on ``device``, or None when it can."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from packaging.version import Version
+
+    device = torch.device(device)
+    if device.type != "cuda":
+        return f"it needs a CUDA GPU and this job runs on {device.type}"
+    try:
+        installed = version("flash_attn")
+    except PackageNotFoundError:
+        return "the flash-attn package is not installed"
+    major, minor = torch.cuda.get_device_capability(device)
+    if (major, minor) < (8, 0):
+        return (f"{torch.cuda.get_device_name(device)} has compute capability {major}.{minor} and flash-attn "
+                "needs 8.0 (Ampere) or newer")
+    if getattr(config, "attn_logit_softcapping", None) and Version(installed) < Version(FLASH_ATTENTION_SOFTCAP):
+        return f"flash-attn {installed} has no logit softcapping ({config.model_type} needs >= {FLASH_ATTENTION_SOFTCAP})"
+    return None
+
+
+def attention_implementation(requested, config, device):
+    """The attention implementation to load a model with: ``requested`` where this machine can
+    run it; for ``flash_attention_2`` where it cannot, the model's default (eager for Gemma-2,
+    SDPA for Llama), with a warning saying why. None means the model's default."""
+    if requested in (None, "auto"):
+        return None
+    if requested == "flash_attention_2" and (why := flash_attention_unavailable(config, device)):
+        log.warning("attn_implementation flash_attention_2 is not used: %s; falling back to the model's "
+                    "default attention", why)
+        return None
+    return requested
+
+
+def attach_lora(model, lora, *, gradient_checkpointing=False):
+    """Freeze ``model`` and wrap it with trainable LoRA adapters (the score head is trained in full).
+
+    The frozen base keeps the dtype it was loaded in. (peft's ``prepare_model_for_kbit_training``
+    would upcast every unquantized weight, the embeddings and norms included, to fp32: the residual
+    stream and attention would then run in fp32 however the Trainer's mixed precision is set, with
+    twice the activation memory, and a 9B Gemma's embedding alone would double to 3.7 GB.) The
+    trainable weights are fp32, updated under the Trainer's autocast (train.py).
+
+    Gradient checkpointing is non-reentrant: it needs no gradient on the inputs of frozen layers,
+    and it checks that a layer's recompute matches its forward.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    for param in model.parameters():
+        param.requires_grad_(False)
+    if gradient_checkpointing:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     config = LoraConfig(
         task_type="SEQ_CLS", r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
         target_modules=list(lora["target_modules"]),
         layers_to_transform=list(lora["layers_to_transform"]) if lora.get("layers_to_transform") else None,
         bias="none")
     model = get_peft_model(model, config)
-    # peft puts the new classification head in modules_to_save; a 4-bit load leaves it in the
-    # compute dtype, which is fine on GPU but we keep trainable weights in fp32 for stable updates
+    # fp32 master weights for the adapters and the head's trained copy
     for param in model.parameters():
         if param.requires_grad:
             param.data = param.data.float()
@@ -133,39 +199,54 @@ def attach_lora(model, lora, *, quantized, gradient_checkpointing=False):
 
 
 def load_for_inference(backbone, adapter_dir, *, quantization, dtype, pad_token_id, device=None,
-                       attn_implementation=None, merge_lora=False):
+                       attn_implementation=None, merge_lora=False, allow_bf16_emulation=False,
+                       batch_tokens=0, longest=0):
     """The trained model for prediction: the base as trained (quantized or not) with the adapter.
 
     ``merge_lora``: dequantize the base to ``dtype`` and fold the LoRA weights into it, so each
     layer is one plain 16-bit (or fp32) matrix product instead of a 4-bit dequantize-and-multiply
     plus the adapter's two extra products. The dequantized weights are the ones the 4-bit
     layers computed with in training, so the merged model is the trained function (to the
-    rounding of ``dtype``). Needs the memory of the unquantized model: when the device has
-    too little free, or the base cannot be dequantized, the unmerged model is used (logged).
+    rounding of ``dtype``). Needs the memory of the unquantized model plus the activations of a
+    forward pass of ``batch_tokens`` tokens (sequences up to ``longest``): when the device has too
+    little free, or the base cannot be dequantized, the unmerged model is used (logged).
     """
     from peft import PeftModel
 
     def load():
         return load_model(backbone, quantization=quantization, dtype=dtype, pad_token_id=pad_token_id,
-                          device=device, attn_implementation=attn_implementation)
+                          device=device, attn_implementation=attn_implementation,
+                          allow_bf16_emulation=allow_bf16_emulation)
 
     model = load()
     if merge_lora:
-        short = _memory_short_for_merge(model, quantization=quantization, dtype=dtype)
-        if short:
-            log.warning("merge_lora: %s; predicting with the unmerged adapter", short)
-        else:
+        why, half_converted = _memory_short_for_merge(model, quantization=quantization, dtype=dtype,
+                                                      batch_tokens=batch_tokens, longest=longest), False
+        if why is None:
             try:
                 merged = _merge(model, adapter_dir, quantization=quantization)
+            except Exception as err:  # e.g. a quantizer without dequantize support
+                why, half_converted = f"cannot merge into the {quantization} base ({err})", True
+            else:
                 log.info("merge_lora: adapter merged into a %s base", dtype)
                 return merged.eval()
-            except Exception as err:  # e.g. a quantizer without dequantize support
-                log.warning("merge_lora: cannot merge into the %s base (%s); predicting with the unmerged "
-                            "adapter", quantization, err)
-                model = load()  # a failed dequantize may leave layers half converted
+        log.warning("merge_lora: %s; predicting with the unmerged adapter", why)
+        if half_converted:
+            # a failed dequantize may leave layers half converted: free that model before loading
+            # the base again, or both would sit in memory at once
+            del model
+            release_memory()
+            model = load()
     model = PeftModel.from_pretrained(model, adapter_dir)
     model.eval()
     return model
+
+
+def release_memory():
+    """Return freed tensors' memory: collect cycles, and empty CUDA's cache where there is one."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def compile_backbone(model):
@@ -182,16 +263,32 @@ def compile_backbone(model):
     return model
 
 
-def _memory_short_for_merge(model, *, quantization, dtype):
-    """Why the device cannot hold ``model`` dequantized to ``dtype``, or None."""
+def _memory_short_for_merge(model, *, quantization, dtype, batch_tokens, longest):
+    """Why the device cannot hold ``model`` dequantized to ``dtype`` and still run a forward pass of
+    ``batch_tokens`` tokens, or None. (A full-precision base merges in place: nothing to check.)"""
     if quantization == "none":
         return None
-    need = _dequantized_extra_bytes(model, torch_dtype(dtype))
+    weights = _dequantized_extra_bytes(model, torch_dtype(dtype))
+    activations = activation_bytes(model.config, tokens=batch_tokens, longest=longest, dtype=dtype)
     free = free_memory_bytes(next(model.parameters()).device)
-    if free is not None and need > 0.9 * free:
-        return (f"a {quantization} base needs {need / 2**30:.1f} GiB more to dequantize and "
+    if free is not None and weights + activations > 0.9 * free:
+        return (f"a {quantization} base needs {weights / 2**30:.1f} GiB more to dequantize, plus "
+                f"{activations / 2**30:.1f} GiB for the activations of {batch_tokens} tokens per pass, and "
                 f"{free / 2**30:.1f} GiB is free")
     return None
+
+
+def activation_bytes(config, *, tokens, longest, dtype):
+    """A generous estimate of the activation memory of one inference forward pass over ``tokens``
+    tokens in sequences of up to ``longest``: about 8 hidden-size and 3 intermediate-size vectors a
+    token alive at once (residual stream, projections, MLP), and eager attention's fp32 scores and
+    probabilities (2 x heads x ``longest`` a token, the worst case when SDPA or flash kernels are
+    not used)."""
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    elt = torch_dtype(dtype).itemsize
+    per_token = (8 * config.hidden_size + 3 * config.intermediate_size) * elt
+    per_token += 2 * config.num_attention_heads * longest * 4
+    return int(tokens * per_token)
 
 
 def _merge(model, adapter_dir, *, quantization):
@@ -227,6 +324,42 @@ def free_memory_bytes(device):
 
 # --------------------------------------------------------------------------- tiny backbones
 
+# Tokenizers of the tiny backbones are set up like the real families' (Gemma-2; Llama-3 for
+# ``llama``): the same special tokens in the same roles, and left padding, which transformers 5.x
+# GemmaTokenizer and LlamaTokenizer default to. Llama-3 has no pad token (load_tokenizer pads with
+# eos). A code path that pools or pads on the wrong side then fails on a CPU test, not on a GPU.
+TOKENIZER_FAMILIES = {
+    "gemma2": {"specials": ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"],
+               "bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>", "unk_token": "<unk>"},
+    "llama": {"specials": ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
+                           "<|eot_id|>"],
+              "bos_token": "<|begin_of_text|>", "eos_token": "<|end_of_text|>"},
+}
+
+
+def _tiny_tokenizer(texts, arch, vocab_size, max_position):
+    """A byte-level BPE trained on ``texts``, with the special tokens and padding side of ``arch``'s
+    real tokenizer; every sequence starts with its bos token, as Gemma's and Llama-3's do."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers.processors import TemplateProcessing
+    from transformers import PreTrainedTokenizerFast
+
+    family = dict(TOKENIZER_FAMILIES[arch])
+    specials = family.pop("specials")
+    tok = Tokenizer(models.BPE(unk_token=family.get("unk_token")))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(texts, trainer=trainer)
+    bos = family["bos_token"]
+    tok.post_processor = TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A $B",
+                                            special_tokens=[(bos, tok.token_to_id(bos))])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=max_position, padding_side="left",
+                                   additional_special_tokens=[t for t in specials if t not in family.values()],
+                                   **family)
+
+
 def build_tiny_backbone(out_dir, texts, *, arch="gemma2", vocab_size=1000, hidden_size=64,
                         num_layers=2, num_heads=4, intermediate_size=128, max_position=1024, seed=0):
     """Tokenizer trained on ``texts`` and a randomly initialised seq-cls model, saved to ``out_dir``.
@@ -234,26 +367,12 @@ def build_tiny_backbone(out_dir, texts, *, arch="gemma2", vocab_size=1000, hidde
     Deterministic from ``texts`` and ``seed``. Saved with ``save_pretrained``, so it loads
     (and quantizes) exactly like a downloaded 9B checkpoint.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import (Gemma2Config, Gemma2ForSequenceClassification, LlamaConfig,
-                              LlamaForSequenceClassification, PreTrainedTokenizerFast)
+    from transformers import Gemma2Config, Gemma2ForSequenceClassification, LlamaConfig, LlamaForSequenceClassification
 
-    specials = ["<pad>", "<bos>", "<eos>", "<unk>"]
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  show_progress=False)
-    tok.train_from_iterator(texts, trainer=trainer)
-    from tokenizers.processors import TemplateProcessing
-
-    # decoder models start every sequence with <bos>, as Gemma's tokenizer does
-    tok.post_processor = TemplateProcessing(single="<bos> $A", pair="<bos> $A $B",
-                                            special_tokens=[("<bos>", tok.token_to_id("<bos>"))])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<bos>",
-                                   eos_token="<eos>", unk_token="<unk>", model_max_length=max_position)
-    common = dict(vocab_size=tok.get_vocab_size(), hidden_size=hidden_size, num_hidden_layers=num_layers,
+    if arch not in TOKENIZER_FAMILIES:
+        raise InputError(f"unknown tiny arch {arch!r}; choose one of {sorted(TOKENIZER_FAMILIES)}")
+    fast = _tiny_tokenizer(texts, arch, vocab_size, max_position)
+    common = dict(vocab_size=len(fast), hidden_size=hidden_size, num_hidden_layers=num_layers,
                   num_attention_heads=num_heads, num_key_value_heads=max(1, num_heads // 2),
                   intermediate_size=intermediate_size, max_position_embeddings=max_position,
                   pad_token_id=fast.pad_token_id, bos_token_id=fast.bos_token_id,
@@ -261,11 +380,9 @@ def build_tiny_backbone(out_dir, texts, *, arch="gemma2", vocab_size=1000, hidde
     if arch == "gemma2":
         config = Gemma2Config(head_dim=hidden_size // num_heads, sliding_window=max_position, **common)
         cls = Gemma2ForSequenceClassification
-    elif arch == "llama":
+    else:
         config = LlamaConfig(**common)
         cls = LlamaForSequenceClassification
-    else:
-        raise InputError(f"unknown tiny arch {arch!r}; choose gemma2 or llama")
     torch.manual_seed(seed)
     model = cls(config)
     with atomic_path(out_dir, directory=True) as tmp:

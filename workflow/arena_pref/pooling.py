@@ -74,7 +74,7 @@ def packing_unsupported(model):
     seqcls = model.get_base_model() if hasattr(model, "get_base_model") else model
     if not getattr(type(seqcls), "_supports_attention_backend", False):
         return f"{type(seqcls).__name__} does not use transformers' attention interface"
-    impl = parts.body.config._attn_implementation
+    impl = varlen.base_implementation(parts.body.config)
     if impl not in PACKING_ATTENTION:
         return f"attention implementation {impl!r}"
     if "position_ids" not in inspect.signature(parts.body.forward).parameters:
@@ -83,13 +83,14 @@ def packing_unsupported(model):
 
 
 def packed_inputs(sequences, device=None):
-    """One row of concatenated ``sequences`` with restarting position ids and their lengths.
+    """One row of concatenated ``sequences`` with restarting position ids (on ``device``) and their
+    lengths (on the host: :func:`classify` reads the boundaries from them without a device sync).
     (Segment ids are concatenated the same way: :func:`concat_row`.)"""
     lengths = torch.tensor([len(s) for s in sequences], dtype=torch.long)
     ids = concat_row(sequences)
     starts = torch.cumsum(lengths, 0) - lengths
     positions = torch.arange(int(lengths.sum())) - torch.repeat_interleave(starts, lengths)
-    return ids.to(device), positions[None].to(device), lengths.to(device)
+    return ids.to(device), positions[None].to(device), lengths
 
 
 def concat_row(arrays, device=None):
@@ -107,17 +108,16 @@ def pad_rows(arrays, width, value=0):
     return out
 
 
+def padded_inputs(sequences, width, pad_token_id):
+    """Token ids right-padded with ``pad_token_id`` to ``width`` and their attention mask, as
+    (n, width): one padding for training and prediction, whatever side the tokenizer pads on."""
+    ids = pad_rows(sequences, width, pad_token_id)
+    mask = (torch.arange(width)[None] < torch.tensor([len(s) for s in sequences])[:, None]).long()
+    return ids, mask
+
+
 def _segment_ids(lengths):
     return torch.repeat_interleave(torch.arange(len(lengths), device=lengths.device), lengths)
-
-
-def block_diagonal_mask(lengths, dtype):
-    """Additive (1, 1, T, T) mask letting each token attend within its own sequence only: what
-    encoders need for packed rows (decoders derive it from the restarting position ids)."""
-    seg = _segment_ids(lengths)
-    allowed = seg[:, None] == seg[None, :]
-    mask = torch.zeros(allowed.shape, dtype=dtype, device=lengths.device)
-    return mask.masked_fill_(~allowed, torch.finfo(dtype).min)[None, None]
 
 
 def _segment_means(h, seq_index, n_seqs, weight):
@@ -137,19 +137,21 @@ def _pool_pair(h, seq_index, n_seqs, segments):
 
 
 def _pool_padded(hidden, attention_mask, pooling, segments=None):
+    """Pool a padded batch, padded on either side: tokenizers of the Gemma and Llama families pad
+    on the left, and the first and last real tokens are found from the mask, not assumed."""
     if pooling == "pair":
         b, w, _ = hidden.shape
         seq_index = torch.arange(b, device=hidden.device).repeat_interleave(w)
         seg = segments.reshape(-1) * attention_mask.reshape(-1).to(segments.dtype)
         return _pool_pair(hidden.reshape(b * w, -1), seq_index, b, seg)
-    if pooling == "last":
-        # right padding: the last real token sits at (number of real tokens - 1)
-        last = attention_mask.sum(1) - 1
-        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
     if pooling == "mean":
         m = attention_mask.unsqueeze(-1).to(hidden.dtype)
         return (hidden * m).sum(1) / m.sum(1).clamp(min=1)
-    return hidden[:, 0]
+    real = attention_mask.bool().int()
+    rows = torch.arange(hidden.shape[0], device=hidden.device)
+    if pooling == "last":
+        return hidden[rows, hidden.shape[1] - 1 - real.flip(1).argmax(1)]
+    return hidden[rows, real.argmax(1)]  # cls: the first real token
 
 
 def _pool_packed(hidden, lengths, pooling, segments=None):
@@ -166,52 +168,64 @@ def _pool_packed(hidden, lengths, pooling, segments=None):
 
 def classify(model, *, input_ids, attention_mask=None, lengths=None, position_ids=None,
              pooling="auto", segments=None):
-    """Logits (n, 3) for a padded batch (``attention_mask``, right-padded) or for one packed row
-    (``input_ids`` of shape (1, T) holding sequences of ``lengths``, with ``position_ids``).
-    ``segments`` (shaped like ``input_ids``): answer segment ids, for ``pooling="pair"``."""
+    """Logits (n, 3) for a padded batch (``attention_mask``, padded on either side) or for one
+    packed row (``input_ids`` of shape (1, T) holding sequences of ``lengths``, with
+    ``position_ids``). ``segments`` (shaped like ``input_ids``): answer segment ids, for
+    ``pooling="pair"``."""
     parts = model_parts(model)
     pooling = resolve_pooling(pooling, parts)
     if pooling == "pair" and segments is None:
         raise ValueError("pooling 'pair' needs the segment ids of the token cache")
     packed = lengths is not None
-    kwargs = {}
-    if parts.decoder:
-        # without a KV cache transformers reads packed boundaries from the position ids
-        kwargs["use_cache"] = False
     if not packed:
+        kwargs = {"use_cache": False} if parts.decoder else {}
         hidden = parts.body(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
+        pooled = _pool_padded(hidden, attention_mask, pooling, segments)
     else:
         if position_ids is None:
             raise ValueError("packed input needs position_ids")
-        kwargs["position_ids"] = position_ids
-        with varlen.packed_attention(parts.body.config) as segmentwise:
-            if segmentwise:
-                # eager / SDPA models: attention per sequence from the boundaries (varlen.py)
-                cu = torch.zeros(len(lengths) + 1, dtype=torch.int32, device=lengths.device)
-                cu[1:] = torch.cumsum(lengths, 0)
-                longest = int(lengths.max())
-                kwargs.update(cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=longest, max_length_k=longest)
-            elif not parts.decoder:
-                # an encoder on flash-style kernels: spell the block-diagonal mask out
-                dtype = parts.body.get_input_embeddings().weight.dtype
-                kwargs["attention_mask"] = block_diagonal_mask(lengths, dtype)
-            # decoders on flash-attention take the boundaries from the restarting position ids
-            hidden = parts.body(input_ids=input_ids, **kwargs).last_hidden_state
-    if pooling == "cls":
-        first = hidden[:, :1] if not packed else _pool_packed(hidden, lengths, "cls")[:, None]
-        pooled = parts.pooler(first)
-    elif packed:
+        lengths = lengths.to(input_ids.device)
+        hidden = _packed_body(parts, input_ids, position_ids, lengths)
         pooled = _pool_packed(hidden, lengths, pooling, segments)
-    else:
-        pooled = _pool_padded(hidden, attention_mask, pooling, segments)
+    if pooling == "cls":
+        pooled = parts.pooler(pooled[:, None])
     if parts.dropout is not None:
         pooled = parts.dropout(pooled)
-    head_dtype = _head_dtype(parts.head, pooled.dtype)
-    return parts.head(pooled.to(head_dtype))
+    head = active_head(parts.head)
+    return head(pooled.to(_floating_dtype(head, pooled.dtype)))
 
 
-def _head_dtype(head, default):
-    for p in head.parameters():
+def _packed_body(parts, input_ids, position_ids, lengths):
+    """Hidden states of one packed row, each sequence attending to itself only. The boundaries are
+    read to the host once here (one sync per batch, not one per layer)."""
+    bounds = (0, *np.cumsum(lengths.tolist()).tolist())
+    kwargs = {"position_ids": position_ids}
+    if parts.decoder:
+        kwargs["use_cache"] = False
+    if varlen.install(parts.body.config):
+        # eager / SDPA: attention per sequence from host boundaries (varlen.py)
+        kwargs["arena_bounds"] = bounds
+    else:
+        # flash-attention: its varlen kernel, given the boundaries instead of re-deriving them from
+        # the position ids in every layer
+        cu = torch.tensor(bounds, dtype=torch.int32, device=input_ids.device)
+        longest = int(np.diff(bounds).max())
+        kwargs.update(cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=longest, max_length_k=longest)
+    with varlen.packed_forward():
+        return parts.body(input_ids=input_ids, **kwargs).last_hidden_state
+
+
+def active_head(head):
+    """The module that computes the logits: peft's trained copy of a saved head (modules_to_save),
+    not the frozen original it wraps, else the head itself."""
+    copies = getattr(head, "modules_to_save", None)
+    if copies is not None and head.active_adapters and not getattr(head, "disable_adapters", False):
+        return copies[head.active_adapters[0]]
+    return head
+
+
+def _floating_dtype(module, default):
+    for p in module.parameters():
         if p.is_floating_point():
             return p.dtype
     return default

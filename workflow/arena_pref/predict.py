@@ -9,8 +9,8 @@ Four ways to cut rows into forward passes (``predict.method``):
                     token slots, so short rows go through in large batches and long ones in small;
 ``packed``          rows sorted by length and concatenated without padding up to
                     ``max_tokens_per_batch`` tokens, each sequence attending only to itself
-                    (restarting position ids; flash-attention varlen where installed, a
-                    block-diagonal mask elsewhere), pooled per sequence by :mod:`pooling`.
+                    (flash-attention's varlen kernel where it runs, per-sequence eager or SDPA
+                    attention elsewhere: :mod:`varlen`), pooled per sequence by :mod:`pooling`.
 
 With TTA a row's two orders go through together (adjacent in the same or the next batch).
 With several devices the batches are shared out balanced by token slots, one worker process
@@ -20,6 +20,7 @@ per device, and merged back in input order.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass
 
@@ -29,7 +30,8 @@ import torch
 
 from .logs import Rate
 from .metrics import tta_average
-from .pooling import classify, concat_row, packed_inputs, packing_unsupported, pad_rows
+from .errors import InputError
+from .pooling import classify, concat_row, packed_inputs, packing_unsupported, pad_rows, padded_inputs
 
 log = logging.getLogger(__name__)
 
@@ -148,8 +150,7 @@ def forward_batch(model, sequences, batch, *, pad_token_id, pooling, segments=No
         ids, positions, lengths = packed_inputs(seqs, dev)
         return classify(model, input_ids=ids, position_ids=positions, lengths=lengths, pooling=pooling,
                         segments=concat_row(segs, dev) if segs is not None else None)
-    ids = pad_rows(seqs, batch.width, pad_token_id)
-    mask = (torch.arange(batch.width)[None] < torch.tensor([len(x) for x in seqs])[:, None]).long()
+    ids, mask = padded_inputs(seqs, batch.width, pad_token_id)
     return classify(model, input_ids=ids.to(dev), attention_mask=mask.to(dev), pooling=pooling,
                     segments=pad_rows(segs, batch.width).to(dev) if segs is not None else None)
 
@@ -228,6 +229,14 @@ def predict_frame(model, tokens, *, pad_token_id, settings, tta, forward=forward
 
 # --------------------------------------------------------------------------- several devices
 
+def pass_tokens(settings):
+    """Token slots of the largest forward pass the ``predict`` settings plan."""
+    p = settings["predict"]
+    if p["method"] in ("packed", "token_budget"):
+        return p["max_tokens_per_batch"]
+    return p["batch_size"] * settings["max_length"]
+
+
 def _load(backbone, adapter_dir, settings, dev):
     from .modeling import compile_backbone, load_for_inference, load_tokenizer
 
@@ -236,7 +245,9 @@ def _load(backbone, adapter_dir, settings, dev):
     model = load_for_inference(backbone, adapter_dir, quantization=settings["quantization"],
                                dtype=settings["dtype"], pad_token_id=tokenizer.pad_token_id,
                                device=dev, attn_implementation=settings.get("attn_implementation"),
-                               merge_lora=p.get("merge_lora", False))
+                               allow_bf16_emulation=settings.get("allow_bf16_emulation", False),
+                               merge_lora=p.get("merge_lora", False), batch_tokens=pass_tokens(settings),
+                               longest=settings["max_length"])
     if p.get("compile"):
         compile_backbone(model)
     return model, tokenizer.pad_token_id
@@ -247,6 +258,8 @@ def _predict_share(backbone, adapter_dir, settings, dev, sequences, segments, ba
     scored, their probabilities and the seconds taken."""
     if threads:
         torch.set_num_threads(threads)
+    if torch.device(dev).type == "cuda":
+        torch.cuda.set_device(dev)  # kernels and allocations without an explicit device land here too
     model, pad = _load(backbone, adapter_dir, settings, dev)
     batches = batches_for_model(model, batches, [len(s) for s in sequences],
                                 settings["predict"]["max_tokens_per_batch"])
@@ -257,17 +270,55 @@ def _predict_share(backbone, adapter_dir, settings, dev, sequences, segments, ba
     return rows, probs[rows], time.perf_counter() - t0
 
 
-def _worker(*args):
-    """:func:`_predict_share` in a worker process of its own (logging to stderr)."""
+def worker_device(dev, visible):
+    """(``CUDA_VISIBLE_DEVICES`` for the worker process of device ``dev``, the device it then uses).
+
+    ``dev`` is ``cuda:k`` of the devices this job sees (``visible``, the job's own
+    ``CUDA_VISIBLE_DEVICES``, None when unset). The worker sees that one GPU alone, as ``cuda:0``:
+    nothing in it can open a CUDA context on another job's or another worker's GPU."""
+    dev = torch.device(dev)
+    if dev.type != "cuda":
+        return None, str(dev)
+    index = dev.index or 0
+    ids = [d.strip() for d in visible.split(",") if d.strip()] if visible else None
+    return (ids[index] if ids else str(index)), "cuda:0"
+
+
+def _init_worker(cuda_visible):
+    """Runs first in a spawned worker, before anything can start CUDA."""
+    if cuda_visible is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = cuda_visible
     from .logs import setup_logging
 
     setup_logging(None)
-    return _predict_share(*args)
 
 
-def predict_on_devices(*, backbone, adapter_dir, tokens, settings, tta, devices=None, threads=None):
+def _predict_in_workers(devices, shards, *, backbone, adapter_dir, settings, seqs, segs, threads):
+    """:func:`_predict_share` of each shard in a spawned worker process of its own (CUDA cannot be
+    used in forked children), each pinned to its device before it starts."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    pools, futures = [], []
+    try:
+        for dev, shard in zip(devices, shards):
+            visible, local = worker_device(dev, os.environ.get("CUDA_VISIBLE_DEVICES"))
+            pool = ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"), initializer=_init_worker,
+                                       initargs=(visible,))
+            pools.append(pool)
+            futures.append(pool.submit(_predict_share, backbone, adapter_dir, settings, local, seqs, segs, shard,
+                                       threads))
+        return [f.result() for f in futures]
+    finally:
+        for pool in pools:
+            pool.shutdown(cancel_futures=True)
+
+
+def predict_on_devices(*, backbone, adapter_dir, tokens, settings, tta, devices=None, threads=None,
+                       label="the model"):
     """Probabilities for a token cache, the batches shared over ``devices`` (default: all this job
-    may use; one worker process per device when there are several), merged back in row order."""
+    may use; one worker process per device when there are several), merged back in row order.
+    ``label`` names the model and fold in errors."""
     if devices is None:
         from .modeling import job_devices
 
@@ -283,20 +334,26 @@ def predict_on_devices(*, backbone, adapter_dir, tokens, settings, tta, devices=
     if len(devices) == 1:
         results = [_predict_share(backbone, adapter_dir, settings, devices[0], seqs, segs, batches, threads)]
     else:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
-
         shards = shard_batches(batches, lengths, len(devices))
         log.info("%d shards, token-slot imbalance %.2f%%", len(shards), 100 * shard_imbalance(shards, lengths))
-        # spawn: CUDA cannot be used in forked children
-        with ProcessPoolExecutor(len(devices), mp_context=mp.get_context("spawn")) as pool:
-            futures = [pool.submit(_worker, backbone, str(adapter_dir), settings, str(dev), seqs, segs, shard,
-                                   threads) for dev, shard in zip(devices, shards)]
-            results = [f.result() for f in futures]
+        results = _predict_in_workers(devices, shards, backbone=backbone, adapter_dir=str(adapter_dir),
+                                      settings=settings, seqs=seqs, segs=segs, threads=threads)
     for dev, (rows, p, seconds) in zip(devices, results):
         probs[rows] = p
         log.info("%s: %d sequences in %.1f s", dev, len(rows), seconds)
+    check_finite(probs, label=label, dtype=settings["dtype"])
     return frame_from_probs(tokens, probs, tta)
+
+
+def check_finite(probs, *, label, dtype):
+    """Stop on non-finite probabilities (overflowing logits, typically float16) before they reach a
+    file: one line naming the model and fold, never a NaN in the submission."""
+    bad = ~np.isfinite(probs).all(axis=1)
+    if bad.any():
+        hint = (" float16 overflows past 65504: predict in bfloat16 on a GPU with bf16 tensor cores, or in"
+                " float32" if dtype == "float16" else "")
+        raise InputError(f"{label}: {int(bad.sum())} of {len(probs)} sequences got non-finite probabilities "
+                         f"(the logits overflowed or became NaN, dtype {dtype}).{hint}")
 
 
 def final_probs(pred, tta):

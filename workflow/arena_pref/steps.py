@@ -88,20 +88,22 @@ def train_fold(*, tokens_parquet, train_parquet, folds_parquet, fold, backbone, 
                      metrics_path=metrics, threads=threads)
 
 
-def oof(*, tokens_parquet, folds_parquet, fold, backbone, adapter, settings, out, threads=None):
+def oof(*, model, tokens_parquet, folds_parquet, fold, backbone, adapter, settings, out, threads=None):
     """Held-out rows of one fold, predicted in both orders (TTA scored either way)."""
     tokens = _fold_rows(tokenize.read_tokens(tokens_parquet), folds_parquet, fold, held_out=True)
     pred = predict.predict_on_devices(backbone=backbone, adapter_dir=adapter, tokens=tokens,
-                                      settings=settings, tta=True, threads=threads)
+                                      settings=settings, tta=True, threads=threads,
+                                      label=f"model '{model}', fold {fold} (OOF)")
     pred.insert(1, "fold", np.int64(fold))
     io.write_parquet(pred, out)
 
 
-def infer(*, tokens_parquet, backbone, adapter, settings, out, threads=None):
+def infer(*, model, fold, tokens_parquet, backbone, adapter, settings, out, threads=None):
     tokens = tokenize.read_tokens(tokens_parquet)
     tta = settings["predict"]["tta"]
     pred = predict.predict_on_devices(backbone=backbone, adapter_dir=adapter, tokens=tokens,
-                                      settings=settings, tta=tta, threads=threads)
+                                      settings=settings, tta=tta, threads=threads,
+                                      label=f"model '{model}', fold {fold} (test)")
     io.write_parquet(pred, out)
 
 

@@ -23,7 +23,7 @@ import torch
 
 from .io import atomic_path, read_json, write_json
 from .modeling import attach_lora, default_device, load_model, load_tokenizer
-from .pooling import classify, concat_row, packed_inputs, packing_unsupported, pad_rows
+from .pooling import classify, concat_row, packed_inputs, packing_unsupported, pad_rows, padded_inputs
 from .predict import plan_rows
 
 log = logging.getLogger(__name__)
@@ -48,19 +48,21 @@ class RowDataset(torch.utils.data.Dataset):
 
 
 class PaddedCollator:
-    """Dynamic padding by the tokenizer (``DataCollatorWithPadding``), with the rows' answer
-    segment ids (pooling ``pair``) padded alongside, which that collator does not know."""
+    """Rows right-padded to the longest in the batch, with the attention mask and the rows' answer
+    segment ids (pooling ``pair``) padded alongside: the padding prediction uses
+    (:func:`pooling.padded_inputs`), whatever side the tokenizer pads on."""
 
-    def __init__(self, tokenizer):
-        from transformers import DataCollatorWithPadding
-
-        self.pad = DataCollatorWithPadding(tokenizer)
+    def __init__(self, pad_token_id):
+        self.pad_token_id = pad_token_id
 
     def __call__(self, features):
-        segments = [f.pop("segments") for f in features] if "segments" in features[0] else None
-        batch = self.pad(features)
-        if segments is not None:
-            batch["segments"] = pad_rows(segments, batch["input_ids"].shape[1])
+        seqs = [f["input_ids"] for f in features]
+        width = max(len(s) for s in seqs)
+        ids, mask = padded_inputs(seqs, width, self.pad_token_id)
+        batch = {"input_ids": ids, "attention_mask": mask,
+                 "labels": torch.tensor([int(f["labels"]) for f in features], dtype=torch.long)}
+        if "segments" in features[0]:
+            batch["segments"] = pad_rows([f["segments"] for f in features], width)
         return batch
 
 
@@ -201,6 +203,11 @@ def _trainer_class(pooling, *, max_tokens=None, packed=False):
     from transformers import Trainer
 
     class LengthGroupedTrainer(Trainer):
+        def autocast_smart_context_manager(self, cache_enabled=True):
+            # the Trainer leaves mixed precision to accelerate, which autocasts ``model.forward``
+            # only; compute_loss calls the body and head directly (pooling.classify)
+            return self.accelerator.autocast()
+
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             # our pooling and the model's score head, as prediction uses them (pooling.py)
             labels = inputs["labels"]
@@ -305,12 +312,11 @@ def train_fold(*, backbone, tokens, labels, settings, ckpt_dir, adapter_dir, met
 
     set_seed(seed)  # the new score head is initialised at load time
     tokenizer = load_tokenizer(backbone)
-    quantized = settings["quantization"] != "none"
     model = load_model(backbone, quantization=settings["quantization"], dtype=settings["dtype"],
                        pad_token_id=tokenizer.pad_token_id,
-                       attn_implementation=settings.get("attn_implementation"))
-    model = attach_lora(model, settings["lora"], quantized=quantized,
-                        gradient_checkpointing=tr.get("gradient_checkpointing", False))
+                       attn_implementation=settings.get("attn_implementation"),
+                       allow_bf16_emulation=settings.get("allow_bf16_emulation", False))
+    model = attach_lora(model, settings["lora"], gradient_checkpointing=tr.get("gradient_checkpointing", False))
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     packing = bool(tr.get("packing"))
     if packing and (why := packing_unsupported(model)):
@@ -330,8 +336,9 @@ def train_fold(*, backbone, tokens, labels, settings, ckpt_dir, adapter_dir, met
         lr_scheduler_type=tr.get("scheduler", "linear"),
         max_grad_norm=tr.get("max_grad_norm", 1.0),
         optim=optim,
-        bf16=on_gpu and settings["dtype"] == "bfloat16",
-        fp16=on_gpu and settings["dtype"] == "float16",
+        # mixed precision in the model's dtype, on a CPU too (torch autocasts there as well)
+        bf16=settings["dtype"] == "bfloat16",
+        fp16=settings["dtype"] == "float16",
         use_cpu=not on_gpu,
         logging_steps=tr.get("logging_steps", 10),
         save_strategy="steps",
@@ -353,16 +360,18 @@ def train_fold(*, backbone, tokens, labels, settings, ckpt_dir, adapter_dir, met
                  max_tokens, longest)
     trainer_class = _trainer_class(settings.get("pooling", "auto"), max_tokens=max_tokens, packed=packing)
     trainer = trainer_class(model=model, args=args, train_dataset=RowDataset(seqs, y, segs),
-                            data_collator=PackedCollator() if packing else PaddedCollator(tokenizer),
+                            data_collator=PackedCollator() if packing else PaddedCollator(tokenizer.pad_token_id),
                             callbacks=[progress_callback()])
     # with tqdm off the Trainer prints raw log dicts; our callback logs them readably instead
     trainer.remove_callback(PrinterCallback)
     for var, pause in ((KILL_AFTER_CHECKPOINT, False), (PAUSE_AFTER_CHECKPOINT, True)):
         if os.environ.get(var):
             trainer.add_callback(fault_injection_callback(int(os.environ[var]), pause=pause))
-    log.info("training %d sequences (%d tokens) in %s, %d trainable parameters, optimizer %s",
-             len(seqs), n_tokens, f"batches of up to {max_tokens} tokens" if max_tokens
-             else f"batches of {tr['batch_size']} rows", n_trainable, optim)
+    log.info("training %d sequences (%d tokens) in %s %s, %d trainable parameters, optimizer %s, %s, "
+             "gradient checkpointing %s", len(seqs), n_tokens, "packed" if packing else "padded",
+             f"batches of up to {max_tokens} tokens" if max_tokens else f"batches of {tr['batch_size']} rows",
+             n_trainable, optim, f"mixed precision {settings['dtype']}" if args.bf16 or args.fp16 else "float32",
+             "on" if tr.get("gradient_checkpointing") else "off")
     if on_gpu:
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()

@@ -8,7 +8,7 @@ from arena_pref.logs import run_main, setup_logging
 def main(sm):
     setup_logging(sm.log[0])
     claim_gpus(sm.resources.gpu)  # before anything starts CUDA: -j2 jobs get their own GPUs
-    steps.infer(tokens_parquet=sm.input.tokens,
+    steps.infer(model=sm.wildcards.model, fold=int(sm.wildcards.fold), tokens_parquet=sm.input.tokens,
                 backbone=steps.backbone_dir(sm.params.backbone, sm.input.backbone),
                 adapter=sm.input.adapter, settings=sm.params.settings, out=sm.output[0],
                 threads=sm.threads)

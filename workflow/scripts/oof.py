@@ -8,7 +8,7 @@ from arena_pref.logs import run_main, setup_logging
 def main(sm):
     setup_logging(sm.log[0])
     claim_gpus(sm.resources.gpu)  # before anything starts CUDA: -j2 jobs get their own GPUs
-    steps.oof(tokens_parquet=sm.input.tokens, folds_parquet=sm.input.folds,
+    steps.oof(model=sm.wildcards.model, tokens_parquet=sm.input.tokens, folds_parquet=sm.input.folds,
               fold=int(sm.wildcards.fold), backbone=steps.backbone_dir(sm.params.backbone, sm.input.backbone),
               adapter=sm.input.adapter, settings=sm.params.settings, out=sm.output[0],
               threads=sm.threads)
