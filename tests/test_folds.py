@@ -93,3 +93,15 @@ def test_no_label_frequent_enough():
     )
     with pytest.raises(InputError, match="no label occurs 4"):
         assign_folds(df, 4, seed=0)
+
+
+def test_very_uneven_folds_are_reported(caplog):
+    """One prompt holding most rows makes one fold huge and the others tiny: said in the log."""
+    df = make_train(n_prompts=4, seed=1)
+    big = pd.DataFrame({"id": np.arange(5000, 5100), "prompt": [["the same prompt"]] * 100,
+                        "response_a": ["a"] * 100, "response_b": ["b"] * 100, "label": np.arange(100) % 3})
+    assign_folds(pd.concat([df, big], ignore_index=True), 2, seed=0)
+    assert "fold sizes are very uneven" in caplog.text
+    caplog.clear()
+    assign_folds(make_train(), 5, seed=0)
+    assert "uneven" not in caplog.text

@@ -5,9 +5,11 @@ import pandas as pd
 import pytest
 import torch
 
-from arena_pref import modeling
-from arena_pref.predict import plan_batches, predict_frame, run_batches
+from arena_pref import batching, modeling, predict
+from arena_pref.batching import plan_batches
+from arena_pref.predict import run_batches
 from arena_pref.tokenize import tokenize_frame
+from workflow_helpers import model_settings
 
 LORA = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"],
         "layers_to_transform": [1]}
@@ -36,7 +38,7 @@ def test_lora_adapter_round_trip(tiny_backbone_dir, tmp_path):
     torch.manual_seed(0)
     tok = modeling.load_tokenizer(tiny_backbone_dir)
     model = modeling.load_model(tiny_backbone_dir, quantization="4bit", pad_token_id=tok.pad_token_id)
-    model = modeling.attach_lora(model, LORA)
+    model = modeling.attach_lora(model, model_settings(lora=LORA).training.lora)
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert any("layers.1.self_attn.q_proj.lora_A" in n for n in trainable)
     assert not any("layers.0." in n for n in trainable)  # layers_to_transform respected
@@ -87,8 +89,10 @@ def order_forward(model, sequences, batch, **kw):
 def test_tta_maps_swapped_prediction_back(method):
     tokens = pd.DataFrame({"id": [5, 6], "input_ids": [[0, 1], [1, 0, 1]],
                            "input_ids_swap": [[1, 0], [0, 1, 1]]})
-    settings = {"predict": {"method": method, "batch_size": 2, "max_tokens_per_batch": 4}}
-    out = predict_frame(None, tokens, pad_token_id=9, settings=settings, tta=True, forward=order_forward)
+    seqs = predict.sequences_of(tokens, tta=True)
+    batches = batching.plan_batches([len(s) for s in seqs], method=method, batch_size=2, max_tokens=4, n_pairs=2)
+    probs = predict.run_batches(None, seqs, batches, pad_token_id=9, forward=order_forward)
+    out = predict.frame_from_probs(tokens, probs, tta=True)
     assert out["id"].tolist() == [5, 6]
     # row 5: A shown first says A; swapped, B shown first says "second" = original A
     assert out.loc[0, "a"] > 0.9 and out.loc[0, "a_tta"] > 0.9

@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 import torch
 
-from arena_pref import bench, modeling, pooling, predict
+from arena_pref import batching, bench, modeling, pooling, predict
+from workflow_helpers import model_settings
 
 # a small adapter whose random update clearly moves predictions
 ADAPTER = dict(targets=("q_proj", "v_proj", "down_proj"), r=4, std=0.2, seed=1)
@@ -19,11 +20,11 @@ def arena_lengths(n, seed=0, cap=2048):
     return np.minimum(rng.lognormal(np.log(700), 0.9, n).astype(int) + 8, cap)
 
 
-@pytest.mark.parametrize("method", predict.METHODS)
+@pytest.mark.parametrize("method", batching.METHODS)
 @pytest.mark.parametrize("n_pairs", [0, 50])
 def test_every_sequence_planned_exactly_once(method, n_pairs):
     lengths = arena_lengths(100 if n_pairs == 0 else 2 * n_pairs)
-    batches = predict.plan_batches(lengths, method=method, batch_size=8, max_tokens=4096,
+    batches = batching.plan_batches(lengths, method=method, batch_size=8, max_tokens=4096,
                                    max_length=2048, n_pairs=n_pairs)
     rows = np.concatenate([b.rows for b in batches])
     assert sorted(rows.tolist()) == list(range(len(lengths)))
@@ -39,11 +40,11 @@ def test_every_sequence_planned_exactly_once(method, n_pairs):
             assert len(b.rows) * b.width <= 4096 or len(b.rows) == 1
 
 
-@pytest.mark.parametrize("method", predict.METHODS)
+@pytest.mark.parametrize("method", batching.METHODS)
 def test_tta_twins_go_together_or_adjacent(method):
     n = 60
     lengths = np.concatenate([arena_lengths(n, seed=1), arena_lengths(n, seed=2)])
-    batches = predict.plan_batches(lengths, method=method, batch_size=8, max_tokens=4096,
+    batches = batching.plan_batches(lengths, method=method, batch_size=8, max_tokens=4096,
                                    max_length=2048, n_pairs=n)
     where = {int(i): k for k, b in enumerate(batches) for i in b.rows}
     assert all(abs(where[i] - where[i + n]) <= 1 for i in range(n))
@@ -51,9 +52,9 @@ def test_tta_twins_go_together_or_adjacent(method):
 
 def test_padding_efficiency_by_method():
     lengths = arena_lengths(400)
-    eff = {m: predict.padding_efficiency(
-        predict.plan_batches(lengths, method=m, batch_size=8, max_tokens=8192, max_length=2048), lengths)
-        for m in predict.METHODS}
+    eff = {m: batching.padding_efficiency(
+        batching.plan_batches(lengths, method=m, batch_size=8, max_tokens=8192, max_length=2048), lengths)
+        for m in batching.METHODS}
     assert eff["packed"] == 1.0
     assert eff["fixed"] < eff["sorted_dynamic"] < 1.0
     assert eff["token_budget"] > 0.95
@@ -61,14 +62,14 @@ def test_padding_efficiency_by_method():
 
 def test_plan_rejects_unknown_method():
     with pytest.raises(ValueError, match="unknown prediction method 'magic'"):
-        predict.plan_batches([3, 4], method="magic")
+        batching.plan_batches([3, 4], method="magic")
 
 
 def test_shards_balanced_by_tokens():
     lengths = arena_lengths(2000)
-    batches = predict.plan_batches(lengths, method="packed", max_tokens=8192)
-    shards = predict.shard_batches(batches, lengths, 2)
-    assert predict.shard_imbalance(shards, lengths) <= 0.02
+    batches = batching.plan_batches(lengths, method="packed", max_tokens=8192)
+    shards = batching.shard_batches(batches, lengths, 2)
+    assert batching.shard_imbalance(shards, lengths) <= 0.02
     assert sorted(np.concatenate([b.rows for s in shards for b in s]).tolist()) == list(range(2000))
 
 
@@ -119,9 +120,9 @@ def test_cls_pooling_matches_stock_bert_head(minilm_dir):
 def _packed_vs_padded(model, seqs, pool):
     lengths = [len(s) for s in seqs]
     padded_probs = predict.run_batches(
-        model, seqs, predict.plan_batches(lengths, method="sorted_dynamic", batch_size=4),
+        model, seqs, batching.plan_batches(lengths, method="sorted_dynamic", batch_size=4),
         pad_token_id=0, pooling=pool)
-    packed_batches = predict.plan_batches(lengths, method="packed", max_tokens=150)
+    packed_batches = batching.plan_batches(lengths, method="packed", max_tokens=150)
     assert max(len(b.rows) for b in packed_batches) > 2  # several sequences share a pass
     packed_probs = predict.run_batches(model, seqs, packed_batches, pad_token_id=0, pooling=pool)
     np.testing.assert_allclose(packed_probs, padded_probs, rtol=0, atol=1e-4)
@@ -149,13 +150,13 @@ def test_two_cpu_workers_match_one(tiny_backbone_dir, tmp_path):
     """The several-device path (one spawned worker per device, shards merged by row) gives what
     one process gives; on a GPU machine the devices are cuda:0, cuda:1, ..."""
     model = modeling.load_model(tiny_backbone_dir, quantization="none", pad_token_id=0)
-    model = modeling.attach_lora(model, {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]})
+    model = modeling.attach_lora(model, model_settings().training.lora)
     model.save_pretrained(tmp_path / "adapter")
     n = 24
     seqs = random_sequences(2 * n, 3, 50, seed=5)
     tokens = pd.DataFrame({"id": np.arange(n) + 1000, "input_ids": seqs[:n], "input_ids_swap": seqs[n:]})
-    settings = {"quantization": "none", "dtype": "float32", "pooling": "auto", "max_length": 64,
-                "predict": {"method": "packed", "batch_size": 4, "max_tokens_per_batch": 200}}
+    settings = model_settings(quantization="none", dtype="float32", max_length=64,
+                              predict={"method": "packed", "batch_size": 4, "max_tokens_per_batch": 200}).prediction
     kw = dict(backbone=str(tiny_backbone_dir), adapter_dir=tmp_path / "adapter", tokens=tokens,
               settings=settings, tta=True, threads=1)
     one = predict.predict_on_devices(devices=["cpu"], **kw)
@@ -210,7 +211,7 @@ def test_pair_pooling_packed_matches_padded_and_needs_segments(minilm_dir):
     segs = [[0] * 3 + [1] * ((len(s) - 3) // 2) + [2] * (len(s) - 3 - (len(s) - 3) // 2) for s in seqs]
     lengths = [len(s) for s in seqs]
     run = lambda method, sg: predict.run_batches(  # noqa: E731
-        model, seqs, predict.plan_batches(lengths, method=method, batch_size=4, max_tokens=150),
+        model, seqs, batching.plan_batches(lengths, method=method, batch_size=4, max_tokens=150),
         pad_token_id=0, pooling="pair", segments=sg)
     by_padding, by_packing = run("sorted_dynamic", segs), run("packed", segs)
     np.testing.assert_allclose(by_packing, by_padding, rtol=0, atol=1e-4)
@@ -234,7 +235,7 @@ def test_merged_lora_predicts_what_the_adapter_does(request, tmp_path, quantizat
     assert not any("lora" in name for name, _ in merged.named_parameters())
     assert {type(m).__name__ for m in merged.modules()}.isdisjoint({"Linear4bit", "Linear8bitLt"})
     seqs = random_sequences(16, 3, 60, seed=6)
-    batches = predict.plan_batches([len(s) for s in seqs], method="packed", max_tokens=200)
+    batches = batching.plan_batches([len(s) for s in seqs], method="packed", max_tokens=200)
     # the reference runs the 4-bit layers in train mode: in eval mode on CPUs with AVX512-BF16,
     # bitsandbytes repacks them for an inference kernel that computes in bf16 (README)
     unmerged.train()
@@ -261,7 +262,7 @@ def test_compiled_backbone_predicts_what_eager_does(tiny_backbone_dir):
     per-sequence attention loop recompiles per sequence count, slow to test on CPU)."""
     model = modeling.load_model(tiny_backbone_dir, pad_token_id=0).eval()
     seqs = random_sequences(8, 3, 40, seed=7)
-    batches = predict.plan_batches([len(s) for s in seqs], method="sorted_dynamic", batch_size=4)
+    batches = batching.plan_batches([len(s) for s in seqs], method="sorted_dynamic", batch_size=4)
     eager = predict.run_batches(model, seqs, batches, pad_token_id=0)
     modeling.compile_backbone(model)
     body = pooling.model_parts(model).body
@@ -280,9 +281,9 @@ def test_packed_matches_fixed_padding_on_long_rows(tiny_backbone_dir):
     rng = np.random.default_rng(8)
     seqs = [[1] + rng.integers(5, 300, n - 1).tolist() for n in (2500, 1800, 1100, 300, 40, 700)]
     lengths = [len(s) for s in seqs]
-    fixed = predict.run_batches(model, seqs, predict.plan_batches(lengths, method="fixed", batch_size=3,
+    fixed = predict.run_batches(model, seqs, batching.plan_batches(lengths, method="fixed", batch_size=3,
                                                                   max_length=2600), pad_token_id=0)
-    packed = predict.run_batches(model, seqs, predict.plan_batches(lengths, method="packed", max_tokens=3000),
+    packed = predict.run_batches(model, seqs, batching.plan_batches(lengths, method="packed", max_tokens=3000),
                                  pad_token_id=0)
     np.testing.assert_allclose(packed, fixed, rtol=0, atol=1e-5)
     assert np.abs(fixed - fixed.mean(0)).max() > 1e-3
@@ -299,20 +300,16 @@ def test_packing_support_is_detected(tiny_backbone_dir, tiny_llama_dir, minilm_d
 def test_packed_prediction_falls_back_to_token_budget(tiny_backbone_dir, monkeypatch, caplog):
     """A model that cannot run packed rows gets the same rows in token-budget batches."""
     model = modeling.load_model(tiny_backbone_dir, pad_token_id=0).eval()
-    n = 10
-    seqs = random_sequences(2 * n, 3, 50, seed=9)
-    tokens = pd.DataFrame({"id": np.arange(n), "input_ids": seqs[:n], "input_ids_swap": seqs[n:]})
-    settings = {"pooling": "auto", "predict": {"method": "packed", "batch_size": 4, "max_tokens_per_batch": 200}}
-    packed = predict.predict_frame(model, tokens, pad_token_id=0, settings=settings, tta=True)
-    widths = []
+    seqs = random_sequences(20, 3, 50, seed=9)
+    lengths = [len(s) for s in seqs]
+    planned = batching.plan_batches(lengths, method="packed", max_tokens=200, n_pairs=10)
+    packed = predict.run_batches(model, seqs, predict.batches_for_model(model, planned, lengths, 200), pad_token_id=0)
     monkeypatch.setattr(predict, "packing_unsupported", lambda model: "no attention interface")
-    fallback = predict.predict_frame(model, tokens, pad_token_id=0, settings=settings, tta=True,
-                                     forward=lambda m, s, b, **kw: (widths.append(b.width),
-                                                                    predict.forward_batch(m, s, b, **kw))[1])
+    fallback_batches = predict.batches_for_model(model, planned, lengths, 200)
     assert "token-budget batches instead" in caplog.text
-    assert widths and all(w > 0 for w in widths)  # padded, not packed
-    np.testing.assert_allclose(fallback.drop(columns="id").to_numpy(), packed.drop(columns="id").to_numpy(),
-                               rtol=0, atol=1e-4)
+    assert all(b.width > 0 for b in fallback_batches)  # padded, not packed
+    fallback = predict.run_batches(model, seqs, fallback_batches, pad_token_id=0)
+    np.testing.assert_allclose(fallback, packed, rtol=0, atol=1e-4)
 
 
 def test_merge_lora_falls_back_when_the_base_cannot_be_merged(tiny_backbone_dir, tmp_path, monkeypatch, caplog):
@@ -454,9 +451,9 @@ def test_flash_attention_gets_the_packed_boundaries(request, which, monkeypatch)
     model.config._attn_implementation = "flash_attention_2"
     seqs = random_sequences(6, 3, 40, seed=14)
     lengths = [len(s) for s in seqs]
-    batches = predict.plan_batches(lengths, method="packed", max_tokens=120)
+    batches = batching.plan_batches(lengths, method="packed", max_tokens=120)
     packed = predict.run_batches(model, seqs, batches, pad_token_id=0)
-    padded_probs = predict.run_batches(reference, seqs, predict.plan_batches(lengths, method="sorted_dynamic"),
+    padded_probs = predict.run_batches(reference, seqs, batching.plan_batches(lengths, method="sorted_dynamic"),
                                        pad_token_id=0)
     np.testing.assert_allclose(packed, padded_probs, rtol=0, atol=1e-5)
     assert len(calls) == len(batches) * model.config.num_hidden_layers
@@ -477,13 +474,13 @@ def test_float16_overflow_stops_with_the_model_and_fold_named(tiny_backbone_dir,
     seqs = random_sequences(2 * n, 3, 30, seed=15)
     io.write_parquet(pd.DataFrame({"id": np.arange(n), "input_ids": seqs[:n], "input_ids_swap": seqs[n:]}),
                      tmp_path / "test.parquet")
-    settings = {"quantization": "none", "dtype": "float16", "pooling": "auto", "max_length": 64,
-                "predict": {"tta": True, "method": "packed", "batch_size": 4, "max_tokens_per_batch": 128}}
+    settings = model_settings(quantization="none", dtype="float16", max_length=64,
+                              predict={"method": "packed", "max_tokens_per_batch": 128}).prediction
     out = tmp_path / "fold3.parquet"
     with pytest.raises(InputError, match=r"model 'gemma_t4', fold 3 \(test\): \d+ of 12 sequences got "
                                          r"non-finite probabilities.*float16 overflows"):
         steps.infer(model="gemma_t4", fold=3, tokens_parquet=tmp_path / "test.parquet", backbone=tiny_backbone_dir,
-                    adapter=adapter, settings=settings, out=out, threads=1)
+                    adapter=adapter, settings=settings, tta=True, out=out, threads=1)
     assert not out.exists()
 
 

@@ -9,6 +9,7 @@ from safetensors.torch import load_file
 
 from arena_pref import modeling, train
 from arena_pref.tokenize import tokenize_frame
+from workflow_helpers import model_settings
 
 SETTINGS = {
     "quantization": "4bit",
@@ -35,8 +36,10 @@ def tokens(tiny_backbone_dir):
 
 
 def run(tiny_backbone_dir, tokens, tmp_path, settings=SETTINGS, name="a"):
+    """Train with ``settings``: a model's mapping as in a config file."""
     cache, labels = tokens
-    return train.train_fold(backbone=tiny_backbone_dir, tokens=cache, labels=labels, settings=settings,
+    return train.train_fold(backbone=tiny_backbone_dir, tokens=cache, labels=labels,
+                            settings=model_settings(**settings).training,
                             ckpt_dir=tmp_path / "ckpt", adapter_dir=tmp_path / name / "adapter",
                             metrics_path=tmp_path / name / "metrics.json", threads=1)
 
@@ -52,9 +55,9 @@ def test_train_saves_adapter_and_metrics(tiny_backbone_dir, tokens, tmp_path):
     assert any("lora_A" in k for k in weights) and any("score" in k for k in weights)
     saved = json.loads((tmp_path / "a" / "metrics.json").read_text())
     assert saved["steps"] == 6 and saved["n_sequences"] == 12
-    assert saved["tokens_per_s"] > 0 and saved["peak_memory_mb"] > 0
-    assert np.isfinite(saved["train_loss"])
-    assert metrics["resumed_from"] is None
+    assert saved["tokens_per_s_this_run"] > 0 and saved["peak_memory_mb"] > 0
+    assert len(saved["step_losses"]) == 6 and saved["train_loss"] == pytest.approx(np.mean(saved["step_losses"]))
+    assert metrics["resumed_from"] is None and metrics["steps_this_run"] == 6
     assert saved["optimizer"] == "adamw_torch"  # 8-bit AdamW needs a GPU: logged fallback on CPU
 
 
@@ -69,7 +72,7 @@ def test_resume_continues_from_last_checkpoint_and_matches(tiny_backbone_dir, to
         budget = int(sum(lengths) / 3) + 1  # 3 batches an epoch: 6 steps as with 4 rows a batch
         settings = {**SETTINGS, "train": {**SETTINGS["train"], "packing": True, "max_tokens_per_batch": budget}}
         assert len(train.TokenBudgetBatchSampler(lengths, budget, packed=True, seed=0)) == 3
-    run(tiny_backbone_dir, tokens, tmp_path / "full", settings=settings)
+    uninterrupted = run(tiny_backbone_dir, tokens, tmp_path / "full", settings=settings)
     full = adapter_weights(tmp_path / "full" / "a" / "adapter")
     # simulate the kill: keep the checkpoints up to step 4 only
     run(tiny_backbone_dir, tokens, tmp_path / "killed", settings=settings)
@@ -78,17 +81,90 @@ def test_resume_continues_from_last_checkpoint_and_matches(tiny_backbone_dir, to
     assert (ckpt / "checkpoint-4").exists()
     metrics = run(tiny_backbone_dir, tokens, tmp_path / "killed", settings=settings, name="b")
     assert metrics["resumed_from"].endswith("checkpoint-4")
-    resumed = adapter_weights(tmp_path / "killed" / "b" / "adapter")
-    assert resumed.keys() == full.keys()
-    for k in full:
-        np.testing.assert_allclose(resumed[k].numpy(), full[k].numpy(), atol=1e-6, err_msg=k)
+    assert_same_adapter(tmp_path / "killed" / "b" / "adapter", full)
+    # the metrics of the resumed run are the uninterrupted run's; its rates cover its own 2 steps
+    np.testing.assert_allclose(metrics["step_losses"], uninterrupted["step_losses"], rtol=0, atol=1e-6)
+    assert metrics["train_loss"] == pytest.approx(uninterrupted["train_loss"], abs=1e-6)
+    assert metrics["steps"] == 6 and metrics["steps_this_run"] == 2 and metrics["tokens_per_s_this_run"] > 0
 
 
-def test_checkpoints_of_other_settings_are_not_resumed(tiny_backbone_dir, tokens, tmp_path):
+def assert_same_adapter(path, expected, atol=1e-6):
+    got = adapter_weights(path)
+    assert got.keys() == expected.keys()
+    for k in expected:
+        np.testing.assert_allclose(got[k].numpy(), expected[k].numpy(), rtol=0, atol=atol, err_msg=k)
+
+
+def test_checkpoints_of_other_settings_are_not_resumed(tiny_backbone_dir, tokens, tmp_path, caplog):
     run(tiny_backbone_dir, tokens, tmp_path)
     changed = {**SETTINGS, "train": {**SETTINGS["train"], "lr": 5e-4}}
     metrics = run(tiny_backbone_dir, tokens, tmp_path, settings=changed, name="b")
     assert metrics["resumed_from"] is None
+    assert "were made from other settings: starting afresh" in caplog.text
+
+
+def test_checkpoints_of_other_tokens_are_not_resumed(tiny_backbone_dir, tmp_path, caplog):
+    """Another max_length gives the same rows, ids, labels and training settings, but other token
+    ids: the job starts afresh and trains what a fresh run trains (it used to "resume" from the
+    old run's last checkpoint, train 0 steps and write the old adapter)."""
+    run(tiny_backbone_dir, arch_tokens(tiny_backbone_dir, max_length=48), tmp_path / "rerun")
+    shorter = arch_tokens(tiny_backbone_dir, max_length=40)
+    metrics = run(tiny_backbone_dir, shorter, tmp_path / "rerun", name="b")
+    assert metrics["resumed_from"] is None and metrics["steps_this_run"] == 6
+    assert "were made from other tokens: starting afresh" in caplog.text
+    run(tiny_backbone_dir, shorter, tmp_path / "fresh")
+    assert_same_adapter(tmp_path / "rerun" / "b" / "adapter", adapter_weights(tmp_path / "fresh" / "a" / "adapter"))
+    old = adapter_weights(tmp_path / "rerun" / "a" / "adapter")
+    assert any(not np.allclose(old[k].numpy(), v.numpy()) for k, v in adapter_weights(tmp_path / "fresh" / "a" / "adapter").items())
+
+
+def test_checkpoints_of_another_backbone_are_not_resumed(tiny_backbone_dir, tokens, tmp_path, caplog):
+    run(tiny_backbone_dir, tokens, tmp_path)
+    other = tmp_path / "other_backbone"
+    shutil.copytree(tiny_backbone_dir, other)
+    config = json.loads((other / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps({**config, "rms_norm_eps": 1e-5}))
+    assert run(other, tokens, tmp_path, name="b")["resumed_from"] is None
+    assert "were made from other backbone: starting afresh" in caplog.text
+
+
+def test_a_half_written_checkpoint_is_removed_and_the_last_complete_one_resumed(tiny_backbone_dir, tokens, tmp_path,
+                                                                                caplog):
+    """A job killed while saving checkpoint-6 leaves a directory without trainer_state.json: the
+    rerun removes it (logged), resumes from checkpoint-4 and ends as an uninterrupted run."""
+    run(tiny_backbone_dir, tokens, tmp_path / "full")
+    run(tiny_backbone_dir, tokens, tmp_path / "killed")
+    ckpt = tmp_path / "killed" / "ckpt"
+    shutil.rmtree(ckpt / "checkpoint-6")
+    (ckpt / "checkpoint-6").mkdir()
+    (ckpt / "checkpoint-6" / "adapter_model.safetensors").write_bytes(b"\0" * 100)  # cut off mid-write
+    metrics = run(tiny_backbone_dir, tokens, tmp_path / "killed", name="b")
+    assert metrics["resumed_from"].endswith("checkpoint-4")
+    assert "checkpoint-6: incomplete" in caplog.text
+    assert_same_adapter(tmp_path / "killed" / "b" / "adapter", adapter_weights(tmp_path / "full" / "a" / "adapter"))
+
+
+def test_a_second_trainer_on_the_same_checkpoints_stops(tiny_backbone_dir, tokens, tmp_path):
+    """An orphaned training job still writing checkpoints (say, left running by a killed snakemake)
+    holds the lock: a second one stops with a clear message instead of writing beside it."""
+    import subprocess
+    import sys
+
+    from arena_pref.errors import InputError
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'a+'); fcntl.flock(f, fcntl.LOCK_EX); "
+         "f.write('4242'); f.flush(); print('locked', flush=True); time.sleep(120)", str(tmp_path / "ckpt.lock")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(InputError, match=r"another training job \(pid 4242\) is writing checkpoints to"):
+            run(tiny_backbone_dir, tokens, tmp_path)
+        assert not (tmp_path / "a" / "adapter").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert run(tiny_backbone_dir, tokens, tmp_path)["steps"] == 6  # the lock died with its holder
 
 
 def test_swap_augment_mirrors_labels(tokens):
@@ -263,11 +339,9 @@ def test_full_precision_base_trains_and_predicts_in_16_bit(tiny_backbone_dir, tm
     cache, labels = arch_tokens(tiny_backbone_dir)
     metrics = run(tiny_backbone_dir, (cache, labels), tmp_path, settings=settings)
     assert np.isfinite(metrics["train_loss"])
+    prediction = model_settings(**settings, max_length=48, predict={"max_tokens_per_batch": 256}).prediction
     pred = predict.predict_on_devices(backbone=tiny_backbone_dir, adapter_dir=tmp_path / "a" / "adapter", tokens=cache,
-                                      settings={**settings, "max_length": 48, "pooling": "auto",
-                                                "predict": {"method": "packed", "max_tokens_per_batch": 256,
-                                                            "batch_size": 4}},
-                                      tta=True, devices=["cpu"], threads=1)
+                                      settings=prediction, tta=True, devices=["cpu"], threads=1)
     probs = pred[["a", "b", "tie", "a_tta", "b_tta", "tie_tta"]].to_numpy()
     assert np.isfinite(probs).all()
     np.testing.assert_allclose(probs[:, :3].sum(1), 1, atol=1e-5)

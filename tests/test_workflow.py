@@ -39,7 +39,7 @@ def test_submission_and_outputs(run_a):
         adapter = res / "models" / "tiny_gemma2" / f"fold{fold}" / "adapter"
         assert (adapter / "adapter_config.json").exists()
         tm = json.loads((res / "models" / "tiny_gemma2" / f"fold{fold}" / "train_metrics.json").read_text())
-        assert tm["tokens_per_s"] > 0
+        assert tm["tokens_per_s_this_run"] > 0 and len(tm["step_losses"]) == tm["steps"]
     # minilm predicts the test set with fold 1 only, as configured
     assert not (res / "test" / "minilm" / "fold0.parquet").exists()
     assert (res / "plots" / "fold_scores.png").stat().st_size > 1000
@@ -74,6 +74,35 @@ def test_changing_one_models_prediction_reruns_that_model_only(run_a, tmp_path):
     assert planned_jobs(proc) == {"oof": 2, "infer": 2, "average_test": 1, "blend": 1}
 
 
+def reordered(value):
+    """The same mapping with every key order reversed."""
+    if isinstance(value, dict):
+        return {k: reordered(value[k]) for k in reversed(list(value))}
+    return value
+
+
+def test_reordering_config_keys_reruns_nothing(run_a, tmp_path):
+    cfg = yaml.safe_load((run_a / "config.yaml").read_text())
+    path = tmp_path / "reordered.yaml"
+    path.write_text(yaml.safe_dump(reordered(cfg), sort_keys=False))
+    assert list(yaml.safe_load(path.read_text())["models"]) == list(reversed(list(cfg["models"])))
+    assert planned_jobs(snakemake(run_a, "-n", "results/submission.csv", config=path)) == {}
+
+
+def test_flipping_one_models_tta_touches_only_its_test_jobs(run_a, tmp_path):
+    """minilm predicts the test set with fold 1 only: turning its TTA off reruns that one infer
+    job, its average and the blend; its OOF jobs (both orders always) and other models stay."""
+    changed = write_config(tmp_path / "cfg", **{"models.minilm.predict.tta": False})
+    assert planned_jobs(snakemake(run_a, "-n", "results/submission.csv", config=changed)) == {
+        "infer": 1, "average_test": 1, "blend": 1}
+
+
+def test_choosing_a_subset_of_folds_only_reaverages(run_a, tmp_path):
+    changed = write_config(tmp_path / "cfg", **{"models.tiny_gemma2.predict.folds": [1]})
+    assert planned_jobs(snakemake(run_a, "-n", "results/submission.csv", config=changed)) == {
+        "average_test": 1, "blend": 1}
+
+
 def test_changing_max_length_retokenizes_that_model_only(run_a, tmp_path):
     changed = write_config(tmp_path / "cfg", **{"models.minilm.max_length": 40})
     jobs = planned_jobs(snakemake(run_a, "-n", "results/submission.csv", config=changed))
@@ -93,6 +122,28 @@ def test_killed_training_job_resumes(run_a, tmp_path):
     assert_resumed_and_matches(run_a, tmp_path, target)
 
 
+def test_a_changed_model_is_retrained_not_resumed(run_a, tmp_path):
+    """After a change of max_length the train job reruns and starts afresh (its checkpoints were
+    made from other token ids, and the log says so): its adapter differs from the old one and
+    equals a fresh run's."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    target = "results/models/tiny_gemma2/fold0/adapter"
+    rerun = tmp_path / "rerun"
+    shutil.copytree(run_a, rerun, symlinks=True)
+    write_config(rerun, **{"models.tiny_gemma2.max_length": 80})
+    snakemake(rerun, "-j1", target)
+    log = (rerun / "results/logs/train/tiny_gemma2/fold0.log").read_text()
+    assert "were made from other tokens: starting afresh" in log and "resuming" not in log
+    write_config(tmp_path / "fresh", **{"models.tiny_gemma2.max_length": 80})
+    snakemake(tmp_path / "fresh", "-j1", target)
+    old, new, fresh = (load_file(str(d / target / "adapter_model.safetensors")) for d in (run_a, rerun, tmp_path / "fresh"))
+    assert all((new[k] - fresh[k]).abs().max() < 1e-6 for k in fresh)
+    assert any((new[k] - old[k]).abs().max() > 1e-4 for k in old)
+
+
 def test_bad_input_fails_with_a_clear_message(tmp_path):
     write_config(tmp_path, **{"data.train_csv": "bad.csv"})
     (tmp_path / "bad.csv").write_text(
@@ -101,8 +152,61 @@ def test_bad_input_fails_with_a_clear_message(tmp_path):
         "12,\"['hi']\",\"[\"\"a\"\"]\",\"[\"\"b\"\"]\",0,1,0\n")
     proc = snakemake(tmp_path, "-j1", "results/data/train.parquet", check=False)
     assert proc.returncode != 0
-    assert "arena-pref: error: file 'bad.csv', row id 12, column 'prompt'" in proc.stderr
-    assert "Traceback" not in (tmp_path / "results/logs/parse/train.log").read_text()
+    line = "arena-pref: error: file 'bad.csv', row id 12, column 'prompt'"
+    assert proc.stderr.count("file 'bad.csv', row id 12") == 1 and line in proc.stderr  # once, not twice
+    log = (tmp_path / "results/logs/parse/train.log").read_text()
+    assert "file 'bad.csv', row id 12, column 'prompt'" in log and "Traceback" not in log
+
+
+def test_an_unexpected_failure_is_in_the_log_with_its_traceback(run_a, tmp_path):
+    """A job failing on something other than the user's input: the log file Snakemake points to
+    holds the traceback, the console one line naming the error and the log."""
+    import shutil
+
+    shutil.copytree(run_a, tmp_path / "w", symlinks=True)
+    checkpoints = sorted((tmp_path / "w" / "results/checkpoints/tiny_gemma2/fold0").glob("checkpoint-*"),
+                         key=lambda p: int(p.name.split("-")[1]))
+    shutil.rmtree(checkpoints[-1])  # resume from the one before, mid-training:
+    (checkpoints[-2] / "optimizer.pt").write_bytes(b"damaged on disk")  # marked complete, but unreadable
+    target = "results/models/tiny_gemma2/fold0/adapter"
+    proc = snakemake(tmp_path / "w", "-j1", "--force", target, check=False)
+    assert proc.returncode != 0
+    log = (tmp_path / "w" / "results/logs/train/tiny_gemma2/fold0.log").read_text()
+    assert "unexpected error" in log and "Traceback (most recent call last)" in log
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("arena-pref: unexpected error:")]
+    assert len(errors) == 1 and "results/logs/train/tiny_gemma2/fold0.log" in errors[0]
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"models.tiny_gemma2.backbone.num_layer": 2},
+     "config.models.tiny_gemma2.backbone: unknown key 'num_layer' (did you mean 'num_layers'?)"),
+    ({"models.minilm.max_length": 1024},
+     "config models.minilm.max_length: 1024 is above the backbone's position limit (512 tokens)"),
+    ({"models.minilm.template": {"prompt": "question " * 60}},
+     "config models.minilm.template: the template and special tokens take"),
+    ({"models.tiny_llama.lora.target_modules": ["q_proj", "qkv_proj"]},
+     "config models.tiny_llama.lora.target_modules: ['qkv_proj'] match no module of the backbone"),
+    ({"models.tiny_gemma2.lora.layers_to_transform": [3]},
+     "config models.tiny_gemma2.lora.layers_to_transform: [3] beyond the backbone's 1 layers"),
+])
+def test_config_errors_stop_the_workflow_at_start_in_one_line(tmp_path, change, message):
+    write_config(tmp_path, **change)
+    proc = snakemake(tmp_path, "-n", "results/submission.csv", check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and message in out
+    assert len(out.splitlines()) < 10  # one line (and where Snakemake was), not a dump of the schema
+
+
+def test_outputs_are_readable_by_others(run_a):
+    """Outputs written under temporary names get the modes of the umask (not mkstemp's 0600)."""
+    import os
+    import stat
+
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE((run_a / "results/submission.csv").stat().st_mode) == 0o666 & ~mask
+    assert stat.S_IMODE((run_a / "results/models/tiny_gemma2/fold0/adapter").stat().st_mode) == 0o777 & ~mask
 
 
 def test_lint_and_format():
@@ -114,17 +218,34 @@ def test_lint_and_format():
     assert fmt.returncode == 0, fmt.stderr
 
 
+LLAMA3_8B = dict(vocab_size=128256, hidden_size=4096, num_hidden_layers=32, num_attention_heads=32,
+                 num_key_value_heads=8, intermediate_size=14336, max_position_embeddings=8192, rope_theta=500000.0)
+
+
+def real_shaped_backbone(directory, arch):
+    """config.json of the real model's shape (Gemma-2-9B, Llama-3-8B) and a tokenizer of its family:
+    what the start-time checks read, without the weights."""
+    from transformers import Gemma2Config, LlamaConfig
+
+    from arena_pref import bench, modeling
+
+    config = Gemma2Config(**bench.GEMMA2_9B) if arch == "gemma2" else LlamaConfig(**LLAMA3_8B)
+    config.save_pretrained(directory)
+    modeling._tiny_tokenizer(["some text to learn from"] * 50, arch, 300, 8192).save_pretrained(directory)
+
+
 @pytest.mark.parametrize("preset", sorted(p.name for p in (REPO / "workflow" / "presets").glob("*.yaml")))
 def test_preset_dry_run(preset, tmp_path):
-    """Real-model presets plan the full DAG (weights from a local path, Kaggle CSVs)."""
+    """Real-model presets plan the full DAG (weights from a local path, Kaggle CSVs), and their
+    LoRA targets, layers, max_length and template pass the start-time checks against the real
+    model's shape."""
     cfg = yaml.safe_load((REPO / "workflow" / "presets" / preset).read_text())
     for key in ("train_csv", "test_csv"):
         path = tmp_path / cfg["data"][key]
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("id,prompt,response_a,response_b\n")
     for m in cfg["models"].values():
-        if m["backbone"]["kind"] == "path":
-            (tmp_path / m["backbone"]["path"]).mkdir(parents=True, exist_ok=True)
+        real_shaped_backbone(tmp_path / m["backbone"]["path"], "gemma2" if "gemma" in preset else "llama")
     proc = snakemake(tmp_path, "-n", "-j2", config=REPO / "workflow" / "presets" / preset)
     jobs = planned_jobs(proc)
     n_folds = cfg.get("cv", {}).get("n_folds", 5)

@@ -13,6 +13,17 @@ SNAKEMAKE = Path(sys.executable).parent / "snakemake"
 SMALL = REPO / "tests" / "configs" / "small.yaml"
 
 
+SMALL_LORA = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
+
+
+def model_settings(**model):
+    """The settings of a model configured with ``model`` (a mapping as in a config file; backbone
+    and LoRA default to a tiny model's), validated and filled by the workflow's own code."""
+    from arena_pref import settings
+
+    return settings.model_config({"backbone": {"kind": "tiny"}, "lora": SMALL_LORA, **model})
+
+
 def snakemake(workdir, *args, config=None, env=None, check=True, timeout=900):
     cmd = [str(SNAKEMAKE), "-s", str(SNAKEFILE), "-d", str(workdir), "--configfile",
            str(config or workdir / "config.yaml"), *args]
@@ -33,7 +44,8 @@ def write_config(workdir, **changes):
         node[last] = value
     workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / "config.yaml"
-    path.write_text(yaml.safe_dump(cfg))
+    # in the order a person wrote it: params must not depend on key order (sort_keys would hide that)
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
 
 

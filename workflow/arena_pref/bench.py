@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import modeling, predict, varlen
+from . import batching, modeling, predict, settings, varlen
 from .io import write_json
 from .logs import setup_logging
 
@@ -88,13 +88,13 @@ def compare_methods(models, lengths, seqs, plans, *, pad_token_id, repeats=1, fl
     real = int(np.sum(lengths))
     # warm-up: first calls allocate, pick kernels (and repack 4-bit CPU weights)
     for model in models.values():
-        predict.run_batches(model, seqs[:4], predict.plan_batches(lengths[:4], method="packed"),
+        predict.run_batches(model, seqs[:4], batching.plan_batches(lengths[:4], method="packed"),
                             pad_token_id=pad_token_id)
     methods = {}
     for name, (model_name, plan) in plans.items():
         model = models[model_name]
-        batches = predict.plan_batches(lengths, **plan)
-        entry = {"padding_efficiency": predict.padding_efficiency(batches, lengths), "passes": len(batches),
+        batches = batching.plan_batches(lengths, **plan)
+        entry = {"padding_efficiency": batching.padding_efficiency(batches, lengths), "passes": len(batches),
                  **{k: v for k, v in plan.items() if k != "method"}}
         if model_name != "model":
             entry["model"] = model_name
@@ -144,7 +144,8 @@ def random_adapter(backbone, out_dir, *, quantization, targets=("q_proj", "k_pro
     """A LoRA adapter with random, non-zero weights (a trained adapter is not the zero update peft
     starts from), saved as training saves one."""
     model = modeling.load_model(backbone, quantization=quantization, dtype=dtype, pad_token_id=0)
-    model = modeling.attach_lora(model, {"r": r, "alpha": 2 * r, "dropout": 0.0, "target_modules": list(targets)})
+    lora = {"r": r, "alpha": 2 * r, "dropout": 0.0, "target_modules": list(targets), "layers_to_transform": None}
+    model = modeling.attach_lora(model, settings.build(settings.Lora, lora))
     torch.manual_seed(seed)
     for name, param in model.named_parameters():
         if "lora_B" in name:
@@ -195,7 +196,7 @@ def bench_compile(*, rows=64, max_length=1024, budget=8192, pack_budget=2048, th
         tok = modeling.load_tokenizer(path)
         seqs = random_sequences(lengths, AutoConfig.from_pretrained(path).vocab_size)
         for method, plan in [("token_budget", dict(max_tokens=budget)), ("packed", dict(max_tokens=pack_budget))]:
-            batches = predict.plan_batches(lengths, method=method, **plan)
+            batches = batching.plan_batches(lengths, method=method, **plan)
             model = modeling.load_model(path, pad_token_id=tok.pad_token_id).eval()
             time_method(model, seqs, batches, pad_token_id=tok.pad_token_id)  # eager warm-up pass
             entry = {}
@@ -323,70 +324,81 @@ def _bench_precision(path, adapter, load_kw, lengths, seqs, non_embedding, peak,
     return out
 
 
+BENCH_LORA = {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}
+
+
+def training_settings(*, quantization, batch_size, **train):
+    """The :class:`~arena_pref.settings.TrainSettings` a config with these values gives."""
+    model = {"backbone": {"kind": "tiny"}, "quantization": quantization, "dtype": "float32", "lora": BENCH_LORA,
+             "train": {"epochs": 1, "batch_size": batch_size, "lr": 2e-4, "warmup_steps": 2, "save_steps": 10_000,
+                       **train}}
+    return settings.model_config(model).training
+
+
 def bench_training(*, rows=256, max_length=1024, batch_size=8, quantization="4bit", threads=2, backbone=None):
     """Tokens/s of our train step against the public baseline's setup (HF Trainer, stock head,
     ``DataCollatorWithPadding``, random order), same model, rows and batch size, one epoch each."""
-    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
-
-    from . import train
+    from transformers import AutoConfig
 
     torch.set_num_threads(threads)
     lengths = arena_lengths(rows, cap=max_length, seed=1)
     labels = np.random.default_rng(2).integers(0, 3, rows)
-    settings = {"quantization": quantization, "dtype": "float32", "pooling": "auto",
-                "lora": {"r": 16, "alpha": 32, "dropout": 0.0,
-                         "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"], "layers_to_transform": None},
-                "train": {"epochs": 1, "batch_size": batch_size, "grad_accum": 1, "lr": 2e-4, "warmup_steps": 2,
-                          "optimizer": "adamw_8bit", "save_steps": 10_000, "swap_augment": False, "seed": 0,
-                          "logging_steps": 10}}
-    out = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         path = backbone or tiny_gemma(tmp / "tiny_gemma2", max_position=max_length)
-        tok = modeling.load_tokenizer(path)
-        from transformers import AutoConfig
-
         seqs = random_sequences(lengths, AutoConfig.from_pretrained(path).vocab_size)
-        n_tokens = int(lengths.sum())
-
-        # the public baseline: stock model forward and loss, padded batches in random order
-        model = modeling.load_model(path, quantization=settings["quantization"], dtype="float32",
-                                    pad_token_id=tok.pad_token_id)
-        model = modeling.attach_lora(model, settings["lora"])
-        args = TrainingArguments(output_dir=str(tmp / "baseline"), per_device_train_batch_size=batch_size,
-                                 learning_rate=2e-4, warmup_steps=2, num_train_epochs=1, report_to="none",
-                                 save_strategy="no", disable_tqdm=True, use_cpu=not torch.cuda.is_available(),
-                                 optim=train.optimizer_name("adamw_8bit"), seed=0, logging_steps=10)
-        trainer = Trainer(model=model, args=args, train_dataset=train.RowDataset(seqs, labels),
-                          data_collator=DataCollatorWithPadding(tok))
-        t0 = time.perf_counter()
-        trainer.train()
-        seconds = time.perf_counter() - t0
-        out["hf_trainer_padded"] = {"tokens_per_s": n_tokens / seconds, "seconds": seconds}
-        del trainer, model
-
-        tokens = {"id": np.arange(rows), "input_ids": seqs, "input_ids_swap": seqs}
+        out = {"hf_trainer_padded": _baseline_training(path, seqs, labels, tmp / "baseline", quantization=quantization,
+                                                       batch_size=batch_size)}
         # the token budget holds, on average, the rows of a fixed-row batch: the same number of steps
         budget = int(np.ceil(lengths.mean() * batch_size))
         for name, packing, max_tokens in [("ours_length_grouped", False, None), ("ours_packed", True, None),
                                           ("ours_packed_token_budget", True, budget)]:
-            ours = {**settings, "train": {**settings["train"], "packing": packing,
-                                          "max_tokens_per_batch": max_tokens}}
-            metrics = train.train_fold(backbone=path, tokens=tokens, labels=labels, settings=ours,
-                                       ckpt_dir=tmp / f"{name}_ckpt", adapter_dir=tmp / f"{name}_adapter",
-                                       metrics_path=tmp / f"{name}.json", threads=threads)
-            out[name] = {"tokens_per_s": metrics["tokens_per_s"], "seconds": metrics["runtime_s"],
-                         "steps": metrics["steps"], "peak_memory_mb": metrics["peak_memory_mb"],
-                         **({"max_tokens_per_batch": max_tokens} if max_tokens else {})}
+            ours = training_settings(quantization=quantization, batch_size=batch_size, packing=packing,
+                                     max_tokens_per_batch=max_tokens)
+            out[name] = _our_training(path, seqs, labels, tmp / name, ours, threads=threads)
     for k, v in out.items():
-        log.info("%-20s %8.0f tokens/s (%.1f s)", k, v["tokens_per_s"], v["seconds"])
+        log.info("%-25s %8.0f tokens/s (%.1f s)", k, v["tokens_per_s"], v["seconds"])
     best = max(out, key=lambda m: out[m]["tokens_per_s"])
     return {"methods": out,
             "best": {"method": best,
                      "speedup_vs_hf_trainer": out[best]["tokens_per_s"] / out["hf_trainer_padded"]["tokens_per_s"]},
             "setup": {"model": "tiny Gemma-2 (random, hidden 64, 2 layers)" if backbone is None else str(backbone),
                       "quantization": quantization, "rows": rows, "batch_size": batch_size,
-                      "real_tokens": n_tokens, "max_length": max_length, **environment()}}
+                      "real_tokens": int(lengths.sum()), "max_length": max_length, **environment()}}
+
+
+def _baseline_training(path, seqs, labels, workdir, *, quantization, batch_size):
+    """The public baseline: stock model forward and loss, padded batches in random order."""
+    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+
+    from . import train
+
+    tok = modeling.load_tokenizer(path)
+    model = modeling.load_model(path, quantization=quantization, dtype="float32", pad_token_id=tok.pad_token_id)
+    model = modeling.attach_lora(model, settings.build(settings.Lora, {**BENCH_LORA, "layers_to_transform": None}))
+    args = TrainingArguments(output_dir=str(workdir), per_device_train_batch_size=batch_size, learning_rate=2e-4,
+                             warmup_steps=2, num_train_epochs=1, report_to="none", save_strategy="no",
+                             disable_tqdm=True, use_cpu=not torch.cuda.is_available(),
+                             optim=train.optimizer_name("adamw_8bit"), seed=0, logging_steps=10)
+    trainer = Trainer(model=model, args=args, train_dataset=train.RowDataset(seqs, labels),
+                      data_collator=DataCollatorWithPadding(tok))
+    t0 = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - t0
+    return {"tokens_per_s": int(sum(map(len, seqs))) / seconds, "seconds": seconds}
+
+
+def _our_training(path, seqs, labels, workdir, training, *, threads):
+    from . import train
+
+    tokens = {"id": np.arange(len(seqs)), "input_ids": seqs, "input_ids_swap": seqs}
+    metrics = train.train_fold(backbone=path, tokens=tokens, labels=labels, settings=training,
+                               ckpt_dir=workdir / "checkpoints", adapter_dir=workdir / "adapter",
+                               metrics_path=workdir / "metrics.json", threads=threads)
+    max_tokens = training.train.max_tokens_per_batch
+    return {"tokens_per_s": metrics["tokens_per_s_this_run"], "seconds": metrics["runtime_s_this_run"],
+            "steps": metrics["steps"], "peak_memory_mb": metrics["peak_memory_mb"],
+            **({"max_tokens_per_batch": max_tokens} if max_tokens else {})}
 
 
 def main(argv=None):

@@ -9,12 +9,10 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import minimize, minimize_scalar
 
-from . import LABELS
+from . import LABELS, PROB_COLUMNS, TTA_COLUMNS
 from .errors import InputError
 from .metrics import EPS, accuracy, clip_probs, fold_scores, log_loss, prior_log_loss
 
-PLAIN_COLUMNS = ["a", "b", "tie"]
-TTA_COLUMNS = ["a_tta", "b_tta", "tie_tta"]
 SUBMISSION_COLUMNS = ["id", *LABELS]
 METHODS = ("weights", "optimize")
 TEMPERATURE_BOUNDS = (0.05, 20.0)
@@ -185,6 +183,43 @@ def blend_run(oof, test, y_by_id, folds_by_id, *, use_tta, method, weights=None,
 
     Returns ``(submission DataFrame, metrics dict, OOF blend DataFrame[id, fold, label, a, b, tie])``.
     """
+    names = _check_members(oof, test, use_tta, method)
+    train_ids, y, folds = _targets(y_by_id, folds_by_id)
+    test_ids = test[names[0]]["id"].to_numpy(dtype=np.int64)
+    oof_probs, test_probs, models = {}, {}, {}
+    for m in names:
+        oof_probs[m], test_probs[m], models[m] = _member(m, oof[m], test[m], train_ids, y, folds, test_ids, use_tta[m])
+
+    if method == "optimize":
+        weights = optimize_weights(oof_probs, y)
+    elif weights is None:
+        weights = {m: 1.0 for m in names}
+    oof_blend, test_blend = blend(oof_probs, weights), blend(test_probs, weights)
+    temperature = None
+    if calibrate:
+        temperature = fit_temperature(oof_blend, y)
+        oof_blend, test_blend = apply_temperature(oof_blend, temperature), apply_temperature(test_blend, temperature)
+
+    submission = make_submission(test_ids, test_blend)
+    validate_submission(submission, test_ids)
+    total = sum(float(weights[m]) for m in names)
+    metrics = {
+        "prior_log_loss": prior_log_loss(y),
+        "models": models,
+        "blend": {"log_loss": log_loss(y, oof_blend), "weights": {m: float(weights[m]) / total for m in names},
+                  "method": method, "temperature": temperature, "folds": fold_scores(y, oof_blend, folds)},
+        "n_train": int(len(train_ids)),
+        "n_test": int(len(test_ids)),
+    }
+    oof_frame = pd.DataFrame(oof_blend, columns=PROB_COLUMNS)
+    oof_frame.insert(0, "id", train_ids)
+    oof_frame.insert(1, "fold", folds)
+    oof_frame.insert(2, "label", y)
+    return submission, metrics, oof_frame
+
+
+def _check_members(oof, test, use_tta, method):
+    """The models to blend, after checking they have OOF and test predictions and a TTA setting."""
     if method not in METHODS:
         raise InputError(f"unknown blend method '{method}', expected one of {list(METHODS)}")
     names = list(oof)
@@ -198,68 +233,31 @@ def blend_run(oof, test, y_by_id, folds_by_id, *, use_tta, method, weights=None,
     no_flag = [m for m in names if m not in use_tta]
     if no_flag:
         raise InputError(f"no TTA setting for model(s): {_few(no_flag)}")
+    return names
 
+
+def _targets(y_by_id, folds_by_id):
+    """Training ids, their labels and folds, checked to cover the same ids."""
     y_by_id, folds_by_id = pd.Series(y_by_id), pd.Series(folds_by_id)
     train_ids = y_by_id.index.to_numpy(dtype=np.int64)
     if not y_by_id.index.is_unique:
         raise InputError("training labels repeat ids")
     if set(folds_by_id.index) != set(train_ids):
         raise InputError("fold assignment and training labels cover different ids")
-    y = y_by_id.to_numpy(dtype=np.int64)
-    folds = folds_by_id.loc[train_ids].to_numpy(dtype=np.int64)
-    test_ids = test[names[0]]["id"].to_numpy(dtype=np.int64)
+    return train_ids, y_by_id.to_numpy(dtype=np.int64), folds_by_id.loc[train_ids].to_numpy(dtype=np.int64)
 
-    oof_probs, test_probs, models = {}, {}, {}
-    for m in names:
-        frame = _aligned(oof[m], m, "OOF", train_ids, ["fold", *PLAIN_COLUMNS, *TTA_COLUMNS])
-        if not (frame["fold"].to_numpy(dtype=np.int64) == folds).all():
-            # a model trained on other folds leaks its training rows into the blend's OOF
-            raise InputError(f"OOF predictions of model '{m}' use a different fold assignment")
-        plain = frame[PLAIN_COLUMNS].to_numpy(dtype=np.float64)
-        tta = frame[TTA_COLUMNS].to_numpy(dtype=np.float64)
-        used = tta if use_tta[m] else plain
-        oof_probs[m] = used
-        test_frame = _aligned(test[m], m, "test", test_ids, PLAIN_COLUMNS)
-        test_probs[m] = test_frame[PLAIN_COLUMNS].to_numpy(dtype=np.float64)
-        models[m] = {
-            "log_loss": log_loss(y, plain),
-            "log_loss_tta": log_loss(y, tta),
-            "accuracy": accuracy(y, used),
-            "folds": fold_scores(y, used, folds),
-        }
 
-    if method == "optimize":
-        weights = optimize_weights(oof_probs, y)
-    elif weights is None:
-        weights = {m: 1.0 for m in names}
-    oof_blend = blend(oof_probs, weights)
-    test_blend = blend(test_probs, weights)
-    total = sum(float(weights[m]) for m in names)
-    norm_weights = {m: float(weights[m]) / total for m in names}
-
-    temperature = None
-    if calibrate:
-        temperature = fit_temperature(oof_blend, y)
-        oof_blend = apply_temperature(oof_blend, temperature)
-        test_blend = apply_temperature(test_blend, temperature)
-
-    submission = make_submission(test_ids, test_blend)
-    validate_submission(submission, test_ids)
-    metrics = {
-        "prior_log_loss": prior_log_loss(y),
-        "models": models,
-        "blend": {
-            "log_loss": log_loss(y, oof_blend),
-            "weights": norm_weights,
-            "method": method,
-            "temperature": temperature,
-            "folds": fold_scores(y, oof_blend, folds),
-        },
-        "n_train": int(len(train_ids)),
-        "n_test": int(len(test_ids)),
-    }
-    oof_frame = pd.DataFrame(oof_blend, columns=PLAIN_COLUMNS)
-    oof_frame.insert(0, "id", train_ids)
-    oof_frame.insert(1, "fold", folds)
-    oof_frame.insert(2, "label", y)
-    return submission, metrics, oof_frame
+def _member(m, oof, test, train_ids, y, folds, test_ids, use_tta):
+    """One model's OOF probabilities as blended (TTA or plain), its test probabilities, and its
+    scores."""
+    frame = _aligned(oof, m, "OOF", train_ids, ["fold", *PROB_COLUMNS, *TTA_COLUMNS])
+    if not (frame["fold"].to_numpy(dtype=np.int64) == folds).all():
+        # a model trained on other folds leaks its training rows into the blend's OOF
+        raise InputError(f"OOF predictions of model '{m}' use a different fold assignment")
+    plain = frame[PROB_COLUMNS].to_numpy(dtype=np.float64)
+    tta = frame[TTA_COLUMNS].to_numpy(dtype=np.float64)
+    used = tta if use_tta else plain
+    test_probs = _aligned(test, m, "test", test_ids, PROB_COLUMNS)[PROB_COLUMNS].to_numpy(dtype=np.float64)
+    scores = {"log_loss": log_loss(y, plain), "log_loss_tta": log_loss(y, tta), "accuracy": accuracy(y, used),
+              "folds": fold_scores(y, used, folds)}
+    return used, test_probs, scores

@@ -15,6 +15,7 @@ valid pairs become the real character.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from io import StringIO
 from pathlib import Path
@@ -29,6 +30,8 @@ from .errors import InputError, describe
 TURN_COLUMNS = ("prompt", "response_a", "response_b")
 MODEL_COLUMNS = ("model_a", "model_b")
 SPLITS = ("train", "test")
+
+log = logging.getLogger(__name__)
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _INT64 = np.iinfo(np.int64)
@@ -64,6 +67,24 @@ def read_kaggle_csv(path, split):
     if split == "train":
         out["label"] = _parse_labels(path, ids, raw)
     return pd.DataFrame(out)
+
+
+def check_training_labels(df, path):
+    """Training rows must hold more than one class: with one, every model and the prior score a
+    perfect 0 and nothing is learnt."""
+    counts = np.bincount(df["label"], minlength=len(LABELS))
+    if (counts > 0).sum() < 2:
+        only = LABELS[int(np.argmax(counts))]
+        raise InputError(f"{describe(path)}: every one of the {len(df)} rows has {only} = 1: training needs "
+                         "rows of at least two classes")
+
+
+def warn_shared_ids(train, test, path):
+    """Ids in both train and test are usually a mix-up of files (or leaked rows): say so."""
+    shared = np.intersect1d(train["id"].to_numpy(), test["id"].to_numpy())
+    if len(shared):
+        log.warning("%s: %d test id(s) also appear in the training data (e.g. %s): check that the files are "
+                    "the ones you meant", describe(path), len(shared), ", ".join(map(str, shared[:5])))
 
 
 def write_parsed(df, path):
@@ -114,18 +135,20 @@ def _read_table(path):
     return df.fillna("")
 
 
+_ID = re.compile(r"-?(0|[1-9][0-9]*)")  # a plain integer, written the way it is written back
+
+
 def _parse_ids(path, column):
     ids = []
     for n, cell in enumerate(column, start=1):
-        try:
-            value = int(cell)
-        except ValueError:
-            problem = (
-                "id is empty" if not cell.strip() else f"id {cell!r} is not an integer"
-            )
-            raise InputError(
-                f"{describe(path, column='id')}: data row {n}: {problem}"
-            ) from None
+        if not _ID.fullmatch(cell):
+            # int() would also take ' +0077 ', '1_000' and non-ASCII digits, and the submission
+            # would then carry an id other than the one written here
+            problem = ("id is empty" if not cell.strip() else
+                       f"id {cell!r} is not a plain integer (ASCII digits, a minus sign at most; no plus sign, "
+                       "spaces, separators or leading zeros)")
+            raise InputError(f"{describe(path, column='id')}: data row {n}: {problem}")
+        value = int(cell)
         if not _INT64.min <= value <= _INT64.max:
             raise InputError(
                 f"{describe(path, column='id')}: data row {n}: "

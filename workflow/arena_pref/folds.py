@@ -8,12 +8,17 @@ so all rows sharing a prompt go to the same fold.
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
 from .errors import InputError
+
+log = logging.getLogger(__name__)
+
+UNEVEN = 0.5  # a fold below half the mean fold size is called uneven
 
 
 def prompt_key(prompt):
@@ -59,4 +64,7 @@ def assign_folds(df, n_folds, seed):
             f"fold assignment left fold(s) {np.flatnonzero(sizes == 0).tolist()} empty "
             f"({n_prompts} distinct prompts, {n_folds} folds): use fewer folds"
         )
+    if sizes.min() < UNEVEN * sizes.mean():
+        log.warning("fold sizes are very uneven (%s rows): a few prompts hold most rows, and the OOF scores of "
+                    "small folds are noise; consider fewer folds", ", ".join(map(str, sizes)))
     return pd.DataFrame({"id": df["id"].to_numpy(dtype=np.int64), "fold": fold})

@@ -104,7 +104,3 @@ def claim_gpus(n, *, wait_s=None, poll_s=2.0):
     log.info("claimed GPU %s (CUDA_VISIBLE_DEVICES set)", ",".join(devices))
     return devices
 
-
-def release_gpus():
-    while _held:
-        _held.pop().close()

@@ -27,18 +27,25 @@ def atomic_path(path, *, directory=False):
         tmp = Path(name)
     try:
         yield tmp
+        # mkstemp/mkdtemp create 0600/0700, and a rename keeps that: teammates on shared storage
+        # could not read the outputs. They get the modes a plain open()/mkdir() would give.
+        os.chmod(tmp, (0o777 if directory else 0o666) & ~_umask())
         if directory:
             if path.exists():
                 shutil.rmtree(path)
-            os.replace(tmp, path)
-        else:
-            os.replace(tmp, path)
+        os.replace(tmp, path)
     finally:
         if tmp.exists():
             if tmp.is_dir():
                 shutil.rmtree(tmp, ignore_errors=True)
             else:
                 tmp.unlink()
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_parquet(df, path):

@@ -12,31 +12,55 @@ from .errors import InputError
 log = logging.getLogger("arena_pref")
 
 
+_FILE_ONLY = {"console": False}  # ``extra=`` of records the console should not show
+
+
+class _ConsoleFilter(logging.Filter):
+    def filter(self, record):
+        return getattr(record, "console", True)
+
+
+_log_path = None
+
+
 def setup_logging(log_path=None, level=logging.INFO):
+    """Log to stderr and, where given, to the rule's log file (the file Snakemake points to)."""
+    global _log_path
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
     root = logging.getLogger()
     root.setLevel(level)
     for h in list(root.handlers):
         root.removeHandler(h)
-    handlers = [logging.StreamHandler(sys.stderr)]
+    console = logging.StreamHandler(sys.stderr)
+    console.addFilter(_ConsoleFilter())
+    handlers = [console]
     if log_path:
         handlers.append(logging.FileHandler(log_path, mode="w", encoding="utf-8"))
     for h in handlers:
         h.setFormatter(fmt)
         root.addHandler(h)
+    _log_path = log_path
     return log
 
 
 def run_main(func):
-    """Run a script's main function; an :class:`InputError` ends it with its message only."""
+    """Run a script's main function. However it fails, the log file holds the error (with the
+    traceback when it is not the user's input) and the console one line: an :class:`InputError`
+    its message, anything else its type and message and where the traceback is."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         try:
             return func(*args, **kwargs)
         except InputError as err:
-            log.error("%s", err)
+            log.error("%s", err, extra=_FILE_ONLY)
             print(f"arena-pref: error: {err}", file=sys.stderr, flush=True)
+            sys.exit(1)
+        except Exception as err:
+            log.exception("unexpected error", extra=_FILE_ONLY)
+            where = f" (traceback in {_log_path})" if _log_path else ""
+            first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            print(f"arena-pref: unexpected error: {type(err).__name__}: {first}{where}", file=sys.stderr, flush=True)
             sys.exit(1)
 
     return wrapper

@@ -1,24 +1,11 @@
-"""Backbones, quantization, LoRA: load a model the way its config says.
-
-A model's ``backbone`` names where weights come from:
-
-``{kind: path, path: DIR_OR_HUB_NAME}``
-    a local directory saved with ``save_pretrained`` (or a hub name for users online);
-``{kind: package, package: MODULE, subdir: model}``
-    weights shipped inside an installed Python package (the demo's all-MiniLM-L6-v2);
-``{kind: tiny, arch: gemma2|llama, ...}``
-    a tiny randomly initialised model with a tokenizer trained on the training texts,
-    built by the workflow itself (no downloads); the same code path as a 9B model.
-"""
+"""Load a model the way its config says: quantization, dtype, attention, LoRA, merging; and the
+tiny backbones the workflow builds (where backbones come from: :mod:`backbones`)."""
 
 from __future__ import annotations
 
 import gc
-import importlib
 import logging
 import os
-from pathlib import Path
-
 import torch
 
 from .errors import InputError
@@ -28,24 +15,6 @@ log = logging.getLogger(__name__)
 
 NUM_LABELS = 3
 QUANTIZATIONS = ("4bit", "8bit", "none")
-
-
-def resolve_backbone(spec, built_dir=None):
-    """Directory (or hub name) holding a backbone's weights and tokenizer."""
-    kind = spec["kind"]
-    if kind == "path":
-        return str(spec["path"])
-    if kind == "package":
-        try:
-            module = importlib.import_module(spec["package"])
-        except ImportError as err:
-            raise InputError(f"backbone package '{spec['package']}' is not installed: {err}") from err
-        return str(Path(module.__file__).parent / spec.get("subdir", "model"))
-    if kind == "tiny":
-        if built_dir is None:
-            raise ValueError("a tiny backbone is built by the workflow: pass built_dir")
-        return str(built_dir)
-    raise InputError(f"unknown backbone kind {kind!r}")
 
 
 def default_device():
@@ -168,7 +137,8 @@ def attention_implementation(requested, config, device):
 
 
 def attach_lora(model, lora, *, gradient_checkpointing=False):
-    """Freeze ``model`` and wrap it with trainable LoRA adapters (the score head is trained in full).
+    """Freeze ``model`` and wrap it with trainable LoRA adapters (:class:`~arena_pref.settings.Lora`;
+    the score head is trained in full).
 
     The frozen base keeps the dtype it was loaded in. (peft's ``prepare_model_for_kbit_training``
     would upcast every unquantized weight, the embeddings and norms included, to fp32: the residual
@@ -186,10 +156,9 @@ def attach_lora(model, lora, *, gradient_checkpointing=False):
     if gradient_checkpointing:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     config = LoraConfig(
-        task_type="SEQ_CLS", r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
-        target_modules=list(lora["target_modules"]),
-        layers_to_transform=list(lora["layers_to_transform"]) if lora.get("layers_to_transform") else None,
-        bias="none")
+        task_type="SEQ_CLS", r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules),
+        layers_to_transform=list(lora.layers_to_transform) if lora.layers_to_transform else None, bias="none")
     model = get_peft_model(model, config)
     # fp32 master weights for the adapters and the head's trained copy
     for param in model.parameters():
@@ -360,31 +329,37 @@ def _tiny_tokenizer(texts, arch, vocab_size, max_position):
                                    **family)
 
 
-def build_tiny_backbone(out_dir, texts, *, arch="gemma2", vocab_size=1000, hidden_size=64,
-                        num_layers=2, num_heads=4, intermediate_size=128, max_position=1024, seed=0):
+def tiny_config(*, arch="gemma2", vocab_size=1000, hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128,
+                max_position=1024, **token_ids):
+    """The transformers config of a tiny backbone (``token_ids``: pad/bos/eos token ids)."""
+    from transformers import Gemma2Config, LlamaConfig
+
+    common = dict(vocab_size=vocab_size, hidden_size=hidden_size, num_hidden_layers=num_layers,
+                  num_attention_heads=num_heads, num_key_value_heads=max(1, num_heads // 2),
+                  intermediate_size=intermediate_size, max_position_embeddings=max_position,
+                  num_labels=NUM_LABELS, **token_ids)
+    if arch == "gemma2":
+        return Gemma2Config(head_dim=hidden_size // num_heads, sliding_window=max_position, **common)
+    if arch == "llama":
+        return LlamaConfig(**common)
+    raise InputError(f"unknown tiny arch {arch!r}; choose one of {sorted(TOKENIZER_FAMILIES)}")
+
+
+def build_tiny_backbone(out_dir, texts, *, arch="gemma2", vocab_size=1000, max_position=1024, seed=0, **shape):
     """Tokenizer trained on ``texts`` and a randomly initialised seq-cls model, saved to ``out_dir``.
 
     Deterministic from ``texts`` and ``seed``. Saved with ``save_pretrained``, so it loads
-    (and quantizes) exactly like a downloaded 9B checkpoint.
+    (and quantizes) exactly like a downloaded 9B checkpoint. ``shape``: :func:`tiny_config`'s.
     """
-    from transformers import Gemma2Config, Gemma2ForSequenceClassification, LlamaConfig, LlamaForSequenceClassification
+    from transformers import AutoModelForSequenceClassification
 
     if arch not in TOKENIZER_FAMILIES:
         raise InputError(f"unknown tiny arch {arch!r}; choose one of {sorted(TOKENIZER_FAMILIES)}")
     fast = _tiny_tokenizer(texts, arch, vocab_size, max_position)
-    common = dict(vocab_size=len(fast), hidden_size=hidden_size, num_hidden_layers=num_layers,
-                  num_attention_heads=num_heads, num_key_value_heads=max(1, num_heads // 2),
-                  intermediate_size=intermediate_size, max_position_embeddings=max_position,
-                  pad_token_id=fast.pad_token_id, bos_token_id=fast.bos_token_id,
-                  eos_token_id=fast.eos_token_id, num_labels=NUM_LABELS)
-    if arch == "gemma2":
-        config = Gemma2Config(head_dim=hidden_size // num_heads, sliding_window=max_position, **common)
-        cls = Gemma2ForSequenceClassification
-    else:
-        config = LlamaConfig(**common)
-        cls = LlamaForSequenceClassification
+    config = tiny_config(arch=arch, vocab_size=len(fast), max_position=max_position, pad_token_id=fast.pad_token_id,
+                         bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id, **shape)
     torch.manual_seed(seed)
-    model = cls(config)
+    model = AutoModelForSequenceClassification.from_config(config)
     with atomic_path(out_dir, directory=True) as tmp:
         model.save_pretrained(tmp)
         fast.save_pretrained(tmp)

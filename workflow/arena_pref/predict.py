@@ -1,20 +1,10 @@
-"""Prediction with test-time augmentation (A/B swap): batch planning, packing, several devices.
+"""Prediction with test-time augmentation (A/B swap), on one device or several.
 
-Four ways to cut rows into forward passes (``predict.method``):
-
-``fixed``           rows in file order, every batch padded to ``max_length`` (the first public
-                    notebooks);
-``sorted_dynamic``  rows sorted by length, ``batch_size`` rows padded to the longest (the seed's);
-``token_budget``    rows sorted by length, batches filled up to ``max_tokens_per_batch`` padded
-                    token slots, so short rows go through in large batches and long ones in small;
-``packed``          rows sorted by length and concatenated without padding up to
-                    ``max_tokens_per_batch`` tokens, each sequence attending only to itself
-                    (flash-attention's varlen kernel where it runs, per-sequence eager or SDPA
-                    attention elsewhere: :mod:`varlen`), pooled per sequence by :mod:`pooling`.
-
-With TTA a row's two orders go through together (adjacent in the same or the next batch).
-With several devices the batches are shared out balanced by token slots, one worker process
-per device, and merged back in input order.
+Rows are cut into forward passes by :mod:`batching` (``predict.method``); packed passes attend
+per sequence (:mod:`varlen`) and are pooled per sequence (:mod:`pooling`). With TTA a row's two
+orders go through together, and the (B, A) prediction is mapped back and averaged. With several
+devices the batches are shared out balanced by token slots, one worker process per device pinned
+to it, and merged back in input order.
 """
 
 from __future__ import annotations
@@ -22,122 +12,19 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import torch
 
+from . import PROB_COLUMNS, TTA_COLUMNS
+from .batching import pass_tokens, plan_batches, plan_rows, shard_batches, shard_imbalance, padding_efficiency
+from .errors import InputError
 from .logs import Rate
 from .metrics import tta_average
-from .errors import InputError
 from .pooling import classify, concat_row, packed_inputs, packing_unsupported, pad_rows, padded_inputs
 
 log = logging.getLogger(__name__)
-
-PROB_COLUMNS = ["a", "b", "tie"]
-TTA_COLUMNS = ["a_tta", "b_tta", "tie_tta"]
-METHODS = ("fixed", "sorted_dynamic", "token_budget", "packed")
-
-
-@dataclass
-class Batch:
-    rows: np.ndarray   # indices into the sequence list
-    width: int         # padded width (0 for a packed batch)
-
-    def slots(self, lengths):
-        """Token positions computed for this batch (real tokens plus padding)."""
-        return int(lengths[self.rows].sum()) if self.width == 0 else len(self.rows) * self.width
-
-
-def _sorted_units(lengths, n_pairs):
-    """Units of rows kept together, longest first: pairs (i, i + n_pairs) when the second half of
-    ``lengths`` holds the swapped orders of the first half (TTA), single rows otherwise."""
-    lengths = np.asarray(lengths)
-    if n_pairs:
-        firsts = np.arange(n_pairs)
-        key = np.maximum(lengths[firsts], lengths[firsts + n_pairs])
-        order = np.argsort(-key, kind="stable")
-        units = [np.array([i, i + n_pairs]) for i in firsts[order]]
-        rest = np.arange(2 * n_pairs, len(lengths))
-    else:
-        rest = np.arange(len(lengths))
-        units = []
-    if len(rest):
-        units += [np.array([i]) for i in rest[np.argsort(-lengths[rest], kind="stable")]]
-        units.sort(key=lambda u: -lengths[u].max())  # stable: pairs keep their order
-    return units
-
-
-def plan_batches(lengths, *, method, batch_size=8, max_tokens=8192, max_length=None, n_pairs=0):
-    """Cut sequence indices into batches by ``method``.
-
-    ``n_pairs``: with TTA the first ``n_pairs`` sequences have their swapped twins at
-    ``i + n_pairs``; a twin goes into the same batch, or the next one when the budget is full.
-    A sequence longer than the budget goes alone.
-    """
-    lengths = np.asarray(lengths, dtype=np.int64)
-    if method not in METHODS:
-        raise ValueError(f"unknown prediction method {method!r}; choose one of {METHODS}")
-    if len(lengths) == 0:
-        return []
-    if method == "fixed":
-        width = int(max_length or lengths.max())
-        if n_pairs:
-            order = np.stack([np.arange(n_pairs), np.arange(n_pairs) + n_pairs], 1).ravel()
-            order = np.concatenate([order, np.arange(2 * n_pairs, len(lengths))])
-        else:
-            order = np.arange(len(lengths))
-        return [Batch(order[i:i + batch_size], width) for i in range(0, len(order), batch_size)]
-    order = np.concatenate(_sorted_units(lengths, n_pairs))
-    if method == "sorted_dynamic":
-        return [Batch(b, int(lengths[b].max())) for b in
-                (order[i:i + batch_size] for i in range(0, len(order), batch_size))]
-    batches, current, width, used = [], [], 0, 0
-    for i in order:
-        n = int(lengths[i])
-        if method == "token_budget":
-            fits = (len(current) + 1) * max(width, n) <= max_tokens
-        else:
-            fits = used + n <= max_tokens
-        if current and not fits:
-            batches.append(Batch(np.array(current), width if method == "token_budget" else 0))
-            current, width, used = [], 0, 0
-        current.append(i)
-        width, used = max(width, n), used + n
-    batches.append(Batch(np.array(current), width if method == "token_budget" else 0))
-    return batches
-
-
-def plan_rows(lengths, rows, **plan):
-    """:func:`plan_batches` over the sequences ``rows`` (indices into ``lengths``) only; the
-    batches index ``lengths``."""
-    rows = np.asarray(rows)
-    return [Batch(rows[b.rows], b.width) for b in plan_batches(np.asarray(lengths)[rows], **plan)]
-
-
-def padding_efficiency(batches, lengths):
-    lengths = np.asarray(lengths)
-    real = sum(int(lengths[b.rows].sum()) for b in batches)
-    return real / max(sum(b.slots(lengths) for b in batches), 1)
-
-
-def shard_batches(batches, lengths, n_shards):
-    """Share batches out to ``n_shards`` devices, balanced by token slots: longest-processing-time
-    first (largest batch to the least loaded shard). Returns lists of batches, one per shard."""
-    lengths = np.asarray(lengths)
-    shards, loads = [[] for _ in range(n_shards)], np.zeros(n_shards, dtype=np.int64)
-    for b in sorted(batches, key=lambda b: -b.slots(lengths)):
-        k = int(np.argmin(loads))
-        shards[k].append(b)
-        loads[k] += b.slots(lengths)
-    return shards
-
-
-def shard_imbalance(shards, lengths):
-    """(most loaded - least loaded) / mean load, in token slots."""
-    loads = np.array([sum(b.slots(np.asarray(lengths)) for b in s) for s in shards], dtype=float)
-    return float((loads.max() - loads.min()) / max(loads.mean(), 1e-9))
 
 
 def forward_batch(model, sequences, batch, *, pad_token_id, pooling, segments=None):
@@ -184,12 +71,11 @@ def batches_for_model(model, batches, lengths, max_tokens):
                      max_tokens=max_tokens)
 
 
-def plan_for(settings, lengths, n_pairs):
-    """Batches by a model's ``predict`` settings (``fixed`` pads to the model's ``max_length``)."""
-    p = settings["predict"]
-    return plan_batches(lengths, method=p["method"], batch_size=p["batch_size"],
-                        max_tokens=p["max_tokens_per_batch"], max_length=settings.get("max_length"),
-                        n_pairs=n_pairs)
+def plan_for(batching, lengths, n_pairs):
+    """Batches by a model's :class:`~arena_pref.settings.Batching` (``fixed`` pads to its
+    ``max_length``)."""
+    return plan_batches(lengths, method=batching.method, batch_size=batching.batch_size,
+                        max_tokens=batching.max_tokens_per_batch, max_length=batching.max_length, n_pairs=n_pairs)
 
 
 def sequences_of(tokens, tta, column="input_ids"):
@@ -214,41 +100,19 @@ def frame_from_probs(tokens, probs, tta):
     return out
 
 
-def predict_frame(model, tokens, *, pad_token_id, settings, tta, forward=forward_batch):
-    """Probabilities for the rows of a token cache with one model in this process."""
-    seqs = sequences_of(tokens, tta)
-    lengths = [len(s) for s in seqs]
-    batches = plan_for(settings, lengths, len(tokens) if tta else 0)
-    if model is not None:  # a ``forward`` of the caller's own may run without one
-        batches = batches_for_model(model, batches, lengths, settings["predict"]["max_tokens_per_batch"])
-    probs = run_batches(model, seqs, batches, pad_token_id=pad_token_id,
-                        pooling=settings.get("pooling", "auto"), forward=forward,
-                        segments=sequences_of(tokens, tta, "segments"))
-    return frame_from_probs(tokens, probs, tta)
-
-
 # --------------------------------------------------------------------------- several devices
-
-def pass_tokens(settings):
-    """Token slots of the largest forward pass the ``predict`` settings plan."""
-    p = settings["predict"]
-    if p["method"] in ("packed", "token_budget"):
-        return p["max_tokens_per_batch"]
-    return p["batch_size"] * settings["max_length"]
-
 
 def _load(backbone, adapter_dir, settings, dev):
     from .modeling import compile_backbone, load_for_inference, load_tokenizer
 
     tokenizer = load_tokenizer(backbone)
-    p = settings["predict"]
-    model = load_for_inference(backbone, adapter_dir, quantization=settings["quantization"],
-                               dtype=settings["dtype"], pad_token_id=tokenizer.pad_token_id,
-                               device=dev, attn_implementation=settings.get("attn_implementation"),
-                               allow_bf16_emulation=settings.get("allow_bf16_emulation", False),
-                               merge_lora=p.get("merge_lora", False), batch_tokens=pass_tokens(settings),
-                               longest=settings["max_length"])
-    if p.get("compile"):
+    loading = settings.loading
+    model = load_for_inference(backbone, adapter_dir, quantization=loading.quantization, dtype=loading.dtype,
+                               pad_token_id=tokenizer.pad_token_id, device=dev,
+                               attn_implementation=loading.attn_implementation,
+                               allow_bf16_emulation=loading.allow_bf16_emulation, merge_lora=settings.merge_lora,
+                               batch_tokens=pass_tokens(settings.batching), longest=settings.batching.max_length)
+    if settings.compile:
         compile_backbone(model)
     return model, tokenizer.pad_token_id
 
@@ -261,10 +125,9 @@ def _predict_share(backbone, adapter_dir, settings, dev, sequences, segments, ba
     if torch.device(dev).type == "cuda":
         torch.cuda.set_device(dev)  # kernels and allocations without an explicit device land here too
     model, pad = _load(backbone, adapter_dir, settings, dev)
-    batches = batches_for_model(model, batches, [len(s) for s in sequences],
-                                settings["predict"]["max_tokens_per_batch"])
+    batches = batches_for_model(model, batches, [len(s) for s in sequences], settings.batching.max_tokens_per_batch)
     t0 = time.perf_counter()
-    probs = run_batches(model, sequences, batches, pad_token_id=pad, pooling=settings.get("pooling", "auto"),
+    probs = run_batches(model, sequences, batches, pad_token_id=pad, pooling=settings.loading.pooling,
                         segments=segments)
     rows = np.concatenate([b.rows for b in batches]) if batches else np.array([], dtype=np.int64)
     return rows, probs[rows], time.perf_counter() - t0
@@ -326,10 +189,10 @@ def predict_on_devices(*, backbone, adapter_dir, tokens, settings, tta, devices=
     seqs = sequences_of(tokens, tta)
     segs = sequences_of(tokens, tta, "segments")
     lengths = np.array([len(s) for s in seqs])
-    batches = plan_for(settings, lengths, len(tokens) if tta else 0)
+    batches = plan_for(settings.batching, lengths, len(tokens) if tta else 0)
     log.info("predicting %d rows%s on %s: %d batches by %s, padding efficiency %.3f", len(tokens),
              " x 2 orders (TTA)" if tta else "", ", ".join(map(str, devices)), len(batches),
-             settings["predict"]["method"], padding_efficiency(batches, lengths))
+             settings.batching.method, padding_efficiency(batches, lengths))
     probs = np.zeros((len(seqs), 3))
     if len(devices) == 1:
         results = [_predict_share(backbone, adapter_dir, settings, devices[0], seqs, segs, batches, threads)]
@@ -341,7 +204,7 @@ def predict_on_devices(*, backbone, adapter_dir, tokens, settings, tta, devices=
     for dev, (rows, p, seconds) in zip(devices, results):
         probs[rows] = p
         log.info("%s: %d sequences in %.1f s", dev, len(rows), seconds)
-    check_finite(probs, label=label, dtype=settings["dtype"])
+    check_finite(probs, label=label, dtype=settings.loading.dtype)
     return frame_from_probs(tokens, probs, tta)
 
 

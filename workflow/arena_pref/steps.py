@@ -1,7 +1,9 @@
-"""One function per workflow rule: read the rule's inputs, call the package, write outputs.
+"""One function per workflow rule, named after it: read the rule's inputs, call the package, write
+the outputs.
 
-Workflow scripts (``workflow/scripts/*.py``) only unpack the ``snakemake`` object and call
-one of these, so every step can also be run and tested without Snakemake.
+Workflow scripts (``workflow/scripts/*.py``) only unpack the ``snakemake`` object and call one of
+these, so every step can also be run and tested without Snakemake. Modules that import torch or
+transformers are imported inside the steps that need them: the light rules start in a second.
 """
 
 from __future__ import annotations
@@ -11,8 +13,7 @@ import logging
 import numpy as np
 import pandas as pd
 
-from . import blend as blending
-from . import data, folds, io, modeling, predict, text, tokenize, train
+from . import data, io
 from .errors import InputError
 
 log = logging.getLogger(__name__)
@@ -26,8 +27,14 @@ def demo_data(train_csv, test_csv, *, n_train, n_test, seed):
              n_train, train_csv, n_test, test_csv)
 
 
-def parse(csv, split, out):
+def parse(csv, split, out, *, train_parquet=None):
+    """A Kaggle CSV into a checked table; ``train_parquet`` (test split): the parsed training rows,
+    whose ids the test ids should not repeat."""
     df = data.read_kaggle_csv(csv, split)
+    if split == "train":
+        data.check_training_labels(df, csv)
+    if train_parquet is not None:
+        data.warn_shared_ids(data.read_parsed(train_parquet), df, csv)
     data.write_parsed(df, out)
     msg = f"parsed {len(df)} {split} rows from {csv}"
     if "label" in df:
@@ -36,14 +43,17 @@ def parse(csv, split, out):
     log.info(msg)
 
 
-def make_folds(train_parquet, out, *, n_folds, seed):
-    df = data.read_parsed(train_parquet)
-    assignment = folds.assign_folds(df, n_folds, seed)
+def folds(train_parquet, out, *, n_folds, seed):
+    from .folds import assign_folds
+
+    assignment = assign_folds(data.read_parsed(train_parquet), n_folds, seed)
     io.write_parquet(assignment, out)
     log.info("fold sizes: %s", assignment["fold"].value_counts().sort_index().tolist())
 
 
 def tiny_backbone(train_parquet, out_dir, spec):
+    from . import modeling, text
+
     df = data.read_parsed(train_parquet)
     # the tokenizer learns from the training texts only, the template labels included
     texts = [t for col in data.TURN_COLUMNS for turns in df[col] for t in turns if t]
@@ -51,19 +61,17 @@ def tiny_backbone(train_parquet, out_dir, spec):
     modeling.build_tiny_backbone(out_dir, texts, **{k: v for k, v in spec.items() if k != "kind"})
 
 
-def backbone_dir(spec, built):
-    """Where a model's weights are: the built directory for tiny models, else from the spec."""
-    if spec["kind"] == "hub":
-        return spec["name"]
-    return modeling.resolve_backbone(spec, built_dir=built or None)
+def tokenize(parsed, backbone, out, settings, *, model):
+    """Token cache of one split for one model (:class:`~arena_pref.settings.TokenSettings`)."""
+    from .backbones import check_template_room
+    from .modeling import load_tokenizer
+    from .tokenize import tokenize_frame
 
-
-def tokenize_split(parsed, backbone, out, settings):
-    df = data.read_parsed(parsed)
-    tokenizer = modeling.load_tokenizer(backbone)
-    cache = tokenize.tokenize_frame(df, tokenizer, strategy=settings["truncation"],
-                                    max_length=settings["max_length"], template=settings["template"],
-                                    prompt_max_frac=settings["prompt_max_frac"])
+    tokenizer = load_tokenizer(backbone)
+    check_template_room(model, tokenizer, settings)
+    cache = tokenize_frame(data.read_parsed(parsed), tokenizer, strategy=settings.truncation,
+                           max_length=settings.max_length, template=settings.template,
+                           prompt_max_frac=settings.prompt_max_frac)
     io.write_parquet(cache, out)
 
 
@@ -79,68 +87,66 @@ def _fold_rows(tokens, folds_parquet, fold, *, held_out):
     return rows
 
 
-def train_fold(*, tokens_parquet, train_parquet, folds_parquet, fold, backbone, settings,
-               checkpoints, adapter, metrics, threads=None):
-    tokens = _fold_rows(tokenize.read_tokens(tokens_parquet), folds_parquet, fold, held_out=False)
+def train(*, tokens_parquet, train_parquet, folds_parquet, fold, backbone, settings, checkpoints, adapter,
+          metrics, threads=None):
+    """One fold's adapter (:class:`~arena_pref.settings.TrainSettings`)."""
+    from .tokenize import read_tokens
+    from .train import train_fold
+
+    tokens = _fold_rows(read_tokens(tokens_parquet), folds_parquet, fold, held_out=False)
     labels = data.read_parsed(train_parquet).set_index("id")["label"]
-    train.train_fold(backbone=backbone, tokens=tokens, labels=tokens["id"].map(labels).to_numpy(),
-                     settings=settings, ckpt_dir=checkpoints, adapter_dir=adapter,
-                     metrics_path=metrics, threads=threads)
+    train_fold(backbone=backbone, tokens=tokens, labels=tokens["id"].map(labels).to_numpy(), settings=settings,
+               ckpt_dir=checkpoints, adapter_dir=adapter, metrics_path=metrics, threads=threads)
 
 
 def oof(*, model, tokens_parquet, folds_parquet, fold, backbone, adapter, settings, out, threads=None):
     """Held-out rows of one fold, predicted in both orders (TTA scored either way)."""
-    tokens = _fold_rows(tokenize.read_tokens(tokens_parquet), folds_parquet, fold, held_out=True)
-    pred = predict.predict_on_devices(backbone=backbone, adapter_dir=adapter, tokens=tokens,
-                                      settings=settings, tta=True, threads=threads,
-                                      label=f"model '{model}', fold {fold} (OOF)")
+    from .predict import predict_on_devices
+    from .tokenize import read_tokens
+
+    tokens = _fold_rows(read_tokens(tokens_parquet), folds_parquet, fold, held_out=True)
+    pred = predict_on_devices(backbone=backbone, adapter_dir=adapter, tokens=tokens, settings=settings, tta=True,
+                              threads=threads, label=f"model '{model}', fold {fold} (OOF)")
     pred.insert(1, "fold", np.int64(fold))
     io.write_parquet(pred, out)
 
 
-def infer(*, model, fold, tokens_parquet, backbone, adapter, settings, out, threads=None):
-    tokens = tokenize.read_tokens(tokens_parquet)
-    tta = settings["predict"]["tta"]
-    pred = predict.predict_on_devices(backbone=backbone, adapter_dir=adapter, tokens=tokens,
-                                      settings=settings, tta=tta, threads=threads,
-                                      label=f"model '{model}', fold {fold} (test)")
+def infer(*, model, fold, tokens_parquet, backbone, adapter, settings, tta, out, threads=None):
+    from .predict import predict_on_devices
+    from .tokenize import read_tokens
+
+    pred = predict_on_devices(backbone=backbone, adapter_dir=adapter, tokens=read_tokens(tokens_parquet),
+                              settings=settings, tta=tta, threads=threads, label=f"model '{model}', fold {fold} (test)")
     io.write_parquet(pred, out)
 
 
 def average_test(fold_predictions, out, *, tta):
+    from .predict import average_folds
+
     preds = [pd.read_parquet(p) for p in fold_predictions]
-    io.write_parquet(predict.average_folds(preds, tta), out)
+    io.write_parquet(average_folds(preds, tta), out)
     log.info("averaged %d folds' test predictions (TTA %s)", len(preds), "on" if tta else "off")
 
 
-def _model_of(path):
-    # results/oof/{model}/fold{fold}.parquet or results/test/{model}.parquet
-    from pathlib import Path
-
-    p = Path(path)
-    return p.parent.name if p.parent.name not in ("oof", "test") else p.stem
-
-
-def blend(*, oof_paths, test_paths, train_parquet, folds_parquet, blend_config, tta, models,
-          submission, metrics_path, oof_blend_path, run_info_path, config):
+def blend(*, oof_paths, test_paths, train_parquet, folds_parquet, settings, tta, submission, metrics_path,
+          oof_blend_path, run_info_path, config):
+    """``oof_paths``: model name -> its folds' OOF files; ``test_paths``: model name -> its test
+    file (names given, never parsed from paths)."""
+    from .blend import blend_run
     from .runinfo import run_info
 
-    oof = {m: pd.concat([pd.read_parquet(p) for p in oof_paths if _model_of(p) == m],
-                        ignore_index=True) for m in models}
-    test = {m: pd.read_parquet(p) for p in test_paths for m in [_model_of(p)] if m in models}
+    oof = {m: pd.concat([pd.read_parquet(p) for p in paths], ignore_index=True) for m, paths in oof_paths.items()}
+    test = {m: pd.read_parquet(path) for m, path in test_paths.items()}
     labels = data.read_parsed(train_parquet).set_index("id")["label"]
     assignment = pd.read_parquet(folds_parquet).set_index("id")["fold"]
-    sub, metrics, oof_blend = blending.blend_run(oof, test, labels, assignment, use_tta=tta,
-                                      method=blend_config["method"],
-                                      weights=blend_config.get("weights") or None,
-                                      calibrate=blend_config["calibrate"])
+    sub, metrics, oof_blend = blend_run(oof, test, labels, assignment, use_tta=tta, method=settings.method,
+                                        weights=settings.weights or None, calibrate=settings.calibrate)
     io.write_csv(sub, submission)
     io.write_json(metrics, metrics_path)
     io.write_parquet(oof_blend, oof_blend_path)
     io.write_json(run_info(config), run_info_path)
     log.info("prior log loss %.4f; %s; blend %.4f with weights %s", metrics["prior_log_loss"],
-             ", ".join(f"{m} {v['log_loss_tta' if tta[m] else 'log_loss']:.4f}"
-                       for m, v in metrics["models"].items()),
+             ", ".join(f"{m} {v['log_loss_tta' if tta[m] else 'log_loss']:.4f}" for m, v in metrics["models"].items()),
              metrics["blend"]["log_loss"], metrics["blend"]["weights"])
 
 

@@ -16,9 +16,6 @@ from .text import build_sequence, join_turns, make_layout, turn_text
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ["id", "input_ids", "input_ids_swap", "segments", "segments_swap", "length", "length_swap",
-           "truncated"]
-
 
 def _encode(tokenizer, texts, batch=2048):
     out = []

@@ -1,30 +1,31 @@
 """Per-fold LoRA / QLoRA training with the Hugging Face Trainer.
 
 The Trainer provides what a long GPU job needs and what we would otherwise hand-roll:
-gradient accumulation, warm-up and schedules, bitsandbytes 8-bit optimizers, length-grouped
-batches, and checkpoints that resume exactly (model, optimizer, scheduler and RNG state).
-Checkpoints live outside the rule's declared outputs so a failed or killed job keeps them;
-a fingerprint of the settings and training rows guards against resuming a different run.
+gradient accumulation, warm-up and schedules, bitsandbytes 8-bit optimizers, mixed precision,
+and checkpoints that resume exactly (model, optimizer, scheduler and RNG state). We add the loss
+through our own pooling and score head (as prediction uses them), batch orders that depend only
+on (seed, epoch), padding-free packed batches and token budgets, and checkpoints that resume only
+the same run and only once complete (:mod:`checkpoints`).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import resource
-import shutil
+import signal
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
+from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
 
-from .io import atomic_path, read_json, write_json
+from . import checkpoints
+from .batching import plan_rows
+from .io import atomic_path, write_json
 from .modeling import attach_lora, default_device, load_model, load_tokenizer
 from .pooling import classify, concat_row, packed_inputs, packing_unsupported, pad_rows, padded_inputs
-from .predict import plan_rows
+from .settings import to_params
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ class PaddedCollator:
         seqs = [f["input_ids"] for f in features]
         width = max(len(s) for s in seqs)
         ids, mask = padded_inputs(seqs, width, self.pad_token_id)
-        batch = {"input_ids": ids, "attention_mask": mask,
+        batch = {"input_ids": ids, "attention_mask": mask, "n_tokens": sum(len(s) for s in seqs),
                  "labels": torch.tensor([int(f["labels"]) for f in features], dtype=torch.long)}
         if "segments" in features[0]:
             batch["segments"] = pad_rows([f["segments"] for f in features], width)
@@ -97,7 +98,7 @@ class TokenBudgetBatchSampler(torch.utils.data.Sampler):
     """Batches filled up to ``max_tokens`` instead of a fixed row count: padded token slots
     (rows x longest row), or real tokens when the batches are ``packed``. Short rows then go
     through many at a time and long rows alone, so memory per step stays bounded and small
-    rows keep the device busy. The cut is :func:`predict.plan_batches`, the one prediction uses.
+    rows keep the device busy. The cut is :func:`batching.plan_batches`, the one prediction uses.
 
     Each epoch the rows are length-sorted with ties broken at random and the batches are
     shuffled, drawn from a generator seeded by (seed, epoch): a resumed run sees the batches
@@ -140,7 +141,7 @@ class PackedCollator:
 
     def __call__(self, features):
         ids, positions, lengths = packed_inputs([f["input_ids"] for f in features])
-        batch = {"input_ids": ids, "position_ids": positions, "lengths": lengths,
+        batch = {"input_ids": ids, "position_ids": positions, "lengths": lengths, "n_tokens": ids.shape[1],
                  "labels": torch.tensor([int(f["labels"]) for f in features], dtype=torch.long)}
         if "segments" in features[0]:
             batch["segments"] = concat_row([f["segments"] for f in features])
@@ -164,32 +165,6 @@ def training_rows(tokens, labels, swap_augment):
     return seqs, y, segs
 
 
-def fingerprint(settings, ids, labels):
-    h = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
-    h.update(np.asarray(ids, dtype=np.int64).tobytes())
-    h.update(np.asarray(labels, dtype=np.int64).tobytes())
-    return h.hexdigest()
-
-
-def prepare_checkpoint_dir(ckpt_dir, fp):
-    """Keep checkpoints of the same run; wipe those of a different one. Returns resume path or None."""
-    from transformers.trainer_utils import get_last_checkpoint
-
-    ckpt_dir = Path(ckpt_dir)
-    stamp = ckpt_dir / "fingerprint.json"
-    if ckpt_dir.exists():
-        old = read_json(stamp).get("fingerprint") if stamp.exists() else None
-        if old != fp:
-            log.info("checkpoints in %s belong to other settings or data: starting afresh", ckpt_dir)
-            shutil.rmtree(ckpt_dir)
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    write_json({"fingerprint": fp}, stamp)
-    last = get_last_checkpoint(str(ckpt_dir))
-    if last:
-        log.info("resuming from %s", last)
-    return last
-
-
 def optimizer_name(name):
     optim = OPTIMIZERS[name]
     if "8bit" in optim and not torch.cuda.is_available():
@@ -199,211 +174,228 @@ def optimizer_name(name):
     return optim
 
 
-def _trainer_class(pooling, *, max_tokens=None, packed=False):
-    from transformers import Trainer
+class PreferenceTrainer(Trainer):
+    """The Trainer with our loss (pooling and score head as prediction uses them), our batch
+    orders, mixed precision around both, and the loss and tokens of every step recorded."""
 
-    class LengthGroupedTrainer(Trainer):
-        def autocast_smart_context_manager(self, cache_enabled=True):
-            # the Trainer leaves mixed precision to accelerate, which autocasts ``model.forward``
-            # only; compute_loss calls the body and head directly (pooling.classify)
-            return self.accelerator.autocast()
+    def __init__(self, *args, pooling, max_tokens=None, packed=False, step_losses=(), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.pooling, self.max_tokens, self.packed = pooling, max_tokens, packed
+        self.step_losses = list(step_losses)  # steps done before a resume come from the checkpoint
+        self.step_loss, self.tokens_seen = 0.0, 0
 
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            # our pooling and the model's score head, as prediction uses them (pooling.py)
-            labels = inputs["labels"]
-            logits = classify(model, input_ids=inputs["input_ids"],
-                              attention_mask=inputs.get("attention_mask"),
-                              lengths=inputs.get("lengths"), position_ids=inputs.get("position_ids"),
-                              pooling=pooling, segments=inputs.get("segments"))
-            if num_items_in_batch is not None:
-                # rows of the whole accumulated step: the Trainer then skips its own division
-                # by the accumulation steps, and uneven last batches are weighted right
-                loss = torch.nn.functional.cross_entropy(logits.float(), labels, reduction="sum")
-                loss = loss / num_items_in_batch
-            else:
-                loss = torch.nn.functional.cross_entropy(logits.float(), labels)
-            return (loss, {"logits": logits}) if return_outputs else loss
+    def autocast_smart_context_manager(self, cache_enabled=True):
+        # the Trainer leaves mixed precision to accelerate, which autocasts ``model.forward``
+        # only; compute_loss calls the body and head directly (pooling.classify)
+        return self.accelerator.autocast()
 
-        def get_train_dataloader(self):
-            if not max_tokens:
-                return super().get_train_dataloader()
-            sampler = TokenBudgetBatchSampler([len(s) for s in self.train_dataset.sequences], max_tokens,
-                                              packed=packed, seed=self.args.seed)
-            loader = torch.utils.data.DataLoader(self.train_dataset, batch_sampler=sampler,
-                                                 collate_fn=self.data_collator, num_workers=0)
-            return self.accelerator.prepare(loader)
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        labels = inputs["labels"]
+        logits = classify(model, input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"),
+                          lengths=inputs.get("lengths"), position_ids=inputs.get("position_ids"),
+                          pooling=self.pooling, segments=inputs.get("segments"))
+        if num_items_in_batch is not None:
+            # rows of the whole accumulated step: the Trainer then skips its own division
+            # by the accumulation steps, and uneven last batches are weighted right
+            loss = torch.nn.functional.cross_entropy(logits.float(), labels, reduction="sum") / num_items_in_batch
+        else:
+            loss = torch.nn.functional.cross_entropy(logits.float(), labels)
+        self.step_loss = self.step_loss + loss.detach()
+        self.tokens_seen += inputs["n_tokens"]
+        return (loss, {"logits": logits}) if return_outputs else loss
 
-        def _get_train_sampler(self, train_dataset=None):
-            dataset = train_dataset if train_dataset is not None else self.train_dataset
-            return LengthGroupedSampler([len(s) for s in dataset.sequences],
-                                        self.args.train_batch_size * self.args.gradient_accumulation_steps,
-                                        self.args.seed)
+    def get_train_dataloader(self):
+        if not self.max_tokens:
+            return super().get_train_dataloader()
+        sampler = TokenBudgetBatchSampler([len(s) for s in self.train_dataset.sequences], self.max_tokens,
+                                          packed=self.packed, seed=self.args.seed)
+        loader = torch.utils.data.DataLoader(self.train_dataset, batch_sampler=sampler,
+                                             collate_fn=self.data_collator, num_workers=0)
+        return self.accelerator.prepare(loader)
 
-    return LengthGroupedTrainer
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        return LengthGroupedSampler([len(s) for s in dataset.sequences],
+                                    self.args.train_batch_size * self.args.gradient_accumulation_steps,
+                                    self.args.seed)
+
+
+class StepRecorder(TrainerCallback):
+    """Each optimizer step's loss into the trainer's history, and every saved checkpoint marked
+    complete with the fingerprint of the run and that history (a resume continues both)."""
+
+    def __init__(self, trainer, fingerprint):
+        self.trainer, self.fingerprint = trainer, fingerprint
+
+    def on_step_end(self, args, state, control, **kw):
+        self.trainer.step_losses.append(float(self.trainer.step_loss))
+        self.trainer.step_loss = 0.0
+
+    def on_save(self, args, state, control, **kw):
+        checkpoint = os.path.join(args.output_dir, f"{checkpoints.PREFIX}{state.global_step}")
+        checkpoints.mark_complete(checkpoint, self.fingerprint, self.trainer.step_losses)
+
+
+class LogProgress(TrainerCallback):
+    """Log lines with loss, learning rate and rate (tqdm is off: logs go to files)."""
+
+    def on_train_begin(self, args, state, control, **kw):
+        self.t0, self.step0 = time.perf_counter(), state.global_step
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        if not logs or "loss" not in logs:
+            return
+        dt = time.perf_counter() - self.t0
+        steps = state.global_step - self.step0
+        rate = steps / dt if dt > 0 else float("nan")
+        eta = (state.max_steps - state.global_step) / rate if rate > 0 else float("nan")
+        log.info("step %d/%d epoch %.2f loss %.4f lr %.2e | %.2f steps/s, eta %.0f s",
+                 state.global_step, state.max_steps, state.epoch or 0, logs["loss"],
+                 logs.get("learning_rate", float("nan")), rate, eta)
 
 
 KILL_AFTER_CHECKPOINT = "ARENA_PREF_KILL_AFTER_CHECKPOINT"
 PAUSE_AFTER_CHECKPOINT = "ARENA_PREF_PAUSE_AFTER_CHECKPOINT"
 
 
-def fault_injection_callback(step, *, pause):
+class AfterCheckpoint(TrainerCallback):
     """For tests of resumption: right after checkpoint ``step`` is saved, SIGKILL this process (as a
     node failure would; ARENA_PREF_KILL_AFTER_CHECKPOINT=STEP) or stop making progress so a test can
     cancel the job from outside, as a scheduler's time limit or scancel would
     (ARENA_PREF_PAUSE_AFTER_CHECKPOINT=STEP)."""
-    import signal
 
-    from transformers import TrainerCallback
+    def __init__(self, step, *, pause):
+        self.step, self.pause = step, pause
 
-    class AfterCheckpoint(TrainerCallback):
-        def on_save(self, args, state, control, **kw):
-            if state.global_step < step:
-                return
-            if pause:
-                log.warning("%s=%d: pausing after checkpoint %d", PAUSE_AFTER_CHECKPOINT, step,
-                            state.global_step)
-                while True:
-                    time.sleep(60)
-            log.warning("%s=%d: killing the job after checkpoint %d", KILL_AFTER_CHECKPOINT,
-                        step, state.global_step)
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    return AfterCheckpoint()
-
-
-def progress_callback():
-    from transformers import TrainerCallback
-
-    class LogProgress(TrainerCallback):
-        """Log lines with loss, learning rate and rate (tqdm is off: logs go to files)."""
-
-        def on_train_begin(self, args, state, control, **kw):
-            self.t0, self.step0 = time.perf_counter(), state.global_step
-
-        def on_log(self, args, state, control, logs=None, **kw):
-            if not logs or "loss" not in logs:
-                return
-            dt = time.perf_counter() - self.t0
-            steps = state.global_step - self.step0
-            rate = steps / dt if dt > 0 else float("nan")
-            eta = (state.max_steps - state.global_step) / rate if rate > 0 else float("nan")
-            log.info("step %d/%d epoch %.2f loss %.4f lr %.2e | %.2f steps/s, eta %.0f s",
-                     state.global_step, state.max_steps, state.epoch or 0, logs["loss"],
-                     logs.get("learning_rate", float("nan")), rate, eta)
-
-    return LogProgress()
+    def on_save(self, args, state, control, **kw):
+        if state.global_step < self.step:
+            return
+        if self.pause:
+            log.warning("%s=%d: pausing after checkpoint %d", PAUSE_AFTER_CHECKPOINT, self.step, state.global_step)
+            while True:
+                time.sleep(60)
+        log.warning("%s=%d: killing the job after checkpoint %d", KILL_AFTER_CHECKPOINT, self.step, state.global_step)
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def train_fold(*, backbone, tokens, labels, settings, ckpt_dir, adapter_dir, metrics_path, threads=None):
-    """Train one fold's adapter on ``tokens`` (rows of the token cache) and ``labels``.
-
-    ``settings`` is the model's config slice: quantization, dtype, lora, train.
-    Writes the adapter (``save_pretrained``, with the score head) and a metrics JSON.
-    """
-    from transformers import PrinterCallback, TrainingArguments, set_seed
-
+    """Train one fold's adapter on ``tokens`` (rows of the token cache) and ``labels`` with
+    :class:`~arena_pref.settings.TrainSettings`; write the adapter (``save_pretrained``, with the
+    score head) and a metrics JSON. Resumes from this run's last complete checkpoint."""
     if threads:
         torch.set_num_threads(threads)
-    tr = settings["train"]
-    seed = int(tr["seed"])
-    seqs, y, segs = training_rows(tokens, labels, tr.get("swap_augment", False))
-    fp = fingerprint(settings, tokens["id"], labels)
-    resume = prepare_checkpoint_dir(ckpt_dir, fp)
-
-    set_seed(seed)  # the new score head is initialised at load time
-    tokenizer = load_tokenizer(backbone)
-    model = load_model(backbone, quantization=settings["quantization"], dtype=settings["dtype"],
-                       pad_token_id=tokenizer.pad_token_id,
-                       attn_implementation=settings.get("attn_implementation"),
-                       allow_bf16_emulation=settings.get("allow_bf16_emulation", False))
-    model = attach_lora(model, settings["lora"], gradient_checkpointing=tr.get("gradient_checkpointing", False))
-    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    packing = bool(tr.get("packing"))
-    if packing and (why := packing_unsupported(model)):
-        log.warning("train.packing is not supported for this model (%s): padded batches instead", why)
-        packing = False
-
-    on_gpu = default_device().type == "cuda"
-    optim = optimizer_name(tr["optimizer"])
-    args = TrainingArguments(
-        output_dir=str(ckpt_dir),
-        per_device_train_batch_size=tr["batch_size"],
-        gradient_accumulation_steps=tr["grad_accum"],
-        learning_rate=tr["lr"],
-        weight_decay=tr.get("weight_decay", 0.0),
-        warmup_steps=tr["warmup_steps"],
-        num_train_epochs=tr["epochs"],
-        lr_scheduler_type=tr.get("scheduler", "linear"),
-        max_grad_norm=tr.get("max_grad_norm", 1.0),
-        optim=optim,
-        # mixed precision in the model's dtype, on a CPU too (torch autocasts there as well)
-        bf16=settings["dtype"] == "bfloat16",
-        fp16=settings["dtype"] == "float16",
-        use_cpu=not on_gpu,
-        logging_steps=tr.get("logging_steps", 10),
-        save_strategy="steps",
-        save_steps=tr["save_steps"],
-        save_total_limit=2,
-        seed=seed,
-        data_seed=seed,
-        report_to="none",
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-        # our rows carry exactly what compute_loss reads (segment ids too): keep them all
-        remove_unused_columns=False,
-    )
-    n_tokens = int(sum(len(s) for s in seqs))
-    max_tokens = tr.get("max_tokens_per_batch")
-    longest = max(len(s) for s in seqs)
-    if max_tokens and max_tokens < longest:
-        log.info("train.max_tokens_per_batch %d is below the longest sequence (%d tokens): such rows go alone",
-                 max_tokens, longest)
-    trainer_class = _trainer_class(settings.get("pooling", "auto"), max_tokens=max_tokens, packed=packing)
-    trainer = trainer_class(model=model, args=args, train_dataset=RowDataset(seqs, y, segs),
-                            data_collator=PackedCollator() if packing else PaddedCollator(tokenizer.pad_token_id),
-                            callbacks=[progress_callback()])
-    # with tqdm off the Trainer prints raw log dicts; our callback logs them readably instead
-    trainer.remove_callback(PrinterCallback)
-    for var, pause in ((KILL_AFTER_CHECKPOINT, False), (PAUSE_AFTER_CHECKPOINT, True)):
-        if os.environ.get(var):
-            trainer.add_callback(fault_injection_callback(int(os.environ[var]), pause=pause))
-    log.info("training %d sequences (%d tokens) in %s %s, %d trainable parameters, optimizer %s, %s, "
-             "gradient checkpointing %s", len(seqs), n_tokens, "packed" if packing else "padded",
-             f"batches of up to {max_tokens} tokens" if max_tokens else f"batches of {tr['batch_size']} rows",
-             n_trainable, optim, f"mixed precision {settings['dtype']}" if args.bf16 or args.fp16 else "float32",
-             "on" if tr.get("gradient_checkpointing") else "off")
-    if on_gpu:
-        torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=resume)
-    elapsed = time.perf_counter() - t0
-
-    with atomic_path(adapter_dir, directory=True) as tmp:
-        trainer.model.save_pretrained(tmp)
-    epochs_run = float(result.metrics.get("epoch", tr["epochs"]))
-    # tokens of this process's run only: a resumed job did part of the epochs before
-    done_fraction = 1.0 - (_checkpoint_step(resume) / max(trainer.state.max_steps, 1))
-    metrics = {
-        "train_loss": result.training_loss,
-        "steps": trainer.state.global_step,
-        "epochs": epochs_run,
-        "n_sequences": len(seqs),
-        "n_tokens_per_epoch": n_tokens,
-        "trainable_parameters": n_trainable,
-        "runtime_s": elapsed,
-        "tokens_per_s": n_tokens * epochs_run * done_fraction / max(elapsed, 1e-9),
-        "resumed_from": resume,
-        "optimizer": optim,
-        "device": str(default_device()),
-        "peak_memory_mb": (torch.cuda.max_memory_allocated() / 2**20 if on_gpu
-                           else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-        "log_history": trainer.state.log_history,
-    }
-    write_json(metrics, metrics_path)
-    log.info("trained in %.1f s, final loss %.4f, %.0f tokens/s", elapsed, result.training_loss,
-             metrics["tokens_per_s"])
+    seqs, y, segs = training_rows(tokens, labels, settings.train.swap_augment)
+    fp = checkpoints.fingerprint(settings=to_params(settings), ids=tokens["id"], labels=labels,
+                                 sequences=seqs + (segs or []), backbone=backbone)
+    with checkpoints.exclusive(ckpt_dir):
+        resume, step_losses = checkpoints.prepare(ckpt_dir, fp)
+        model, tokenizer, packing = _trainable_model(backbone, settings)
+        trainer = _trainer(model, tokenizer, settings, RowDataset(seqs, y, segs), ckpt_dir=ckpt_dir, packing=packing,
+                           fingerprint=fp, step_losses=step_losses)
+        _log_start(trainer, settings, packing, seqs)
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        result = trainer.train(resume_from_checkpoint=resume)
+        elapsed = time.perf_counter() - t0
+        with atomic_path(adapter_dir, directory=True) as tmp:
+            trainer.model.save_pretrained(tmp)
+        metrics = _metrics(trainer, result, elapsed, resume=resume, steps_before=len(step_losses), seqs=seqs)
+        write_json(metrics, metrics_path)
+    log.info("trained %d steps (%d in this run) in %.1f s, mean loss %.4f, %.0f tokens/s", metrics["steps"],
+             metrics["steps_this_run"], elapsed, metrics["train_loss"], metrics["tokens_per_s_this_run"])
     return metrics
 
 
-def _checkpoint_step(path):
-    return int(Path(path).name.split("-")[-1]) if path else 0
+def _trainable_model(backbone, settings):
+    """The backbone loaded as configured, with LoRA attached; and whether packing can be used."""
+    loading, opts = settings.loading, settings.train
+    set_seed(opts.seed)  # the new score head is initialised at load time
+    tokenizer = load_tokenizer(backbone)
+    model = load_model(backbone, quantization=loading.quantization, dtype=loading.dtype,
+                       pad_token_id=tokenizer.pad_token_id, attn_implementation=loading.attn_implementation,
+                       allow_bf16_emulation=loading.allow_bf16_emulation)
+    model = attach_lora(model, settings.lora, gradient_checkpointing=opts.gradient_checkpointing)
+    packing = opts.packing
+    if packing and (why := packing_unsupported(model)):
+        log.warning("train.packing is not supported for this model (%s): padded batches instead", why)
+        packing = False
+    return model, tokenizer, packing
+
+
+def _training_arguments(settings, ckpt_dir):
+    opts, dtype = settings.train, settings.loading.dtype
+    return TrainingArguments(
+        output_dir=str(ckpt_dir), per_device_train_batch_size=opts.batch_size,
+        gradient_accumulation_steps=opts.grad_accum, learning_rate=opts.lr, weight_decay=opts.weight_decay,
+        warmup_steps=opts.warmup_steps, num_train_epochs=opts.epochs, lr_scheduler_type=opts.scheduler,
+        max_grad_norm=opts.max_grad_norm, optim=optimizer_name(opts.optimizer),
+        # mixed precision in the model's dtype, on a CPU too (torch autocasts there as well)
+        bf16=dtype == "bfloat16", fp16=dtype == "float16", use_cpu=default_device().type != "cuda",
+        logging_steps=opts.logging_steps, save_strategy="steps", save_steps=opts.save_steps, save_total_limit=2,
+        seed=opts.seed, data_seed=opts.seed, report_to="none", disable_tqdm=True, dataloader_num_workers=0,
+        # our rows carry exactly what compute_loss reads (segment ids too): keep them all
+        remove_unused_columns=False)
+
+
+def _trainer(model, tokenizer, settings, dataset, *, ckpt_dir, packing, fingerprint, step_losses):
+    opts = settings.train
+    trainer = PreferenceTrainer(
+        model=model, args=_training_arguments(settings, ckpt_dir), train_dataset=dataset,
+        data_collator=PackedCollator() if packing else PaddedCollator(tokenizer.pad_token_id),
+        callbacks=[LogProgress()], pooling=settings.loading.pooling, max_tokens=opts.max_tokens_per_batch,
+        packed=packing, step_losses=step_losses)
+    # with tqdm off the Trainer prints raw log dicts; LogProgress logs them readably instead
+    trainer.remove_callback(PrinterCallback)
+    trainer.add_callback(StepRecorder(trainer, fingerprint))  # before the fault injection below
+    for var, pause in ((KILL_AFTER_CHECKPOINT, False), (PAUSE_AFTER_CHECKPOINT, True)):
+        if os.environ.get(var):
+            trainer.add_callback(AfterCheckpoint(int(os.environ[var]), pause=pause))
+    return trainer
+
+
+def _log_start(trainer, settings, packing, seqs):
+    opts, args = settings.train, trainer.args
+    longest = max(len(s) for s in seqs)
+    if opts.max_tokens_per_batch and opts.max_tokens_per_batch < longest:
+        log.info("train.max_tokens_per_batch %d is below the longest sequence (%d tokens): such rows go alone",
+                 opts.max_tokens_per_batch, longest)
+    log.info("training %d sequences (%d tokens) in %s %s, %d trainable parameters, optimizer %s, %s, "
+             "gradient checkpointing %s", len(seqs), sum(len(s) for s in seqs), "packed" if packing else "padded",
+             f"batches of up to {opts.max_tokens_per_batch} tokens" if opts.max_tokens_per_batch
+             else f"batches of {opts.batch_size} rows", _trainable_parameters(trainer.model), _optim(args),
+             f"mixed precision {settings.loading.dtype}" if args.bf16 or args.fp16 else "float32",
+             "on" if opts.gradient_checkpointing else "off")
+
+
+def _optim(args):
+    return str(getattr(args.optim, "value", args.optim))
+
+
+def _trainable_parameters(model):
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def _metrics(trainer, result, elapsed, *, resume, steps_before, seqs):
+    """What the run did. ``step_losses`` and ``train_loss`` cover every step, those before a resume
+    included (a resumed run reports what an uninterrupted one does); runtime and rates cover this
+    run's steps only (``steps_this_run``)."""
+    on_gpu = torch.cuda.is_available()
+    losses = trainer.step_losses
+    return {
+        "train_loss": float(np.mean(losses)) if losses else float("nan"),
+        "step_losses": losses,
+        "steps": trainer.state.global_step,
+        "steps_this_run": trainer.state.global_step - steps_before,
+        "resumed_from": resume,
+        "epochs": float(result.metrics.get("epoch", 0.0)),
+        "n_sequences": len(seqs),
+        "n_tokens_per_epoch": int(sum(len(s) for s in seqs)),
+        "trainable_parameters": _trainable_parameters(trainer.model),
+        "runtime_s_this_run": elapsed,
+        "tokens_per_s_this_run": trainer.tokens_seen / max(elapsed, 1e-9),
+        "optimizer": _optim(trainer.args),
+        "device": str(default_device()),
+        "peak_memory_mb": (torch.cuda.max_memory_allocated() / 2**20 if on_gpu
+                           else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+    }

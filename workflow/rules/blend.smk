@@ -1,9 +1,6 @@
 rule blend:
     input:
-        oof=expand("results/oof/{model}/fold{fold}.parquet", model=MODELS, fold=FOLDS),
-        test=expand("results/test/{model}.parquet", model=MODELS),
-        data="results/data/train.parquet",
-        folds="results/data/folds.parquet",
+        unpack(blend_inputs),
     output:
         submission="results/submission.csv",
         metrics="results/metrics.json",
@@ -14,7 +11,7 @@ rule blend:
     conda:
         CONDA_ENV
     params:
-        blend=config["blend"],
+        blend=settings.to_params(CONFIG.blend),
         tta=blend_tta(),
         models=MODELS,
     script:

@@ -2,7 +2,7 @@ import os
 import sys
 
 from snakemake.exceptions import WorkflowError
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
 
 min_version("9.0")
 
@@ -20,13 +20,27 @@ if not workflow.overwrite_configfiles:
     configfile: os.path.join(workflow.basedir, "config.yaml")
 
 
-validate(config, os.path.join(workflow.basedir, "workflow/schemas/config.schema.yaml"))
+from arena_pref import backbones, settings
+from arena_pref.errors import InputError
 
-MODELS = list(config["models"])
-FOLDS = list(range(config["cv"]["n_folds"]))
-THREADS = config["compute"]["threads"]
-PREDICT_GPUS = config["compute"]["predict_gpus"]
+try:
+    # validated against workflow/schemas/config.schema.yaml (defaults filled), cross-checked, and
+    # each model checked against its backbone: errors are one line naming the key
+    CONFIG = settings.load_config(config)
+    for _model in CONFIG.models.values():
+        backbones.check_model(_model)
+except InputError as err:
+    raise WorkflowError(f"arena-pref: {err}") from None
+
+MODELS = sorted(CONFIG.models)  # the order models are listed in does not matter
+FOLDS = CONFIG.fold_ids()
 CONDA_ENV = "../../envs/arena-pref.yaml"
+
+# nothing is fetched from a model hub unless a config names a hub backbone
+if any(m.backbone["kind"] == "hub" for m in CONFIG.models.values()):
+    os.environ.pop("HF_HUB_OFFLINE", None)
+else:
+    os.environ.update(HF_HUB_OFFLINE="1")
 
 
 wildcard_constraints:
@@ -35,110 +49,74 @@ wildcard_constraints:
     model="|".join(MODELS),
 
 
-def check_config():
-    """Cross-field checks the schema cannot express; errors name the key."""
-    # nothing is fetched from a model hub unless a config names a hub backbone
-    if any(config["models"][m]["backbone"]["kind"] == "hub" for m in MODELS):
-        os.environ.pop("HF_HUB_OFFLINE", None)
-    else:
-        os.environ.update(HF_HUB_OFFLINE="1")
-    blend = config["blend"]
-    if blend["method"] == "weights":
-        missing = [m for m in MODELS if m not in blend["weights"]]
-        unknown = [m for m in blend["weights"] if m not in MODELS]
-        if missing or unknown:
-            raise WorkflowError(
-                f"config blend.weights must name every model: missing {missing}, unknown {unknown}"
-            )
-        if sum(blend["weights"].values()) <= 0:
-            raise WorkflowError(
-                "config blend.weights: at least one weight must be positive"
-            )
-    for m in MODELS:
-        folds = config["models"][m]["predict"]["folds"]
-        if folds != "all" and any(f >= len(FOLDS) for f in folds):
-            raise WorkflowError(
-                f"config models.{m}.predict.folds: {folds} names a fold >= cv.n_folds"
-            )
-
-
-check_config()
-
-
 # ---------------------------------------------------------------- input functions
 
 
 def split_csv(wildcards):
-    return config["data"][f"{wildcards.split}_csv"]
+    return CONFIG.raw["data"][f"{wildcards.split}_csv"]
+
+
+def parse_inputs(wildcards):
+    """The CSV, and for the test split the parsed training rows (their ids are checked against)."""
+    inputs = {"csv": split_csv(wildcards)}
+    if wildcards.split == "test":
+        inputs["train"] = "results/data/train.parquet"
+    return inputs
 
 
 def backbone_input(wildcards):
-    """The backbone directory when the workflow builds it or it is a local path."""
-    spec = config["models"][wildcards.model]["backbone"]
-    if spec["kind"] == "tiny":
-        return f"results/backbones/{wildcards.model}"
-    if spec["kind"] == "path":
-        return spec["path"]
-    return []
-
-
-def predict_folds(model):
-    folds = config["models"][model]["predict"]["folds"]
-    return FOLDS if folds == "all" else sorted(set(folds))
+    return backbones.rule_input(
+        wildcards.model, CONFIG.models[wildcards.model].backbone
+    )
 
 
 def fold_test_predictions(wildcards):
     return expand(
         "results/test/{model}/fold{fold}.parquet",
         model=wildcards.model,
-        fold=predict_folds(wildcards.model),
+        fold=CONFIG.predict_folds(wildcards.model),
     )
 
 
-# ---------------------------------------------------------------- params (config slices)
-# Each rule sees only the part of the config it depends on, so changing one model's
-# settings reruns that model's jobs only, and changing the blend reruns the blend only.
+def blend_inputs(wildcards):
+    """Every model's OOF and test predictions, named by model (the blend is told the names,
+    never parses them from paths)."""
+    inputs = {
+        "data": "results/data/train.parquet",
+        "folds": "results/data/folds.parquet",
+    }
+    for m in MODELS:
+        inputs[f"oof_{m}"] = expand(
+            "results/oof/{model}/fold{fold}.parquet", model=m, fold=FOLDS
+        )
+        inputs[f"test_{m}"] = f"results/test/{m}.parquet"
+    return inputs
 
 
-def model_config(model, *keys):
-    return {k: config["models"][model][k] for k in keys}
+# ---------------------------------------------------------------- params
+# Every job gets exactly the settings its step reads, as canonical plain data (settings.py);
+# key order in the YAML never matters, and a change reruns only the jobs that read it.
 
 
 def backbone_spec(wildcards):
-    return config["models"][wildcards.model]["backbone"]
+    return settings.canonical(CONFIG.models[wildcards.model].backbone)
 
 
-def token_settings(wildcards):
-    return model_config(
-        wildcards.model, "max_length", "truncation", "prompt_max_frac", "template"
-    )
+def token_params(wildcards):
+    return settings.to_params(CONFIG.models[wildcards.model].tokens)
 
 
-def train_settings(wildcards):
-    return model_config(
-        wildcards.model,
-        "quantization",
-        "dtype",
-        "allow_bf16_emulation",
-        "attn_implementation",
-        "pooling",
-        "lora",
-        "train",
-    )
+def train_params(wildcards):
+    return settings.to_params(CONFIG.models[wildcards.model].training)
 
 
-def predict_settings(wildcards):
-    return model_config(
-        wildcards.model,
-        "quantization",
-        "dtype",
-        "allow_bf16_emulation",
-        "attn_implementation",
-        "pooling",
-        "max_length",
-        "predict",
-    )
+def predict_params(wildcards):
+    return settings.to_params(CONFIG.models[wildcards.model].prediction)
+
+
+def model_tta(wildcards):
+    return CONFIG.models[wildcards.model].tta
 
 
 def blend_tta():
-    return {m: config["models"][m]["predict"]["tta"] for m in MODELS}
+    return settings.canonical({m: CONFIG.models[m].tta for m in MODELS})

@@ -7,14 +7,14 @@ rule demo_data:
     conda:
         CONDA_ENV
     params:
-        demo=config["demo"],
+        demo=settings.canonical(CONFIG.raw["demo"]),
     script:
         "../scripts/demo_data.py"
 
 
 rule parse:
     input:
-        split_csv,
+        unpack(parse_inputs),
     output:
         "results/data/{split}.parquet",
     log:
@@ -35,6 +35,7 @@ rule folds:
     conda:
         CONDA_ENV
     params:
-        cv=config["cv"],
+        n_folds=CONFIG.n_folds,
+        seed=CONFIG.cv_seed,
     script:
         "../scripts/folds.py"

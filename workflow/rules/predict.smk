@@ -12,12 +12,12 @@ rule oof:
         "results/benchmarks/oof/{model}/fold{fold}.tsv"
     conda:
         CONDA_ENV
-    threads: THREADS
+    threads: CONFIG.threads
     resources:
-        gpu=PREDICT_GPUS,
+        gpu=CONFIG.predict_gpus,
     params:
         backbone=backbone_spec,
-        settings=predict_settings,
+        settings=predict_params,
     script:
         "../scripts/oof.py"
 
@@ -35,12 +35,13 @@ rule infer:
         "results/benchmarks/infer/{model}/fold{fold}.tsv"
     conda:
         CONDA_ENV
-    threads: THREADS
+    threads: CONFIG.threads
     resources:
-        gpu=PREDICT_GPUS,
+        gpu=CONFIG.predict_gpus,
     params:
         backbone=backbone_spec,
-        settings=predict_settings,
+        settings=predict_params,
+        tta=model_tta,
     script:
         "../scripts/infer.py"
 
@@ -55,6 +56,6 @@ rule average_test:
     conda:
         CONDA_ENV
     params:
-        tta=blend_tta(),
+        tta=model_tta,
     script:
         "../scripts/average_test.py"

@@ -27,6 +27,6 @@ rule tokenize:
         CONDA_ENV
     params:
         backbone=backbone_spec,
-        settings=token_settings,
+        settings=token_params,
     script:
         "../scripts/tokenize.py"

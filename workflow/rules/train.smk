@@ -13,12 +13,12 @@ rule train:
         "results/benchmarks/train/{model}/fold{fold}.tsv"
     conda:
         CONDA_ENV
-    threads: THREADS
+    threads: CONFIG.threads
     resources:
         gpu=1,
     params:
         backbone=backbone_spec,
-        settings=train_settings,
+        settings=train_params,
         # outside the outputs: a failed or killed job keeps its checkpoints and resumes
         checkpoints="results/checkpoints/{model}/fold{fold}",
     script:

@@ -6,7 +6,7 @@ from arena_pref.logs import run_main, setup_logging
 @run_main
 def main(sm):
     setup_logging(sm.log[0])
-    steps.average_test(list(sm.input), sm.output[0], tta=sm.params.tta[sm.wildcards.model])
+    steps.average_test(list(sm.input), sm.output[0], tta=sm.params.tta)
 
 
 main(snakemake)  # noqa: F821

@@ -1,17 +1,19 @@
 """Rule blend: weights (given or fitted on OOF), optional temperature, the submission."""
-from arena_pref import steps
+from arena_pref import settings, steps
 from arena_pref.logs import run_main, setup_logging
 
 
 @run_main
 def main(sm):
     setup_logging(sm.log[0])
-    steps.blend(oof_paths=list(sm.input.oof), test_paths=list(sm.input.test),
+    models = sm.params.models
+    steps.blend(oof_paths={m: list(getattr(sm.input, f"oof_{m}")) for m in models},
+                test_paths={m: getattr(sm.input, f"test_{m}") for m in models},
                 train_parquet=sm.input.data, folds_parquet=sm.input.folds,
-                blend_config=sm.params.blend, tta=sm.params.tta, models=sm.params.models,
+                settings=settings.from_params(settings.BlendSettings, sm.params.blend), tta=sm.params.tta,
                 submission=sm.output.submission, metrics_path=sm.output.metrics,
                 oof_blend_path=sm.output.oof_blend, run_info_path=sm.output.run_info,
-                config=sm.config)
+                config=settings.validate(sm.config))
 
 
 main(snakemake)  # noqa: F821

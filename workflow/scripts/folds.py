@@ -6,8 +6,7 @@ from arena_pref.logs import run_main, setup_logging
 @run_main
 def main(sm):
     setup_logging(sm.log[0])
-    steps.make_folds(sm.input[0], sm.output[0], n_folds=sm.params.cv["n_folds"],
-                     seed=sm.params.cv["seed"])
+    steps.folds(sm.input[0], sm.output[0], n_folds=sm.params.n_folds, seed=sm.params.seed)
 
 
 main(snakemake)  # noqa: F821

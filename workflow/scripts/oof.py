@@ -1,7 +1,9 @@
 """Rule oof: one fold's held-out rows predicted with that fold's adapter, both orders."""
 from arena_pref import steps
+from arena_pref.backbones import backbone_dir
 from arena_pref.gpus import claim_gpus
 from arena_pref.logs import run_main, setup_logging
+from arena_pref.settings import PredictSettings, from_params
 
 
 @run_main
@@ -9,9 +11,9 @@ def main(sm):
     setup_logging(sm.log[0])
     claim_gpus(sm.resources.gpu)  # before anything starts CUDA: -j2 jobs get their own GPUs
     steps.oof(model=sm.wildcards.model, tokens_parquet=sm.input.tokens, folds_parquet=sm.input.folds,
-              fold=int(sm.wildcards.fold), backbone=steps.backbone_dir(sm.params.backbone, sm.input.backbone),
-              adapter=sm.input.adapter, settings=sm.params.settings, out=sm.output[0],
-              threads=sm.threads)
+              fold=int(sm.wildcards.fold), backbone=backbone_dir(sm.params.backbone, sm.input.backbone),
+              adapter=sm.input.adapter, settings=from_params(PredictSettings, sm.params.settings),
+              out=sm.output[0], threads=sm.threads)
 
 
 main(snakemake)  # noqa: F821

@@ -6,7 +6,7 @@ from arena_pref.logs import run_main, setup_logging
 @run_main
 def main(sm):
     setup_logging(sm.log[0])
-    steps.parse(sm.input[0], sm.wildcards.split, sm.output[0])
+    steps.parse(sm.input.csv, sm.wildcards.split, sm.output[0], train_parquet=getattr(sm.input, "train", None))
 
 
 main(snakemake)  # noqa: F821

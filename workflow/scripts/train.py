@@ -1,18 +1,20 @@
 """Rule train: one fold's LoRA adapter; checkpoints resume a killed job."""
 from arena_pref import steps
+from arena_pref.backbones import backbone_dir
 from arena_pref.gpus import claim_gpus
 from arena_pref.logs import run_main, setup_logging
+from arena_pref.settings import TrainSettings, from_params
 
 
 @run_main
 def main(sm):
     setup_logging(sm.log[0])
     claim_gpus(sm.resources.gpu)  # before anything starts CUDA: -j2 jobs get their own GPUs
-    steps.train_fold(
+    steps.train(
         tokens_parquet=sm.input.tokens, train_parquet=sm.input.data, folds_parquet=sm.input.folds,
-        fold=int(sm.wildcards.fold), backbone=steps.backbone_dir(sm.params.backbone, sm.input.backbone),
-        settings=sm.params.settings, checkpoints=sm.params.checkpoints, adapter=sm.output.adapter,
-        metrics=sm.output.metrics, threads=sm.threads)
+        fold=int(sm.wildcards.fold), backbone=backbone_dir(sm.params.backbone, sm.input.backbone),
+        settings=from_params(TrainSettings, sm.params.settings), checkpoints=sm.params.checkpoints,
+        adapter=sm.output.adapter, metrics=sm.output.metrics, threads=sm.threads)
 
 
 main(snakemake)  # noqa: F821

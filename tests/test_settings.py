@@ -1,0 +1,126 @@
+"""Settings: one validated, typed home for the config; config errors in one line naming the key,
+caught before any job runs."""
+
+import os
+import stat
+
+import pandas as pd
+import pytest
+import yaml
+
+from arena_pref import backbones, io, settings
+from arena_pref.errors import InputError
+from workflow_helpers import REPO, SMALL
+
+BASE = yaml.safe_load(SMALL.read_text())
+
+
+def config_with(**models):
+    return {**BASE, "models": {**BASE["models"], **models}}
+
+
+def test_params_do_not_depend_on_key_order():
+    shuffled = yaml.safe_load(yaml.safe_dump(BASE, sort_keys=False))
+    shuffled["models"] = dict(reversed(list(shuffled["models"].items())))
+    for m in shuffled["models"].values():
+        m["predict"] = dict(reversed(list(m["predict"].items())))
+        m["train"] = dict(reversed(list(m["train"].items())))
+    a, b = settings.load_config(BASE), settings.load_config(shuffled)
+    for name in a.models:
+        for part in ("tokens", "training", "prediction"):
+            assert repr(settings.to_params(getattr(a.models[name], part))) == repr(
+                settings.to_params(getattr(b.models[name], part)))
+
+
+def test_params_round_trip_to_typed_settings():
+    model = settings.load_config(BASE).models["tiny_gemma2"]
+    for cls, value in ((settings.TrainSettings, model.training), (settings.PredictSettings, model.prediction),
+                       (settings.TokenSettings, model.tokens)):
+        assert settings.from_params(cls, settings.to_params(value)) == value
+    assert model.training.train.packing is True and model.training.lora.target_modules == ("q_proj", "v_proj")
+    assert model.training.train.weight_decay == 0.0  # a default the schema filled
+
+
+def test_oof_settings_do_not_hold_tta_or_folds():
+    """OOF always predicts both orders with every fold's own adapter: its params must not change
+    when the test-time settings do."""
+    params = settings.to_params(settings.load_config(BASE).models["minilm"].prediction)
+    assert "tta" not in repr(params) and "folds" not in repr(params)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"tiny_gemma2": {**BASE["models"]["tiny_gemma2"],
+                      "backbone": {**BASE["models"]["tiny_gemma2"]["backbone"], "num_layer": 2}}},
+     "config.models.tiny_gemma2.backbone: unknown key 'num_layer' (did you mean 'num_layers'?)"),
+    ({"minilm": {**BASE["models"]["minilm"], "train": {**BASE["models"]["minilm"]["train"], "epoch": 2}}},
+     "config.models.minilm.train: unknown key 'epoch' (did you mean 'epochs'?)"),
+    ({"minilm": {**BASE["models"]["minilm"], "quantization": "3bit"}},
+     "config.models.minilm.quantization: '3bit' is not one of ['4bit', '8bit', 'none']"),
+    ({"fold.0": BASE["models"]["minilm"]}, "config.models: name 'fold.0' is not allowed: model names are identifiers"),
+])
+def test_config_errors_are_one_line_naming_the_key(change, message):
+    with pytest.raises(InputError) as err:
+        settings.load_config(config_with(**change))
+    assert str(err.value).startswith(message) and "\n" not in str(err.value)
+
+
+def test_model_names_that_read_like_paths_are_fine():
+    """``test``, ``oof`` or ``fold0`` are identifiers: the blend is told model names, it never
+    parses them out of paths."""
+    config = {**BASE, "models": {"test": BASE["models"]["minilm"], "fold0": BASE["models"]["tiny_gemma2"]},
+              "blend": {**BASE["blend"], "weights": {"test": 1, "fold0": 1}}}
+    assert list(settings.load_config(config).models) == ["test", "fold0"]
+
+
+def model(name="minilm", **changes):
+    return settings.load_config(config_with(**{name: {**BASE["models"][name], **changes}})).models[name]
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the checks remember passed models under .snakemake/
+    return tmp_path
+
+
+@pytest.mark.parametrize("name, changes, message", [
+    ("minilm", {"max_length": 1024}, "models.minilm.max_length: 1024 is above the backbone's position limit (512"),
+    ("minilm", {"template": {"prompt": "question " * 60}}, "models.minilm.template: the template and special "
+                                                              "tokens take"),
+    ("minilm", {"lora": {"r": 4, "alpha": 8, "target_modules": ["query", "q_proj"]}},
+     "models.minilm.lora.target_modules: ['q_proj'] match no module of the backbone (its linear layers: "),
+    ("tiny_gemma2", {"lora": {"r": 4, "alpha": 8, "target_modules": ["q_proj"], "layers_to_transform": [0, 16]}},
+     "models.tiny_gemma2.lora.layers_to_transform: [16] beyond the backbone's 1 layers"),
+])
+def test_backbone_checks_catch_what_would_fail_later(workdir, name, changes, message):
+    with pytest.raises(InputError, match="^config " + message.replace("(", r"\(").replace("[", r"\[")):
+        backbones.check_model(model(name, **changes))
+    backbones.check_model(model(name))  # the shipped settings pass
+    assert list((workdir / backbones.CHECKED_DIR).iterdir())  # and are remembered
+
+
+def test_a_backbone_directory_without_config_is_named(workdir):
+    (workdir / "empty").mkdir()
+    with pytest.raises(InputError, match=r"config models.minilm.backbone: empty has no config.json"):
+        backbones.check_model(model(backbone={"kind": "path", "path": "empty"}))
+
+
+def test_outputs_get_the_usual_modes(tmp_path):
+    """Atomic writes go through mkstemp/mkdtemp (0600/0700): the renamed outputs must get what a
+    plain open() or mkdir() would give, or teammates cannot read them."""
+    old = os.umask(0o022)
+    try:
+        io.write_csv(pd.DataFrame({"a": [1]}), tmp_path / "out.csv")
+        with io.atomic_path(tmp_path / "adapter", directory=True) as tmp:
+            (tmp / "weights").write_text("w")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "out.csv").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "adapter").stat().st_mode) == 0o755
+
+
+def test_the_schema_lists_every_setting_the_code_reads():
+    schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
+    train_keys = set(schema["$defs"]["train"]["properties"])
+    assert train_keys == {f for f in settings.TrainOptions.__dataclass_fields__}
+    predict_keys = set(schema["$defs"]["predict"]["properties"])
+    assert predict_keys - {"tta", "folds"} <= set(settings.Batching.__dataclass_fields__) | {"merge_lora", "compile"}

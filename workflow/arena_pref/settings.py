@@ -1,0 +1,299 @@
+"""Settings: typed views of the validated config, built once, read by every rule and every step.
+
+The schema (``workflow/schemas/config.schema.yaml``) is where every key is documented and where
+defaults live; :func:`load_config` validates a config against it (filling the defaults), reports
+the first problem in one line naming the key, runs the checks a schema cannot express, and
+returns a :class:`Config`. Each rule then receives as ``params`` exactly the slice of settings its
+step reads, as a canonical dict (:func:`to_params`: keys sorted at every level), so reordering keys
+in a YAML file changes nothing and a change to one model or one rule's settings reruns only what
+reads them. Scripts turn a slice back into its typed object with :func:`from_params`.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from .errors import InputError
+
+SCHEMA = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
+
+
+# --------------------------------------------------------------------------- typed settings
+
+@dataclass(frozen=True)
+class Loading:
+    """How a model's backbone is loaded and pooled: shared by training and prediction."""
+
+    quantization: str  # 4bit | 8bit | none (bitsandbytes)
+    dtype: str  # compute dtype; training runs in mixed precision in it
+    allow_bf16_emulation: bool
+    attn_implementation: str  # auto | eager | sdpa | flash_attention_2
+    pooling: str  # auto | last | mean | cls | pair
+
+
+@dataclass(frozen=True)
+class Lora:
+    r: int
+    alpha: float
+    dropout: float
+    target_modules: tuple
+    layers_to_transform: tuple | None
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    epochs: float
+    batch_size: int
+    max_tokens_per_batch: int | None
+    grad_accum: int
+    lr: float
+    weight_decay: float
+    warmup_steps: int
+    scheduler: str
+    max_grad_norm: float
+    optimizer: str
+    save_steps: int
+    logging_steps: int
+    gradient_checkpointing: bool
+    packing: bool
+    swap_augment: bool
+    seed: int
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Everything the train rule reads."""
+
+    loading: Loading
+    lora: Lora
+    train: TrainOptions
+
+
+@dataclass(frozen=True)
+class Batching:
+    """How prediction cuts rows into forward passes (``predict.method`` and its budgets)."""
+
+    method: str
+    batch_size: int
+    max_tokens_per_batch: int
+    max_length: int  # ``fixed`` pads to it; the longest sequence a pass can hold
+
+
+@dataclass(frozen=True)
+class PredictSettings:
+    """Everything the oof and infer rules read (TTA is the infer rule's own param: OOF always
+    predicts both orders)."""
+
+    loading: Loading
+    batching: Batching
+    merge_lora: bool
+    compile: bool
+
+
+@dataclass(frozen=True)
+class TokenSettings:
+    """Everything the tokenize rule reads."""
+
+    max_length: int
+    truncation: str
+    prompt_max_frac: float
+    template: dict
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """One model of the config: its backbone spec and each rule's slice of its settings."""
+
+    name: str
+    backbone: dict
+    tokens: TokenSettings
+    training: TrainSettings
+    prediction: PredictSettings
+    tta: bool
+    folds: tuple | None  # folds whose adapters predict the test set; None: all
+
+
+@dataclass(frozen=True)
+class BlendSettings:
+    method: str
+    weights: dict
+    calibrate: bool
+
+
+@dataclass(frozen=True)
+class Config:
+    raw: dict  # the validated config, defaults filled (run_info.json records it)
+    models: dict  # name -> ModelConfig, in config order
+    blend: BlendSettings
+    n_folds: int
+    cv_seed: int
+    threads: int
+    predict_gpus: int
+
+    def fold_ids(self):
+        return list(range(self.n_folds))
+
+    def predict_folds(self, model):
+        folds = self.models[model].folds
+        return self.fold_ids() if folds is None else sorted(set(folds))
+
+
+def _model_config(name, m):
+    loading = Loading(**{f.name: m[f.name] for f in dataclasses.fields(Loading)})
+    p = m["predict"]
+    return ModelConfig(
+        name=name,
+        backbone=m["backbone"],
+        tokens=TokenSettings(max_length=m["max_length"], truncation=m["truncation"],
+                             prompt_max_frac=m["prompt_max_frac"], template=m["template"]),
+        training=TrainSettings(loading=loading, lora=build(Lora, m["lora"]), train=build(TrainOptions, m["train"])),
+        prediction=PredictSettings(
+            loading=loading,
+            batching=Batching(method=p["method"], batch_size=p["batch_size"],
+                              max_tokens_per_batch=p["max_tokens_per_batch"], max_length=m["max_length"]),
+            merge_lora=p["merge_lora"], compile=p["compile"]),
+        tta=p["tta"],
+        folds=None if p["folds"] == "all" else tuple(p["folds"]),
+    )
+
+
+# --------------------------------------------------------------------------- params <-> objects
+
+def canonical(value):
+    """``value`` as plain data with dict keys sorted at every level (tuples become lists)."""
+    if dataclasses.is_dataclass(value):
+        value = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {str(k): canonical(value[k]) for k in sorted(value)}
+    if isinstance(value, (list, tuple)):
+        return [canonical(v) for v in value]
+    return value
+
+
+def to_params(settings):
+    """A settings object as a rule's ``params`` value: canonical plain data, so Snakemake sees
+    the same params whatever order the YAML keys came in."""
+    return canonical(settings)
+
+
+def build(cls, data):
+    """A settings dataclass from plain data (a config slice or a rule's params): nested settings
+    built recursively, lists as tuples; a missing or unknown key is an error."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown settings {sorted(unknown)}")
+    kwargs = {}
+    for name in names:
+        value, hint = data[name], hints[name]
+        if dataclasses.is_dataclass(hint):
+            value = build(hint, value)
+        elif isinstance(value, list):
+            value = tuple(value)
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def from_params(cls, params):
+    """The settings object a rule's ``params`` value (:func:`to_params`) stands for."""
+    return build(cls, params)
+
+
+# --------------------------------------------------------------------------- validation
+
+def _schema():
+    return yaml.safe_load(SCHEMA.read_text(encoding="utf-8"))
+
+
+def _validator():
+    """The schema's validator, extended to fill in defaults (copies: no two places share one)."""
+    from jsonschema import Draft202012Validator, validators
+
+    properties = Draft202012Validator.VALIDATORS["properties"]
+
+    def set_defaults(validator, props, instance, schema):
+        if isinstance(instance, dict):
+            for key, sub in props.items():
+                if "default" in sub and key not in instance:
+                    instance[key] = copy.deepcopy(sub["default"])
+        yield from properties(validator, props, instance, schema)
+
+    return validators.extend(Draft202012Validator, {"properties": set_defaults})(_schema())
+
+
+def _where(path):
+    return "config" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path)
+
+
+def _one_line(error):
+    """A validation error as one line naming the key (and the closest known key for a typo)."""
+    from jsonschema.exceptions import best_match
+
+    error = best_match([error])
+    if error.validator == "pattern" and "propertyNames" in error.relative_schema_path:
+        return (f"{_where(error.absolute_path)}: name {error.instance!r} is not allowed: "
+                f"{' '.join(error.schema.get('description', error.message).split())}")
+    if error.validator in ("additionalProperties", "unevaluatedProperties") and isinstance(error.instance, dict):
+        known = set(error.schema.get("properties", {}))
+        for branch in error.schema.get("allOf", []):
+            known |= set(branch.get("then", {}).get("properties", {}))
+        unknown = [k for k in error.instance if k not in known]
+        hints = [f"unknown key '{k}'" + (f" (did you mean '{m[0]}'?)" if (m := difflib.get_close_matches(k, known, 1))
+                                         else "") for k in unknown]
+        if hints:
+            return f"{_where(error.absolute_path)}: {'; '.join(hints)}"
+    return f"{_where(error.absolute_path)}: {error.message}"
+
+
+def validate(config):
+    """``config`` checked against the schema, with defaults filled in (a copy); the first problem
+    raises :class:`InputError` in one line naming the key."""
+    from jsonschema.exceptions import best_match
+
+    config = copy.deepcopy(dict(config))
+    error = best_match(_validator().iter_errors(config))
+    if error is not None:
+        raise InputError(_one_line(error))
+    return config
+
+
+def _check_blend(config, models):
+    blend = config["blend"]
+    if blend["method"] == "weights":
+        missing = [m for m in models if m not in blend["weights"]]
+        unknown = [m for m in blend["weights"] if m not in models]
+        if missing or unknown:
+            raise InputError(f"config blend.weights must name every model: missing {missing}, unknown {unknown}")
+        if sum(blend["weights"].values()) <= 0:
+            raise InputError("config blend.weights: at least one weight must be positive")
+
+
+def load_config(config):
+    """Validate ``config`` (a dict as Snakemake reads it) and build the settings every rule reads."""
+    config = validate(config)
+    _check_blend(config, list(config["models"]))
+    n_folds = config["cv"]["n_folds"]
+    models = {name: _model_config(name, m) for name, m in config["models"].items()}
+    for m in models.values():
+        if m.folds is not None and any(f >= n_folds for f in m.folds):
+            raise InputError(f"config models.{m.name}.predict.folds: {list(m.folds)} names a fold >= cv.n_folds "
+                             f"({n_folds})")
+    return Config(raw=config, models=models, blend=build(BlendSettings, config["blend"]), n_folds=n_folds,
+                  cv_seed=config["cv"]["seed"], threads=config["compute"]["threads"],
+                  predict_gpus=config["compute"]["predict_gpus"])
+
+
+def model_config(model, name="model", **config):
+    """One :class:`ModelConfig` from a model's config mapping, validated and filled as the workflow
+    does (for tests and benchmarks: the same path as a user's config)."""
+    base = {"data": {"train_csv": "train.csv", "test_csv": "test.csv"}, "models": {name: model},
+            "blend": {"weights": {name: 1.0}}}
+    return load_config({**base, **config}).models[name]
