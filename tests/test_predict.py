@@ -160,10 +160,23 @@ def test_two_cpu_workers_match_one(tiny_backbone_dir, tmp_path):
     kw = dict(backbone=str(tiny_backbone_dir), adapter_dir=tmp_path / "adapter", tokens=tokens,
               settings=settings, tta=True, threads=1)
     one = predict.predict_on_devices(devices=["cpu"], **kw)
-    two = predict.predict_on_devices(devices=["cpu", "cpu"], **kw)
+    import logging
+
+    from arena_pref.logs import setup_logging
+
+    handlers = logging.getLogger().handlers[:]
+    setup_logging(tmp_path / "job.log")  # as a workflow script does
+    try:
+        two = predict.predict_on_devices(devices=["cpu", "cpu"], **kw)
+    finally:
+        logging.getLogger().handlers[:] = handlers
     assert two["id"].tolist() == tokens["id"].tolist()
     np.testing.assert_allclose(two.drop(columns="id").to_numpy(), one.drop(columns="id").to_numpy(),
                                rtol=0, atol=1e-6)
+    # the workers log into the job's log file too (what they loaded, their fallbacks, progress)
+    log = (tmp_path / "job.log").read_text()
+    assert log.count("loaded LlamaForSequenceClassification") + log.count("loaded Gemma2ForSequenceClassification") == 2
+    assert "2 shards" in log
 
 
 @pytest.mark.parametrize("which", ["tiny_backbone_dir", "tiny_llama_dir", "minilm_dir"])
@@ -474,13 +487,13 @@ def test_float16_overflow_stops_with_the_model_and_fold_named(tiny_backbone_dir,
     seqs = random_sequences(2 * n, 3, 30, seed=15)
     io.write_parquet(pd.DataFrame({"id": np.arange(n), "input_ids": seqs[:n], "input_ids_swap": seqs[n:]}),
                      tmp_path / "test.parquet")
-    settings = model_settings(quantization="none", dtype="float16", max_length=64,
-                              predict={"method": "packed", "max_tokens_per_batch": 128}).prediction
+    model = model_settings(quantization="none", dtype="float16", max_length=64,
+                           predict={"method": "packed", "max_tokens_per_batch": 128})
     out = tmp_path / "fold3.parquet"
     with pytest.raises(InputError, match=r"model 'gemma_t4', fold 3 \(test\): \d+ of 12 sequences got "
                                          r"non-finite probabilities.*float16 overflows"):
         steps.infer(model="gemma_t4", fold=3, tokens_parquet=tmp_path / "test.parquet", backbone=tiny_backbone_dir,
-                    adapter=adapter, settings=settings, tta=True, out=out, threads=1)
+                    adapter=adapter, settings=model.prediction, options=model.options, tta=True, out=out, threads=1)
     assert not out.exists()
 
 
@@ -515,11 +528,10 @@ def test_each_prediction_worker_sees_only_its_own_gpu(monkeypatch):
 
     seen = []
     monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", InProcessPool)
-    monkeypatch.setattr(predict, "_predict_share", lambda backbone, adapter, settings, dev, seqs, segs, shard, threads: (
+    monkeypatch.setattr(predict, "_predict_share", lambda trained, dev, seqs, segs, shard, threads: (
         seen.append((os.environ["CUDA_VISIBLE_DEVICES"], dev)), (np.array([], dtype=np.int64), np.zeros((0, 3)), 0.0))[1])
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,7")
-    predict._predict_in_workers(["cuda:0", "cuda:1"], [[], []], backbone="b", adapter_dir="a", settings={},
-                                seqs=[], segs=None, threads=1)
+    predict._predict_in_workers(None, ["cuda:0", "cuda:1"], [[], []], seqs=[], segs=None, threads=1)
     assert seen == [("4", "cuda:0"), ("7", "cuda:0")]
 
 
@@ -564,3 +576,26 @@ def test_failed_merge_frees_the_half_converted_model_before_reloading(tiny_backb
                                         pad_token_id=0, merge_lora=True)
     assert alive_at_reload == [False]
     assert any(type(m.weight).__name__ == "Params4bit" for m in model.modules() if hasattr(m, "weight"))
+
+
+def test_workflow_scripts_let_spawned_workers_start(tmp_path):
+    """Several-GPU prediction spawns worker processes, and spawn re-imports the parent's main file:
+    the workflow script itself, since Snakemake's preamble points ``__file__`` at it, without the
+    ``snakemake`` object. A script that ran its main at import would break every such pool."""
+    import subprocess
+    import sys
+
+    from workflow_helpers import REPO
+
+    for script in sorted((REPO / "workflow" / "scripts").glob("*.py")):
+        generated = tmp_path / f"snakemake_{script.name}"
+        generated.write_text(
+            f"__real_file__ = __file__; __file__ = {str(script)!r}\n"  # what Snakemake's preamble does
+            "import multiprocessing, os\n"
+            "from concurrent.futures import ProcessPoolExecutor\n"
+            "if __name__ == '__main__':\n"
+            "    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context('spawn')) as pool:\n"
+            "        print('worker', pool.submit(os.getpid).result())\n")
+        proc = subprocess.run([sys.executable, str(generated)], capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "PYTHONPATH": str(REPO / "workflow")})
+        assert proc.returncode == 0 and "worker" in proc.stdout, (script.name, proc.stderr[-2000:])

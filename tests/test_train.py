@@ -38,8 +38,9 @@ def tokens(tiny_backbone_dir):
 def run(tiny_backbone_dir, tokens, tmp_path, settings=SETTINGS, name="a"):
     """Train with ``settings``: a model's mapping as in a config file."""
     cache, labels = tokens
-    return train.train_fold(backbone=tiny_backbone_dir, tokens=cache, labels=labels,
-                            settings=model_settings(**settings).training,
+    model = model_settings(**settings)
+    return train.train_fold(backbone=tiny_backbone_dir, tokens=cache, labels=labels, settings=model.training,
+                            options=model.options,
                             ckpt_dir=tmp_path / "ckpt", adapter_dir=tmp_path / name / "adapter",
                             metrics_path=tmp_path / name / "metrics.json", threads=1)
 
@@ -100,6 +101,15 @@ def test_checkpoints_of_other_settings_are_not_resumed(tiny_backbone_dir, tokens
     changed = {**SETTINGS, "train": {**SETTINGS["train"], "lr": 5e-4}}
     metrics = run(tiny_backbone_dir, tokens, tmp_path, settings=changed, name="b")
     assert metrics["resumed_from"] is None
+    assert "were made from other settings: starting afresh" in caplog.text
+
+
+def test_checkpoints_of_another_optimizer_are_not_resumed(tiny_backbone_dir, tokens, tmp_path, caplog, monkeypatch):
+    """adamw_8bit runs as 32-bit AdamW where bitsandbytes' 8-bit optimizers cannot (a CPU): a
+    checkpoint of one cannot resume the other, although the settings are the same."""
+    run(tiny_backbone_dir, tokens, tmp_path)
+    monkeypatch.setattr(train, "optimizer_name", lambda name: "sgd")  # another machine resolves it otherwise
+    assert run(tiny_backbone_dir, tokens, tmp_path, name="b")["resumed_from"] is None
     assert "were made from other settings: starting afresh" in caplog.text
 
 

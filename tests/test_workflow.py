@@ -97,6 +97,14 @@ def test_flipping_one_models_tta_touches_only_its_test_jobs(run_a, tmp_path):
         "infer": 1, "average_test": 1, "blend": 1}
 
 
+def test_how_a_job_runs_reruns_nothing(run_a, tmp_path):
+    """Save and log intervals and bf16 emulation change how jobs run, not what they make."""
+    changed = write_config(tmp_path / "cfg", **{"models.tiny_gemma2.train.save_steps": 7,
+                                                "models.tiny_gemma2.train.logging_steps": 1,
+                                                "models.tiny_llama.allow_bf16_emulation": True})
+    assert planned_jobs(snakemake(run_a, "-n", "results/submission.csv", config=changed)) == {}
+
+
 def test_choosing_a_subset_of_folds_only_reaverages(run_a, tmp_path):
     changed = write_config(tmp_path / "cfg", **{"models.tiny_gemma2.predict.folds": [1]})
     assert planned_jobs(snakemake(run_a, "-n", "results/submission.csv", config=changed)) == {

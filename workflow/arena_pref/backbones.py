@@ -112,15 +112,21 @@ def check_model(model):
     key = hashlib.sha256(json.dumps(key_parts, sort_keys=True, default=str).encode()).hexdigest()
     if (CHECKED_DIR / key).exists():
         return
-    config = _backbone_config(model)
-    if config is None:
-        return
-    _check_positions(model, config)
-    _check_lora(model, config)
-    if spec["kind"] != "tiny":  # a tiny backbone's tokenizer is built later: the tokenize step checks
-        from .modeling import load_tokenizer
+    try:
+        config = _backbone_config(model)
+        if config is None:
+            return
+        _check_positions(model, config)
+        _check_lora(model, config)
+        if spec["kind"] != "tiny":  # a tiny backbone's tokenizer is built later: the tokenize step checks
+            from .modeling import load_tokenizer
 
-        check_template_room(model.name, load_tokenizer(backbone_dir(spec)), model.tokens)
+            check_template_room(model.name, load_tokenizer(backbone_dir(spec)), model.tokens)
+    except InputError:
+        raise
+    except Exception as err:  # transformers' and huggingface_hub's own checks of a config or tokenizer
+        why = " ".join(line.strip() for line in str(err).strip().splitlines()) or type(err).__name__
+        raise InputError(f"config models.{model.name}.backbone: cannot be used: {why}") from None
     CHECKED_DIR.mkdir(parents=True, exist_ok=True)
     (CHECKED_DIR / key).touch()
 

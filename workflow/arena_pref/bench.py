@@ -327,12 +327,12 @@ def _bench_precision(path, adapter, load_kw, lengths, seqs, non_embedding, peak,
 BENCH_LORA = {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}
 
 
-def training_settings(*, quantization, batch_size, **train):
-    """The :class:`~arena_pref.settings.TrainSettings` a config with these values gives."""
+def bench_model(*, quantization, batch_size, **train):
+    """The :class:`~arena_pref.settings.ModelConfig` a config with these values gives."""
     model = {"backbone": {"kind": "tiny"}, "quantization": quantization, "dtype": "float32", "lora": BENCH_LORA,
              "train": {"epochs": 1, "batch_size": batch_size, "lr": 2e-4, "warmup_steps": 2, "save_steps": 10_000,
                        **train}}
-    return settings.model_config(model).training
+    return settings.model_config(model)
 
 
 def bench_training(*, rows=256, max_length=1024, batch_size=8, quantization="4bit", threads=2, backbone=None):
@@ -353,8 +353,8 @@ def bench_training(*, rows=256, max_length=1024, batch_size=8, quantization="4bi
         budget = int(np.ceil(lengths.mean() * batch_size))
         for name, packing, max_tokens in [("ours_length_grouped", False, None), ("ours_packed", True, None),
                                           ("ours_packed_token_budget", True, budget)]:
-            ours = training_settings(quantization=quantization, batch_size=batch_size, packing=packing,
-                                     max_tokens_per_batch=max_tokens)
+            ours = bench_model(quantization=quantization, batch_size=batch_size, packing=packing,
+                               max_tokens_per_batch=max_tokens)
             out[name] = _our_training(path, seqs, labels, tmp / name, ours, threads=threads)
     for k, v in out.items():
         log.info("%-25s %8.0f tokens/s (%.1f s)", k, v["tokens_per_s"], v["seconds"])
@@ -388,14 +388,14 @@ def _baseline_training(path, seqs, labels, workdir, *, quantization, batch_size)
     return {"tokens_per_s": int(sum(map(len, seqs))) / seconds, "seconds": seconds}
 
 
-def _our_training(path, seqs, labels, workdir, training, *, threads):
+def _our_training(path, seqs, labels, workdir, model, *, threads):
     from . import train
 
     tokens = {"id": np.arange(len(seqs)), "input_ids": seqs, "input_ids_swap": seqs}
-    metrics = train.train_fold(backbone=path, tokens=tokens, labels=labels, settings=training,
-                               ckpt_dir=workdir / "checkpoints", adapter_dir=workdir / "adapter",
-                               metrics_path=workdir / "metrics.json", threads=threads)
-    max_tokens = training.train.max_tokens_per_batch
+    metrics = train.train_fold(backbone=path, tokens=tokens, labels=labels, settings=model.training,
+                               options=model.options, ckpt_dir=workdir / "checkpoints",
+                               adapter_dir=workdir / "adapter", metrics_path=workdir / "metrics.json", threads=threads)
+    max_tokens = model.training.train.max_tokens_per_batch
     return {"tokens_per_s": metrics["tokens_per_s_this_run"], "seconds": metrics["runtime_s_this_run"],
             "steps": metrics["steps"], "peak_memory_mb": metrics["peak_memory_mb"],
             **({"max_tokens_per_batch": max_tokens} if max_tokens else {})}

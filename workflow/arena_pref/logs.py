@@ -23,8 +23,14 @@ class _ConsoleFilter(logging.Filter):
 _log_path = None
 
 
-def setup_logging(log_path=None, level=logging.INFO):
-    """Log to stderr and, where given, to the rule's log file (the file Snakemake points to)."""
+def current_log_path():
+    """The log file this process writes to (None: stderr only)."""
+    return _log_path
+
+
+def setup_logging(log_path=None, level=logging.INFO, append=False):
+    """Log to stderr and, where given, to the rule's log file (the file Snakemake points to);
+    ``append``: a worker process adding to its job's log."""
     global _log_path
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
     root = logging.getLogger()
@@ -35,7 +41,7 @@ def setup_logging(log_path=None, level=logging.INFO):
     console.addFilter(_ConsoleFilter())
     handlers = [console]
     if log_path:
-        handlers.append(logging.FileHandler(log_path, mode="w", encoding="utf-8"))
+        handlers.append(logging.FileHandler(log_path, mode="a" if append else "w", encoding="utf-8"))
     for h in handlers:
         h.setFormatter(fmt)
         root.addHandler(h)

@@ -166,39 +166,37 @@ def _pool_packed(hidden, lengths, pooling, segments=None):
     return h[ends - lengths]
 
 
-def classify(model, *, input_ids, attention_mask=None, lengths=None, position_ids=None,
+def classify(model, *, input_ids, attention_mask=None, lengths=None, position_ids=None, bounds=None,
              pooling="auto", segments=None):
     """Logits (n, 3) for a padded batch (``attention_mask``, padded on either side) or for one
     packed row (``input_ids`` of shape (1, T) holding sequences of ``lengths``, with
-    ``position_ids``). ``segments`` (shaped like ``input_ids``): answer segment ids, for
+    ``position_ids``; ``bounds``: the sequences' boundaries as host ints, read from ``lengths``
+    when not given). ``segments`` (shaped like ``input_ids``): answer segment ids, for
     ``pooling="pair"``."""
     parts = model_parts(model)
     pooling = resolve_pooling(pooling, parts)
     if pooling == "pair" and segments is None:
         raise ValueError("pooling 'pair' needs the segment ids of the token cache")
-    packed = lengths is not None
-    if not packed:
+    if lengths is None:
         kwargs = {"use_cache": False} if parts.decoder else {}
         hidden = parts.body(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
         pooled = _pool_padded(hidden, attention_mask, pooling, segments)
     else:
         if position_ids is None:
             raise ValueError("packed input needs position_ids")
-        lengths = lengths.to(input_ids.device)
-        hidden = _packed_body(parts, input_ids, position_ids, lengths)
-        pooled = _pool_packed(hidden, lengths, pooling, segments)
+        if bounds is None:  # one read per batch (free for host lengths), never one per layer
+            bounds = (0, *np.cumsum(lengths.tolist()).tolist())
+        hidden = _packed_body(parts, input_ids, position_ids, tuple(bounds))
+        pooled = _pool_packed(hidden, lengths.to(input_ids.device), pooling, segments)
     if pooling == "cls":
         pooled = parts.pooler(pooled[:, None])
     if parts.dropout is not None:
         pooled = parts.dropout(pooled)
-    head = active_head(parts.head)
-    return head(pooled.to(_floating_dtype(head, pooled.dtype)))
+    return parts.head(pooled.to(_head_dtype(parts.head, pooled.dtype)))
 
 
-def _packed_body(parts, input_ids, position_ids, lengths):
-    """Hidden states of one packed row, each sequence attending to itself only. The boundaries are
-    read to the host once here (one sync per batch, not one per layer)."""
-    bounds = (0, *np.cumsum(lengths.tolist()).tolist())
+def _packed_body(parts, input_ids, position_ids, bounds):
+    """Hidden states of one packed row, each sequence attending to itself only."""
     kwargs = {"position_ids": position_ids}
     if parts.decoder:
         kwargs["use_cache"] = False
@@ -215,17 +213,8 @@ def _packed_body(parts, input_ids, position_ids, lengths):
         return parts.body(input_ids=input_ids, **kwargs).last_hidden_state
 
 
-def active_head(head):
-    """The module that computes the logits: peft's trained copy of a saved head (modules_to_save),
-    not the frozen original it wraps, else the head itself."""
-    copies = getattr(head, "modules_to_save", None)
-    if copies is not None and head.active_adapters and not getattr(head, "disable_adapters", False):
-        return copies[head.active_adapters[0]]
-    return head
-
-
-def _floating_dtype(module, default):
-    for p in module.parameters():
-        if p.is_floating_point():
-            return p.dtype
-    return default
+def _head_dtype(head, default):
+    """The dtype the head computes in. A peft-wrapped head (modules_to_save) answers with its
+    trained copy's weight, not the frozen original's (which stays 16-bit beside an fp32 copy)."""
+    weight = getattr(head, "weight", None)
+    return weight.dtype if isinstance(weight, torch.Tensor) and weight.is_floating_point() else default

@@ -12,17 +12,19 @@ from __future__ import annotations
 import logging
 import os
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import torch
 
 from . import PROB_COLUMNS, TTA_COLUMNS
-from .batching import pass_tokens, plan_batches, plan_rows, shard_batches, shard_imbalance, padding_efficiency
+from .batching import padding_efficiency, pass_tokens, plan_batches, plan_rows, shard_batches, shard_imbalance
 from .errors import InputError
 from .logs import Rate
 from .metrics import tta_average
 from .pooling import classify, concat_row, packed_inputs, packing_unsupported, pad_rows, padded_inputs
+from .settings import PredictSettings
 
 log = logging.getLogger(__name__)
 
@@ -102,32 +104,43 @@ def frame_from_probs(tokens, probs, tta):
 
 # --------------------------------------------------------------------------- several devices
 
-def _load(backbone, adapter_dir, settings, dev):
-    from .modeling import compile_backbone, load_for_inference, load_tokenizer
+@dataclass(frozen=True)
+class Trained:
+    """What a prediction job loads on each of its devices: a backbone with one fold's adapter, and
+    how to run them."""
 
-    tokenizer = load_tokenizer(backbone)
-    loading = settings.loading
-    model = load_for_inference(backbone, adapter_dir, quantization=loading.quantization, dtype=loading.dtype,
-                               pad_token_id=tokenizer.pad_token_id, device=dev,
-                               attn_implementation=loading.attn_implementation,
-                               allow_bf16_emulation=loading.allow_bf16_emulation, merge_lora=settings.merge_lora,
-                               batch_tokens=pass_tokens(settings.batching), longest=settings.batching.max_length)
-    if settings.compile:
-        compile_backbone(model)
-    return model, tokenizer.pad_token_id
+    backbone: str
+    adapter_dir: str
+    settings: PredictSettings
+    allow_bf16_emulation: bool
+
+    def load(self, dev):
+        from .modeling import compile_backbone, load_for_inference, load_tokenizer
+
+        tokenizer = load_tokenizer(self.backbone)
+        loading, batching = self.settings.loading, self.settings.batching
+        model = load_for_inference(self.backbone, self.adapter_dir, quantization=loading.quantization,
+                                   dtype=loading.dtype, pad_token_id=tokenizer.pad_token_id, device=dev,
+                                   attn_implementation=loading.attn_implementation,
+                                   allow_bf16_emulation=self.allow_bf16_emulation, merge_lora=self.settings.merge_lora,
+                                   batch_tokens=pass_tokens(batching), longest=batching.max_length)
+        if self.settings.compile:
+            compile_backbone(model)
+        return model, tokenizer.pad_token_id
 
 
-def _predict_share(backbone, adapter_dir, settings, dev, sequences, segments, batches, threads):
+def _predict_share(trained, dev, sequences, segments, batches, threads):
     """One device's share of the batches: load the model there, run them. Returns the rows
     scored, their probabilities and the seconds taken."""
     if threads:
         torch.set_num_threads(threads)
     if torch.device(dev).type == "cuda":
         torch.cuda.set_device(dev)  # kernels and allocations without an explicit device land here too
-    model, pad = _load(backbone, adapter_dir, settings, dev)
-    batches = batches_for_model(model, batches, [len(s) for s in sequences], settings.batching.max_tokens_per_batch)
+    model, pad = trained.load(dev)
+    batches = batches_for_model(model, batches, [len(s) for s in sequences],
+                                trained.settings.batching.max_tokens_per_batch)
     t0 = time.perf_counter()
-    probs = run_batches(model, sequences, batches, pad_token_id=pad, pooling=settings.loading.pooling,
+    probs = run_batches(model, sequences, batches, pad_token_id=pad, pooling=trained.settings.loading.pooling,
                         segments=segments)
     rows = np.concatenate([b.rows for b in batches]) if batches else np.array([], dtype=np.int64)
     return rows, probs[rows], time.perf_counter() - t0
@@ -147,30 +160,32 @@ def worker_device(dev, visible):
     return (ids[index] if ids else str(index)), "cuda:0"
 
 
-def _init_worker(cuda_visible):
-    """Runs first in a spawned worker, before anything can start CUDA."""
+def _init_worker(cuda_visible, log_path):
+    """Runs first in a spawned worker, before anything can start CUDA; logs into the job's log
+    file too (appending), so the worker's fallbacks and progress are where the user looks."""
     if cuda_visible is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = cuda_visible
     from .logs import setup_logging
 
-    setup_logging(None)
+    setup_logging(log_path, append=True)
 
 
-def _predict_in_workers(devices, shards, *, backbone, adapter_dir, settings, seqs, segs, threads):
+def _predict_in_workers(trained, devices, shards, *, seqs, segs, threads):
     """:func:`_predict_share` of each shard in a spawned worker process of its own (CUDA cannot be
     used in forked children), each pinned to its device before it starts."""
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
+
+    from .logs import current_log_path
 
     pools, futures = [], []
     try:
         for dev, shard in zip(devices, shards):
             visible, local = worker_device(dev, os.environ.get("CUDA_VISIBLE_DEVICES"))
             pool = ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"), initializer=_init_worker,
-                                       initargs=(visible,))
+                                       initargs=(visible, current_log_path()))
             pools.append(pool)
-            futures.append(pool.submit(_predict_share, backbone, adapter_dir, settings, local, seqs, segs, shard,
-                                       threads))
+            futures.append(pool.submit(_predict_share, trained, local, seqs, segs, shard, threads))
         return [f.result() for f in futures]
     finally:
         for pool in pools:
@@ -178,14 +193,16 @@ def _predict_in_workers(devices, shards, *, backbone, adapter_dir, settings, seq
 
 
 def predict_on_devices(*, backbone, adapter_dir, tokens, settings, tta, devices=None, threads=None,
-                       label="the model"):
-    """Probabilities for a token cache, the batches shared over ``devices`` (default: all this job
-    may use; one worker process per device when there are several), merged back in row order.
-    ``label`` names the model and fold in errors."""
+                       label="the model", allow_bf16_emulation=False):
+    """Probabilities for a token cache with :class:`~arena_pref.settings.PredictSettings`, the
+    batches shared over ``devices`` (default: all this job may use; one worker process per device
+    when there are several), merged back in row order. ``label`` names the model and fold in
+    errors."""
     if devices is None:
         from .modeling import job_devices
 
         devices = job_devices()
+    trained = Trained(str(backbone), str(adapter_dir), settings, allow_bf16_emulation)
     seqs = sequences_of(tokens, tta)
     segs = sequences_of(tokens, tta, "segments")
     lengths = np.array([len(s) for s in seqs])
@@ -195,12 +212,11 @@ def predict_on_devices(*, backbone, adapter_dir, tokens, settings, tta, devices=
              settings.batching.method, padding_efficiency(batches, lengths))
     probs = np.zeros((len(seqs), 3))
     if len(devices) == 1:
-        results = [_predict_share(backbone, adapter_dir, settings, devices[0], seqs, segs, batches, threads)]
+        results = [_predict_share(trained, devices[0], seqs, segs, batches, threads)]
     else:
         shards = shard_batches(batches, lengths, len(devices))
         log.info("%d shards, token-slot imbalance %.2f%%", len(shards), 100 * shard_imbalance(shards, lengths))
-        results = _predict_in_workers(devices, shards, backbone=backbone, adapter_dir=str(adapter_dir),
-                                      settings=settings, seqs=seqs, segs=segs, threads=threads)
+        results = _predict_in_workers(trained, devices, shards, seqs=seqs, segs=segs, threads=threads)
     for dev, (rows, p, seconds) in zip(devices, results):
         probs[rows] = p
         log.info("%s: %d sequences in %.1f s", dev, len(rows), seconds)

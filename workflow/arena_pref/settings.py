@@ -33,9 +33,19 @@ class Loading:
 
     quantization: str  # 4bit | 8bit | none (bitsandbytes)
     dtype: str  # compute dtype; training runs in mixed precision in it
-    allow_bf16_emulation: bool
     attn_implementation: str  # auto | eager | sdpa | flash_attention_2
     pooling: str  # auto | last | mean | cls | pair
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    """Settings that change how a job runs, never what it produces. Rules pass this object as is:
+    Snakemake compares only plain-data params, so changing these reruns nothing, and checkpoint
+    fingerprints leave them out, so a rerun resumes."""
+
+    allow_bf16_emulation: bool
+    save_steps: int
+    logging_steps: int
 
 
 @dataclass(frozen=True)
@@ -59,8 +69,6 @@ class TrainOptions:
     scheduler: str
     max_grad_norm: float
     optimizer: str
-    save_steps: int
-    logging_steps: int
     gradient_checkpointing: bool
     packing: bool
     swap_augment: bool
@@ -118,6 +126,7 @@ class ModelConfig:
     prediction: PredictSettings
     tta: bool
     folds: tuple | None  # folds whose adapters predict the test set; None: all
+    options: JobOptions
 
 
 @dataclass(frozen=True)
@@ -145,15 +154,19 @@ class Config:
         return self.fold_ids() if folds is None else sorted(set(folds))
 
 
+_OPERATIONAL = {"save_steps", "logging_steps"}  # train keys that go to JobOptions
+
+
 def _model_config(name, m):
     loading = Loading(**{f.name: m[f.name] for f in dataclasses.fields(Loading)})
-    p = m["predict"]
+    p, t = m["predict"], m["train"]
     return ModelConfig(
         name=name,
         backbone=m["backbone"],
         tokens=TokenSettings(max_length=m["max_length"], truncation=m["truncation"],
-                             prompt_max_frac=m["prompt_max_frac"], template=m["template"]),
-        training=TrainSettings(loading=loading, lora=build(Lora, m["lora"]), train=build(TrainOptions, m["train"])),
+                             prompt_max_frac=float(m["prompt_max_frac"]), template=m["template"]),
+        training=TrainSettings(loading=loading, lora=build(Lora, m["lora"]),
+                               train=build(TrainOptions, {k: v for k, v in t.items() if k not in _OPERATIONAL})),
         prediction=PredictSettings(
             loading=loading,
             batching=Batching(method=p["method"], batch_size=p["batch_size"],
@@ -161,6 +174,8 @@ def _model_config(name, m):
             merge_lora=p["merge_lora"], compile=p["compile"]),
         tta=p["tta"],
         folds=None if p["folds"] == "all" else tuple(p["folds"]),
+        options=JobOptions(allow_bf16_emulation=m["allow_bf16_emulation"], save_steps=t["save_steps"],
+                           logging_steps=t["logging_steps"]),
     )
 
 
@@ -198,6 +213,8 @@ def build(cls, data):
             value = build(hint, value)
         elif isinstance(value, list):
             value = tuple(value)
+        elif hint is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)  # ``epochs: 1`` and ``epochs: 1.0`` are one setting
         kwargs[name] = value
     return cls(**kwargs)
 
@@ -259,7 +276,10 @@ def validate(config):
     from jsonschema.exceptions import best_match
 
     config = copy.deepcopy(dict(config))
-    error = best_match(_validator().iter_errors(config))
+    errors = list(_validator().iter_errors(config))
+    # a wrong backbone kind is the error to report, not the keys of the kind meant
+    kinds = [e for e in errors if list(e.absolute_path)[-1:] == ["kind"]]
+    error = best_match(kinds or errors)
     if error is not None:
         raise InputError(_one_line(error))
     return config
@@ -286,7 +306,8 @@ def load_config(config):
         if m.folds is not None and any(f >= n_folds for f in m.folds):
             raise InputError(f"config models.{m.name}.predict.folds: {list(m.folds)} names a fold >= cv.n_folds "
                              f"({n_folds})")
-    return Config(raw=config, models=models, blend=build(BlendSettings, config["blend"]), n_folds=n_folds,
+    blend = {**config["blend"], "weights": {k: float(v) for k, v in config["blend"]["weights"].items()}}
+    return Config(raw=config, models=models, blend=build(BlendSettings, blend), n_folds=n_folds,
                   cv_seed=config["cv"]["seed"], threads=config["compute"]["threads"],
                   predict_gpus=config["compute"]["predict_gpus"])
 

@@ -87,36 +87,39 @@ def _fold_rows(tokens, folds_parquet, fold, *, held_out):
     return rows
 
 
-def train(*, tokens_parquet, train_parquet, folds_parquet, fold, backbone, settings, checkpoints, adapter,
+def train(*, tokens_parquet, train_parquet, folds_parquet, fold, backbone, settings, options, checkpoints, adapter,
           metrics, threads=None):
-    """One fold's adapter (:class:`~arena_pref.settings.TrainSettings`)."""
+    """One fold's adapter (:class:`~arena_pref.settings.TrainSettings`, ``options``:
+    :class:`~arena_pref.settings.JobOptions`)."""
     from .tokenize import read_tokens
     from .train import train_fold
 
     tokens = _fold_rows(read_tokens(tokens_parquet), folds_parquet, fold, held_out=False)
     labels = data.read_parsed(train_parquet).set_index("id")["label"]
     train_fold(backbone=backbone, tokens=tokens, labels=tokens["id"].map(labels).to_numpy(), settings=settings,
-               ckpt_dir=checkpoints, adapter_dir=adapter, metrics_path=metrics, threads=threads)
+               options=options, ckpt_dir=checkpoints, adapter_dir=adapter, metrics_path=metrics, threads=threads)
 
 
-def oof(*, model, tokens_parquet, folds_parquet, fold, backbone, adapter, settings, out, threads=None):
+def oof(*, model, tokens_parquet, folds_parquet, fold, backbone, adapter, settings, options, out, threads=None):
     """Held-out rows of one fold, predicted in both orders (TTA scored either way)."""
     from .predict import predict_on_devices
     from .tokenize import read_tokens
 
     tokens = _fold_rows(read_tokens(tokens_parquet), folds_parquet, fold, held_out=True)
     pred = predict_on_devices(backbone=backbone, adapter_dir=adapter, tokens=tokens, settings=settings, tta=True,
-                              threads=threads, label=f"model '{model}', fold {fold} (OOF)")
+                              threads=threads, label=f"model '{model}', fold {fold} (OOF)",
+                              allow_bf16_emulation=options.allow_bf16_emulation)
     pred.insert(1, "fold", np.int64(fold))
     io.write_parquet(pred, out)
 
 
-def infer(*, model, fold, tokens_parquet, backbone, adapter, settings, tta, out, threads=None):
+def infer(*, model, fold, tokens_parquet, backbone, adapter, settings, options, tta, out, threads=None):
     from .predict import predict_on_devices
     from .tokenize import read_tokens
 
     pred = predict_on_devices(backbone=backbone, adapter_dir=adapter, tokens=read_tokens(tokens_parquet),
-                              settings=settings, tta=tta, threads=threads, label=f"model '{model}', fold {fold} (test)")
+                              settings=settings, tta=tta, threads=threads, label=f"model '{model}', fold {fold} (test)",
+                              allow_bf16_emulation=options.allow_bf16_emulation)
     io.write_parquet(pred, out)
 
 

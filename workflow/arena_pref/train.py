@@ -141,7 +141,9 @@ class PackedCollator:
 
     def __call__(self, features):
         ids, positions, lengths = packed_inputs([f["input_ids"] for f in features])
+        # ``bounds``: host ints, which the Trainer does not move to the device (lengths it does)
         batch = {"input_ids": ids, "position_ids": positions, "lengths": lengths, "n_tokens": ids.shape[1],
+                 "bounds": (0, *np.cumsum(lengths.tolist()).tolist()),
                  "labels": torch.tensor([int(f["labels"]) for f in features], dtype=torch.long)}
         if "segments" in features[0]:
             batch["segments"] = concat_row([f["segments"] for f in features])
@@ -193,7 +195,7 @@ class PreferenceTrainer(Trainer):
         labels = inputs["labels"]
         logits = classify(model, input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"),
                           lengths=inputs.get("lengths"), position_ids=inputs.get("position_ids"),
-                          pooling=self.pooling, segments=inputs.get("segments"))
+                          bounds=inputs.get("bounds"), pooling=self.pooling, segments=inputs.get("segments"))
         if num_items_in_batch is not None:
             # rows of the whole accumulated step: the Trainer then skips its own division
             # by the accumulation steps, and uneven last batches are weighted right
@@ -278,19 +280,24 @@ class AfterCheckpoint(TrainerCallback):
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def train_fold(*, backbone, tokens, labels, settings, ckpt_dir, adapter_dir, metrics_path, threads=None):
+def train_fold(*, backbone, tokens, labels, settings, options, ckpt_dir, adapter_dir, metrics_path, threads=None):
     """Train one fold's adapter on ``tokens`` (rows of the token cache) and ``labels`` with
-    :class:`~arena_pref.settings.TrainSettings`; write the adapter (``save_pretrained``, with the
-    score head) and a metrics JSON. Resumes from this run's last complete checkpoint."""
+    :class:`~arena_pref.settings.TrainSettings` (and :class:`~arena_pref.settings.JobOptions`); write
+    the adapter (``save_pretrained``, with the score head) and a metrics JSON. Resumes from this
+    run's last complete checkpoint."""
     if threads:
         torch.set_num_threads(threads)
     seqs, y, segs = training_rows(tokens, labels, settings.train.swap_augment)
-    fp = checkpoints.fingerprint(settings=to_params(settings), ids=tokens["id"], labels=labels,
+    optim = optimizer_name(settings.train.optimizer)
+    # what ran matters too: a checkpoint's optimizer state cannot move between these
+    runtime = {"optimizer": optim, "device": default_device().type}
+    fp = checkpoints.fingerprint(settings=[to_params(settings), runtime], ids=tokens["id"], labels=labels,
                                  sequences=seqs + (segs or []), backbone=backbone)
     with checkpoints.exclusive(ckpt_dir):
         resume, step_losses = checkpoints.prepare(ckpt_dir, fp)
-        model, tokenizer, packing = _trainable_model(backbone, settings)
-        trainer = _trainer(model, tokenizer, settings, RowDataset(seqs, y, segs), ckpt_dir=ckpt_dir, packing=packing,
+        model, tokenizer, packing = _trainable_model(backbone, settings, options)
+        args = _training_arguments(settings, options, ckpt_dir, optim)
+        trainer = _trainer(model, tokenizer, settings, args, RowDataset(seqs, y, segs), packing=packing,
                            fingerprint=fp, step_losses=step_losses)
         _log_start(trainer, settings, packing, seqs)
         if torch.cuda.is_available():
@@ -307,14 +314,14 @@ def train_fold(*, backbone, tokens, labels, settings, ckpt_dir, adapter_dir, met
     return metrics
 
 
-def _trainable_model(backbone, settings):
+def _trainable_model(backbone, settings, options):
     """The backbone loaded as configured, with LoRA attached; and whether packing can be used."""
     loading, opts = settings.loading, settings.train
     set_seed(opts.seed)  # the new score head is initialised at load time
     tokenizer = load_tokenizer(backbone)
     model = load_model(backbone, quantization=loading.quantization, dtype=loading.dtype,
                        pad_token_id=tokenizer.pad_token_id, attn_implementation=loading.attn_implementation,
-                       allow_bf16_emulation=loading.allow_bf16_emulation)
+                       allow_bf16_emulation=options.allow_bf16_emulation)
     model = attach_lora(model, settings.lora, gradient_checkpointing=opts.gradient_checkpointing)
     packing = opts.packing
     if packing and (why := packing_unsupported(model)):
@@ -323,25 +330,25 @@ def _trainable_model(backbone, settings):
     return model, tokenizer, packing
 
 
-def _training_arguments(settings, ckpt_dir):
+def _training_arguments(settings, options, ckpt_dir, optim):
     opts, dtype = settings.train, settings.loading.dtype
     return TrainingArguments(
         output_dir=str(ckpt_dir), per_device_train_batch_size=opts.batch_size,
         gradient_accumulation_steps=opts.grad_accum, learning_rate=opts.lr, weight_decay=opts.weight_decay,
         warmup_steps=opts.warmup_steps, num_train_epochs=opts.epochs, lr_scheduler_type=opts.scheduler,
-        max_grad_norm=opts.max_grad_norm, optim=optimizer_name(opts.optimizer),
+        max_grad_norm=opts.max_grad_norm, optim=optim,
         # mixed precision in the model's dtype, on a CPU too (torch autocasts there as well)
         bf16=dtype == "bfloat16", fp16=dtype == "float16", use_cpu=default_device().type != "cuda",
-        logging_steps=opts.logging_steps, save_strategy="steps", save_steps=opts.save_steps, save_total_limit=2,
+        logging_steps=options.logging_steps, save_strategy="steps", save_steps=options.save_steps, save_total_limit=2,
         seed=opts.seed, data_seed=opts.seed, report_to="none", disable_tqdm=True, dataloader_num_workers=0,
         # our rows carry exactly what compute_loss reads (segment ids too): keep them all
         remove_unused_columns=False)
 
 
-def _trainer(model, tokenizer, settings, dataset, *, ckpt_dir, packing, fingerprint, step_losses):
+def _trainer(model, tokenizer, settings, args, dataset, *, packing, fingerprint, step_losses):
     opts = settings.train
     trainer = PreferenceTrainer(
-        model=model, args=_training_arguments(settings, ckpt_dir), train_dataset=dataset,
+        model=model, args=args, train_dataset=dataset,
         data_collator=PackedCollator() if packing else PaddedCollator(tokenizer.pad_token_id),
         callbacks=[LogProgress()], pooling=settings.loading.pooling, max_tokens=opts.max_tokens_per_batch,
         packed=packing, step_losses=step_losses)

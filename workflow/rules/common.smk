@@ -27,6 +27,11 @@ try:
     # validated against workflow/schemas/config.schema.yaml (defaults filled), cross-checked, and
     # each model checked against its backbone: errors are one line naming the key
     CONFIG = settings.load_config(config)
+    # nothing is fetched from a model hub unless a config names a hub backbone
+    if any(m.backbone["kind"] == "hub" for m in CONFIG.models.values()):
+        os.environ.pop("HF_HUB_OFFLINE", None)
+    else:
+        os.environ.update(HF_HUB_OFFLINE="1")
     for _model in CONFIG.models.values():
         backbones.check_model(_model)
 except InputError as err:
@@ -35,12 +40,6 @@ except InputError as err:
 MODELS = sorted(CONFIG.models)  # the order models are listed in does not matter
 FOLDS = CONFIG.fold_ids()
 CONDA_ENV = "../../envs/arena-pref.yaml"
-
-# nothing is fetched from a model hub unless a config names a hub backbone
-if any(m.backbone["kind"] == "hub" for m in CONFIG.models.values()):
-    os.environ.pop("HF_HUB_OFFLINE", None)
-else:
-    os.environ.update(HF_HUB_OFFLINE="1")
 
 
 wildcard_constraints:
@@ -112,6 +111,12 @@ def train_params(wildcards):
 
 def predict_params(wildcards):
     return settings.to_params(CONFIG.models[wildcards.model].prediction)
+
+
+def job_options(wildcards):
+    # an object, not plain data: Snakemake does not compare it, so changing how a job runs (save
+    # and log intervals, bf16 emulation) reruns nothing
+    return CONFIG.models[wildcards.model].options
 
 
 def model_tta(wildcards):

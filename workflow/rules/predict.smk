@@ -18,6 +18,7 @@ rule oof:
     params:
         backbone=backbone_spec,
         settings=predict_params,
+        options=job_options,
     script:
         "../scripts/oof.py"
 
@@ -41,6 +42,7 @@ rule infer:
     params:
         backbone=backbone_spec,
         settings=predict_params,
+        options=job_options,
         tta=model_tta,
     script:
         "../scripts/infer.py"

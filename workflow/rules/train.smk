@@ -19,6 +19,7 @@ rule train:
     params:
         backbone=backbone_spec,
         settings=train_params,
+        options=job_options,
         # outside the outputs: a failed or killed job keeps its checkpoints and resumes
         checkpoints="results/checkpoints/{model}/fold{fold}",
     script:

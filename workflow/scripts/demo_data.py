@@ -11,4 +11,8 @@ def main(sm):
                     n_test=demo["n_test"], seed=demo["seed"])
 
 
-main(snakemake)  # noqa: F821
+
+# guarded: a spawned worker process (several GPUs) re-imports this file as __mp_main__, without the
+# snakemake object Snakemake's preamble defines
+if __name__ == "__main__":
+    main(snakemake)  # noqa: F821

@@ -12,8 +12,13 @@ def main(sm):
     claim_gpus(sm.resources.gpu)  # before anything starts CUDA: -j2 jobs get their own GPUs
     steps.infer(model=sm.wildcards.model, fold=int(sm.wildcards.fold), tokens_parquet=sm.input.tokens,
                 backbone=backbone_dir(sm.params.backbone, sm.input.backbone), adapter=sm.input.adapter,
-                settings=from_params(PredictSettings, sm.params.settings), tta=sm.params.tta,
+                settings=from_params(PredictSettings, sm.params.settings), options=sm.params.options,
+                tta=sm.params.tta,
                 out=sm.output[0], threads=sm.threads)
 
 
-main(snakemake)  # noqa: F821
+
+# guarded: a spawned worker process (several GPUs) re-imports this file as __mp_main__, without the
+# snakemake object Snakemake's preamble defines
+if __name__ == "__main__":
+    main(snakemake)  # noqa: F821

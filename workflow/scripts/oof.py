@@ -13,7 +13,12 @@ def main(sm):
     steps.oof(model=sm.wildcards.model, tokens_parquet=sm.input.tokens, folds_parquet=sm.input.folds,
               fold=int(sm.wildcards.fold), backbone=backbone_dir(sm.params.backbone, sm.input.backbone),
               adapter=sm.input.adapter, settings=from_params(PredictSettings, sm.params.settings),
+              options=sm.params.options,
               out=sm.output[0], threads=sm.threads)
 
 
-main(snakemake)  # noqa: F821
+
+# guarded: a spawned worker process (several GPUs) re-imports this file as __mp_main__, without the
+# snakemake object Snakemake's preamble defines
+if __name__ == "__main__":
+    main(snakemake)  # noqa: F821

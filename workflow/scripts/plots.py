@@ -10,4 +10,8 @@ def main(sm):
                 fold_scores_png=sm.output.fold_scores, calibration_png=sm.output.calibration)
 
 
-main(snakemake)  # noqa: F821
+
+# guarded: a spawned worker process (several GPUs) re-imports this file as __mp_main__, without the
+# snakemake object Snakemake's preamble defines
+if __name__ == "__main__":
+    main(snakemake)  # noqa: F821

@@ -9,4 +9,8 @@ def main(sm):
     steps.tiny_backbone(sm.input[0], sm.output[0], sm.params.backbone)
 
 
-main(snakemake)  # noqa: F821
+
+# guarded: a spawned worker process (several GPUs) re-imports this file as __mp_main__, without the
+# snakemake object Snakemake's preamble defines
+if __name__ == "__main__":
+    main(snakemake)  # noqa: F821

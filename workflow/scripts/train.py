@@ -13,8 +13,13 @@ def main(sm):
     steps.train(
         tokens_parquet=sm.input.tokens, train_parquet=sm.input.data, folds_parquet=sm.input.folds,
         fold=int(sm.wildcards.fold), backbone=backbone_dir(sm.params.backbone, sm.input.backbone),
-        settings=from_params(TrainSettings, sm.params.settings), checkpoints=sm.params.checkpoints,
+        settings=from_params(TrainSettings, sm.params.settings), options=sm.params.options,
+        checkpoints=sm.params.checkpoints,
         adapter=sm.output.adapter, metrics=sm.output.metrics, threads=sm.threads)
 
 
-main(snakemake)  # noqa: F821
+
+# guarded: a spawned worker process (several GPUs) re-imports this file as __mp_main__, without the
+# snakemake object Snakemake's preamble defines
+if __name__ == "__main__":
+    main(snakemake)  # noqa: F821
