@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -65,6 +66,9 @@ def install():
 class Cluster:
     def __init__(self):
         self.started = []  # Popen objects of the daemons started here
+        # their output goes to files: an unread pipe fills (64 KiB) and blocks the daemon that writes
+        # to it, and munged logs a line for every credential, so a long test session froze the cluster
+        self.log_dir = Path(tempfile.mkdtemp(prefix="arena-pref-slurm-"))
 
     def start(self, timeout=90):
         if node_idle():
@@ -96,14 +100,38 @@ class Cluster:
             for p in self.started:
                 if p.poll() is not None:
                     self.stop()
-                    raise Unavailable(f"{p.args[0]} exited with {p.returncode}: {p.stderr.read()[-2000:]}")
+                    raise Unavailable(f"{p.args[0]} exited with {p.returncode}: {self._log_tail(p)}")
             time.sleep(1)
         self.stop()
         raise Unavailable(f"the SLURM node did not become idle within {timeout} s")
 
     def _spawn(self, *cmd):
-        self.started.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                             text=True, start_new_session=True))
+        log = self._log_path(cmd)
+        with open(log, "ab") as out:
+            p = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        p.log = log
+        self.started.append(p)
+
+    def _log_path(self, cmd):
+        name = next(Path(c).name for c in cmd if Path(c).name in ("munged", "slurmctld", "slurmd"))
+        return self.log_dir / f"{name}.log"
+
+    @staticmethod
+    def _log_tail(p, chars=2000):
+        return p.log.read_text(errors="replace")[-chars:]
+
+    def diagnostics(self):
+        """What the cluster says about itself: queue, node, and the tails of the daemons' logs here."""
+        parts = []
+        for cmd in (("squeue", "--states=all"), ("sinfo", "-N", "-l"), ("scontrol", "show", "node")):
+            try:
+                proc = _run(*cmd, timeout=20)
+                parts.append(f"$ {' '.join(cmd)} (exit {proc.returncode})\n{proc.stdout}{proc.stderr}")
+            except (OSError, subprocess.SubprocessError) as err:
+                parts.append(f"$ {' '.join(cmd)}: {err}")
+        for p in self.started:
+            parts.append(f"--- {p.log} ({p.log.stat().st_size} bytes)\n{self._log_tail(p)}")
+        return "\n".join(parts)
 
     def stop(self):
         """Stop only the daemons started here, by pid (slurmd and slurmctld before munged)."""

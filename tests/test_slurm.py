@@ -6,6 +6,7 @@ fresh Debian machine); elsewhere these tests are skipped with the reason.
 
 import os
 import re
+import shutil
 import subprocess
 import time
 
@@ -38,12 +39,24 @@ def submitted_rules(proc):
     return [(jobid, re.search(r"/rule_([A-Za-z_]+)/", log).group(1)) for jobid, log in SUBMITTED.findall(out)]
 
 
+def on_cluster(cluster, workdir, *targets, timeout, env=None):
+    """Snakemake with the slurm-local profile; a run past ``timeout`` fails with what Snakemake
+    printed and what the cluster says of itself (queue, node, daemon logs)."""
+    try:
+        return snakemake(workdir, "--workflow-profile", str(PROFILE), *targets, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired as err:
+        printed = "".join(x.decode(errors="replace") if isinstance(x, bytes) else x or ""
+                          for x in (err.stdout, err.stderr))
+        raise AssertionError(f"snakemake on SLURM ran past {timeout} s; it printed:\n{printed[-6000:]}\n"
+                             f"{cluster.diagnostics()}") from None
+
+
 @pytest.fixture(scope="module")
 def slurm_run(cluster, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("slurm_run")
     write_config(workdir)
     t0 = time.monotonic()
-    proc = snakemake(workdir, "--workflow-profile", str(PROFILE), "results/submission.csv", timeout=1800)
+    proc = on_cluster(cluster, workdir, "results/submission.csv", timeout=900)
     return workdir, proc, time.monotonic() - t0
 
 
@@ -63,6 +76,26 @@ def test_submission_matches_a_local_run(slurm_run, run_a):
     b = pd.read_csv(workdir / "results/submission.csv").set_index("id").sort_index()
     assert list(a.index) == list(b.index)
     assert (a - b).abs().to_numpy().max() <= 1e-6
+
+
+def test_jobs_survive_status_checks_that_fail_for_a_while(cluster, tmp_path):
+    """squeue unanswered for several checks in a row (a busy slurmctld) must not lose the running
+    job: plugin 2.8.0 forgets every job once all attempts of one check fail, and Snakemake then
+    waits forever; the profile's slurm-status-attempts rides it out."""
+    write_config(tmp_path)
+    shim = tmp_path / "bin" / "squeue"
+    shim.parent.mkdir()
+    shim.write_text(f"""#!/bin/sh
+n=$(cat "{tmp_path}/squeue_calls" 2>/dev/null || echo 0)
+echo $((n + 1)) > "{tmp_path}/squeue_calls"
+if [ "$n" -lt 12 ]; then echo "squeue: error: Socket timed out on send/recv operation" >&2; exit 1; fi
+exec {shutil.which("squeue")} "$@"
+""")
+    shim.chmod(0o755)
+    env = {"PATH": f"{shim.parent}:{os.environ['PATH']}"}
+    on_cluster(cluster, tmp_path, "results/demo/train.csv", timeout=240, env=env)
+    assert int((tmp_path / "squeue_calls").read_text()) > 12  # the failures happened, then it went on
+    assert (tmp_path / "results/demo/train.csv").exists()
 
 
 def _wait_for(predicate, timeout, what):
@@ -104,6 +137,6 @@ def test_cancelled_training_job_resumes_on_rerun(cluster, run_a, tmp_path):
     assert first.returncode != 0, out[-3000:]
     assert not (tmp_path / target).exists()
 
-    rerun = snakemake(tmp_path, *cmd, timeout=900)
+    rerun = on_cluster(cluster, tmp_path, target, timeout=900)
     assert [rule for _, rule in submitted_rules(rerun)] == ["train"]
     assert_resumed_and_matches(run_a, tmp_path, target)
