@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-fast bench lint format report clean
+.PHONY: setup demo test test-fast bench real-data lint format report clean
 
 setup: $(BIN)/.installed
 
@@ -40,6 +40,15 @@ bench: setup
 	$(BIN)/python -m arena_pref.bench inference --out results/bench/inference.json
 	$(BIN)/python -m arena_pref.bench training --out results/bench/training.json
 	$(BIN)/python -m arena_pref.bench compile --out results/bench/compile.json
+	$(BIN)/python -m arena_pref.bench features --out results/bench/features.json
+
+# the default config on a labelled real data set (Kaggle format plus test_labels.csv), scored on
+# its test labels beside the class prior and a length logistic regression (README, "Real human
+# judgments"): make real-data DATA=path/to/dir
+real-data: setup
+	@test -n "$(DATA)" || { echo "make real-data: name the data directory, e.g. DATA=../shared/data/hh-harmless"; exit 2; }
+	$(BIN)/python -m arena_pref.realdata --data $(DATA) --workdir results/real/$(notdir $(DATA)) \
+		--out results/real/$(notdir $(DATA)).json --jobs $(JOBS)
 
 lint: setup
 	$(SNAKEMAKE) --lint

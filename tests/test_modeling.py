@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 import torch
 
-from arena_pref import batching, modeling, predict
+from arena_pref import batching, modeling, predict, predictions
 from arena_pref.batching import plan_batches
 from arena_pref.predict import run_batches
 from arena_pref.tokenize import tokenize_frame
@@ -92,7 +92,7 @@ def test_tta_maps_swapped_prediction_back(method):
     seqs = predict.sequences_of(tokens, tta=True)
     batches = batching.plan_batches([len(s) for s in seqs], method=method, batch_size=2, max_tokens=4, n_pairs=2)
     probs = predict.run_batches(None, seqs, batches, pad_token_id=9, forward=order_forward)
-    out = predict.frame_from_probs(tokens, probs, tta=True)
+    out = predictions.frame_from_probs(tokens, probs, tta=True)
     assert out["id"].tolist() == [5, 6]
     # row 5: A shown first says A; swapped, B shown first says "second" = original A
     assert out.loc[0, "a"] > 0.9 and out.loc[0, "a_tta"] > 0.9

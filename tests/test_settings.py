@@ -23,21 +23,24 @@ def config_with(**models):
 def test_params_do_not_depend_on_key_order():
     shuffled = yaml.safe_load(yaml.safe_dump(BASE, sort_keys=False))
     shuffled["models"] = dict(reversed(list(shuffled["models"].items())))
-    for m in shuffled["models"].values():
+    for name, m in shuffled["models"].items():
+        shuffled["models"][name] = m = dict(reversed(list(m.items())))
         m["predict"] = dict(reversed(list(m["predict"].items())))
-        m["train"] = dict(reversed(list(m["train"].items())))
+        if "train" in m:
+            m["train"] = dict(reversed(list(m["train"].items())))
     a, b = settings.load_config(BASE), settings.load_config(shuffled)
     for name in a.models:
-        for part in ("tokens", "training", "prediction"):
+        parts = ("learner",) if a.models[name].kind == "features" else ("tokens", "training", "prediction")
+        for part in parts:
             assert repr(settings.to_params(getattr(a.models[name], part))) == repr(
                 settings.to_params(getattr(b.models[name], part)))
 
 
 def test_numbers_are_canonical():
-    """``epochs: 1`` and ``epochs: 1.0`` are one setting: the same params, no rerun."""
+    """``epochs: 1`` and ``epochs: 1.0`` (or ``stack_C``) are one setting: the same params, no rerun."""
     as_float = yaml.safe_load(SMALL.read_text())
     as_float["models"]["tiny_gemma2"]["train"]["epochs"] = 1.0
-    as_float["blend"]["weights"] = {k: float(v) for k, v in as_float["blend"]["weights"].items()}
+    as_float["blend"]["stack_C"] = 1  # the schema's default is 1.0
     a, b = settings.load_config(BASE), settings.load_config(as_float)
     assert repr(settings.to_params(a.models["tiny_gemma2"].training)) == repr(
         settings.to_params(b.models["tiny_gemma2"].training))
@@ -51,6 +54,44 @@ def test_job_options_are_not_params():
     params = repr(settings.to_params(model.training))
     assert "save_steps" not in params and "logging_steps" not in params and "allow_bf16" not in params
     assert model.options == settings.JobOptions(allow_bf16_emulation=False, save_steps=3, logging_steps=2)
+
+
+def test_a_feature_member_is_validated_and_filled():
+    cfg = {**config_with(pf={"predict": {"folds": [1]}, "C": 3, "kind": "features", "learner": "logreg"}),
+           "blend": {"method": "stack"}}
+    model = settings.load_config(cfg).models["pf"]
+    assert model.kind == "features" and model.folds == (1,) and model.tta is True
+    # the keys logreg does not read are None: changing them reruns nothing
+    assert model.learner == settings.FeatureLearner(learner="logreg", max_iter=200, learning_rate=None,
+                                                    max_leaf_nodes=None, min_samples_leaf=None, l2_regularization=None,
+                                                    C=3.0, seed=None)
+    hgb = settings.load_config({**cfg, "models": {"pf": {"kind": "features", "learner": "hgb", "C": 5}}}).models["pf"].learner
+    assert hgb.C is None and hgb.learning_rate == 0.05 and hgb.seed == 0
+    assert settings.load_config(cfg).names("features") == ["pair_features", "pf"]
+
+
+@pytest.mark.parametrize("model, message", [
+    ({"kind": "features", "max_length": 128}, r"config\.models\.pf: unknown key 'max_length'"),
+    ({"kind": "features", "learner": "forest"}, r"config\.models\.pf\.learner: 'forest' is not one of"),
+    ({"kind": "feature"}, r"config\.models\.pf\.kind: 'feature' is not one of \['llm', 'features'\]"),
+])
+def test_feature_member_errors_name_the_key(model, message):
+    with pytest.raises(InputError, match=message):
+        settings.load_config({**config_with(pf=model), "blend": {"method": "stack"}})
+
+
+def test_blend_weights_with_another_method_are_an_error():
+    """Weights a stacker would silently ignore (a config written before stacking became the default)."""
+    cfg = {**BASE, "blend": {"weights": {name: 1 for name in BASE["models"]}}}
+    with pytest.raises(InputError, match="config blend.weights: only blend.method 'weights' reads them"):
+        settings.load_config(cfg)
+
+
+def test_blend_defaults_to_stacking_with_the_guard():
+    cfg = {k: v for k, v in BASE.items() if k != "blend"}
+    blend = settings.load_config(cfg).blend
+    assert blend == settings.BlendSettings(method="stack", weights={}, stack_C=1.0, calibrate=False, guard=True,
+                                           post_rules=settings.PostRules(identical=False, empty=False))
 
 
 def test_params_round_trip_to_typed_settings():
@@ -91,7 +132,7 @@ def test_model_names_that_read_like_paths_are_fine():
     """``test``, ``oof`` or ``fold0`` are identifiers: the blend is told model names, it never
     parses them out of paths."""
     config = {**BASE, "models": {"test": BASE["models"]["minilm"], "fold0": BASE["models"]["tiny_gemma2"]},
-              "blend": {**BASE["blend"], "weights": {"test": 1, "fold0": 1}}}
+              "blend": {"method": "weights", "weights": {"test": 1, "fold0": 1}}}
     assert list(settings.load_config(config).models) == ["test", "fold0"]
 
 

@@ -67,6 +67,7 @@ def test_every_training_job_went_through_sbatch(slurm_run):
     assert rules.count("train") == 6
     assert len(list((workdir / ".snakemake/slurm_logs/rule_train").rglob("*.log"))) == 6
     assert rules.count("infer") == 5 and rules.count("oof") == 6  # minilm infers with fold 1 only
+    assert rules.count("features_fold") == 2
     print(f"SLURM run of the small config: {seconds:.0f} s, {len(rules)} jobs")
 
 

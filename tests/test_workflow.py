@@ -26,11 +26,11 @@ def test_submission_and_outputs(run_a):
     assert abs(probs.sum(axis=1) - 1).max() < 1e-6
 
     metrics = json.loads((res / "metrics.json").read_text())
-    assert set(metrics["models"]) == {"tiny_gemma2", "tiny_llama", "minilm"}
+    assert set(metrics["models"]) == {"tiny_gemma2", "tiny_llama", "minilm", "pair_features"}
     for m in metrics["models"].values():
         assert {"log_loss", "log_loss_tta", "accuracy", "folds"} <= set(m) and len(m["folds"]) == 2
-    assert metrics["blend"]["temperature"] is not None
-    assert metrics["blend"]["weights"] == pytest.approx({"tiny_gemma2": 0.5, "tiny_llama": 0.3, "minilm": 0.2})
+    assert metrics["blend"]["temperature"] is not None and metrics["blend"]["method"] == "stack"
+    assert set(metrics["blend"]["stack_reliance"]) == set(metrics["models"])
     assert 0 < metrics["prior_log_loss"] < 1.2
 
     info = json.loads((res / "run_info.json").read_text())
@@ -42,6 +42,13 @@ def test_submission_and_outputs(run_a):
         assert tm["tokens_per_s_this_run"] > 0 and len(tm["step_losses"]) == tm["steps"]
     # minilm predicts the test set with fold 1 only, as configured
     assert not (res / "test" / "minilm" / "fold0.parquet").exists()
+    # the pair-feature member: a learner per fold, OOF and test files like the other members'
+    for fold in (0, 1):
+        assert (res / "models" / "pair_features" / f"fold{fold}" / "learner.joblib").exists()
+        assert (res / "oof" / "pair_features" / f"fold{fold}.parquet").exists()
+    assert "held-out log loss" in (res / "logs" / "features_fold" / "pair_features" / "fold0.log").read_text()
+    assert set(metrics["blend"]["post_rules"]) == {"identical", "empty"}
+    assert set(metrics["blend"]["guard"]) == {"prior_oof_log_loss", "blend_log_loss", "beats_prior", "fell_back"}
     assert (res / "plots" / "fold_scores.png").stat().st_size > 1000
     assert (res / "logs" / "train" / "tiny_gemma2" / "fold0.log").exists()
     assert "step" in (res / "logs" / "train" / "tiny_gemma2" / "fold0.log").read_text()
@@ -63,9 +70,10 @@ def test_nothing_to_do_when_up_to_date(run_a):
 
 
 def test_changing_blend_weights_reruns_only_the_blend(run_a, tmp_path):
-    changed = write_config(tmp_path / "cfg", **{"blend.weights": {"tiny_gemma2": 1, "tiny_llama": 1, "minilm": 0}})
-    proc = snakemake(run_a, "-n", "results/submission.csv", config=changed)
-    assert planned_jobs(proc) == {"blend": 1}
+    weights = {"tiny_gemma2": 1, "tiny_llama": 1, "minilm": 0, "pair_features": 1}
+    for i, blend in enumerate(({"method": "weights", "weights": weights}, {"method": "stack", "stack_C": 0.3})):
+        changed = write_config(tmp_path / f"cfg{i}", **{"blend": blend})
+        assert planned_jobs(snakemake(run_a, "-n", "results/submission.csv", config=changed)) == {"blend": 1}
 
 
 def test_changing_one_models_prediction_reruns_that_model_only(run_a, tmp_path):
@@ -107,6 +115,20 @@ def test_how_a_job_runs_reruns_nothing(run_a, tmp_path):
 
 def test_choosing_a_subset_of_folds_only_reaverages(run_a, tmp_path):
     changed = write_config(tmp_path / "cfg", **{"models.tiny_gemma2.predict.folds": [1]})
+    assert planned_jobs(snakemake(run_a, "-n", "results/submission.csv", config=changed)) == {
+        "average_test": 1, "blend": 1}
+
+
+def test_changing_the_feature_learner_reruns_its_folds_only(run_a, tmp_path):
+    """The pair statistics are computed once per split; a learner setting reruns that member's
+    fold jobs, its average and the blend, a setting its learner does not read nothing, and its TTA
+    flag only the average and the blend."""
+    changed = write_config(tmp_path / "cfg", **{"models.pair_features.C": 2.0})
+    assert planned_jobs(snakemake(run_a, "-n", "results/submission.csv", config=changed)) == {
+        "features_fold": 2, "average_test": 1, "blend": 1}
+    changed = write_config(tmp_path / "cfg1", **{"models.pair_features.learning_rate": 0.5})  # hgb only
+    assert planned_jobs(snakemake(run_a, "-n", "results/submission.csv", config=changed)) == {}
+    changed = write_config(tmp_path / "cfg2", **{"models.pair_features.predict.tta": True})
     assert planned_jobs(snakemake(run_a, "-n", "results/submission.csv", config=changed)) == {
         "average_test": 1, "blend": 1}
 

@@ -10,11 +10,13 @@ the model's ``max_length``. Token ids are random: speed does not depend on them.
     python -m arena_pref.bench training --out results/bench/training.json
     python -m arena_pref.bench compile --out results/bench/compile.json   # torch.compile vs eager
     python -m arena_pref.bench gpu --out results/bench/gpu_<name>.json   # on a CUDA machine
+    python -m arena_pref.bench features --out results/bench/features.json   # pair-feature model, CPU
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import platform
 import tempfile
@@ -23,9 +25,10 @@ from datetime import date
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
-from . import batching, modeling, predict, settings, varlen
+from . import batching, demo, features, metrics, modeling, predict, settings, varlen
 from .io import write_json
 from .logs import setup_logging
 
@@ -401,9 +404,94 @@ def _our_training(path, seqs, labels, workdir, model, *, threads):
             **({"max_tokens_per_batch": max_tokens} if max_tokens else {})}
 
 
+# --------------------------------------------------------------------------- pair features
+
+def synthetic_answer(rng, words, chars):
+    """An answer of about ``chars`` characters: sentences of random ``words``, with markdown
+    (header, list, bold, code block, table, link) and a refusal drawn at rates like chat answers'."""
+    parts = [demo.REFUSALS[rng.integers(len(demo.REFUSALS))]] if rng.random() < 0.08 else []
+    if rng.random() < 0.4:
+        parts.append(f"## {' '.join(rng.choice(words, 3)).capitalize()}")
+    n_words = max(1, chars // 6)  # about six characters a word, its space included
+    sentences = np.array_split(rng.choice(words, n_words), max(1, n_words // 12))
+    parts += [" ".join(s).capitalize() + "." for s in sentences]
+    if rng.random() < 0.5:
+        parts.append("\n".join(f"- **{w}**: {' '.join(rng.choice(words, 6))}" for w in rng.choice(words, 4)))
+    if rng.random() < 0.2:
+        parts.append("```python\nresult = model.fit(data)\nprint(result)\n```")
+    if rng.random() < 0.1:
+        parts.append("| name | value |\n|---|---|\n" + "\n".join(f"| {w} | {i} |" for i, w in
+                                                                  enumerate(rng.choice(words, 3))))
+    if rng.random() < 0.1:
+        parts.append("See https://example.org/docs or [the guide](https://example.org/guide).")
+    return "\n\n".join(parts)
+
+
+def synthetic_pairs(rows, *, median_chars=1000, sigma=0.6, seed=0):
+    """A parsed table (:func:`arena_pref.data.read_parsed`'s columns) of ``rows`` arena-like
+    rows: answers of log-normal length (sentences of median ``median_chars``; with the markdown
+    about 1,500 characters on average), 15% of rows with two turns
+    and 5% with three, 3% null answer turns; the longer answer usually wins, similar lengths
+    tie. Words are the demo data's (:mod:`arena_pref.demo`)."""
+    rng = np.random.default_rng(seed)
+    words = np.array(sorted({w.strip(".,").lower() for _, _, facts in demo.TOPICS for f in facts
+                             for w in f.split()}))
+    turns = rng.choice([1, 2, 3], size=rows, p=[0.8, 0.15, 0.05])
+    table = {"id": np.arange(rows, dtype=np.int64), "prompt": [], "response_a": [], "response_b": []}
+    for n in turns:
+        table["prompt"].append([" ".join(rng.choice(words, 12)) + "?" for _ in range(n)])
+        for side in ("response_a", "response_b"):
+            lengths = np.round(rng.lognormal(np.log(median_chars / n), sigma, n)).astype(int)
+            table[side].append([None if rng.random() < 0.03 else synthetic_answer(rng, words, k) for k in lengths])
+    total = [[sum(len(t or "") for t in r) for r in table[side]] for side in ("response_a", "response_b")]
+    margin = np.log1p(total[0]) - np.log1p(total[1]) + rng.logistic(0, 0.5, rows)
+    table["label"] = np.where(np.abs(margin) < 0.3, 2, np.where(margin > 0, 0, 1))
+    return pd.DataFrame(table)
+
+
+def bench_features(*, rows=57_000, threads=2):
+    """The pair-feature model at Kaggle scale on synthetic rows (:func:`synthetic_pairs`): seconds
+    of :func:`arena_pref.features.pair_stats` (once), and for each learner (the schema's defaults)
+    of ``fit`` (both orders of the rows) and of ``predict`` in both orders (as a member with
+    test-time averaging predicts), with rows/s. The in-sample log loss beside the prior's says
+    that something was learnt."""
+    from threadpoolctl import threadpool_limits
+
+    parsed = synthetic_pairs(rows)
+    with threadpool_limits(threads):
+        t0 = time.perf_counter()
+        stats = features.pair_stats(parsed)
+        stats_s = time.perf_counter() - t0
+        learners = {name: _bench_learner(name, stats, parsed["label"], stats_s) for name in features.LEARNERS}
+    answers = [sum(len(t or "") for t in r) for side in ("response_a", "response_b") for r in parsed[side]]
+    return {"pair_stats_s": stats_s, "pair_stats_rows_per_s": rows / stats_s, "learners": learners,
+            "prior_log_loss": metrics.prior_log_loss(parsed["label"]),
+            "setup": {"rows": rows, "threads": threads,
+                      "stat_columns": len(features.stat_columns(stats)),
+                      "design_columns": features.design_matrix(stats.head(1)).shape[1],
+                      "mean_answer_chars": float(np.mean(answers)),
+                      "multi_turn_rows": int((stats["n_turns"] > 1).sum()), **environment()}}
+
+
+def _bench_learner(name, stats, labels, stats_s):
+    learner = settings.model_config({"kind": "features", "learner": name}).learner
+    seconds = {}
+    t0 = time.perf_counter()
+    fitted = features.fit(stats, labels, learner)
+    seconds["fit"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    probs = metrics.tta_average(features.predict(fitted, stats), features.predict(fitted, stats, swap=True))
+    seconds["predict"] = time.perf_counter() - t0
+    seconds["total_with_stats"] = stats_s + seconds["fit"] + seconds["predict"]
+    log.info("%s: fit %.1f s, predict %.1f s, with the statistics %.1f s", name, seconds["fit"], seconds["predict"],
+             seconds["total_with_stats"])
+    return {"seconds": seconds, "rows_per_s": {k: len(stats) / v for k, v in seconds.items()},
+            "log_loss_in_sample": metrics.log_loss(labels, probs), "settings": dataclasses.asdict(learner)}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m arena_pref.bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("what", choices=["inference", "training", "compile", "gpu"])
+    parser.add_argument("what", choices=["inference", "training", "compile", "gpu", "features"])
     parser.add_argument("--out", required=True)
     parser.add_argument("--rows", type=int)
     parser.add_argument("--threads", type=int, default=2)
@@ -421,6 +509,8 @@ def main(argv=None):
         result = bench_gpu(peak_tflops=args.peak_tflops, threads=args.threads, **quantizations, **rows)
     elif args.what == "compile":
         result = bench_compile(threads=args.threads, **rows)
+    elif args.what == "features":
+        result = bench_features(threads=args.threads, **rows)
     else:
         bench = bench_inference if args.what == "inference" else bench_training
         result = bench(threads=args.threads, quantization=args.quantization or "4bit", **rows)

@@ -5,16 +5,23 @@ Probabilities are ``(n, 3)`` arrays in the class order of :data:`arena_pref.LABE
 
 from __future__ import annotations
 
+import logging
+import typing
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 from scipy.optimize import minimize, minimize_scalar
 
 from . import LABELS, PROB_COLUMNS, TTA_COLUMNS
 from .errors import InputError
-from .metrics import EPS, accuracy, clip_probs, fold_scores, log_loss, prior_log_loss
+from .metrics import (EPS, MIRROR, accuracy, class_frequencies, clip_probs, fold_scores, log_loss, prior_log_loss,
+                      tta_average, with_all_classes)
+
+log = logging.getLogger(__name__)
 
 SUBMISSION_COLUMNS = ["id", *LABELS]
-METHODS = ("weights", "optimize")
+METHODS = ("stack", "weights", "optimize")
 TEMPERATURE_BOUNDS = (0.05, 20.0)
 
 
@@ -169,17 +176,24 @@ def _aligned(frame, name, kind, ids, columns):
     return out
 
 
-def blend_run(oof, test, y_by_id, folds_by_id, *, use_tta, method, weights=None, calibrate=False):
-    """The blend step: score each model, blend, optionally calibrate, build the submission.
+def blend_run(oof, test, y_by_id, folds_by_id, *, use_tta, method, weights=None, stack_C=1.0, calibrate=False,
+              guard=True, post_rules=None):
+    """The blend step: score each model, blend, optionally calibrate, guard against doing worse than
+    the class prior, apply the post-rules, build the submission.
 
     ``oof``: ``{name: DataFrame[id, fold, a, b, tie, a_tta, b_tta, tie_tta]}`` covering
     exactly the train ids; ``test``: ``{name: DataFrame[id, a, b, tie]}``, same ids for
     every model. ``y_by_id`` / ``folds_by_id``: Series of label / fold indexed by train id.
-    ``use_tta[name]`` picks the model's ``*_tta`` OOF columns. ``method`` is ``"weights"``
-    (``weights``, normalised; equal weights when None) or ``"optimize"`` (fitted on OOF).
-    With ``calibrate`` one temperature is fitted on the OOF blend and applied to the test
-    blend. Weights and temperature are fitted and scored on the same OOF rows, so the
-    blend's OOF log loss is slightly optimistic.
+    ``use_tta[name]`` picks the model's ``*_tta`` OOF columns. ``method``: ``"stack"`` (a
+    logistic regression over the members' log-probabilities, inverse regularisation
+    ``stack_C``), ``"weights"`` (``weights``, normalised; equal weights when None) or
+    ``"optimize"`` (weights fitted on OOF). With ``calibrate`` a temperature is fitted on the
+    blend. ``post_rules``: a :class:`~arena_pref.post_rules.PostRulePlan` or None. ``guard``: where
+    the final OOF log loss does not beat the class prior's, the prior is submitted.
+
+    Every fitted thing (stacker, weights, temperature, post-rule frequencies) is fitted on the
+    other folds for each fold's OOF rows (nested for the temperature), and on all rows for the
+    test set, so the blend's OOF log loss is an honest estimate.
 
     Returns ``(submission DataFrame, metrics dict, OOF blend DataFrame[id, fold, label, a, b, tie])``.
     """
@@ -190,24 +204,26 @@ def blend_run(oof, test, y_by_id, folds_by_id, *, use_tta, method, weights=None,
     for m in names:
         oof_probs[m], test_probs[m], models[m] = _member(m, oof[m], test[m], train_ids, y, folds, test_ids, use_tta[m])
 
-    if method == "optimize":
-        weights = optimize_weights(oof_probs, y)
-    elif weights is None:
-        weights = {m: 1.0 for m in names}
-    oof_blend, test_blend = blend(oof_probs, weights), blend(test_probs, weights)
-    temperature = None
-    if calibrate:
-        temperature = fit_temperature(oof_blend, y)
-        oof_blend, test_blend = apply_temperature(oof_blend, temperature), apply_temperature(test_blend, temperature)
+    combiner = _combiner(method, weights, stack_C, calibrate)
+    oof_blend = cross_fit(combiner, oof_probs, y, folds)
+    params = combiner.fit(oof_probs, y, folds)
+    test_blend = combiner.apply(params, test_probs)
+    summary = {"method": method, "temperature": None, **combiner.describe(params)}
+    if post_rules is not None:
+        oof_blend, test_blend, summary["post_rules"] = post_rules.apply(oof_blend, test_blend, y=y, folds=folds,
+                                                                         train_ids=train_ids, test_ids=test_ids)
+    summary["guard"], prior_oof = _prior_check(models, oof_blend, y, folds)
+    if guard and not summary["guard"]["beats_prior"]:
+        oof_blend, test_blend = prior_oof, np.tile(class_frequencies(y), (len(test_ids), 1))
+        log.warning("submitting the class prior instead (blend.guard)")
+    summary["guard"]["fell_back"] = bool(guard and not summary["guard"]["beats_prior"])
 
     submission = make_submission(test_ids, test_blend)
     validate_submission(submission, test_ids)
-    total = sum(float(weights[m]) for m in names)
     metrics = {
         "prior_log_loss": prior_log_loss(y),
         "models": models,
-        "blend": {"log_loss": log_loss(y, oof_blend), "weights": {m: float(weights[m]) / total for m in names},
-                  "method": method, "temperature": temperature, "folds": fold_scores(y, oof_blend, folds)},
+        "blend": {"log_loss": log_loss(y, oof_blend), **summary, "folds": fold_scores(y, oof_blend, folds)},
         "n_train": int(len(train_ids)),
         "n_test": int(len(test_ids)),
     }
@@ -216,6 +232,137 @@ def blend_run(oof, test, y_by_id, folds_by_id, *, use_tta, method, weights=None,
     oof_frame.insert(1, "fold", folds)
     oof_frame.insert(2, "label", y)
     return submission, metrics, oof_frame
+
+
+# --------------------------------------------------------------------------- combiners
+
+@dataclass(frozen=True)
+class Combiner:
+    """A way to turn the members' probabilities into one: ``fit(probs, y, folds) -> params`` and
+    ``apply(params, probs) -> (n, 3)``; ``describe(params)`` for metrics.json."""
+
+    fit: typing.Callable
+    apply: typing.Callable
+    describe: typing.Callable = lambda params: {}
+
+
+def _combiner(method, weights, stack_C, calibrate):
+    """The :class:`Combiner` of a blend method, followed by a temperature when ``calibrate``."""
+    if method == "stack":
+        combiner = Combiner(fit=lambda probs, y, folds: fit_stacker(probs, y, C=stack_C), apply=apply_stacker,
+                            describe=lambda params: {"stack_C": float(stack_C), **describe_stacker(params)})
+    elif method == "optimize":
+        combiner = Combiner(fit=lambda probs, y, folds: optimize_weights(probs, y), apply=_weighted,
+                            describe=_normalised)
+    else:
+        combiner = Combiner(fit=lambda probs, y, folds: weights if weights is not None else {m: 1.0 for m in probs},
+                            apply=_weighted, describe=_normalised)
+    return _calibrated(combiner) if calibrate else combiner
+
+
+def _weighted(weights, probs):
+    return blend(probs, weights)
+
+
+def _normalised(weights):
+    total = sum(float(v) for v in weights.values())
+    return {"weights": {m: float(v) / total for m, v in weights.items()}}
+
+
+def _calibrated(combiner):
+    """``combiner`` followed by a temperature fitted on its cross-fitted predictions of the rows it
+    was fitted on (with one fold only, its in-sample predictions)."""
+
+    def fit(probs, y, folds):
+        params = combiner.fit(probs, y, folds)
+        inner = cross_fit(combiner, probs, y, folds) if len(np.unique(folds)) > 1 else combiner.apply(params, probs)
+        return params, fit_temperature(inner, y)
+
+    def apply(params, probs):
+        return apply_temperature(combiner.apply(params[0], probs), params[1])
+
+    return Combiner(fit=fit, apply=apply,
+                    describe=lambda params: {**combiner.describe(params[0]), "temperature": float(params[1])})
+
+
+def cross_fit(combiner, probs, y, folds):
+    """Each fold's rows combined by a ``combiner`` fitted on the other folds' rows."""
+    out = np.empty((len(y), len(LABELS)))
+    for k in np.unique(folds):
+        fit_rows = folds != k
+        params = combiner.fit(_rows(probs, fit_rows), y[fit_rows], folds[fit_rows])
+        out[~fit_rows] = combiner.apply(params, _rows(probs, ~fit_rows))
+    return out
+
+
+def _rows(probs, mask):
+    return {m: p[mask] for m, p in probs.items()}
+
+
+def _stack_inputs(probs, names, *, mirror=False):
+    """The stacker's inputs: each member's log-probabilities (of the mirrored rows: A and B
+    exchanged)."""
+    order = MIRROR if mirror else [0, 1, 2]
+    return np.hstack([np.log(clip_probs(probs[m]))[:, order] for m in names])
+
+
+def fit_stacker(probs, y, *, C):
+    """A multinomial logistic regression (L2, inverse strength ``C``) from the members'
+    log-probabilities to the label, fitted on the rows and their mirror images (labels A and B
+    exchanged), so that it treats the two answers alike. (Rows of one class only, all ties: the
+    class frequencies.)"""
+    from sklearn.dummy import DummyClassifier
+    from sklearn.linear_model import LogisticRegression
+
+    names = list(probs)
+    x = np.vstack([_stack_inputs(probs, names), _stack_inputs(probs, names, mirror=True)])
+    y = np.asarray(y, dtype=np.int64)
+    labels = np.concatenate([y, MIRROR[y]])
+    model = LogisticRegression(C=C, max_iter=1000) if len(np.unique(labels)) > 1 else DummyClassifier()
+    return names, model.fit(x, labels), x.std(axis=0)
+
+
+def apply_stacker(params, probs):
+    """Stacked probabilities, averaged with the mirrored rows' mapped back (exactly symmetric); a
+    class absent from the stacker's training rows gets 0 (clipped later)."""
+    names, model, _ = params
+
+    def predict(x):
+        return with_all_classes(model.classes_, model.predict_proba(x))
+
+    return tta_average(predict(_stack_inputs(probs, names)), predict(_stack_inputs(probs, names, mirror=True)))
+
+
+def describe_stacker(params):
+    """How much the stacker leans on each member: the mean absolute standardised coefficient of its
+    log-probabilities (coefficient times the input's spread: a member that hardly moves from the
+    prior weighs little however large its coefficients)."""
+    names, model, spread = params
+    coef = getattr(model, "coef_", np.zeros((1, len(spread))))
+    weight = np.abs(coef) * spread
+    return {"stack_reliance": {m: float(weight[:, 3 * i:3 * i + 3].mean()) for i, m in enumerate(names)}}
+
+
+# --------------------------------------------------------------------------- the prior guard
+
+def _prior_check(models, oof_blend, y, folds):
+    """The class prior's OOF log loss (each fold predicted with the other folds' frequencies) beside
+    the blend's, each member flagged ``beats_prior`` with a plain warning where it does not; returns
+    ``(report, the prior's OOF probabilities)``."""
+    prior_oof = np.empty((len(y), len(LABELS)))
+    for k in np.unique(folds):
+        prior_oof[folds == k] = class_frequencies(y[folds != k])
+    prior_loss, blend_loss = log_loss(y, prior_oof), log_loss(y, oof_blend)
+    for m, scores in models.items():
+        scores["beats_prior"] = bool(scores["log_loss_used"] < prior_loss)
+        if not scores["beats_prior"]:
+            log.warning("model '%s' does not beat the class prior on OOF: log loss %.4f, prior %.4f", m,
+                        scores["log_loss_used"], prior_loss)
+    beats = bool(blend_loss < prior_loss)
+    if not beats:
+        log.warning("the blend does not beat the class prior on OOF (log loss %.4f, prior %.4f)", blend_loss,
+                    prior_loss)
+    return {"prior_oof_log_loss": prior_loss, "blend_log_loss": blend_loss, "beats_prior": beats}, prior_oof
 
 
 def _check_members(oof, test, use_tta, method):
@@ -258,6 +405,6 @@ def _member(m, oof, test, train_ids, y, folds, test_ids, use_tta):
     tta = frame[TTA_COLUMNS].to_numpy(dtype=np.float64)
     used = tta if use_tta else plain
     test_probs = _aligned(test, m, "test", test_ids, PROB_COLUMNS)[PROB_COLUMNS].to_numpy(dtype=np.float64)
-    scores = {"log_loss": log_loss(y, plain), "log_loss_tta": log_loss(y, tta), "accuracy": accuracy(y, used),
-              "folds": fold_scores(y, used, folds)}
+    scores = {"log_loss": log_loss(y, plain), "log_loss_tta": log_loss(y, tta), "log_loss_used": log_loss(y, used),
+              "accuracy": accuracy(y, used), "folds": fold_scores(y, used, folds)}
     return used, test_probs, scores

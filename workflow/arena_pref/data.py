@@ -69,6 +69,12 @@ def read_kaggle_csv(path, split):
     return pd.DataFrame(out)
 
 
+def last_turn_empty(turns):
+    """Whether an answer's last turn is missing, null, empty or blank."""
+    last = turns[-1] if len(turns) else None
+    return last is None or not last.strip()
+
+
 def check_training_labels(df, path):
     """Training rows must hold more than one class: with one, every model and the prior score a
     perfect 0 and nothing is learnt."""

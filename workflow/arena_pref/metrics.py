@@ -21,6 +21,10 @@ the submission would get.
 
 N_CLASSES = len(LABELS)
 
+MIRROR = np.array([1, 0, 2])
+"""Class (or probability column) of the mirrored row, A and B exchanged: A wins <-> B wins, a tie
+stays a tie. ``MIRROR[y]`` mirrors labels, ``probs[:, MIRROR]`` probabilities."""
+
 
 def _check(y, probs):
     y = np.asarray(y)
@@ -53,11 +57,24 @@ def accuracy(y, probs):
     return float(np.mean(probs.argmax(axis=1) == y))
 
 
+def class_frequencies(y):
+    """Label frequencies of ``y`` over the three classes (the class prior)."""
+    y = np.asarray(y, dtype=np.int64)
+    return np.bincount(y, minlength=N_CLASSES) / len(y)
+
+
+def with_all_classes(classes, probs):
+    """``(n, 3)`` probabilities from a classifier's ``predict_proba`` over ``classes`` (its
+    ``classes_``): a class it never saw in training (no ties in the data, say) gets 0."""
+    out = np.zeros((len(probs), N_CLASSES))
+    out[:, np.asarray(classes, dtype=np.int64)] = probs
+    return out
+
+
 def prior_log_loss(y_train):
     """Log loss on ``y_train`` of always predicting its own label frequencies (the baseline)."""
     y = np.asarray(y_train, dtype=np.int64)
-    freq = np.bincount(y, minlength=N_CLASSES) / len(y)
-    return log_loss(y, np.tile(freq, (len(y), 1)))
+    return log_loss(y, np.tile(class_frequencies(y), (len(y), 1)))
 
 
 def tta_average(probs_ab, probs_ba):
@@ -70,7 +87,7 @@ def tta_average(probs_ab, probs_ba):
     probs_ba = np.asarray(probs_ba, dtype=np.float64)
     if probs_ab.shape != probs_ba.shape:
         raise ValueError(f"shape mismatch: {probs_ab.shape} vs {probs_ba.shape}")
-    return (probs_ab + probs_ba[:, [1, 0, 2]]) / 2
+    return (probs_ab + probs_ba[:, MIRROR]) / 2
 
 
 def fold_scores(y, probs, folds):

@@ -18,11 +18,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import PROB_COLUMNS, TTA_COLUMNS
 from .batching import padding_efficiency, pass_tokens, plan_batches, plan_rows, shard_batches, shard_imbalance
 from .errors import InputError
 from .logs import Rate
-from .metrics import tta_average
+from .predictions import frame_from_probs
 from .pooling import classify, concat_row, packed_inputs, packing_unsupported, pad_rows, padded_inputs
 from .settings import PredictSettings
 
@@ -89,17 +88,6 @@ def sequences_of(tokens, tta, column="input_ids"):
     if tta:
         seqs += list(tokens[f"{column}_swap"])
     return seqs
-
-
-def frame_from_probs(tokens, probs, tta):
-    """``a, b, tie`` in (A, B) order and with ``tta`` also ``a_tta, b_tta, tie_tta``: the (B, A)
-    prediction mapped back and averaged."""
-    n = len(tokens)
-    out = pd.DataFrame(probs[:n], columns=PROB_COLUMNS)
-    out.insert(0, "id", tokens["id"].to_numpy(dtype=np.int64))
-    if tta:
-        out[TTA_COLUMNS] = tta_average(probs[:n], probs[n:])
-    return out
 
 
 # --------------------------------------------------------------------------- several devices
@@ -233,20 +221,3 @@ def check_finite(probs, *, label, dtype):
                 " float32" if dtype == "float16" else "")
         raise InputError(f"{label}: {int(bad.sum())} of {len(probs)} sequences got non-finite probabilities "
                          f"(the logits overflowed or became NaN, dtype {dtype}).{hint}")
-
-
-def final_probs(pred, tta):
-    """The (n, 3) probabilities a model contributes: TTA-averaged when TTA is on."""
-    return pred[TTA_COLUMNS if tta else PROB_COLUMNS].to_numpy()
-
-
-def average_folds(preds, tta):
-    """Average per-fold test predictions (frames with identical ids) into one frame."""
-    ids = preds[0]["id"].to_numpy()
-    for p in preds[1:]:
-        if not np.array_equal(p["id"].to_numpy(), ids):
-            raise ValueError("fold predictions cover different test ids")
-    mean = np.mean([final_probs(p, tta) for p in preds], axis=0)
-    out = pd.DataFrame(mean, columns=PROB_COLUMNS)
-    out.insert(0, "id", ids)
-    return out

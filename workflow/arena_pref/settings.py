@@ -127,24 +127,71 @@ class ModelConfig:
     tta: bool
     folds: tuple | None  # folds whose adapters predict the test set; None: all
     options: JobOptions
+    kind: str = "llm"
+
+
+@dataclass(frozen=True)
+class FeatureLearner:
+    """Everything the features_fold rule reads: the scikit-learn learner over pair features
+    (``features.fit``)."""
+
+    learner: str  # hgb | logreg; the settings the other learner reads are None
+    max_iter: int
+    learning_rate: float | None  # hgb
+    max_leaf_nodes: int | None  # hgb
+    min_samples_leaf: int | None  # hgb
+    l2_regularization: float | None  # hgb
+    C: float | None  # logreg
+    seed: int | None  # hgb (logreg's solver is deterministic)
+
+
+LEARNER_READS = {"hgb": {"max_iter", "learning_rate", "max_leaf_nodes", "min_samples_leaf", "l2_regularization", "seed"},
+                 "logreg": {"max_iter", "C"}}
+"""The settings each learner reads: only those reach its jobs' params (changing another reruns nothing)."""
+
+
+@dataclass(frozen=True)
+class FeatureModelConfig:
+    """A pair-feature member of the config (``kind: features``)."""
+
+    name: str
+    learner: FeatureLearner
+    tta: bool
+    folds: tuple | None  # folds whose learners predict the test set; None: all
+    kind: str = "features"
+
+
+@dataclass(frozen=True)
+class PostRules:
+    identical: bool  # identical answers get the frequencies of training rows with identical answers
+    empty: bool  # one answer empty: the frequencies of training rows with that answer empty
 
 
 @dataclass(frozen=True)
 class BlendSettings:
-    method: str
+    """Everything the blend rule reads."""
+
+    method: str  # stack | weights | optimize
     weights: dict
+    stack_C: float
     calibrate: bool
+    guard: bool  # fall back to the class prior where the blend does not beat it on OOF
+    post_rules: PostRules
 
 
 @dataclass(frozen=True)
 class Config:
     raw: dict  # the validated config, defaults filled (run_info.json records it)
-    models: dict  # name -> ModelConfig, in config order
+    models: dict  # name -> ModelConfig or FeatureModelConfig (``kind``), in config order
     blend: BlendSettings
     n_folds: int
     cv_seed: int
     threads: int
     predict_gpus: int
+
+    def names(self, kind):
+        """Names of the models of one kind (``llm`` or ``features``), sorted."""
+        return sorted(n for n, m in self.models.items() if m.kind == kind)
 
     def fold_ids(self):
         return list(range(self.n_folds))
@@ -157,7 +204,16 @@ class Config:
 _OPERATIONAL = {"save_steps", "logging_steps"}  # train keys that go to JobOptions
 
 
+def _folds(predict):
+    return None if predict["folds"] == "all" else tuple(predict["folds"])
+
+
 def _model_config(name, m):
+    if m["kind"] == "features":
+        reads = LEARNER_READS[m["learner"]]
+        learner = build(FeatureLearner, {k: (v if k in reads | {"learner"} else None) for k, v in m.items()
+                                         if k not in ("kind", "predict")})
+        return FeatureModelConfig(name=name, learner=learner, tta=m["predict"]["tta"], folds=_folds(m["predict"]))
     loading = Loading(**{f.name: m[f.name] for f in dataclasses.fields(Loading)})
     p, t = m["predict"], m["train"]
     return ModelConfig(
@@ -173,7 +229,7 @@ def _model_config(name, m):
                               max_tokens_per_batch=p["max_tokens_per_batch"], max_length=m["max_length"]),
             merge_lora=p["merge_lora"], compile=p["compile"]),
         tta=p["tta"],
-        folds=None if p["folds"] == "all" else tuple(p["folds"]),
+        folds=_folds(p),
         options=JobOptions(allow_bf16_emulation=m["allow_bf16_emulation"], save_steps=t["save_steps"],
                            logging_steps=t["logging_steps"]),
     )
@@ -213,7 +269,7 @@ def build(cls, data):
             value = build(hint, value)
         elif isinstance(value, list):
             value = tuple(value)
-        elif hint is float and isinstance(value, int) and not isinstance(value, bool):
+        elif float in (hint, *typing.get_args(hint)) and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)  # ``epochs: 1`` and ``epochs: 1.0`` are one setting
         kwargs[name] = value
     return cls(**kwargs)
@@ -287,6 +343,9 @@ def validate(config):
 
 def _check_blend(config, models):
     blend = config["blend"]
+    if blend["weights"] and blend["method"] != "weights":
+        raise InputError(f"config blend.weights: only blend.method 'weights' reads them (the method is "
+                         f"'{blend['method']}'): set method: weights, or remove the weights")
     if blend["method"] == "weights":
         missing = [m for m in models if m not in blend["weights"]]
         unknown = [m for m in blend["weights"] if m not in models]
@@ -313,8 +372,8 @@ def load_config(config):
 
 
 def model_config(model, name="model", **config):
-    """One :class:`ModelConfig` from a model's config mapping, validated and filled as the workflow
+    """One :class:`ModelConfig` (or :class:`FeatureModelConfig`) from a model's config mapping, validated and filled as the workflow
     does (for tests and benchmarks: the same path as a user's config)."""
     base = {"data": {"train_csv": "train.csv", "test_csv": "test.csv"}, "models": {name: model},
-            "blend": {"weights": {name: 1.0}}}
+            "blend": {"method": "weights", "weights": {name: 1.0}}}
     return load_config({**base, **config}).models[name]

@@ -9,11 +9,12 @@ transformers are imported inside the steps that need them: the light rules start
 from __future__ import annotations
 
 import logging
+import time
 
 import numpy as np
 import pandas as pd
 
-from . import data, io
+from . import PROB_COLUMNS, TTA_COLUMNS, data, io
 from .errors import InputError
 
 log = logging.getLogger(__name__)
@@ -76,15 +77,69 @@ def tokenize(parsed, backbone, out, settings, *, model):
 
 
 def _fold_rows(tokens, folds_parquet, fold, *, held_out):
+    """The rows of a table with an ``id`` column (token cache, pair statistics) that train on fold
+    ``fold`` or, ``held_out``, that it scores."""
     assignment = pd.read_parquet(folds_parquet).set_index("id")["fold"]
     missing = ~tokens["id"].isin(assignment.index)
     if missing.any():
-        raise InputError(f"token cache rows without a fold: ids {tokens['id'][missing].head().tolist()}")
+        raise InputError(f"training rows without a fold: ids {tokens['id'][missing].head().tolist()}")
     in_fold = tokens["id"].map(assignment).to_numpy() == fold
     rows = tokens[in_fold if held_out else ~in_fold].reset_index(drop=True)
     if rows.empty:
         raise InputError(f"fold {fold} has no {'validation' if held_out else 'training'} rows")
     return rows
+
+
+def features(parsed, out):
+    """Pair statistics of one split (:func:`arena_pref.features.pair_stats`)."""
+    from .features import pair_stats
+
+    t0 = time.monotonic()
+    stats = pair_stats(data.read_parsed(parsed))
+    io.write_parquet(stats, out)
+    seconds = time.monotonic() - t0
+    log.info("%d pair statistics of %d rows in %.1f s (%.0f rows/s)", stats.shape[1] - 1, len(stats), seconds,
+             len(stats) / max(seconds, 1e-9))
+
+
+def features_fold(*, model, fold, train_stats, test_stats, train_parquet, folds_parquet, settings, oof_out, test_out,
+                  learner_out, threads=None):
+    """One fold's pair-feature learner (:class:`~arena_pref.settings.FeatureLearner`): fitted on
+    the other folds' rows in both answer orders; its held-out rows and the test rows predicted in
+    both orders, written as an OOF file and a fold test file like any member's."""
+    from threadpoolctl import threadpool_limits
+
+    from . import features
+    from .metrics import log_loss, prior_log_loss
+
+    stats = pd.read_parquet(train_stats)
+    labels = data.read_parsed(train_parquet).set_index("id")["label"]
+    fit_rows = _fold_rows(stats, folds_parquet, fold, held_out=False)
+    held = _fold_rows(stats, folds_parquet, fold, held_out=True)
+    test = pd.read_parquet(test_stats)
+    y = fit_rows["id"].map(labels).to_numpy()
+    with threadpool_limits(threads):
+        fitted = features.fit(fit_rows.drop(columns="id"), y, settings)
+        oof_frame, test_frame = _predict_both_orders(fitted, held), _predict_both_orders(fitted, test)
+    oof_frame.insert(1, "fold", np.int64(fold))
+    features.save(fitted, learner_out)
+    io.write_parquet(oof_frame, oof_out)
+    io.write_parquet(test_frame, test_out)
+    y_held = held["id"].map(labels).to_numpy()
+    log.info("model '%s', fold %d: %s learner fitted on %d rows (both orders); held-out log loss %.4f, with TTA "
+             "%.4f (class prior %.4f)", model, fold, settings.learner, len(fit_rows),
+             log_loss(y_held, oof_frame[PROB_COLUMNS]), log_loss(y_held, oof_frame[TTA_COLUMNS]),
+             prior_log_loss(y_held))
+
+
+def _predict_both_orders(fitted, rows):
+    """Rows (A, B) and mirrored (B, A), as the fine-tuned members predict them: plain and TTA
+    columns."""
+    from .features import predict
+    from .predictions import frame_from_probs
+
+    stats = rows.drop(columns="id")
+    return frame_from_probs(rows, np.vstack([predict(fitted, stats), predict(fitted, stats, swap=True)]), tta=True)
 
 
 def train(*, tokens_parquet, train_parquet, folds_parquet, fold, backbone, settings, options, checkpoints, adapter,
@@ -124,33 +179,48 @@ def infer(*, model, fold, tokens_parquet, backbone, adapter, settings, options, 
 
 
 def average_test(fold_predictions, out, *, tta):
-    from .predict import average_folds
+    from .predictions import average_folds
 
     preds = [pd.read_parquet(p) for p in fold_predictions]
     io.write_parquet(average_folds(preds, tta), out)
     log.info("averaged %d folds' test predictions (TTA %s)", len(preds), "on" if tta else "off")
 
 
-def blend(*, oof_paths, test_paths, train_parquet, folds_parquet, settings, tta, submission, metrics_path,
-          oof_blend_path, run_info_path, config):
+def blend(*, oof_paths, test_paths, train_parquet, test_parquet, folds_parquet, settings, tta, submission,
+          metrics_path, oof_blend_path, run_info_path, config):
     """``oof_paths``: model name -> its folds' OOF files; ``test_paths``: model name -> its test
-    file (names given, never parsed from paths)."""
+    file (names given, never parsed from paths); ``settings``: :class:`~arena_pref.settings.BlendSettings`."""
     from .blend import blend_run
     from .runinfo import run_info
 
     oof = {m: pd.concat([pd.read_parquet(p) for p in paths], ignore_index=True) for m, paths in oof_paths.items()}
     test = {m: pd.read_parquet(path) for m, path in test_paths.items()}
-    labels = data.read_parsed(train_parquet).set_index("id")["label"]
+    train = data.read_parsed(train_parquet)
+    labels = train.set_index("id")["label"]
     assignment = pd.read_parquet(folds_parquet).set_index("id")["fold"]
-    sub, metrics, oof_blend = blend_run(oof, test, labels, assignment, use_tta=tta, method=settings.method,
-                                        weights=settings.weights or None, calibrate=settings.calibrate)
+    sub, metrics, oof_blend = blend_run(
+        oof, test, labels, assignment, use_tta=tta, method=settings.method, weights=settings.weights or None,
+        stack_C=settings.stack_C, calibrate=settings.calibrate, guard=settings.guard,
+        post_rules=_post_rules(settings.post_rules, train, test_parquet))
     io.write_csv(sub, submission)
     io.write_json(metrics, metrics_path)
     io.write_parquet(oof_blend, oof_blend_path)
     io.write_json(run_info(config), run_info_path)
-    log.info("prior log loss %.4f; %s; blend %.4f with weights %s", metrics["prior_log_loss"],
-             ", ".join(f"{m} {v['log_loss_tta' if tta[m] else 'log_loss']:.4f}" for m, v in metrics["models"].items()),
-             metrics["blend"]["log_loss"], metrics["blend"]["weights"])
+    b = metrics["blend"]
+    log.info("OOF log loss: class prior %.4f; %s; blend (%s) %.4f%s", b["guard"]["prior_oof_log_loss"],
+             ", ".join(f"{m} {v['log_loss_used']:.4f}" for m, v in metrics["models"].items()), b["method"],
+             b["log_loss"], " (the class prior: the blend did not beat it)" if b["guard"]["fell_back"] else "")
+
+
+def _post_rules(rules, train, test_parquet):
+    """The plan of the enabled post-rules (:class:`~arena_pref.settings.PostRules`; None when none is)."""
+    from .post_rules import RULES, PostRulePlan, row_kinds
+
+    enabled = tuple(name for name in RULES if getattr(rules, name))
+    if not enabled:
+        return None
+    return PostRulePlan(rules=enabled, kinds_train=row_kinds(train),
+                        kinds_test=row_kinds(data.read_parsed(test_parquet)))
 
 
 def plots(*, metrics_path, oof_blend_path, fold_scores_png, calibration_png):

@@ -27,25 +27,36 @@ try:
     # validated against workflow/schemas/config.schema.yaml (defaults filled), cross-checked, and
     # each model checked against its backbone: errors are one line naming the key
     CONFIG = settings.load_config(config)
+    LLM_MODELS = CONFIG.names(
+        "llm"
+    )  # fine-tuned backbones: tokenize, train, oof, infer
+    FEATURE_MODELS = CONFIG.names("features")  # pair-feature learners: features_fold
     # nothing is fetched from a model hub unless a config names a hub backbone
-    if any(m.backbone["kind"] == "hub" for m in CONFIG.models.values()):
+    if any(CONFIG.models[m].backbone["kind"] == "hub" for m in LLM_MODELS):
         os.environ.pop("HF_HUB_OFFLINE", None)
     else:
         os.environ.update(HF_HUB_OFFLINE="1")
-    for _model in CONFIG.models.values():
-        backbones.check_model(_model)
+    for _name in LLM_MODELS:
+        backbones.check_model(CONFIG.models[_name])
 except InputError as err:
     raise WorkflowError(f"arena-pref: {err}") from None
 
 MODELS = sorted(CONFIG.models)  # the order models are listed in does not matter
 FOLDS = CONFIG.fold_ids()
 CONDA_ENV = "../../envs/arena-pref.yaml"
+FEATURE_PHRASES = os.path.join(PACKAGE_DIR, "arena_pref", "feature_phrases.yaml")
 
 
 wildcard_constraints:
     split="train|test",
     fold=r"\d+",
     model="|".join(MODELS),
+
+
+def names_regex(names):
+    """A wildcard constraint matching exactly these names (nothing when there are none): which rule
+    makes a model's OOF and test files depends on its kind."""
+    return "|".join(names) if names else "(?!)"
 
 
 # ---------------------------------------------------------------- input functions
@@ -82,6 +93,7 @@ def blend_inputs(wildcards):
     never parses them from paths)."""
     inputs = {
         "data": "results/data/train.parquet",
+        "parsed_test": "results/data/test.parquet",
         "folds": "results/data/folds.parquet",
     }
     for m in MODELS:
@@ -121,6 +133,10 @@ def job_options(wildcards):
 
 def model_tta(wildcards):
     return CONFIG.models[wildcards.model].tta
+
+
+def feature_params(wildcards):
+    return settings.to_params(CONFIG.models[wildcards.model].learner)
 
 
 def blend_tta():

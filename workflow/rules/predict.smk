@@ -10,6 +10,8 @@ rule oof:
         "results/logs/oof/{model}/fold{fold}.log",
     benchmark:
         "results/benchmarks/oof/{model}/fold{fold}.tsv"
+    wildcard_constraints:
+        model=names_regex(LLM_MODELS),
     conda:
         CONDA_ENV
     threads: CONFIG.threads
@@ -34,6 +36,8 @@ rule infer:
         "results/logs/infer/{model}/fold{fold}.log",
     benchmark:
         "results/benchmarks/infer/{model}/fold{fold}.tsv"
+    wildcard_constraints:
+        model=names_regex(LLM_MODELS),
     conda:
         CONDA_ENV
     threads: CONFIG.threads

@@ -23,6 +23,8 @@ rule tokenize:
         "results/logs/tokenize/{model}/{split}.log",
     benchmark:
         "results/benchmarks/tokenize/{model}/{split}.tsv"
+    wildcard_constraints:
+        model=names_regex(LLM_MODELS),
     conda:
         CONDA_ENV
     params:

@@ -11,6 +11,8 @@ rule train:
         "results/logs/train/{model}/fold{fold}.log",
     benchmark:
         "results/benchmarks/train/{model}/fold{fold}.tsv"
+    wildcard_constraints:
+        model=names_regex(LLM_MODELS),
     conda:
         CONDA_ENV
     threads: CONFIG.threads

@@ -9,7 +9,8 @@ def main(sm):
     models = sm.params.models
     steps.blend(oof_paths={m: list(getattr(sm.input, f"oof_{m}")) for m in models},
                 test_paths={m: getattr(sm.input, f"test_{m}") for m in models},
-                train_parquet=sm.input.data, folds_parquet=sm.input.folds,
+                train_parquet=sm.input.data, test_parquet=sm.input.parsed_test,
+                folds_parquet=sm.input.folds,
                 settings=settings.from_params(settings.BlendSettings, sm.params.blend), tta=sm.params.tta,
                 submission=sm.output.submission, metrics_path=sm.output.metrics,
                 oof_blend_path=sm.output.oof_blend, run_info_path=sm.output.run_info,

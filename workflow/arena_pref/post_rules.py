@@ -1,0 +1,140 @@
+"""Post-rules: fixed probabilities for rows whose answers say it all, applied after the blend.
+
+Two kinds of row are common in arena data and easy to recognise, yet models fed truncated token
+sequences can miss them: the two answers are identical (the vote is then mostly a tie, or a coin
+toss between equal sides), or one answer is empty (the other usually wins). Such rows get the
+class frequencies of training rows of the same kind instead of the blend's probabilities, where
+that lowers the log loss of those rows on OOF (a rule that does not help is left out and logged).
+
+The frequencies are symmetric (an identical pair gives A and B the same probability; "B empty" is
+"A empty" mirrored, and the two pool their rows) and smoothed toward the overall class prior with
+the weight of :data:`PRIOR_ROWS` rows, so a kind seen a handful of times stays close to the prior.
+For each fold's OOF rows they are estimated, and the rule chosen, from the other folds' rows (an
+honest OOF figure); for the test rows from all training rows.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from . import LABELS
+from .data import last_turn_empty
+from .metrics import MIRROR, class_frequencies, log_loss
+
+log = logging.getLogger(__name__)
+
+PRIOR_ROWS = 3.0  # the prior's weight, in rows, in each kind's smoothed frequencies
+RULES = {"identical": ("identical",), "empty": ("a_empty", "b_empty")}  # config key -> row kinds
+
+
+def row_kinds(parsed):
+    """``Series`` id -> ``identical``, ``a_empty``, ``b_empty`` or ``""`` (neither) of a parsed
+    table (identical first: two empty answers are identical)."""
+    kinds = []
+    for a, b in zip(parsed["response_a"], parsed["response_b"]):
+        a, b = list(a), list(b)
+        a_empty, b_empty = last_turn_empty(a), last_turn_empty(b)
+        if a == b or (a_empty and b_empty):
+            kinds.append("identical")
+        else:
+            kinds.append("a_empty" if a_empty else "b_empty" if b_empty else "")
+    return pd.Series(kinds, index=parsed["id"].to_numpy(dtype=np.int64), dtype=object)
+
+
+def kind_probs(kind, kinds, y, prior):
+    """Smoothed, symmetric class frequencies of the training rows of ``kind`` (``a_empty``
+    orientation for the empty kinds); None when there are none."""
+    if kind == "identical":
+        labels = y[kinds == "identical"]
+    else:
+        labels = np.concatenate([y[kinds == "a_empty"], MIRROR[y[kinds == "b_empty"]]])
+    if not len(labels):
+        return None
+    counts = np.bincount(labels, minlength=len(LABELS)).astype(np.float64)
+    if kind == "identical":
+        counts[:2] = counts[:2].mean()
+        prior = np.array([(prior[0] + prior[1]) / 2] * 2 + [prior[2]])
+    else:
+        prior = (prior + prior[MIRROR]) / 2
+    return (counts + PRIOR_ROWS * prior) / (len(labels) + PRIOR_ROWS)
+
+
+def _set(probs, kinds, estimate):
+    """``probs`` with the rows of each kind replaced by its estimate (``b_empty`` mirrored)."""
+    out = probs.copy()
+    for kind, p in estimate.items():
+        rows = kinds == kind
+        out[rows] = p[MIRROR] if kind == "b_empty" else p
+    return out
+
+
+@dataclass(frozen=True)
+class PostRulePlan:
+    """The enabled rules (config keys of :data:`RULES`) and the kind of every training and test
+    row (``Series`` by id)."""
+
+    rules: tuple
+    kinds_train: pd.Series
+    kinds_test: pd.Series
+
+    def _estimate(self, kinds, y, rules=None):
+        """{kind: probabilities} of the rules (default: all enabled) from these training rows."""
+        if not len(y):
+            return {}
+        prior, out = class_frequencies(y), {}
+        for rule in self.rules if rules is None else rules:
+            p = kind_probs(RULES[rule][0], kinds, y, prior)
+            if p is not None:
+                out.update({kind: p for kind in RULES[rule]})
+        return out
+
+    def _helpful(self, blend, kinds, y, folds):
+        """The rules that lower the log loss of their rows on these rows, each row's estimate from
+        the other folds' (an honest comparison with the blend)."""
+        candidate = blend.copy()
+        for k in np.unique(folds):
+            rows = folds == k
+            candidate[rows] = _set(blend[rows], kinds[rows], self._estimate(kinds[~rows], y[~rows]))
+        helpful = []
+        for rule in self.rules:
+            rows = np.isin(kinds, RULES[rule])
+            if rows.any() and log_loss(y[rows], candidate[rows]) < log_loss(y[rows], blend[rows]):
+                helpful.append(rule)
+        return tuple(helpful)
+
+    def apply(self, oof_blend, test_blend, *, y, folds, train_ids, test_ids):
+        """The blend's OOF and test probabilities with the rules applied where they help, and a
+        report of each rule. A rule sets the test rows of its kind when it lowers the OOF log loss
+        of the training rows of that kind; each fold's OOF rows are set, and the same decision is
+        made, from the other folds' rows only, so the OOF figure stays honest."""
+        kinds = self.kinds_train.loc[train_ids].to_numpy()
+        kinds_test = self.kinds_test.loc[test_ids].to_numpy()
+        oof = oof_blend.copy()
+        for k in np.unique(folds):
+            rows, other = folds == k, folds != k
+            rules = self._helpful(oof_blend[other], kinds[other], y[other], folds[other])
+            oof[rows] = _set(oof_blend[rows], kinds[rows], self._estimate(kinds[other], y[other], rules))
+        rules = self._helpful(oof_blend, kinds, y, folds)
+        test = _set(test_blend, kinds_test, self._estimate(kinds, y, rules))
+        report = {rule: self._report(rule, rule in rules, kinds, kinds_test, y, oof_blend, oof) for rule in self.rules}
+        return oof, test, report
+
+    def _report(self, rule, applied, kinds, kinds_test, y, before, after):
+        rows = np.isin(kinds, RULES[rule])
+        estimate = self._estimate(kinds, y, (rule,))
+        out = {"n_train": int(rows.sum()), "n_test": int(np.isin(kinds_test, RULES[rule]).sum()),
+               "probs": estimate[RULES[rule][0]].tolist() if estimate else None, "applied_to_test": applied}
+        if rows.any():
+            out["oof_log_loss_before"] = log_loss(y[rows], before[rows])
+            out["oof_log_loss_after"] = log_loss(y[rows], after[rows])
+        if applied:
+            log.info("post-rule %s: %d training rows (OOF log loss on them %.4f -> %.4f); sets %d test rows", rule,
+                     out["n_train"], out["oof_log_loss_before"], out["oof_log_loss_after"], out["n_test"])
+        else:
+            log.warning("post-rule %s: does not lower the OOF log loss of its %d training rows; its %d test rows "
+                        "keep the blend", rule, out["n_train"], out["n_test"])
+        return out
