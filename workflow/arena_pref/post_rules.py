@@ -134,6 +134,8 @@ class PostRulePlan:
         if applied:
             log.info("post-rule %s: %d training rows (OOF log loss on them %.4f -> %.4f); sets %d test rows", rule,
                      out["n_train"], out["oof_log_loss_before"], out["oof_log_loss_after"], out["n_test"])
+        elif not rows.any():
+            log.info("post-rule %s: no training rows of its kind; its %d test rows keep the blend", rule, out["n_test"])
         else:
             log.warning("post-rule %s: does not lower the OOF log loss of its %d training rows; its %d test rows "
                         "keep the blend", rule, out["n_train"], out["n_test"])
