@@ -11,12 +11,12 @@ from arena_pref import data, demo, features
 from arena_pref.metrics import log_loss, prior_log_loss, tta_average
 
 
-def learner(**changes):
+def learner(learner="hgb", **changes):
     """A features member's learner settings, as the workflow builds them (small and fast here)."""
     from arena_pref import settings
 
-    return settings.model_config({"kind": "features", "learner": "hgb", "max_iter": 60, "learning_rate": 0.1, "max_leaf_nodes": 7,
-                                  "min_samples_leaf": 10, **changes}).learner
+    small = {"max_iter": 60, "learning_rate": 0.1, "max_leaf_nodes": 7, "min_samples_leaf": 10} if learner == "hgb" else {}
+    return settings.model_config({"kind": "features", "learner": learner, **small, **changes}).learner
 
 
 LEARNERS = [learner(), learner(learner="logreg", max_iter=500)]

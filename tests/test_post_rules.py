@@ -106,3 +106,19 @@ def test_a_rule_without_training_rows_of_its_kind_leaves_the_blend():
                                                      "applied_to_test": False}
     np.testing.assert_allclose(sub[["winner_model_a", "winner_model_b", "winner_tie"]].to_numpy()[0],
                                [0.4, 0.4, 0.2], atol=1e-6)
+
+
+def test_with_two_folds_no_rule_can_be_checked_so_none_is_used(caplog):
+    """Each fold's choice would rest on one other fold, its estimates on no rows: the rules stay out
+    of the OOF rows, and so (the report and the submission agree) out of the test rows."""
+    rng = np.random.default_rng(0)
+    n = 200
+    kinds = np.where(np.arange(n) % 4 == 0, "identical", "")
+    y = np.where(kinds == "identical", 2, rng.integers(0, 2, n))
+    with caplog.at_level("WARNING", logger="arena_pref"):
+        sub, m, _ = _run(("identical",), y, kinds, np.array(["identical"]), np.arange(n) % 2)
+    report = m["blend"]["post_rules"]["identical"]
+    assert not report["applied_to_test"] and report["oof_log_loss_after"] == report["oof_log_loss_before"]
+    assert "post-rules need at least 3 folds" in caplog.text
+    np.testing.assert_allclose(sub[["winner_model_a", "winner_model_b", "winner_tie"]].to_numpy()[0], [0.4, 0.4, 0.2],
+                               atol=1e-6)

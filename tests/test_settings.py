@@ -65,7 +65,7 @@ def test_a_feature_member_is_validated_and_filled():
     assert model.learner == settings.FeatureLearner(learner="logreg", max_iter=200, learning_rate=None,
                                                     max_leaf_nodes=None, min_samples_leaf=None, l2_regularization=None,
                                                     C=3.0, seed=None)
-    hgb = settings.load_config({**cfg, "models": {"pf": {"kind": "features", "learner": "hgb", "C": 5}}}).models["pf"].learner
+    hgb = settings.load_config({**cfg, "models": {"pf": {"kind": "features", "learner": "hgb"}}}).models["pf"].learner
     assert hgb.C is None and hgb.learning_rate == 0.05 and hgb.seed == 0
     assert settings.load_config(cfg).names("features") == ["pair_features", "pf"]
 
@@ -76,6 +76,16 @@ def test_a_feature_member_is_validated_and_filled():
     ({"kind": "feature"}, r"config\.models\.pf\.kind: 'feature' is not one of \['llm', 'features'\]"),
 ])
 def test_feature_member_errors_name_the_key(model, message):
+    with pytest.raises(InputError, match=message):
+        settings.load_config({**config_with(pf=model), "blend": {"method": "stack"}})
+
+
+@pytest.mark.parametrize("model, message", [
+    ({"kind": "features", "learner": "hgb", "C": 0.1}, r"config\.models\.pf: learner 'hgb' does not read C "),
+    ({"kind": "features", "learning_rate": 0.1, "max_leaf_nodes": 7},
+     r"config\.models\.pf: learner 'logreg' does not read learning_rate, max_leaf_nodes \(it reads C, max_iter\)"),
+])
+def test_a_key_the_learner_does_not_read_is_an_error(model, message):
     with pytest.raises(InputError, match=message):
         settings.load_config({**config_with(pf=model), "blend": {"method": "stack"}})
 

@@ -72,6 +72,12 @@ def _set(probs, kinds, estimate):
     return out
 
 
+def _lowers(rule, kinds, y, before, after):
+    """Whether ``after`` has a lower log loss than ``before`` on the rows of the rule's kinds."""
+    rows = np.isin(kinds, RULES[rule])
+    return bool(rows.any()) and log_loss(y[rows], after[rows]) < log_loss(y[rows], before[rows])
+
+
 @dataclass(frozen=True)
 class PostRulePlan:
     """The enabled rules (config keys of :data:`RULES`) and the kind of every training and test
@@ -99,26 +105,25 @@ class PostRulePlan:
         for k in np.unique(folds):
             rows = folds == k
             candidate[rows] = _set(blend[rows], kinds[rows], self._estimate(kinds[~rows], y[~rows]))
-        helpful = []
-        for rule in self.rules:
-            rows = np.isin(kinds, RULES[rule])
-            if rows.any() and log_loss(y[rows], candidate[rows]) < log_loss(y[rows], blend[rows]):
-                helpful.append(rule)
-        return tuple(helpful)
+        return tuple(rule for rule in self.rules if _lowers(rule, kinds, y, blend, candidate))
 
     def apply(self, oof_blend, test_blend, *, y, folds, train_ids, test_ids):
         """The blend's OOF and test probabilities with the rules applied where they help, and a
-        report of each rule. A rule sets the test rows of its kind when it lowers the OOF log loss
-        of the training rows of that kind; each fold's OOF rows are set, and the same decision is
-        made, from the other folds' rows only, so the OOF figure stays honest."""
+        report of each rule. Each fold's OOF rows are set, and the rules that help chosen, from the
+        other folds' rows only, so the OOF figure stays honest; a rule sets the test rows of its
+        kind when that honest OOF figure of its rows is lower than the blend's. (With two folds a
+        choice would rest on one fold's rows estimated from none: no rule is used.)"""
         kinds = self.kinds_train.loc[train_ids].to_numpy()
         kinds_test = self.kinds_test.loc[test_ids].to_numpy()
+        if len(np.unique(folds)) < 3:
+            log.warning("post-rules need at least 3 folds to be checked on OOF (cv.n_folds is %d): none is used",
+                        len(np.unique(folds)))
         oof = oof_blend.copy()
         for k in np.unique(folds):
             rows, other = folds == k, folds != k
             rules = self._helpful(oof_blend[other], kinds[other], y[other], folds[other])
             oof[rows] = _set(oof_blend[rows], kinds[rows], self._estimate(kinds[other], y[other], rules))
-        rules = self._helpful(oof_blend, kinds, y, folds)
+        rules = tuple(rule for rule in self.rules if _lowers(rule, kinds, y, oof_blend, oof))
         test = _set(test_blend, kinds_test, self._estimate(kinds, y, rules))
         report = {rule: self._report(rule, rule in rules, kinds, kinds_test, y, oof_blend, oof) for rule in self.rules}
         return oof, test, report

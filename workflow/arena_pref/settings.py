@@ -355,9 +355,24 @@ def _check_blend(config, models):
             raise InputError("config blend.weights: at least one weight must be positive")
 
 
+def _check_learner_keys(config):
+    """A key the member's learner does not read (``C`` for hgb, say) is an error: it would be
+    ignored without a word. Checked on the config as written, before defaults fill every key."""
+    for name, m in config["models"].items():
+        if m["kind"] != "features":
+            continue
+        written = config["_written_keys"][name]
+        ignored = sorted(written & (set().union(*LEARNER_READS.values()) - LEARNER_READS[m["learner"]]))
+        if ignored:
+            raise InputError(f"config.models.{name}: learner '{m['learner']}' does not read {', '.join(ignored)} "
+                             f"(it reads {', '.join(sorted(LEARNER_READS[m['learner']]))})")
+
+
 def load_config(config):
     """Validate ``config`` (a dict as Snakemake reads it) and build the settings every rule reads."""
+    written = {name: set(m) if isinstance(m, dict) else set() for name, m in (config.get("models") or {}).items()}
     config = validate(config)
+    _check_learner_keys({"models": config["models"], "_written_keys": written})
     _check_blend(config, list(config["models"]))
     n_folds = config["cv"]["n_folds"]
     models = {name: _model_config(name, m) for name, m in config["models"].items()}
