@@ -121,13 +121,15 @@ def test_choosing_a_subset_of_folds_only_reaverages(run_a, tmp_path):
 
 def test_changing_the_feature_learner_reruns_its_folds_only(run_a, tmp_path):
     """The pair statistics are computed once per split; a learner setting reruns that member's
-    fold jobs, its average and the blend, a setting its learner does not read nothing, and its TTA
-    flag only the average and the blend."""
+    fold jobs, its average and the blend, and its TTA flag only the average and the blend."""
     changed = write_config(tmp_path / "cfg", **{"models.pair_features.C": 2.0})
     assert planned_jobs(snakemake(run_a, "-n", "results/submission.csv", config=changed)) == {
         "features_fold": 2, "average_test": 1, "blend": 1}
+    # a setting the learner does not read would be ignored: it stops the workflow at start instead
     changed = write_config(tmp_path / "cfg1", **{"models.pair_features.learning_rate": 0.5})  # hgb only
-    assert planned_jobs(snakemake(run_a, "-n", "results/submission.csv", config=changed)) == {}
+    proc = snakemake(run_a, "-n", "results/submission.csv", config=changed, check=False)
+    assert proc.returncode != 0
+    assert "config.models.pair_features: learner 'logreg' does not read learning_rate" in proc.stdout + proc.stderr
     changed = write_config(tmp_path / "cfg2", **{"models.pair_features.predict.tta": True})
     assert planned_jobs(snakemake(run_a, "-n", "results/submission.csv", config=changed)) == {
         "average_test": 1, "blend": 1}
