@@ -13,11 +13,10 @@ include: "workflow/rules/features.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/predict.smk"
 include: "workflow/rules/blend.smk"
+include: "workflow/rules/kaggle.smk"
 
 
 rule all:
     default_target: True
     input:
-        "results/submission.csv",
-        "results/plots/fold_scores.png",
-        "results/plots/calibration.png",
+        final_targets(),

@@ -236,7 +236,7 @@ def inputs():
 
 def test_blend_run_given_weights(inputs):
     oof, test, y_by_id, folds_by_id = inputs
-    sub, m, _ = blend_run(
+    sub, m, _, _blender = blend_run(
         oof,
         test,
         y_by_id,
@@ -293,7 +293,7 @@ def test_blend_run_given_weights(inputs):
 
 def test_blend_run_equal_weights_by_default(inputs):
     oof, test, y_by_id, folds_by_id = inputs
-    _, m, _ = blend_run(
+    _, m, _, _blender = blend_run(
         oof, test, y_by_id, folds_by_id, use_tta={"good": False, "noise": False}, method="weights"
     )
     assert m["blend"]["weights"] == {"good": 0.5, "noise": 0.5}
@@ -302,8 +302,8 @@ def test_blend_run_equal_weights_by_default(inputs):
 def test_blend_run_optimize_and_calibrate(inputs):
     oof, test, y_by_id, folds_by_id = inputs
     use_tta = {"good": True, "noise": False}
-    _, plain, _ = blend_run(oof, test, y_by_id, folds_by_id, use_tta=use_tta, method="optimize")
-    sub, m, _ = blend_run(
+    _, plain, _, _blender = blend_run(oof, test, y_by_id, folds_by_id, use_tta=use_tta, method="optimize")
+    sub, m, _, _blender = blend_run(
         oof, test, y_by_id, folds_by_id, use_tta=use_tta, method="optimize", calibrate=True
     )
     b = m["blend"]
@@ -321,7 +321,7 @@ def test_blend_run_optimize_and_calibrate(inputs):
 
 def test_blend_run_single_model_with_tta_scores_tta_columns(inputs):
     oof, test, y_by_id, folds_by_id = inputs
-    _, m, _ = blend_run(
+    _, m, _, _blender = blend_run(
         {"good": oof["good"]},
         {"good": test["good"]},
         y_by_id,
@@ -428,10 +428,11 @@ def test_blend_step_takes_model_names_from_the_rule_not_from_paths(inputs, tmp_p
                 folds_parquet=tmp_path / "folds.parquet", settings=BlendSettings("weights", {"test": 3, "oof": 1}, 1.0, False, True,
                                                           PostRules(False, False)),
                 tta={"test": True, "oof": False}, submission=tmp_path / "sub.csv", metrics_path=tmp_path / "m.json",
-                oof_blend_path=tmp_path / "oof_blend.parquet", run_info_path=tmp_path / "run_info.json", config={})
+                oof_blend_path=tmp_path / "oof_blend.parquet", blender_path=tmp_path / "blender.json",
+                    run_info_path=tmp_path / "run_info.json", config={})
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert metrics["blend"]["weights"] == {"test": 0.75, "oof": 0.25}
-    _, expected, _ = blend_run(oof, test, y_by_id, folds_by_id, use_tta={"good": True, "noise": False},
+    _, expected, _, _blender = blend_run(oof, test, y_by_id, folds_by_id, use_tta={"good": True, "noise": False},
                                method="weights", weights={"good": 3, "noise": 1})
     assert metrics["blend"]["log_loss"] == pytest.approx(expected["blend"]["log_loss"])
 
@@ -445,14 +446,13 @@ def _members(inputs, use_tta):
 
     oof, test, y_by_id, folds_by_id = inputs
     ids, y, folds = _targets(y_by_id, folds_by_id)
-    test_ids = test["good"]["id"].to_numpy()
-    probs = {m: _member(m, oof[m], test[m], ids, y, folds, test_ids, use_tta[m])[0] for m in oof}
+    probs = {m: _member(m, oof[m], ids, y, folds, use_tta[m])[0] for m in oof}
     return probs, y, folds
 
 
 def test_stack_learns_to_trust_the_good_member(inputs):
     use_tta = {"good": True, "noise": False}
-    sub, m, oof_blend = blend_run(*inputs, use_tta=use_tta, method="stack")
+    sub, m, oof_blend, _blender = blend_run(*inputs, use_tta=use_tta, method="stack")
     b = m["blend"]
     assert b["method"] == "stack" and b["stack_C"] == 1.0 and not b["guard"]["fell_back"]
     assert b["stack_reliance"]["good"] > 5 * b["stack_reliance"]["noise"]
@@ -477,11 +477,11 @@ def test_each_folds_oof_blend_is_fitted_without_that_folds_labels(inputs, method
     weights and the temperature that score a fold never saw its labels."""
     oof, test, y_by_id, folds_by_id = inputs
     kw = {"use_tta": {"good": True, "noise": False}, "method": method, "calibrate": calibrate, "guard": False}
-    _, _, before = blend_run(oof, test, y_by_id, folds_by_id, **kw)
+    _, _, before, _blender = blend_run(oof, test, y_by_id, folds_by_id, **kw)
     fold0 = folds_by_id[folds_by_id == 0].index
     scrambled = y_by_id.copy()
     scrambled.loc[fold0] = (scrambled.loc[fold0] + 1) % 3
-    _, _, after = blend_run(oof, test, scrambled, folds_by_id, **kw)
+    _, _, after, _blender = blend_run(oof, test, scrambled, folds_by_id, **kw)
     rows = before["fold"] == 0
     np.testing.assert_allclose(after.loc[rows, ["a", "b", "tie"]], before.loc[rows, ["a", "b", "tie"]], atol=1e-9)
     # ... while the other folds' rows, fitted with fold 0's labels, do change
@@ -492,7 +492,7 @@ def test_a_blend_worse_than_the_prior_falls_back_to_it(inputs, caplog):
     oof, test, y_by_id, folds_by_id = inputs
     noise_only = ({"noise": oof["noise"]}, {"noise": test["noise"]}, y_by_id, folds_by_id)
     with caplog.at_level("WARNING", logger="arena_pref"):
-        sub, m, oof_blend = blend_run(*noise_only, use_tta={"noise": False}, method="weights")
+        sub, m, oof_blend, _blender = blend_run(*noise_only, use_tta={"noise": False}, method="weights")
     assert "model 'noise' does not beat the class prior on OOF" in caplog.text
     assert "the blend does not beat the class prior on OOF" in caplog.text
     g = m["blend"]["guard"]
@@ -502,7 +502,7 @@ def test_a_blend_worse_than_the_prior_falls_back_to_it(inputs, caplog):
     freq = np.bincount(y, minlength=3) / len(y)
     np.testing.assert_allclose(sub[list(LABELS)].to_numpy(), np.tile(freq, (len(sub), 1)), atol=1e-6)
     # without the guard the noise is submitted, and the log still says so
-    _, m, _ = blend_run(*noise_only, use_tta={"noise": False}, method="weights", guard=False)
+    _, m, _, _blender = blend_run(*noise_only, use_tta={"noise": False}, method="weights", guard=False)
     assert not m["blend"]["guard"]["fell_back"] and m["blend"]["log_loss"] > g["prior_oof_log_loss"]
 
 
@@ -517,7 +517,7 @@ def test_the_guard_judges_the_blend_after_the_post_rules(inputs):
     y.iloc[: len(y) // 2] = 2
     kinds = pd.Series(np.where(np.isin(ids, y.index[: len(y) // 2]), "identical", ""), index=ids)
     plan = PostRulePlan(("identical",), kinds, pd.Series("", index=test["noise"]["id"].to_numpy()))
-    _, m, _ = blend_run({"noise": oof["noise"]}, {"noise": test["noise"]}, y, folds_by_id,
+    _, m, _, _blender = blend_run({"noise": oof["noise"]}, {"noise": test["noise"]}, y, folds_by_id,
                         use_tta={"noise": False}, method="weights", post_rules=plan)
     g = m["blend"]["guard"]
     assert m["blend"]["post_rules"]["identical"]["applied_to_test"]
@@ -537,7 +537,74 @@ def test_labels_without_ties_stack_to_three_columns(inputs):
     clipped minimum, and the blend still scores and submits."""
     oof, test, y_by_id, folds_by_id = inputs
     no_ties = y_by_id.where(y_by_id != 2, 0)
-    sub, m, oof_blend = blend_run(oof, test, no_ties, folds_by_id, use_tta={"good": True, "noise": False},
+    sub, m, oof_blend, _blender = blend_run(oof, test, no_ties, folds_by_id, use_tta={"good": True, "noise": False},
                                   method="stack", calibrate=True)
     assert (oof_blend["tie"] < 1e-3).all() and np.isfinite(m["blend"]["log_loss"])
     validate_submission(sub, test["good"]["id"])
+
+
+# --- the blender: fitted once, applied by any run ------------------------------------------
+
+
+@pytest.mark.parametrize("kw", [dict(method="stack"), dict(method="stack", calibrate=True),
+                                dict(method="optimize", calibrate=True), dict(method="weights"),
+                                dict(method="stack", post_rules=True)])
+def test_the_blender_file_makes_the_same_submission(inputs, kw):
+    """What the blend rule writes to blender.json, read back, gives a run from trained models the
+    home run's submission to the last digit (floats survive JSON exactly)."""
+    from arena_pref.blend import apply_blender
+    from arena_pref.post_rules import PostRulePlan
+
+    oof, test, y_by_id, folds_by_id = inputs
+    plan = None
+    if kw.pop("post_rules", False):
+        # identical answers: mostly ties, which the members do not know
+        kinds_train = pd.Series(np.where((y_by_id.to_numpy() == 2) & (y_by_id.index % 2 == 0), "identical", ""),
+                                index=y_by_id.index)
+        test_ids = test["good"]["id"].to_numpy()
+        plan = PostRulePlan(("identical", "empty"), kinds_train,
+                            pd.Series(np.where(test_ids % 3 == 0, "identical", ""), index=test_ids))
+    sub, _, _, blender = blend_run(oof, test, y_by_id, folds_by_id, use_tta={"good": True, "noise": False},
+                                   post_rules=plan, **kw)
+    kinds = None if plan is None else plan.kinds_test.loc[test["good"]["id"].to_numpy()].to_numpy()
+    assert (plan is None) == (not blender["post_rules"])
+    again = apply_blender(json.loads(json.dumps(blender)), test, kinds)
+    pd.testing.assert_frame_equal(again, sub, check_exact=True)
+
+
+def test_the_stacker_predicts_as_scikit_learn_does(inputs):
+    """The blender keeps the stacker as coefficients (no pickle): its probabilities are
+    scikit-learn's predict_proba of the fitted model."""
+    from sklearn.linear_model import LogisticRegression
+
+    from arena_pref.blend import _stack_inputs, _stacker_proba, fit_stacker
+    from arena_pref.metrics import MIRROR
+
+    probs, y, _ = _members(inputs, {"good": True, "noise": False})
+    params = fit_stacker(probs, y, C=0.3)
+    x = np.vstack([_stack_inputs(probs, list(probs)), _stack_inputs(probs, list(probs), mirror=True)])
+    model = LogisticRegression(C=0.3, max_iter=1000).fit(x, np.concatenate([y, MIRROR[y]]))
+    np.testing.assert_allclose(_stacker_proba(params, x), model.predict_proba(x), atol=1e-10)
+
+
+def test_a_blender_of_another_layout_or_other_members_is_refused(inputs):
+    from arena_pref.blend import apply_blender
+
+    oof, test, y_by_id, folds_by_id = inputs
+    *_, blender = blend_run(oof, test, y_by_id, folds_by_id, use_tta={"good": True, "noise": False}, method="stack")
+    with pytest.raises(InputError, match="layout"):
+        apply_blender({**blender, "format": 99}, test)
+    with pytest.raises(InputError, match=r"no test predictions for noise"):
+        apply_blender(blender, {"good": test["good"]})
+
+
+def test_a_weights_blender_is_the_weighted_average(inputs):
+    from arena_pref.blend import apply_blender, weights_blender
+
+    _, test, _, _ = inputs
+    sub = apply_blender(weights_blender({"noise": 1.0, "good": 3.0}, {"good": True, "noise": False}), test)
+    ids = test["good"]["id"].to_numpy()
+    good = test["good"].set_index("id").loc[ids, ["a", "b", "tie"]].to_numpy()
+    noise = test["noise"].set_index("id").loc[ids, ["a", "b", "tie"]].to_numpy()
+    np.testing.assert_allclose(sub[["winner_model_a", "winner_model_b", "winner_tie"]].to_numpy(),
+                               0.75 * good + 0.25 * noise, atol=1e-12)

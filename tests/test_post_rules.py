@@ -55,7 +55,7 @@ def test_post_rules_set_their_rows_from_the_other_folds_and_the_test_rows_from_a
     y = np.where(rng.random(n) < 0.2, rng.integers(0, 3, n), y)
     folds = np.arange(n) % 4
     kinds_test = np.array(["identical", "a_empty", "b_empty", ""])
-    sub, m, oof_blend = _run(("identical", "empty"), y, kinds, kinds_test, folds)
+    sub, m, oof_blend, _blender = _run(("identical", "empty"), y, kinds, kinds_test, folds)
     report = m["blend"]["post_rules"]
     assert report["identical"]["n_train"] == (kinds == "identical").sum() and report["identical"]["n_test"] == 1
     assert report["empty"]["n_train"] == np.isin(kinds, ["a_empty", "b_empty"]).sum()
@@ -90,7 +90,7 @@ def test_a_rule_that_does_not_help_is_left_out_and_logged(caplog):
     test = {"m": pd.DataFrame({"id": [1000], "a": [0.4], "b": [0.4], "tie": [0.2]})}
     plan = PostRulePlan(("identical",), pd.Series(kinds, index=ids), pd.Series(["identical"], index=[1000]))
     with caplog.at_level("WARNING", logger="arena_pref"):
-        sub, m, oof_blend = blend_run(oof, test, pd.Series(y, index=ids), pd.Series(folds, index=ids),
+        sub, m, oof_blend, _blender = blend_run(oof, test, pd.Series(y, index=ids), pd.Series(folds, index=ids),
                                       use_tta={"m": False}, method="weights", guard=False, post_rules=plan)
     report = m["blend"]["post_rules"]["identical"]
     assert not report["applied_to_test"] and report["oof_log_loss_after"] == report["oof_log_loss_before"]
@@ -101,7 +101,7 @@ def test_a_rule_that_does_not_help_is_left_out_and_logged(caplog):
 
 def test_a_rule_without_training_rows_of_its_kind_leaves_the_blend():
     y = np.array([0, 1, 2, 0, 1, 2, 0, 1])
-    sub, m, _ = _run(("identical",), y, np.array([""] * 8), np.array(["identical"]), np.arange(8) % 2)
+    sub, m, _, _blender = _run(("identical",), y, np.array([""] * 8), np.array(["identical"]), np.arange(8) % 2)
     assert m["blend"]["post_rules"]["identical"] == {"n_train": 0, "n_test": 1, "probs": None,
                                                      "applied_to_test": False}
     np.testing.assert_allclose(sub[["winner_model_a", "winner_model_b", "winner_tie"]].to_numpy()[0],
@@ -116,7 +116,7 @@ def test_with_two_folds_no_rule_can_be_checked_so_none_is_used(caplog):
     kinds = np.where(np.arange(n) % 4 == 0, "identical", "")
     y = np.where(kinds == "identical", 2, rng.integers(0, 2, n))
     with caplog.at_level("WARNING", logger="arena_pref"):
-        sub, m, _ = _run(("identical",), y, kinds, np.array(["identical"]), np.arange(n) % 2)
+        sub, m, _, _blender = _run(("identical",), y, kinds, np.array(["identical"]), np.arange(n) % 2)
     report = m["blend"]["post_rules"]["identical"]
     assert not report["applied_to_test"] and report["oof_log_loss_after"] == report["oof_log_loss_before"]
     assert "post-rules need at least 3 folds" in caplog.text

@@ -490,9 +490,9 @@ def test_float16_overflow_stops_with_the_model_and_fold_named(tiny_backbone_dir,
     model = model_settings(quantization="none", dtype="float16", max_length=64,
                            predict={"method": "packed", "max_tokens_per_batch": 128})
     out = tmp_path / "fold3.parquet"
-    with pytest.raises(InputError, match=r"model 'gemma_t4', fold 3 \(test\): \d+ of 12 sequences got "
+    with pytest.raises(InputError, match=r"model 'gemma_t4', fold3 \(test\): \d+ of 12 sequences got "
                                          r"non-finite probabilities.*float16 overflows"):
-        steps.infer(model="gemma_t4", fold=3, tokens_parquet=tmp_path / "test.parquet", backbone=tiny_backbone_dir,
+        steps.infer(model="gemma_t4", part="fold3", tokens_parquet=tmp_path / "test.parquet", backbone=tiny_backbone_dir,
                     adapter=adapter, settings=model.prediction, options=model.options, tta=True, out=out, threads=1)
     assert not out.exists()
 

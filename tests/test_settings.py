@@ -200,4 +200,77 @@ def test_the_schema_lists_every_setting_the_code_reads():
     train_keys = set(schema["$defs"]["train"]["properties"])
     assert train_keys == set(settings.TrainOptions.__dataclass_fields__) | {"save_steps", "logging_steps"}
     predict_keys = set(schema["$defs"]["predict"]["properties"])
-    assert predict_keys - {"tta", "folds"} <= set(settings.Batching.__dataclass_fields__) | {"merge_lora", "compile"}
+    assert predict_keys - {"tta", "folds", "average_adapters"} <= (set(settings.Batching.__dataclass_fields__)
+                                                                  | {"merge_lora", "compile"})
+
+
+# --- runs from trained models (no train.csv) -----------------------------------------------
+
+
+def predict_only(tmp_path, blend=None, **models):
+    """A config as a user writes it for a run from trained models: no train_csv, each model's
+    trained directory (made here with the folds it needs)."""
+    models = models or {"minilm": {**BASE["models"]["minilm"], "trained": str(tmp_path / "minilm")},
+                        "pair_features": {**BASE["models"]["pair_features"], "trained": str(tmp_path / "pf")}}
+    for k in (0, 1):
+        (tmp_path / "minilm" / f"fold{k}" / "adapter").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "minilm" / f"fold{k}" / "adapter" / "adapter_config.json").write_text("{}")
+        (tmp_path / "pf" / f"fold{k}").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "pf" / f"fold{k}" / "learner.joblib").write_text("")
+    return {"data": {"test_csv": "test.csv"}, "cv": BASE["cv"], "models": models,
+            "blend": blend if blend is not None else {"from": "blender.json"}}
+
+
+def test_a_run_from_trained_models_needs_no_train_csv(tmp_path):
+    config = settings.load_config(predict_only(tmp_path))
+    assert config.predict_only and config.blender_source == "blender.json"
+    assert config.test_passes("minilm") == ["fold1"] and config.test_passes("pair_features") == ["fold0"]
+    from arena_pref import trained
+
+    trained.check(config)
+    assert trained.adapter_dir(config, "minilm", "fold1") == f"{tmp_path}/minilm/fold1/adapter"
+    assert trained.learner_path(config, "pair_features", 0) == f"{tmp_path}/pf/fold0/learner.joblib"
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda c: c["models"]["minilm"].pop("trained"),
+     r"config models.minilm: without data.train_csv every model predicts from a trained directory"),
+    (lambda c: c["data"].update(train_csv="train.csv"),
+     r"config models.minilm.trained: a model predicts from trained folds only in a run without data.train_csv"),
+    (lambda c: c.update(blend={"method": "stack"}),
+     r"config blend: without data.train_csv there is nothing to fit a blend on"),
+    (lambda c: c["blend"].update(weights={"minilm": 1, "pair_features": 1}),
+     r"config blend: from and weights both say how to blend"),
+    (lambda c: c["models"].update(tiny_gemma2={**BASE["models"]["tiny_gemma2"], "trained": "x"}),
+     r"config models.tiny_gemma2.backbone: a tiny backbone is built from the training texts"),
+])
+def test_runs_from_trained_models_are_checked_at_start(tmp_path, change, message):
+    config = predict_only(tmp_path)
+    change(config)
+    with pytest.raises(InputError, match=message):
+        settings.load_config(config)
+
+
+def test_a_missing_trained_fold_is_named(tmp_path):
+    from arena_pref import trained
+
+    config = predict_only(tmp_path)
+    config["models"]["minilm"]["predict"] = {**config["models"]["minilm"]["predict"], "folds": [0, 1]}
+    (tmp_path / "minilm" / "fold0" / "adapter" / "adapter_config.json").unlink()
+    with pytest.raises(InputError, match=r"models.minilm.trained: '.*/minilm/fold0/adapter/adapter_config.json' is "
+                                         r"missing \(predict.folds \[0, 1\]"):
+        trained.check(settings.load_config(config))
+
+
+def test_averaged_adapters_are_one_test_pass(tmp_path):
+    """An averaged adapter the trained directory carries is used as is; otherwise this run averages
+    the folds'."""
+    from arena_pref import trained
+
+    config = predict_only(tmp_path)
+    config["models"]["minilm"]["predict"] = {**config["models"]["minilm"]["predict"], "average_adapters": True}
+    loaded = settings.load_config(config)
+    assert loaded.test_passes("minilm") == ["average"]
+    assert trained.adapter_dir(loaded, "minilm", "average") == "results/models/minilm/average/adapter"
+    (tmp_path / "minilm" / "average" / "adapter").mkdir(parents=True)
+    assert trained.adapter_dir(loaded, "minilm", "average") == f"{tmp_path}/minilm/average/adapter"

@@ -178,60 +178,137 @@ def _aligned(frame, name, kind, ids, columns):
 
 def blend_run(oof, test, y_by_id, folds_by_id, *, use_tta, method, weights=None, stack_C=1.0, calibrate=False,
               guard=True, post_rules=None):
-    """The blend step: score each model, blend, optionally calibrate, guard against doing worse than
-    the class prior, apply the post-rules, build the submission.
+    """The blend step: score each model, fit the blender on OOF (:func:`fit_blend`) and apply it to
+    the test predictions (:func:`apply_blender`, the same function a run from trained models uses).
 
-    ``oof``: ``{name: DataFrame[id, fold, a, b, tie, a_tta, b_tta, tie_tta]}`` covering
-    exactly the train ids; ``test``: ``{name: DataFrame[id, a, b, tie]}``, same ids for
-    every model. ``y_by_id`` / ``folds_by_id``: Series of label / fold indexed by train id.
-    ``use_tta[name]`` picks the model's ``*_tta`` OOF columns. ``method``: ``"stack"`` (a
-    logistic regression over the members' log-probabilities, inverse regularisation
-    ``stack_C``), ``"weights"`` (``weights``, normalised; equal weights when None) or
-    ``"optimize"`` (weights fitted on OOF). With ``calibrate`` a temperature is fitted on the
-    blend. ``post_rules``: a :class:`~arena_pref.post_rules.PostRulePlan` or None. ``guard``: where
-    the final OOF log loss does not beat the class prior's, the prior is submitted.
+    ``test``: ``{name: DataFrame[id, a, b, tie]}``, same ids for every model; the other arguments
+    as :func:`fit_blend`'s.
 
-    Every fitted thing (stacker, weights, temperature, post-rule frequencies) is fitted on the
-    other folds for each fold's OOF rows (nested for the temperature), and on all rows for the
-    test set, so the blend's OOF log loss is an honest estimate.
-
-    Returns ``(submission DataFrame, metrics dict, OOF blend DataFrame[id, fold, label, a, b, tie])``.
+    Returns ``(submission DataFrame, metrics dict, OOF blend DataFrame[id, fold, label, a, b, tie],
+    blender dict)``.
     """
     names = _check_members(oof, test, use_tta, method)
-    train_ids, y, folds = _targets(y_by_id, folds_by_id)
+    blender, metrics, oof_frame = fit_blend(oof, y_by_id, folds_by_id, use_tta=use_tta, method=method,
+                                            weights=weights, stack_C=stack_C, calibrate=calibrate, guard=guard,
+                                            post_rules=post_rules)
     test_ids = test[names[0]]["id"].to_numpy(dtype=np.int64)
-    oof_probs, test_probs, models = {}, {}, {}
+    kinds_test = post_rules.kinds_test.loc[test_ids].to_numpy() if post_rules is not None else None
+    submission = apply_blender(blender, test, kinds_test)
+    metrics["n_test"] = int(len(test_ids))
+    return submission, metrics, oof_frame, blender
+
+
+def fit_blend(oof, y_by_id, folds_by_id, *, use_tta, method, weights=None, stack_C=1.0, calibrate=False,
+              guard=True, post_rules=None):
+    """Score each model on OOF, fit the blend, optionally calibrate, apply the post-rules, and guard
+    against doing worse than the class prior.
+
+    ``oof``: ``{name: DataFrame[id, fold, a, b, tie, a_tta, b_tta, tie_tta]}`` covering exactly the
+    train ids. ``y_by_id`` / ``folds_by_id``: Series of label / fold indexed by train id.
+    ``use_tta[name]`` picks the model's ``*_tta`` OOF columns. ``method``: ``"stack"`` (a logistic
+    regression over the members' log-probabilities, inverse regularisation ``stack_C``),
+    ``"weights"`` (``weights``, normalised; equal weights when None) or ``"optimize"`` (weights
+    fitted on OOF). With ``calibrate`` a temperature is fitted on the blend. ``post_rules``: a
+    :class:`~arena_pref.post_rules.PostRulePlan` or None. ``guard``: where the final OOF log loss
+    does not beat the class prior's, the prior is what the blender predicts.
+
+    Every fitted thing (stacker, weights, temperature, post-rule frequencies) is fitted on the other
+    folds for each fold's OOF rows (nested for the temperature), and on all rows for the blender
+    that predicts the test set, so the blend's OOF log loss is an honest estimate.
+
+    Returns ``(blender dict (JSON), metrics dict, OOF blend DataFrame[id, fold, label, a, b, tie])``.
+    """
+    names = _check_members(oof, None, use_tta, method)
+    train_ids, y, folds = _targets(y_by_id, folds_by_id)
+    oof_probs, models = {}, {}
     for m in names:
-        oof_probs[m], test_probs[m], models[m] = _member(m, oof[m], test[m], train_ids, y, folds, test_ids, use_tta[m])
+        oof_probs[m], models[m] = _member(m, oof[m], train_ids, y, folds, use_tta[m])
 
     combiner = _combiner(method, weights, stack_C, calibrate)
     oof_blend = cross_fit(combiner, oof_probs, y, folds)
     params = combiner.fit(oof_probs, y, folds)
-    test_blend = combiner.apply(params, test_probs)
     summary = {"method": method, "temperature": None, **combiner.describe(params)}
+    estimates = {}
     if post_rules is not None:
-        oof_blend, test_blend, summary["post_rules"] = post_rules.apply(oof_blend, test_blend, y=y, folds=folds,
-                                                                         train_ids=train_ids, test_ids=test_ids)
+        oof_blend, estimates, summary["post_rules"] = post_rules.apply(oof_blend, y=y, folds=folds,
+                                                                       train_ids=train_ids)
     summary["guard"], prior_oof = _prior_check(models, oof_blend, y, folds)
-    if guard and not summary["guard"]["beats_prior"]:
-        oof_blend, test_blend = prior_oof, np.tile(class_frequencies(y), (len(test_ids), 1))
+    fell_back = bool(guard and not summary["guard"]["beats_prior"])
+    if fell_back:
+        oof_blend = prior_oof
         log.warning("submitting the class prior instead (blend.guard)")
-    summary["guard"]["fell_back"] = bool(guard and not summary["guard"]["beats_prior"])
+    summary["guard"]["fell_back"] = fell_back
 
-    submission = make_submission(test_ids, test_blend)
-    validate_submission(submission, test_ids)
+    blender = {"format": BLENDER_FORMAT, "members": names, "tta": {m: bool(use_tta[m]) for m in names},
+               "method": method, "calibrate": bool(calibrate), "params": params,
+               "post_rules": {kind: p.tolist() for kind, p in estimates.items()},
+               "class_prior": class_frequencies(y).tolist() if fell_back else None,
+               "oof_log_loss": log_loss(y, oof_blend), "n_train": int(len(train_ids))}
     metrics = {
         "prior_log_loss": prior_log_loss(y),
         "models": models,
         "blend": {"log_loss": log_loss(y, oof_blend), **summary, "folds": fold_scores(y, oof_blend, folds)},
         "n_train": int(len(train_ids)),
-        "n_test": int(len(test_ids)),
     }
     oof_frame = pd.DataFrame(oof_blend, columns=PROB_COLUMNS)
     oof_frame.insert(0, "id", train_ids)
     oof_frame.insert(1, "fold", folds)
     oof_frame.insert(2, "label", y)
-    return submission, metrics, oof_frame
+    return blender, metrics, oof_frame
+
+
+# --------------------------------------------------------------------------- the blender
+
+BLENDER_FORMAT = 1
+"""Version of the blender file's layout (``blender.json``): a run refuses a layout it does not know."""
+
+
+def apply_blender(blender, test, kinds_test=None):
+    """The submission a fitted blender (:func:`fit_blend`, or ``blender.json`` as read back) makes of
+    the members' test predictions ``{name: DataFrame[id, a, b, tie]}``. ``kinds_test``: each test
+    row's kind (:func:`~arena_pref.post_rules.row_kinds`, in the order of the first member's ids),
+    needed where the blender carries post-rules."""
+    names = _check_blender(blender, test)
+    test_ids = test[names[0]]["id"].to_numpy(dtype=np.int64)
+    if blender["class_prior"] is not None:
+        probs = np.tile(np.asarray(blender["class_prior"], dtype=np.float64), (len(test_ids), 1))
+    else:
+        probs_by_member = {m: _aligned(test[m], m, "test", test_ids, PROB_COLUMNS)[PROB_COLUMNS]
+                           .to_numpy(dtype=np.float64) for m in names}
+        combiner = _combiner(blender["method"], None, None, blender["calibrate"])
+        probs = combiner.apply(blender["params"], probs_by_member)
+        if blender["post_rules"]:
+            from .post_rules import set_kinds
+
+            if kinds_test is None:
+                raise InputError("the blender carries post-rules: the test rows' kinds are needed")
+            probs = set_kinds(probs, np.asarray(kinds_test),
+                              {k: np.asarray(p, dtype=np.float64) for k, p in blender["post_rules"].items()})
+    submission = make_submission(test_ids, probs)
+    validate_submission(submission, test_ids)
+    return submission
+
+
+def weights_blender(weights, tta):
+    """A blender from given weights alone (a run from trained models without a fitted blender):
+    no stacker, temperature or post-rules, since nothing here has labels to fit them on."""
+    return {"format": BLENDER_FORMAT, "members": sorted(weights), "tta": {m: bool(tta[m]) for m in sorted(weights)},
+            "method": "weights", "calibrate": False, "params": {m: float(w) for m, w in weights.items()},
+            "post_rules": {}, "class_prior": None, "oof_log_loss": None, "n_train": None}
+
+
+def _check_blender(blender, test):
+    """The blender's members, after checking its layout and that every member has test predictions."""
+    if not isinstance(blender, dict) or blender.get("format") != BLENDER_FORMAT:
+        raise InputError(f"not a blender of layout {BLENDER_FORMAT} (got layout "
+                         f"{blender.get('format') if isinstance(blender, dict) else type(blender).__name__}): "
+                         "fit it again with this version (the blend rule writes results/blender.json)")
+    names = list(blender["members"])
+    missing, extra = sorted(set(names) - set(test)), sorted(set(test) - set(names))
+    if missing or extra:
+        raise InputError(f"the blender was fitted on models {names}: no test predictions for "
+                         f"{_few(missing) or 'none'}; models the blender does not know: {_few(extra) or 'none'}")
+    return names
 
 
 # --------------------------------------------------------------------------- combiners
@@ -255,7 +332,7 @@ def _combiner(method, weights, stack_C, calibrate):
         combiner = Combiner(fit=lambda probs, y, folds: optimize_weights(probs, y), apply=_weighted,
                             describe=_normalised)
     else:
-        combiner = Combiner(fit=lambda probs, y, folds: weights if weights is not None else {m: 1.0 for m in probs},
+        combiner = Combiner(fit=lambda probs, y, folds: dict(weights) if weights is not None else {m: 1.0 for m in probs},
                             apply=_weighted, describe=_normalised)
     return _calibrated(combiner) if calibrate else combiner
 
@@ -276,13 +353,14 @@ def _calibrated(combiner):
     def fit(probs, y, folds):
         params = combiner.fit(probs, y, folds)
         inner = cross_fit(combiner, probs, y, folds) if len(np.unique(folds)) > 1 else combiner.apply(params, probs)
-        return params, fit_temperature(inner, y)
+        return {"combined": params, "temperature": fit_temperature(inner, y)}
 
     def apply(params, probs):
-        return apply_temperature(combiner.apply(params[0], probs), params[1])
+        return apply_temperature(combiner.apply(params["combined"], probs), params["temperature"])
 
     return Combiner(fit=fit, apply=apply,
-                    describe=lambda params: {**combiner.describe(params[0]), "temperature": float(params[1])})
+                    describe=lambda params: {**combiner.describe(params["combined"]),
+                                             "temperature": float(params["temperature"])})
 
 
 def cross_fit(combiner, probs, y, folds):
@@ -310,25 +388,46 @@ def fit_stacker(probs, y, *, C):
     """A multinomial logistic regression (L2, inverse strength ``C``) from the members'
     log-probabilities to the label, fitted on the rows and their mirror images (labels A and B
     exchanged), so that it treats the two answers alike. (Rows of one class only, all ties: the
-    class frequencies.)"""
-    from sklearn.dummy import DummyClassifier
+    class frequencies.)
+
+    Returned as plain data (members, classes, coefficients, intercepts, the inputs' spread), so the
+    blender file is JSON and loads under any scikit-learn version."""
     from sklearn.linear_model import LogisticRegression
 
     names = list(probs)
     x = np.vstack([_stack_inputs(probs, names), _stack_inputs(probs, names, mirror=True)])
     y = np.asarray(y, dtype=np.int64)
     labels = np.concatenate([y, MIRROR[y]])
-    model = LogisticRegression(C=C, max_iter=1000) if len(np.unique(labels)) > 1 else DummyClassifier()
-    return names, model.fit(x, labels), x.std(axis=0)
+    classes = np.unique(labels)
+    if len(classes) > 1:
+        model = LogisticRegression(C=C, max_iter=1000).fit(x, labels)
+        coef, intercept = model.coef_, model.intercept_
+    else:
+        coef, intercept = np.zeros((1, x.shape[1])), np.zeros(1)
+    return {"members": names, "classes": classes.tolist(), "coef": coef.tolist(), "intercept": intercept.tolist(),
+            "spread": x.std(axis=0).tolist()}
+
+
+def _stacker_proba(params, x):
+    """``predict_proba`` of the fitted logistic regression, from its coefficients: the softmax of
+    the linear scores (one score: the binary model's logistic of the second class)."""
+    z = x @ np.asarray(params["coef"]).T + np.asarray(params["intercept"])
+    if len(params["classes"]) == 1:
+        return np.ones((len(x), 1))
+    if z.shape[1] == 1:
+        z = np.hstack([np.zeros_like(z), z])
+    z -= z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
 
 
 def apply_stacker(params, probs):
     """Stacked probabilities, averaged with the mirrored rows' mapped back (exactly symmetric); a
     class absent from the stacker's training rows gets 0 (clipped later)."""
-    names, model, _ = params
+    names = params["members"]
 
     def predict(x):
-        return with_all_classes(model.classes_, model.predict_proba(x))
+        return with_all_classes(params["classes"], _stacker_proba(params, x))
 
     return tta_average(predict(_stack_inputs(probs, names)), predict(_stack_inputs(probs, names, mirror=True)))
 
@@ -337,10 +436,8 @@ def describe_stacker(params):
     """How much the stacker leans on each member: the mean absolute standardised coefficient of its
     log-probabilities (coefficient times the input's spread: a member that hardly moves from the
     prior weighs little however large its coefficients)."""
-    names, model, spread = params
-    coef = getattr(model, "coef_", np.zeros((1, len(spread))))
-    weight = np.abs(coef) * spread
-    return {"stack_reliance": {m: float(weight[:, 3 * i:3 * i + 3].mean()) for i, m in enumerate(names)}}
+    weight = np.abs(np.asarray(params["coef"])) * np.asarray(params["spread"])
+    return {"stack_reliance": {m: float(weight[:, 3 * i:3 * i + 3].mean()) for i, m in enumerate(params["members"])}}
 
 
 # --------------------------------------------------------------------------- the prior guard
@@ -372,7 +469,7 @@ def _check_members(oof, test, use_tta, method):
     names = list(oof)
     if not names:
         raise InputError("no models to blend")
-    if set(test) != set(names):
+    if test is not None and set(test) != set(names):
         raise InputError(
             f"models with OOF but no test predictions: {_few(set(names) - set(test)) or 'none'}; "
             f"with test but no OOF predictions: {_few(set(test) - set(names)) or 'none'}"
@@ -394,9 +491,8 @@ def _targets(y_by_id, folds_by_id):
     return train_ids, y_by_id.to_numpy(dtype=np.int64), folds_by_id.loc[train_ids].to_numpy(dtype=np.int64)
 
 
-def _member(m, oof, test, train_ids, y, folds, test_ids, use_tta):
-    """One model's OOF probabilities as blended (TTA or plain), its test probabilities, and its
-    scores."""
+def _member(m, oof, train_ids, y, folds, use_tta):
+    """One model's OOF probabilities as blended (TTA or plain) and its scores."""
     frame = _aligned(oof, m, "OOF", train_ids, ["fold", *PROB_COLUMNS, *TTA_COLUMNS])
     if not (frame["fold"].to_numpy(dtype=np.int64) == folds).all():
         # a model trained on other folds leaks its training rows into the blend's OOF
@@ -404,7 +500,6 @@ def _member(m, oof, test, train_ids, y, folds, test_ids, use_tta):
     plain = frame[PROB_COLUMNS].to_numpy(dtype=np.float64)
     tta = frame[TTA_COLUMNS].to_numpy(dtype=np.float64)
     used = tta if use_tta else plain
-    test_probs = _aligned(test, m, "test", test_ids, PROB_COLUMNS)[PROB_COLUMNS].to_numpy(dtype=np.float64)
     scores = {"log_loss": log_loss(y, plain), "log_loss_tta": log_loss(y, tta), "log_loss_used": log_loss(y, used),
               "accuracy": accuracy(y, used), "folds": fold_scores(y, used, folds)}
-    return used, test_probs, scores
+    return used, scores

@@ -63,7 +63,7 @@ def kind_probs(kind, kinds, y, prior):
     return (counts + PRIOR_ROWS * prior) / (len(labels) + PRIOR_ROWS)
 
 
-def _set(probs, kinds, estimate):
+def set_kinds(probs, kinds, estimate):
     """``probs`` with the rows of each kind replaced by its estimate (``b_empty`` mirrored)."""
     out = probs.copy()
     for kind, p in estimate.items():
@@ -81,11 +81,11 @@ def _lowers(rule, kinds, y, before, after):
 @dataclass(frozen=True)
 class PostRulePlan:
     """The enabled rules (config keys of :data:`RULES`) and the kind of every training and test
-    row (``Series`` by id)."""
+    row (``Series`` by id; the test kinds only count the rows each rule will set, for the report)."""
 
     rules: tuple
     kinds_train: pd.Series
-    kinds_test: pd.Series
+    kinds_test: pd.Series | None = None
 
     def _estimate(self, kinds, y, rules=None):
         """{kind: probabilities} of the rules (default: all enabled) from these training rows."""
@@ -104,17 +104,17 @@ class PostRulePlan:
         candidate = blend.copy()
         for k in np.unique(folds):
             rows = folds == k
-            candidate[rows] = _set(blend[rows], kinds[rows], self._estimate(kinds[~rows], y[~rows]))
+            candidate[rows] = set_kinds(blend[rows], kinds[rows], self._estimate(kinds[~rows], y[~rows]))
         return tuple(rule for rule in self.rules if _lowers(rule, kinds, y, blend, candidate))
 
-    def apply(self, oof_blend, test_blend, *, y, folds, train_ids, test_ids):
-        """The blend's OOF and test probabilities with the rules applied where they help, and a
+    def apply(self, oof_blend, *, y, folds, train_ids):
+        """The blend's OOF probabilities with the rules applied where they help, the probabilities
+        that the rules which help give test rows (``{kind: (3,)}``, for :func:`set_kinds`), and a
         report of each rule. Each fold's OOF rows are set, and the rules that help chosen, from the
         other folds' rows only, so the OOF figure stays honest; a rule sets the test rows of its
         kind when that honest OOF figure of its rows is lower than the blend's. (With two folds a
         choice would rest on one fold's rows estimated from none: no rule is used.)"""
         kinds = self.kinds_train.loc[train_ids].to_numpy()
-        kinds_test = self.kinds_test.loc[test_ids].to_numpy()
         if len(np.unique(folds)) < 3:
             log.warning("post-rules need at least 3 folds to be checked on OOF (cv.n_folds is %d): none is used",
                         len(np.unique(folds)))
@@ -122,26 +122,26 @@ class PostRulePlan:
         for k in np.unique(folds):
             rows, other = folds == k, folds != k
             rules = self._helpful(oof_blend[other], kinds[other], y[other], folds[other])
-            oof[rows] = _set(oof_blend[rows], kinds[rows], self._estimate(kinds[other], y[other], rules))
+            oof[rows] = set_kinds(oof_blend[rows], kinds[rows], self._estimate(kinds[other], y[other], rules))
         rules = tuple(rule for rule in self.rules if _lowers(rule, kinds, y, oof_blend, oof))
-        test = _set(test_blend, kinds_test, self._estimate(kinds, y, rules))
-        report = {rule: self._report(rule, rule in rules, kinds, kinds_test, y, oof_blend, oof) for rule in self.rules}
-        return oof, test, report
+        report = {rule: self._report(rule, rule in rules, kinds, y, oof_blend, oof) for rule in self.rules}
+        return oof, self._estimate(kinds, y, rules), report
 
-    def _report(self, rule, applied, kinds, kinds_test, y, before, after):
+    def _report(self, rule, applied, kinds, y, before, after):
         rows = np.isin(kinds, RULES[rule])
         estimate = self._estimate(kinds, y, (rule,))
-        out = {"n_train": int(rows.sum()), "n_test": int(np.isin(kinds_test, RULES[rule]).sum()),
+        n_test = None if self.kinds_test is None else int(self.kinds_test.isin(RULES[rule]).sum())
+        out = {"n_train": int(rows.sum()), "n_test": n_test,
                "probs": estimate[RULES[rule][0]].tolist() if estimate else None, "applied_to_test": applied}
         if rows.any():
             out["oof_log_loss_before"] = log_loss(y[rows], before[rows])
             out["oof_log_loss_after"] = log_loss(y[rows], after[rows])
         if applied:
-            log.info("post-rule %s: %d training rows (OOF log loss on them %.4f -> %.4f); sets %d test rows", rule,
+            log.info("post-rule %s: %d training rows (OOF log loss on them %.4f -> %.4f); sets %s test rows", rule,
                      out["n_train"], out["oof_log_loss_before"], out["oof_log_loss_after"], out["n_test"])
         elif not rows.any():
-            log.info("post-rule %s: no training rows of its kind; its %d test rows keep the blend", rule, out["n_test"])
+            log.info("post-rule %s: no training rows of its kind; its %s test rows keep the blend", rule, out["n_test"])
         else:
-            log.warning("post-rule %s: does not lower the OOF log loss of its %d training rows; its %d test rows "
+            log.warning("post-rule %s: does not lower the OOF log loss of its %d training rows; its %s test rows "
                         "keep the blend", rule, out["n_train"], out["n_test"])
         return out

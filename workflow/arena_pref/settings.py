@@ -127,6 +127,8 @@ class ModelConfig:
     tta: bool
     folds: tuple | None  # folds whose adapters predict the test set; None: all
     options: JobOptions
+    average_adapters: bool = False  # those folds' adapters averaged into one, one test pass
+    trained: str | None = None  # a directory of trained folds from an earlier run (nothing trained)
     kind: str = "llm"
 
 
@@ -158,6 +160,7 @@ class FeatureModelConfig:
     learner: FeatureLearner
     tta: bool
     folds: tuple | None  # folds whose learners predict the test set; None: all
+    trained: str | None = None  # a directory of fitted folds from an earlier run (nothing fitted)
     kind: str = "features"
 
 
@@ -180,6 +183,20 @@ class BlendSettings:
 
 
 @dataclass(frozen=True)
+class KaggleSettings:
+    """Everything the kaggle_bundle rule reads (schema: ``kaggle``)."""
+
+    input_dir: str  # where Kaggle mounts the bundle
+    test_csv: str  # the competition's test.csv there
+    backbones: dict  # model -> backbone directory as attached on Kaggle
+    wheels: tuple  # distributions bundled as wheels, with their dependencies the image lacks
+    python_version: str | None  # the image's Python where it differs from this one
+    platform: str | None  # its pip platform tag
+    gpus: int
+    time_limit_h: float
+
+
+@dataclass(frozen=True)
 class Config:
     raw: dict  # the validated config, defaults filled (run_info.json records it)
     models: dict  # name -> ModelConfig or FeatureModelConfig (``kind``), in config order
@@ -188,6 +205,14 @@ class Config:
     cv_seed: int
     threads: int
     predict_gpus: int
+    kaggle: KaggleSettings | None = None
+    train_csv: str | None = None  # None: a run from trained models (predict only)
+    blender_source: str | None = None  # blend.from: a blender.json fitted by an earlier run
+
+    @property
+    def predict_only(self):
+        """No training data: every model predicts from its trained directory."""
+        return self.train_csv is None
 
     def names(self, kind):
         """Names of the models of one kind (``llm`` or ``features``), sorted."""
@@ -199,6 +224,13 @@ class Config:
     def predict_folds(self, model):
         folds = self.models[model].folds
         return self.fold_ids() if folds is None else sorted(set(folds))
+
+    def test_passes(self, model):
+        """The parts that predict a model's test set, as named in result paths: ``fold<k>`` for
+        each predicting fold, or ``average`` for their averaged adapter."""
+        if getattr(self.models[model], "average_adapters", False):
+            return ["average"]
+        return [f"fold{k}" for k in self.predict_folds(model)]
 
 
 _OPERATIONAL = {"save_steps", "logging_steps"}  # train keys that go to JobOptions
@@ -212,8 +244,9 @@ def _model_config(name, m):
     if m["kind"] == "features":
         reads = LEARNER_READS[m["learner"]]
         learner = build(FeatureLearner, {k: (v if k in reads | {"learner"} else None) for k, v in m.items()
-                                         if k not in ("kind", "predict")})
-        return FeatureModelConfig(name=name, learner=learner, tta=m["predict"]["tta"], folds=_folds(m["predict"]))
+                                         if k not in ("kind", "predict", "trained")})
+        return FeatureModelConfig(name=name, learner=learner, tta=m["predict"]["tta"], folds=_folds(m["predict"]),
+                                  trained=m.get("trained"))
     loading = Loading(**{f.name: m[f.name] for f in dataclasses.fields(Loading)})
     p, t = m["predict"], m["train"]
     return ModelConfig(
@@ -232,6 +265,8 @@ def _model_config(name, m):
         folds=_folds(p),
         options=JobOptions(allow_bf16_emulation=m["allow_bf16_emulation"], save_steps=t["save_steps"],
                            logging_steps=t["logging_steps"]),
+        average_adapters=p["average_adapters"],
+        trained=m.get("trained"),
     )
 
 
@@ -341,6 +376,38 @@ def validate(config):
     return config
 
 
+def _check_trained(config, models):
+    """A run either trains (``data.train_csv``) or predicts from trained models (each model's
+    ``trained`` directory, ``blend.from`` or weights): not a mix, whose OOF rows could have been
+    trained on."""
+    train_csv = config["data"].get("train_csv")
+    trained = [m for m in models if config["models"][m].get("trained")]
+    if train_csv is not None:
+        if trained:
+            raise InputError(f"config models.{trained[0]}.trained: a model predicts from trained folds only in a run "
+                             "without data.train_csv (its OOF rows may have been in their training folds): remove "
+                             "data.train_csv to predict from trained models, or trained to train here")
+        if "from" in config["blend"]:
+            raise InputError("config blend.from: a fitted blender is used only in a run without data.train_csv; "
+                             "with training data the blend rule fits one")
+        return
+    if "from" in config["blend"] and config["blend"]["weights"]:
+        raise InputError("config blend: from and weights both say how to blend: keep one")
+    tiny = [m for m in models if config["models"][m].get("backbone", {}).get("kind") == "tiny"]
+    if tiny:
+        raise InputError(f"config models.{tiny[0]}.backbone: a tiny backbone is built from the training texts; a run "
+                         "from trained models loads the one it was trained with: kind: path, path: the earlier run's "
+                         f"results/backbones/{tiny[0]}")
+    untrained = [m for m in models if m not in trained]
+    if untrained:
+        raise InputError(f"config models.{untrained[0]}: without data.train_csv every model predicts from a trained "
+                         "directory: set its trained: to a directory of its fold<k>/ (an earlier run's "
+                         f"results/models/{untrained[0]})")
+    if "from" not in config["blend"] and config["blend"]["method"] != "weights":
+        raise InputError("config blend: without data.train_csv there is nothing to fit a blend on: set blend.from to "
+                         "the earlier run's results/blender.json, or method: weights with weights")
+
+
 def _check_blend(config, models):
     blend = config["blend"]
     if blend["weights"] and blend["method"] != "weights":
@@ -373,6 +440,7 @@ def load_config(config):
     written = {name: set(m) if isinstance(m, dict) else set() for name, m in (config.get("models") or {}).items()}
     config = validate(config)
     _check_learner_keys({"models": config["models"], "_written_keys": written})
+    _check_trained(config, list(config["models"]))
     _check_blend(config, list(config["models"]))
     n_folds = config["cv"]["n_folds"]
     models = {name: _model_config(name, m) for name, m in config["models"].items()}
@@ -381,9 +449,12 @@ def load_config(config):
             raise InputError(f"config models.{m.name}.predict.folds: {list(m.folds)} names a fold >= cv.n_folds "
                              f"({n_folds})")
     blend = {**config["blend"], "weights": {k: float(v) for k, v in config["blend"]["weights"].items()}}
+    source = blend.pop("from", None)
     return Config(raw=config, models=models, blend=build(BlendSettings, blend), n_folds=n_folds,
                   cv_seed=config["cv"]["seed"], threads=config["compute"]["threads"],
-                  predict_gpus=config["compute"]["predict_gpus"])
+                  predict_gpus=config["compute"]["predict_gpus"], kaggle=build(KaggleSettings, config["kaggle"]),
+                  train_csv=config["data"].get("train_csv"),
+                  blender_source=source)
 
 
 def model_config(model, name="model", **config):

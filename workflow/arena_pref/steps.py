@@ -132,6 +132,25 @@ def features_fold(*, model, fold, train_stats, test_stats, train_parquet, folds_
              prior_log_loss(y_held))
 
 
+def features_predict(*, model, fold, test_stats, learner, test_out):
+    """A run from trained models: one fold's fitted pair-feature learner (``learner.joblib`` of an
+    earlier run) predicts the test rows in both orders, as :func:`features_fold` does."""
+    from . import features
+
+    fitted = features.load(learner)
+    io.write_parquet(_predict_both_orders(fitted, pd.read_parquet(test_stats)), test_out)
+    log.info("model '%s', fold %d: test rows predicted by the trained learner %s", model, fold, learner)
+
+
+def average_adapters(*, model, adapters, out):
+    """One adapter standing for the folds' (:func:`arena_pref.adapters.average_adapters`)."""
+    from .adapters import average_adapters as average
+
+    summary = average(adapters, out)
+    log.info("model '%s': %d fold adapters averaged into %s (LoRA rank %d -> %d, %d tensors)", model, len(adapters),
+             out, summary["rank_before"], summary["rank_after"], summary["tensors"])
+
+
 def _predict_both_orders(fitted, rows):
     """Rows (A, B) and mirrored (B, A), as the fine-tuned members predict them: plain and TTA
     columns."""
@@ -168,12 +187,14 @@ def oof(*, model, tokens_parquet, folds_parquet, fold, backbone, adapter, settin
     io.write_parquet(pred, out)
 
 
-def infer(*, model, fold, tokens_parquet, backbone, adapter, settings, options, tta, out, threads=None):
+def infer(*, model, part, tokens_parquet, backbone, adapter, settings, options, tta, out, threads=None):
+    """The test rows predicted by one adapter (``part``: ``fold<k>``, or ``average`` for the folds'
+    averaged adapter)."""
     from .predict import predict_on_devices
     from .tokenize import read_tokens
 
     pred = predict_on_devices(backbone=backbone, adapter_dir=adapter, tokens=read_tokens(tokens_parquet),
-                              settings=settings, tta=tta, threads=threads, label=f"model '{model}', fold {fold} (test)",
+                              settings=settings, tta=tta, threads=threads, label=f"model '{model}', {part} (test)",
                               allow_bf16_emulation=options.allow_bf16_emulation)
     io.write_parquet(pred, out)
 
@@ -183,11 +204,11 @@ def average_test(fold_predictions, out, *, tta):
 
     preds = [pd.read_parquet(p) for p in fold_predictions]
     io.write_parquet(average_folds(preds, tta), out)
-    log.info("averaged %d folds' test predictions (TTA %s)", len(preds), "on" if tta else "off")
+    log.info("averaged %d test passes' predictions (TTA %s)", len(preds), "on" if tta else "off")
 
 
 def blend(*, oof_paths, test_paths, train_parquet, test_parquet, folds_parquet, settings, tta, submission,
-          metrics_path, oof_blend_path, run_info_path, config):
+          metrics_path, oof_blend_path, blender_path, run_info_path, config):
     """``oof_paths``: model name -> its folds' OOF files; ``test_paths``: model name -> its test
     file (names given, never parsed from paths); ``settings``: :class:`~arena_pref.settings.BlendSettings`."""
     from .blend import blend_run
@@ -198,18 +219,39 @@ def blend(*, oof_paths, test_paths, train_parquet, test_parquet, folds_parquet, 
     train = data.read_parsed(train_parquet)
     labels = train.set_index("id")["label"]
     assignment = pd.read_parquet(folds_parquet).set_index("id")["fold"]
-    sub, metrics, oof_blend = blend_run(
+    sub, metrics, oof_blend, blender = blend_run(
         oof, test, labels, assignment, use_tta=tta, method=settings.method, weights=settings.weights or None,
         stack_C=settings.stack_C, calibrate=settings.calibrate, guard=settings.guard,
         post_rules=_post_rules(settings.post_rules, train, test_parquet))
     io.write_csv(sub, submission)
     io.write_json(metrics, metrics_path)
     io.write_parquet(oof_blend, oof_blend_path)
+    io.write_json(blender, blender_path)
     io.write_json(run_info(config), run_info_path)
     b = metrics["blend"]
     log.info("OOF log loss: class prior %.4f; %s; blend (%s) %.4f%s", b["guard"]["prior_oof_log_loss"],
              ", ".join(f"{m} {v['log_loss_used']:.4f}" for m, v in metrics["models"].items()), b["method"],
              b["log_loss"], " (the class prior: the blend did not beat it)" if b["guard"]["fell_back"] else "")
+
+
+def submit(*, blender_path, test_paths, test_parquet, submission, run_info_path, config):
+    """A run from trained models: the submission a blender fitted earlier (``blender.json`` of the
+    run that trained them, or one made from the config's weights) makes of this run's test
+    predictions."""
+    from .blend import apply_blender
+    from .post_rules import row_kinds
+    from .runinfo import run_info
+
+    blender = io.read_json(blender_path)
+    test = {m: pd.read_parquet(path) for m, path in test_paths.items()}
+    first = next(iter(test.values()))["id"].to_numpy(dtype=np.int64)
+    kinds = row_kinds(data.read_parsed(test_parquet)).loc[first].to_numpy() if blender.get("post_rules") else None
+    sub = apply_blender(blender, test, kinds)
+    io.write_csv(sub, submission)
+    io.write_json(run_info(config), run_info_path)
+    log.info("submission of %d test rows from the blender %s (%s of %s, fitted on %s training rows, OOF log loss "
+             "%s)", len(sub), blender_path, blender["method"], ", ".join(blender["members"]), blender.get("n_train"),
+             blender.get("oof_log_loss"))
 
 
 def _post_rules(rules, train, test_parquet):
@@ -228,3 +270,13 @@ def plots(*, metrics_path, oof_blend_path, fold_scores_png, calibration_png):
 
     plot_fold_scores(io.read_json(metrics_path), fold_scores_png)
     plot_calibration(pd.read_parquet(oof_blend_path), calibration_png)
+
+
+def kaggle_bundle(*, files, config, kaggle, out):
+    """The Kaggle bundle (:func:`arena_pref.bundle.build_bundle`); ``kaggle``:
+    :class:`~arena_pref.settings.KaggleSettings`."""
+    import dataclasses
+
+    from .bundle import build_bundle
+
+    build_bundle(files=files, config=config, kaggle=dataclasses.asdict(kaggle), out=out)

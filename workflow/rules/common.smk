@@ -20,7 +20,7 @@ if not workflow.overwrite_configfiles:
     configfile: os.path.join(workflow.basedir, "config.yaml")
 
 
-from arena_pref import backbones, settings
+from arena_pref import backbones, bundle, settings, trained
 from arena_pref.errors import InputError
 
 try:
@@ -38,6 +38,7 @@ try:
         os.environ.update(HF_HUB_OFFLINE="1")
     for _name in LLM_MODELS:
         backbones.check_model(CONFIG.models[_name])
+    trained.check(CONFIG)  # runs from trained models: every fold they read is there
 except InputError as err:
     raise WorkflowError(f"arena-pref: {err}") from None
 
@@ -45,11 +46,15 @@ MODELS = sorted(CONFIG.models)  # the order models are listed in does not matter
 FOLDS = CONFIG.fold_ids()
 CONDA_ENV = "../../envs/arena-pref.yaml"
 FEATURE_PHRASES = os.path.join(PACKAGE_DIR, "arena_pref", "feature_phrases.yaml")
+KAGGLE = settings.canonical(CONFIG.kaggle)
+# the Kaggle bundle's files: path in the bundle -> path here (inputs of kaggle_bundle)
+BUNDLE_FILES = {} if CONFIG.predict_only else bundle.bundle_files(CONFIG)
 
 
 wildcard_constraints:
     split="train|test",
     fold=r"\d+",
+    part=r"fold\d+|average",
     model="|".join(MODELS),
 
 
@@ -67,11 +72,23 @@ def split_csv(wildcards):
 
 
 def parse_inputs(wildcards):
-    """The CSV, and for the test split the parsed training rows (their ids are checked against)."""
+    """The CSV, and for the test split the parsed training rows (their ids are checked against;
+    a run from trained models has none)."""
     inputs = {"csv": split_csv(wildcards)}
-    if wildcards.split == "test":
+    if wildcards.split == "test" and not CONFIG.predict_only:
         inputs["train"] = "results/data/train.parquet"
     return inputs
+
+
+def final_targets():
+    """What a plain `snakemake` makes: the submission, and where there are labels the plots."""
+    if CONFIG.predict_only:
+        return ["results/submission.csv"]
+    return [
+        "results/submission.csv",
+        "results/plots/fold_scores.png",
+        "results/plots/calibration.png",
+    ]
 
 
 def backbone_input(wildcards):
@@ -81,11 +98,40 @@ def backbone_input(wildcards):
 
 
 def fold_test_predictions(wildcards):
+    """A model's test passes: one per predicting fold, or one of the folds' averaged adapter."""
     return expand(
-        "results/test/{model}/fold{fold}.parquet",
+        "results/test/{model}/{part}.parquet",
         model=wildcards.model,
-        fold=CONFIG.predict_folds(wildcards.model),
+        part=CONFIG.test_passes(wildcards.model),
     )
+
+
+def pass_adapter(wildcards):
+    """The adapter of one test pass: this run's, or a trained directory's."""
+    return trained.adapter_dir(CONFIG, wildcards.model, wildcards.part)
+
+
+def fold_adapters(wildcards):
+    """The predicting folds' adapters, to average."""
+    return [
+        trained.adapter_dir(CONFIG, wildcards.model, f"fold{k}")
+        for k in CONFIG.predict_folds(wildcards.model)
+    ]
+
+
+def trained_learner(wildcards):
+    return trained.learner_path(CONFIG, wildcards.model, wildcards.fold)
+
+
+def submit_inputs(wildcards):
+    """A run from trained models: the blender, the parsed test rows and every model's test file."""
+    inputs = {
+        "blender": CONFIG.blender_source or "results/blender.json",
+        "parsed_test": "results/data/test.parquet",
+    }
+    for m in MODELS:
+        inputs[f"test_{m}"] = f"results/test/{m}.parquet"
+    return inputs
 
 
 def blend_inputs(wildcards):

@@ -25,17 +25,32 @@ rule oof:
         "../scripts/oof.py"
 
 
+rule average_adapters:
+    input:
+        fold_adapters,
+    output:
+        directory("results/models/{model}/average/adapter"),
+    log:
+        "results/logs/average_adapters/{model}.log",
+    wildcard_constraints:
+        model=names_regex(LLM_MODELS),
+    conda:
+        CONDA_ENV
+    script:
+        "../scripts/average_adapters.py"
+
+
 rule infer:
     input:
-        adapter="results/models/{model}/fold{fold}/adapter",
+        adapter=pass_adapter,
         tokens="results/tokens/{model}/test.parquet",
         backbone=backbone_input,
     output:
-        "results/test/{model}/fold{fold}.parquet",
+        "results/test/{model}/{part}.parquet",
     log:
-        "results/logs/infer/{model}/fold{fold}.log",
+        "results/logs/infer/{model}/{part}.log",
     benchmark:
-        "results/benchmarks/infer/{model}/fold{fold}.tsv"
+        "results/benchmarks/infer/{model}/{part}.tsv"
     wildcard_constraints:
         model=names_regex(LLM_MODELS),
     conda:

@@ -13,7 +13,7 @@ def main(sm):
                 folds_parquet=sm.input.folds,
                 settings=settings.from_params(settings.BlendSettings, sm.params.blend), tta=sm.params.tta,
                 submission=sm.output.submission, metrics_path=sm.output.metrics,
-                oof_blend_path=sm.output.oof_blend, run_info_path=sm.output.run_info,
+                oof_blend_path=sm.output.oof_blend, blender_path=sm.output.blender, run_info_path=sm.output.run_info,
                 config=settings.validate(sm.config))
 
 

@@ -1,4 +1,5 @@
-"""Rule infer: test probabilities from one fold's adapter (with A/B-swap TTA if configured)."""
+"""Rule infer: test probabilities from one adapter, a fold's or the folds' average (with A/B-swap TTA if
+configured)."""
 from arena_pref import steps
 from arena_pref.backbones import backbone_dir
 from arena_pref.gpus import claim_gpus
@@ -10,7 +11,7 @@ from arena_pref.settings import PredictSettings, from_params
 def main(sm):
     setup_logging(sm.log[0])
     claim_gpus(sm.resources.gpu)  # before anything starts CUDA: -j2 jobs get their own GPUs
-    steps.infer(model=sm.wildcards.model, fold=int(sm.wildcards.fold), tokens_parquet=sm.input.tokens,
+    steps.infer(model=sm.wildcards.model, part=sm.wildcards.part, tokens_parquet=sm.input.tokens,
                 backbone=backbone_dir(sm.params.backbone, sm.input.backbone), adapter=sm.input.adapter,
                 settings=from_params(PredictSettings, sm.params.settings), options=sm.params.options,
                 tta=sm.params.tta,

@@ -1,0 +1,61 @@
+"""Runs from trained models: a config without train.csv predicts with an earlier run's folds and
+blender (the Kaggle route), training nothing, and reproduces that run's submission."""
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from workflow_helpers import planned_jobs, snakemake
+
+pytestmark = pytest.mark.slow
+
+PROBS = ["winner_model_a", "winner_model_b", "winner_tie"]
+
+
+def trained_run_config(run_a, workdir, **predict_changes):
+    """The predict-only config of the small run ``run_a``, in ``workdir`` with only a test.csv."""
+    from arena_pref.bundle import predict_config
+
+    raw = json.loads((run_a / "results" / "run_info.json").read_text())["config"]
+    for model, change in predict_changes.items():
+        raw["models"][model]["predict"].update(change)
+    workdir.mkdir(parents=True, exist_ok=True)
+    shutil.copy(run_a / "results" / "demo" / "test.csv", workdir / "test.csv")
+    config = predict_config(raw, models_dir=run_a / "results" / "models", blender=run_a / "results" / "blender.json",
+                            test_csv="test.csv", backbones={m: run_a / "results" / "backbones" / m
+                                                            for m in ("tiny_gemma2", "tiny_llama")})
+    path = workdir / "config.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def test_a_run_from_trained_models_trains_nothing(run_a, tmp_path):
+    trained_run_config(run_a, tmp_path)
+    jobs = planned_jobs(snakemake(tmp_path, "-n", "results/submission.csv"))
+    # tiny_gemma2 and tiny_llama predict with both folds, minilm with fold 1, pair_features fold 0
+    assert jobs == {"parse": 1, "tokenize": 3, "infer": 5, "features": 1, "features_predict": 1, "average_test": 4,
+                    "submit": 1}
+
+
+def test_a_run_from_trained_models_reproduces_the_submission(run_a, tmp_path):
+    trained_run_config(run_a, tmp_path)
+    snakemake(tmp_path, "-j2", "results/submission.csv")
+    home = pd.read_csv(run_a / "results" / "submission.csv")
+    here = pd.read_csv(tmp_path / "results" / "submission.csv")
+    assert list(here["id"]) == list(home["id"])
+    np.testing.assert_allclose(here[PROBS].to_numpy(), home[PROBS].to_numpy(), atol=1e-5, rtol=0)
+    assert not (tmp_path / "results" / "data" / "train.parquet").exists()
+    assert "from the blender" in (tmp_path / "results" / "logs" / "submit.log").read_text()
+
+    # averaging one model's fold adapters: that model predicts once, and nothing else reruns
+    trained_run_config(run_a, tmp_path, tiny_gemma2={"average_adapters": True})
+    jobs = planned_jobs(snakemake(tmp_path, "-n", "results/submission.csv"))
+    assert jobs == {"average_adapters": 1, "infer": 1, "average_test": 1, "submit": 1}
+    snakemake(tmp_path, "-j2", "results/submission.csv")
+    averaged = json.loads((tmp_path / "results/models/tiny_gemma2/average/adapter/adapter_config.json").read_text())
+    assert averaged["r"] == 2 * 4
+    assert "2 fold adapters averaged" in (tmp_path / "results/logs/average_adapters/tiny_gemma2.log").read_text()

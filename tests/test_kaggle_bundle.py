@@ -1,0 +1,105 @@
+"""The Kaggle bundle: built from a trained run, moved to another directory, run offline by its
+run.py, it reproduces the home run's submission; its wheels install in a fresh environment."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import venv
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from workflow_helpers import SMALL, snakemake
+
+pytestmark = pytest.mark.slow
+
+PROBS = ["winner_model_a", "winner_model_b", "winner_tie"]
+
+
+@pytest.fixture(scope="module")
+def bundle(run_a, tmp_path_factory):
+    """The bundle of the small run (a copy of it: the shared run stays as it was)."""
+    home = tmp_path_factory.mktemp("bundle") / "home"
+    shutil.copytree(run_a, home, symlinks=True)
+    config = yaml.safe_load(SMALL.read_text())
+    config["kaggle"] = {"input_dir": "/kaggle/input/my-bundle", "gpus": 1}
+    (home / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    snakemake(home, "-j1", "results/kaggle_bundle", timeout=1200)
+    return home
+
+
+def test_the_bundle_holds_what_a_run_needs_and_no_backbone_it_should_not(bundle):
+    out = bundle / "results" / "kaggle_bundle"
+    for part in ("run.py", "submit.ipynb", "config.yaml", "bundle.json", "blender.json", "Snakefile",
+                 "workflow/rules/predict.smk", "workflow/arena_pref/blend.py", "wheels/requirements.txt"):
+        assert (out / part).exists(), part
+    assert (out / "models/tiny_gemma2/fold1/adapter/adapter_config.json").exists()
+    assert (out / "models/minilm/fold1/adapter").exists() and not (out / "models/minilm/fold0").exists()
+    assert (out / "models/pair_features/fold0/learner.joblib").exists()
+    # tiny and packaged backbones travel with the bundle (built or installed here)
+    assert (out / "backbones/tiny_gemma2/config.json").exists() and (out / "backbones/minilm/config.json").exists()
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert "train_csv" not in config["data"] and config["blend"] == {"from": "/kaggle/input/my-bundle/blender.json"}
+    assert config["models"]["tiny_gemma2"]["trained"] == "/kaggle/input/my-bundle/models/tiny_gemma2"
+    meta = json.loads((out / "bundle.json").read_text())
+    assert meta["parts"]["total"] == sum(v for k, v in meta["parts"].items() if k != "total")
+    wheels = {line.split("==")[0] for line in (out / "wheels/requirements.txt").read_text().split()}
+    assert {"snakemake", "peft", "bitsandbytes", "arena-pref"} <= wheels and "torch" not in wheels
+    cell = json.loads((out / "submit.ipynb").read_text())["cells"][0]
+    assert "/kaggle/input/my-bundle/run.py --test-csv" in "".join(cell["source"])
+    assert not list(out.rglob("__pycache__"))
+
+
+def test_the_bundle_reproduces_the_submission_offline_from_another_directory(bundle, tmp_path):
+    moved = tmp_path / "input" / "my-bundle"
+    shutil.copytree(bundle / "results" / "kaggle_bundle", moved)
+    shutil.copy(bundle / "results" / "demo" / "test.csv", tmp_path / "test.csv")
+    env = {**os.environ, "PIP_NO_INDEX": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, str(moved / "run.py"), "--test-csv", str(tmp_path / "test.csv"),
+                           "--out", str(tmp_path / "out" / "submission.csv"), "--workdir", str(tmp_path / "work")],
+                          capture_output=True, text=True, env=env, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    home = pd.read_csv(bundle / "results" / "submission.csv")
+    here = pd.read_csv(tmp_path / "out" / "submission.csv")
+    assert list(here["id"]) == list(home["id"])
+    np.testing.assert_allclose(here[PROBS].to_numpy(), home[PROBS].to_numpy(), atol=1e-5, rtol=0)
+    # nothing was trained, and the paths pointed into the moved bundle
+    assert not (tmp_path / "work" / "results" / "models").exists() or not list(
+        (tmp_path / "work" / "results" / "models").rglob("train_metrics.json"))
+    config = yaml.safe_load((tmp_path / "work" / "config.yaml").read_text())
+    assert config["models"]["minilm"]["trained"] == f"{moved}/models/minilm"
+
+
+def test_a_missing_backbone_is_named_before_anything_runs(bundle, tmp_path):
+    out = bundle / "results" / "kaggle_bundle"
+    shutil.copy(bundle / "results" / "demo" / "test.csv", tmp_path / "test.csv")
+    proc = subprocess.run([sys.executable, str(out / "run.py"), "--test-csv", str(tmp_path / "test.csv"),
+                           "--workdir", str(tmp_path / "work"), "--no-install", "--backbone",
+                           f"tiny_gemma2={tmp_path / 'nowhere'}"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert "model 'tiny_gemma2': no backbone at" in proc.stdout and "--backbone tiny_gemma2=DIR" in proc.stdout
+
+
+def test_the_wheels_install_offline_in_a_fresh_environment(bundle, tmp_path):
+    """Every bundled wheel installs with --no-index, and what pip check then finds missing is only
+    what the Kaggle image provides."""
+    from arena_pref.wheels import image_exclude
+
+    wheels = bundle / "results" / "kaggle_bundle" / "wheels"
+    venv.create(tmp_path / "venv", with_pip=True)
+    python = tmp_path / "venv" / "bin" / "python"
+    env = {**os.environ, "PIP_CONFIG_FILE": os.devnull}
+    install = subprocess.run([str(python), "-m", "pip", "install", "--no-index", "--no-deps", "--quiet",
+                              *map(str, sorted(wheels.glob("*.whl")))], capture_output=True, text=True, env=env)
+    assert install.returncode == 0, install.stderr[-3000:]
+    check = subprocess.run([str(python), "-m", "pip", "check"], capture_output=True, text=True, env=env)
+    missing = {line.split(" requires ")[1].split(",")[0].strip().lower().replace("_", "-")
+               for line in check.stdout.splitlines() if " requires " in line and "not installed" in line}
+    excluded = image_exclude()
+    from arena_pref.wheels import _excluder
+
+    assert all(_excluder(excluded)(name) for name in missing), sorted(missing)

@@ -1,0 +1,151 @@
+"""The competition route: predict from trained models, offline, from one directory.
+
+"LMSYS - Chatbot Arena" is a code competition: the test set is hidden, and a submission is a
+notebook that runs offline on Kaggle's 2x T4 within 9 hours. :func:`predict_config` turns the
+config of a run that trained models into the config of a run that only predicts with them (no
+train.csv: each model reads its trained folds, the blend is the fitted blender); the ``kaggle_bundle``
+rule (:func:`build_bundle`) writes that config, with the workflow, the trained folds, the blender,
+the wheels the Kaggle image lacks, ``run.py`` and a notebook, into one directory to upload as a
+Kaggle dataset.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import yaml
+
+from .errors import InputError
+
+log = logging.getLogger(__name__)
+
+
+def predict_config(raw, *, models_dir, blender, test_csv, backbones=None):
+    """The config of a run that predicts with the models ``raw`` (a validated config) trained.
+
+    ``models_dir``: where each model's trained folds are (``<models_dir>/<model>/fold<k>/...``);
+    ``blender``: the fitted ``blender.json``; ``backbones``: model -> a directory to load its
+    backbone from instead of its spec (needed for tiny backbones, which are built from training
+    texts; real backbones are attached on Kaggle as models and given to ``run.py``).
+    """
+    from .settings import LEARNER_READS
+
+    backbones = dict(backbones or {})
+    models = {}
+    for name, model in raw["models"].items():
+        model = {**copy.deepcopy(model), "trained": f"{models_dir}/{name}"}
+        if model["kind"] == "features":
+            # the validated config holds every learner's defaults; a key this learner ignores is an error
+            unread = set().union(*LEARNER_READS.values()) - LEARNER_READS[model["learner"]]
+            model = {k: v for k, v in model.items() if k not in unread}
+        if model["kind"] == "llm":
+            if name in backbones:
+                model["backbone"] = {"kind": "path", "path": str(backbones[name])}
+            elif model["backbone"]["kind"] == "tiny":
+                raise InputError(f"model '{name}': a tiny backbone needs its built directory (results/backbones/{name})")
+        models[name] = model
+    config = {key: copy.deepcopy(value) for key, value in raw.items() if key not in ("data", "demo", "blend", "kaggle")}
+    return {**config, "data": {"test_csv": str(test_csv)}, "models": models, "blend": {"from": str(blender)}}
+
+
+# --------------------------------------------------------------------------- the bundle
+
+REPO = Path(__file__).resolve().parents[2]  # this checkout: workflow/arena_pref/bundle.py
+WORKFLOW_PARTS = ("Snakefile", "envs/arena-pref.yaml", "workflow/rules", "workflow/scripts", "workflow/schemas", "workflow/report",
+                  "workflow/arena_pref")
+"""What of the repository the bundle carries: enough to run the workflow (no presets, profiles or tests)."""
+IGNORED = ("__pycache__", "*.pyc", "*.egg-info")
+
+
+def bundle_files(config):
+    """``{path in the bundle: path here}`` of what a run from trained models reads: each model's test
+    passes (adapters, averaged or per fold; fitted learners), the blender, and the backbones built
+    or packaged here (real backbones are attached on Kaggle, never copied)."""
+    from .backbones import backbone_dir, built_dir
+
+    files = {"blender.json": "results/blender.json"}
+    for name, model in config.models.items():
+        for part in config.test_passes(name):
+            if model.kind == "features":
+                files[f"models/{name}/{part}/learner.joblib"] = f"results/models/{name}/{part}/learner.joblib"
+            else:
+                files[f"models/{name}/{part}/adapter"] = f"results/models/{name}/{part}/adapter"
+        if model.kind == "llm" and model.backbone["kind"] in ("tiny", "package"):
+            source = built_dir(name) if model.backbone["kind"] == "tiny" else backbone_dir(model.backbone)
+            files[f"backbones/{name}"] = source
+    return files
+
+
+def bundle_config(config, kaggle):
+    """The bundle's config.yaml: a run from trained models whose paths are under ``input_dir``."""
+    input_dir = kaggle["input_dir"].rstrip("/")
+    backbones = {}
+    for name, model in config.models.items():
+        if model.kind != "llm":
+            continue
+        if model.backbone["kind"] in ("tiny", "package"):
+            backbones[name] = f"{input_dir}/backbones/{name}"
+        else:
+            backbones[name] = kaggle["backbones"].get(name, f"/kaggle/input/{name}")
+    return predict_config(config.raw, models_dir=f"{input_dir}/models", blender=f"{input_dir}/blender.json",
+                          test_csv=kaggle["test_csv"], backbones=backbones)
+
+
+def build_bundle(*, files, config, kaggle, out, repo=REPO):
+    """Write the bundle directory ``out`` (atomically): the workflow, the trained files, the wheels,
+    config.yaml, run.py, a notebook, and bundle.json listing every part's size."""
+    from . import io, wheels
+
+    with io.atomic_path(out, directory=True) as tmp:
+        _copy_workflow(Path(repo), tmp)
+        for dest, source in files.items():
+            _copy(Path(source), tmp / dest)
+        wheels.collect(kaggle["wheels"], wheels.image_exclude(), tmp / "wheels",
+                       python_version=kaggle["python_version"], platform=kaggle["platform"], project_dir=repo)
+        (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+        shutil.copy(Path(repo) / "workflow" / "kaggle" / "run.py", tmp / "run.py")
+        _write_notebook(tmp / "submit.ipynb", kaggle)
+        meta = {"input_dir": kaggle["input_dir"].rstrip("/"), "gpus": kaggle["gpus"],
+                "time_limit_h": kaggle["time_limit_h"], "parts": _sizes(tmp)}
+        (tmp / "bundle.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    log.info("bundle %s: %s", out, ", ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in meta["parts"].items()))
+    return meta
+
+
+def _copy_workflow(repo, dest):
+    for part in WORKFLOW_PARTS:
+        _copy(repo / part, dest / part)
+
+
+def _copy(source, dest):
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if source.is_dir():
+        shutil.copytree(source, dest, ignore=shutil.ignore_patterns(*IGNORED))
+    else:
+        shutil.copy2(source, dest)
+
+
+def _sizes(root):
+    """Bytes under each top-level entry of the bundle (and the total)."""
+    sizes = {}
+    for entry in sorted(root.iterdir()):
+        files = [entry] if entry.is_file() else [f for f in entry.rglob("*") if f.is_file()]
+        sizes[entry.name] = sum(f.stat().st_size for f in files)
+    sizes["total"] = sum(sizes.values())
+    return sizes
+
+
+def _write_notebook(path, kaggle):
+    """A one-cell notebook that calls run.py (offline: the bundle is attached as a dataset)."""
+    backbones = " ".join(f"--backbone {m}={d}" for m, d in sorted(kaggle["backbones"].items()))
+    command = (f"!python {kaggle['input_dir'].rstrip('/')}/run.py --test-csv {kaggle['test_csv']} "
+               f"--out /kaggle/working/submission.csv {backbones}").rstrip()
+    cell = {"cell_type": "code", "execution_count": None, "metadata": {}, "outputs": [], "source": [command]}
+    notebook = {"cells": [cell], "metadata": {"kernelspec": {"display_name": "Python 3", "language": "python",
+                                                             "name": "python3"}},
+                "nbformat": 4, "nbformat_minor": 5}
+    path.write_text(json.dumps(notebook, indent=1) + "\n", encoding="utf-8")
