@@ -59,3 +59,19 @@ def test_a_run_from_trained_models_reproduces_the_submission(run_a, tmp_path):
     averaged = json.loads((tmp_path / "results/models/tiny_gemma2/average/adapter/adapter_config.json").read_text())
     assert averaged["r"] == 2 * 4
     assert "2 fold adapters averaged" in (tmp_path / "results/logs/average_adapters/tiny_gemma2.log").read_text()
+
+
+def test_the_time_estimate_is_close_to_the_test_passes_wall_time(run_a, tmp_path):
+    """The estimate (each model timed on a sample of its test rows) against the wall time the
+    prediction jobs then take: within a factor of 1.6 on CPU (README)."""
+    import csv
+
+    trained_run_config(run_a, tmp_path)
+    snakemake(tmp_path, "-j1", "results/time_estimate.json")
+    estimate = json.loads((tmp_path / "results" / "time_estimate.json").read_text())
+    assert estimate["fits"] and set(estimate["models"]) == {"tiny_gemma2", "tiny_llama", "minilm"}
+    assert estimate["models"]["tiny_gemma2"]["passes"] == 2 and estimate["models"]["minilm"]["passes"] == 1
+    snakemake(tmp_path, "-j1", "results/submission.csv")
+    measured = sum(float(next(csv.DictReader(open(f), delimiter="\t"))["s"])
+                   for f in (tmp_path / "results" / "benchmarks" / "infer").rglob("*.tsv"))
+    assert 1 / 1.6 < estimate["estimate_s"] / measured < 1.6, (estimate["estimate_s"], measured)

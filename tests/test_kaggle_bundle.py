@@ -26,7 +26,8 @@ def bundle(run_a, tmp_path_factory):
     home = tmp_path_factory.mktemp("bundle") / "home"
     shutil.copytree(run_a, home, symlinks=True)
     config = yaml.safe_load(SMALL.read_text())
-    config["kaggle"] = {"input_dir": "/kaggle/input/my-bundle", "gpus": 1}
+    # as trained: the CPU reproduces the home run (float16, the default, is for T4s)
+    config["kaggle"] = {"input_dir": "/kaggle/input/my-bundle", "gpus": 1, "dtype": "as_trained"}
     (home / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     snakemake(home, "-j1", "results/kaggle_bundle", timeout=1200)
     return home
@@ -63,6 +64,7 @@ def test_the_bundle_reproduces_the_submission_offline_from_another_directory(bun
                            "--out", str(tmp_path / "out" / "submission.csv"), "--workdir", str(tmp_path / "work")],
                           capture_output=True, text=True, env=env, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "estimated" in proc.stdout and "h for the test passes; the limit is 9.00 h" in proc.stdout
     home = pd.read_csv(bundle / "results" / "submission.csv")
     here = pd.read_csv(tmp_path / "out" / "submission.csv")
     assert list(here["id"]) == list(home["id"])
@@ -82,6 +84,17 @@ def test_a_missing_backbone_is_named_before_anything_runs(bundle, tmp_path):
                            f"tiny_gemma2={tmp_path / 'nowhere'}"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
     assert "model 'tiny_gemma2': no backbone at" in proc.stdout and "--backbone tiny_gemma2=DIR" in proc.stdout
+
+
+def test_a_run_that_cannot_fit_the_time_limit_stops_before_the_test_passes(bundle, tmp_path):
+    out = bundle / "results" / "kaggle_bundle"
+    shutil.copy(bundle / "results" / "demo" / "test.csv", tmp_path / "test.csv")
+    proc = subprocess.run([sys.executable, str(out / "run.py"), "--test-csv", str(tmp_path / "test.csv"),
+                           "--workdir", str(tmp_path / "work"), "--no-install", "--time-limit-h", "0.001"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "the run would not fit the time limit: average each model's fold adapters" in proc.stdout
+    assert not (tmp_path / "work" / "results" / "test").exists()
 
 
 def test_the_wheels_install_offline_in_a_fresh_environment(bundle, tmp_path):

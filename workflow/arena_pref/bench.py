@@ -11,12 +11,14 @@ the model's ``max_length``. Token ids are random: speed does not depend on them.
     python -m arena_pref.bench compile --out results/bench/compile.json   # torch.compile vs eager
     python -m arena_pref.bench gpu --out results/bench/gpu_<name>.json   # on a CUDA machine
     python -m arena_pref.bench features --out results/bench/features.json   # pair-feature model, CPU
+    python -m arena_pref.bench averaging --home DIR --out results/bench/averaging.json   # fold adapters
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import platform
 import tempfile
@@ -27,8 +29,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+import yaml
 
-from . import batching, demo, features, metrics, modeling, predict, settings, varlen
+from . import LABELS, PROB_COLUMNS, batching, demo, features, metrics, modeling, predict, settings, varlen
 from .io import write_json
 from .logs import setup_logging
 
@@ -489,9 +492,56 @@ def _bench_learner(name, stats, labels, stats_s):
             "log_loss_in_sample": metrics.log_loss(labels, probs), "settings": dataclasses.asdict(learner)}
 
 
+def bench_averaging(*, home, workdir, jobs=2):
+    """One averaged adapter per LoRA model against its per-fold test passes, from a trained run
+    ``home`` (the demo's: it writes the test labels): each LoRA member's and the submission's test
+    log loss, and the prediction jobs' seconds. OOF cannot score an averaged adapter, which has seen
+    every fold's rows; the test labels can."""
+    import subprocess
+    import sys
+
+    from .bundle import predict_config
+    from .realdata import read_test_labels
+
+    home, workdir = Path(home).resolve(), Path(workdir)
+    raw = settings.validate(json.loads((home / "results/run_info.json").read_text())["config"])
+    y, ids = read_test_labels(home / "results/demo/test_labels.csv")
+    llm = [m for m, v in raw["models"].items() if v["kind"] == "llm"]
+    tiny = {m: home / "results/backbones" / m for m in llm if raw["models"][m]["backbone"]["kind"] == "tiny"}
+    result = {"home": str(home), "n_test": int(len(ids)), "environment": environment()}
+    for variant in ("per_fold", "averaged"):
+        for m in llm:
+            raw["models"][m]["predict"]["average_adapters"] = variant == "averaged"
+        run = workdir / variant
+        run.mkdir(parents=True, exist_ok=True)
+        config = predict_config(raw, models_dir=home / "results/models", blender=home / "results/blender.json",
+                                test_csv=home / raw["data"]["test_csv"], backbones=tiny)
+        (run / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        subprocess.run([sys.executable, "-m", "snakemake", "-s", str(Path(__file__).resolve().parents[2] / "Snakefile"),
+                        "-d", str(run), "--configfile", str(run / "config.yaml"), "-j", str(jobs),
+                        "results/submission.csv"], check=True, capture_output=True)
+        result[variant] = _scored_run(run, llm, y, ids)
+        log.info("%s: %s", variant, result[variant])
+    return result
+
+
+def _scored_run(run, models, y, ids):
+    """Test log loss of each model's test file and of the submission, and the infer jobs' seconds."""
+    scores = {}
+    for m in models:
+        frame = pd.read_parquet(run / "results/test" / f"{m}.parquet").set_index("id").loc[ids]
+        scores[m] = metrics.log_loss(y, frame[PROB_COLUMNS].to_numpy())
+    sub = pd.read_csv(run / "results/submission.csv").set_index("id").loc[ids]
+    benchmarks = list((run / "results/benchmarks/infer").rglob("*.tsv"))
+    return {"test_log_loss": scores, "submission_test_log_loss": metrics.log_loss(y, sub[list(LABELS)].to_numpy()),
+            "infer_jobs": len(benchmarks),
+            "infer_seconds": float(sum(pd.read_csv(f, sep="\t")["s"].iloc[0] for f in benchmarks))}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m arena_pref.bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("what", choices=["inference", "training", "compile", "gpu", "features"])
+    parser.add_argument("what", choices=["inference", "training", "compile", "gpu", "features", "averaging"])
+    parser.add_argument("--home", help="averaging: the working directory of a trained run (the demo's)")
     parser.add_argument("--out", required=True)
     parser.add_argument("--rows", type=int)
     parser.add_argument("--threads", type=int, default=2)
@@ -511,6 +561,11 @@ def main(argv=None):
         result = bench_compile(threads=args.threads, **rows)
     elif args.what == "features":
         result = bench_features(threads=args.threads, **rows)
+    elif args.what == "averaging":
+        if not args.home:
+            parser.error("averaging needs --home, the working directory of a trained run")
+        with tempfile.TemporaryDirectory() as workdir:
+            result = bench_averaging(home=args.home, workdir=workdir)
     else:
         bench = bench_inference if args.what == "inference" else bench_training
         result = bench(threads=args.threads, quantization=args.quantization or "4bit", **rows)

@@ -48,7 +48,7 @@ def predict_config(raw, *, models_dir, blender, test_csv, backbones=None):
             elif model["backbone"]["kind"] == "tiny":
                 raise InputError(f"model '{name}': a tiny backbone needs its built directory (results/backbones/{name})")
         models[name] = model
-    config = {key: copy.deepcopy(value) for key, value in raw.items() if key not in ("data", "demo", "blend", "kaggle")}
+    config = {key: copy.deepcopy(value) for key, value in raw.items() if key not in ("data", "demo", "blend")}
     return {**config, "data": {"test_csv": str(test_csv)}, "models": models, "blend": {"from": str(blender)}}
 
 
@@ -91,8 +91,28 @@ def bundle_config(config, kaggle):
             backbones[name] = f"{input_dir}/backbones/{name}"
         else:
             backbones[name] = kaggle["backbones"].get(name, f"/kaggle/input/{name}")
-    return predict_config(config.raw, models_dir=f"{input_dir}/models", blender=f"{input_dir}/blender.json",
-                          test_csv=kaggle["test_csv"], backbones=backbones)
+    bundled = predict_config(config.raw, models_dir=f"{input_dir}/models", blender=f"{input_dir}/blender.json",
+                             test_csv=kaggle["test_csv"], backbones=backbones)
+    return on_kaggle_gpus(bundled, kaggle)
+
+
+def on_kaggle_gpus(config, kaggle):
+    """The T4 preset's prediction settings: the LoRA models in ``kaggle["dtype"]`` (float16), with
+    the model's own attention where flash-attention was asked for (it does not run on a T4) and
+    unmerged adapters (a merged 16-bit 9B model does not fit 16 GB); ``as_trained`` keeps the
+    models' settings. Each prediction job runs over all ``kaggle["gpus"]``."""
+    config = copy.deepcopy(config)
+    config["compute"] = {**config.get("compute", {}), "predict_gpus": kaggle["gpus"]}
+    if kaggle["dtype"] == "as_trained":
+        return config
+    for model in config["models"].values():
+        if model["kind"] != "llm":
+            continue
+        model["dtype"] = kaggle["dtype"]
+        if model.get("attn_implementation") == "flash_attention_2":
+            model["attn_implementation"] = "auto"
+        model.setdefault("predict", {})["merge_lora"] = False
+    return config
 
 
 def build_bundle(*, files, config, kaggle, out, repo=REPO):
@@ -109,8 +129,7 @@ def build_bundle(*, files, config, kaggle, out, repo=REPO):
         (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
         shutil.copy(Path(repo) / "workflow" / "kaggle" / "run.py", tmp / "run.py")
         _write_notebook(tmp / "submit.ipynb", kaggle)
-        meta = {"input_dir": kaggle["input_dir"].rstrip("/"), "gpus": kaggle["gpus"],
-                "time_limit_h": kaggle["time_limit_h"], "parts": _sizes(tmp)}
+        meta = {"input_dir": kaggle["input_dir"].rstrip("/"), "parts": _sizes(tmp)}
         (tmp / "bundle.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     log.info("bundle %s: %s", out, ", ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in meta["parts"].items()))
     return meta

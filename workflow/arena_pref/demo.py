@@ -54,8 +54,10 @@ TURN_COUNTS, TURN_WEIGHTS = (1, 2, 3), (0.8, 0.15, 0.05)
 ID_RANGE = (10_000, 4_294_967_295)  # Kaggle ids are unsigned 32-bit ints
 
 
-def make_demo_data(n_train, n_test, seed):
-    """Return ``(train_df, test_df)`` with cells exactly as in the Kaggle CSVs."""
+def make_demo_data(n_train, n_test, seed, *, with_test_labels=False):
+    """Return ``(train_df, test_df)`` with cells exactly as in the Kaggle CSVs (and with
+    ``with_test_labels`` the test rows' labels as a third frame: id and the one-hot winner columns,
+    what Kaggle keeps hidden, for scoring test predictions)."""
     rng = np.random.default_rng(seed)
     n = n_train + n_test
     # sorted within each split, as in the Kaggle files
@@ -93,14 +95,20 @@ def make_demo_data(n_train, n_test, seed):
     test = pd.DataFrame(
         {"id": [r["id"] for r in rows[n_train:]], **_turn_cells(rows[n_train:])}
     )
+    if with_test_labels:
+        labels = pd.DataFrame({"id": test["id"], **{col: [int(r["label"] == k) for r in rows[n_train:]]
+                                                     for k, col in enumerate(LABELS)}})
+        return train, test, labels
     return train, test
 
 
-def write_demo_csvs(train_path, test_path, n_train, n_test, seed):
-    """Write the demo train and test CSVs (atomically)."""
-    train, test = make_demo_data(n_train, n_test, seed)
+def write_demo_csvs(train_path, test_path, n_train, n_test, seed, test_labels_path=None):
+    """Write the demo train and test CSVs (atomically), and the test labels where a path is given."""
+    train, test, labels = make_demo_data(n_train, n_test, seed, with_test_labels=True)
     io.write_csv(train, train_path)
     io.write_csv(test, test_path)
+    if test_labels_path is not None:
+        io.write_csv(labels, test_labels_path)
 
 
 def _pick(rng, seq):

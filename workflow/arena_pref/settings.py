@@ -193,7 +193,9 @@ class KaggleSettings:
     python_version: str | None  # the image's Python where it differs from this one
     platform: str | None  # its pip platform tag
     gpus: int
+    dtype: str  # the LoRA models' compute dtype there (as_trained: unchanged)
     time_limit_h: float
+    calibration_rows: int  # test rows each LoRA model times for the time estimate
 
 
 @dataclass(frozen=True)

@@ -20,12 +20,13 @@ from .errors import InputError
 log = logging.getLogger(__name__)
 
 
-def demo_data(train_csv, test_csv, *, n_train, n_test, seed):
+def demo_data(train_csv, test_csv, test_labels_csv, *, n_train, n_test, seed):
+    """The demo's CSVs, and the test rows' labels (hidden on Kaggle; here they score test predictions)."""
     from .demo import write_demo_csvs
 
-    write_demo_csvs(train_csv, test_csv, n_train, n_test, seed)
-    log.info("wrote %d synthetic training rows to %s and %d test rows to %s",
-             n_train, train_csv, n_test, test_csv)
+    write_demo_csvs(train_csv, test_csv, n_train, n_test, seed, test_labels_path=test_labels_csv)
+    log.info("wrote %d synthetic training rows to %s and %d test rows to %s (their labels: %s)",
+             n_train, train_csv, n_test, test_csv, test_labels_csv)
 
 
 def parse(csv, split, out, *, train_parquet=None):
@@ -280,3 +281,40 @@ def kaggle_bundle(*, files, config, kaggle, out):
     from .bundle import build_bundle
 
     build_bundle(files=files, config=config, kaggle=dataclasses.asdict(kaggle), out=out)
+
+
+def time_estimate(*, models, limit_h, gpus, rows, out):
+    """The test passes' wall time (:mod:`arena_pref.budget`) against the limit, written to ``out``.
+    ``models``: name -> dict(backbone, adapter, tokens_parquet, settings, tta, passes,
+    allow_bf16_emulation), each LoRA model timed on a sample of its test rows."""
+    import psutil
+
+    from . import budget
+    from .tokenize import read_tokens
+
+    # what every prediction job pays before it loads a model: Python, Snakemake's script preamble
+    # and the imports of torch, transformers and peft (done here before the clock is read)
+    import peft  # noqa: F401
+
+    from . import predict  # noqa: F401
+
+    started, report = psutil.Process().create_time(), {}
+    for name, m in models.items():
+        tokens = read_tokens(m["tokens_parquet"])
+        measured = budget.calibrate(backbone=m["backbone"], adapter_dir=m["adapter"],
+                                    tokens=budget.sample_rows(tokens, rows), settings=m["settings"], tta=m["tta"],
+                                    allow_bf16_emulation=m["allow_bf16_emulation"], started=started)
+        started = None  # this job started once: later models load in a process already running
+        n_tokens = int(tokens["input_ids"].map(len).sum())
+        measured["startup_s"] = measured["startup_s"] or report[next(iter(report))]["startup_s"]
+        seconds = budget.model_seconds(measured, tokens=n_tokens, passes=m["passes"], tta=m["tta"], gpus=gpus)
+        report[name] = {**measured, "test_tokens": n_tokens, "passes": m["passes"], "tta": m["tta"], "gpus": gpus,
+                        "seconds": seconds}
+        log.info("model '%s': start %.1f s, load %.1f s, %.0f tokens/s on %s; %d passes x %d tokens%s: %.0f s", name,
+                 measured["startup_s"], measured["load_s"], measured["tokens_per_s"], measured["device"], m["passes"],
+                 n_tokens, " x 2 orders" if m["tta"] else "", seconds)
+    result = {**budget.verdict(report, limit_h=limit_h), "models": report}
+    io.write_json(result, out)
+    (log.info if result["fits"] else log.warning)(
+        "estimated %.2f h for the test passes, limit %.2f h: %s", result["estimate_h"], limit_h,
+        "fits" if result["fits"] else f"does not fit ({result['advice']})")

@@ -38,7 +38,9 @@ def parse_args(argv=None):
                         help="a model's backbone directory (save_pretrained), e.g. the attached Kaggle model")
     parser.add_argument("--workdir", default="/kaggle/working/arena-pref", help="the run's working directory")
     parser.add_argument("--jobs", type=int, default=None, help="parallel jobs (default: the bundle's GPUs, at least 1)")
-    parser.add_argument("--time-limit-h", type=float, default=None, help="stop early unless the estimate fits this")
+    parser.add_argument("--time-limit-h", type=float, default=None,
+                        help="stop before the test passes unless the estimate fits this (default: the bundle's)")
+    parser.add_argument("--no-estimate", action="store_true", help="skip the time estimate")
     parser.add_argument("--no-install", action="store_true", help="the wheels are installed already")
     parser.add_argument("--dry-run", action="store_true", help="plan the run and estimate its time, run nothing")
     return parser.parse_args(argv)
@@ -70,12 +72,14 @@ def install_wheels():
 def run_config(args, workdir):
     """The bundle's config with its own paths moved to where the bundle is, and the test CSV and
     backbones given on the command line."""
-    import yaml  # the image has PyYAML; the bundled wheels bring it where it does not
+    import yaml  # the image has PyYAML
 
-    config = yaml.safe_load((BUNDLE / "config.yaml").read_text())
+    config = yaml_load(BUNDLE / "config.yaml")
     meta = json.loads((BUNDLE / "bundle.json").read_text())
     moved = json.loads(json.dumps(config).replace(json.dumps(meta["input_dir"])[1:-1], json.dumps(str(BUNDLE))[1:-1]))
     moved["data"]["test_csv"] = str(Path(args.test_csv).resolve())
+    if args.time_limit_h is not None:
+        moved.setdefault("kaggle", {})["time_limit_h"] = args.time_limit_h
     for item in args.backbone:
         model, _, directory = item.partition("=")
         if model not in moved["models"] or not directory:
@@ -91,17 +95,36 @@ def run_config(args, workdir):
     return path
 
 
-def snakemake(workdir, config, jobs, *extra):
+def snakemake(workdir, config, jobs, *extra, target="results/submission.csv"):
     cmd = [sys.executable, "-m", "snakemake", "-s", str(BUNDLE / "Snakefile"), "-d", str(workdir), "--configfile",
-           str(config), "-j", str(jobs), "--resources", f"gpu={jobs}", "--rerun-incomplete", *extra,
-           "results/submission.csv"]
+           str(config), "-j", str(jobs), "--resources", f"gpu={jobs}", "--rerun-incomplete", *extra, target]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     return subprocess.run(cmd, env=env).returncode
 
 
+def check_time(workdir, config, jobs):
+    """The workflow's time_estimate (each LoRA model timed on a sample of its test rows) against the
+    limit: stop here, before the test passes, when the run cannot fit."""
+    if snakemake(workdir, config, jobs, target="results/time_estimate.json") != 0:
+        fail(f"the time estimate failed: see {workdir}/results/logs/time_estimate.log")
+    estimate = json.loads((workdir / "results" / "time_estimate.json").read_text())
+    for name, m in estimate["models"].items():
+        say(f"  {name}: {m['passes']} passes x {m['test_tokens']} tokens{' x 2 orders' if m['tta'] else ''} at "
+            f"{m['tokens_per_s']:.0f} tokens/s on {m['gpus']} x {m['device']}, load {m['load_s']:.0f} s: "
+            f"{m['seconds']:.0f} s ({m['seconds'] / 3600:.2f} h)")
+    say(f"estimated {estimate['estimate_h']:.2f} h for the test passes; the limit is {estimate['limit_h']:.2f} h")
+    if not estimate["fits"]:
+        fail(f"the run would not fit the time limit: {estimate['advice']} (or rerun with --no-estimate)")
+
+
+def yaml_load(path):
+    import yaml
+
+    return yaml.safe_load(Path(path).read_text())
+
+
 def main(argv=None):
     args = parse_args(argv)
-    meta = json.loads((BUNDLE / "bundle.json").read_text())
     if not Path(args.test_csv).exists():
         fail(f"--test-csv {args.test_csv}: no such file")
     if not args.no_install:
@@ -109,10 +132,12 @@ def main(argv=None):
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     config = run_config(args, workdir)
-    jobs = args.jobs or max(1, int(meta.get("gpus", 1)))
+    jobs = args.jobs or max(1, int(yaml_load(config)["kaggle"]["gpus"]))
     if args.dry_run:
         sys.exit(snakemake(workdir, config, jobs, "-n"))
     started = time.time()
+    if not args.no_estimate:
+        check_time(workdir, config, jobs)
     if snakemake(workdir, config, jobs) != 0:
         fail(f"the workflow failed: its log names the job and the log file (under {workdir}/results/logs)")
     out = Path(args.out)

@@ -123,6 +123,20 @@ def trained_learner(wildcards):
     return trained.learner_path(CONFIG, wildcards.model, wildcards.fold)
 
 
+def estimate_inputs(wildcards):
+    """Each LoRA model's test tokens, the adapter of its first test pass and its backbone."""
+    inputs = {}
+    for m in LLM_MODELS:
+        inputs[f"tokens_{m}"] = f"results/tokens/{m}/test.parquet"
+        inputs[f"adapter_{m}"] = trained.adapter_dir(
+            CONFIG, m, CONFIG.test_passes(m)[0]
+        )
+        backbone = backbones.rule_input(m, CONFIG.models[m].backbone)
+        if backbone:
+            inputs[f"backbone_{m}"] = backbone
+    return inputs
+
+
 def submit_inputs(wildcards):
     """A run from trained models: the blender, the parsed test rows and every model's test file."""
     inputs = {

@@ -2,6 +2,7 @@ rule demo_data:
     output:
         train="results/demo/train.csv",
         test="results/demo/test.csv",
+        test_labels="results/demo/test_labels.csv",
     log:
         "results/logs/demo_data.log",
     conda:

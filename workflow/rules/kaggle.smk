@@ -17,3 +17,35 @@ if not CONFIG.predict_only:
             kaggle=settings.to_params(CONFIG.kaggle),
         script:
             "../scripts/kaggle_bundle.py"
+
+
+rule time_estimate:
+    input:
+        unpack(estimate_inputs),
+    output:
+        "results/time_estimate.json",
+    log:
+        "results/logs/time_estimate.log",
+    benchmark:
+        "results/benchmarks/time_estimate.tsv"
+    conda:
+        CONDA_ENV
+    threads: CONFIG.threads
+    resources:
+        gpu=1,
+    params:
+        models=LLM_MODELS,
+        backbones={m: settings.canonical(CONFIG.models[m].backbone) for m in LLM_MODELS},
+        settings={
+            m: settings.to_params(CONFIG.models[m].prediction) for m in LLM_MODELS
+        },
+        tta={m: CONFIG.models[m].tta for m in LLM_MODELS},
+        passes={m: len(CONFIG.test_passes(m)) for m in LLM_MODELS},
+        bf16_emulation={
+            m: CONFIG.models[m].options.allow_bf16_emulation for m in LLM_MODELS
+        },
+        limit_h=CONFIG.kaggle.time_limit_h,
+        gpus=CONFIG.predict_gpus,
+        rows=CONFIG.kaggle.calibration_rows,
+    script:
+        "../scripts/time_estimate.py"

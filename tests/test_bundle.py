@@ -1,0 +1,60 @@
+"""The bundle's config: a run from trained models with the T4 preset's prediction settings."""
+
+import dataclasses
+
+import pytest
+import yaml
+
+from arena_pref import bundle, settings
+from arena_pref.errors import InputError
+from workflow_helpers import REPO, SMALL
+
+
+def load(path, **kaggle):
+    raw = yaml.safe_load(path.read_text())
+    raw["kaggle"] = {**raw.get("kaggle", {}), **kaggle}
+    config = settings.load_config(raw)
+    return config, dataclasses.asdict(config.kaggle)
+
+
+def test_a_bf16_flash_attention_preset_predicts_in_float16_on_both_t4s():
+    config, kaggle = load(REPO / "workflow/presets/gemma2-9b-qlora.yaml",
+                          backbones={"gemma2_9b": "/kaggle/input/gemma-2/transformers/gemma-2-9b-it/2"})
+    out = bundle.bundle_config(config, kaggle)
+    model = out["models"]["gemma2_9b"]
+    assert model["dtype"] == "float16" and model["attn_implementation"] == "auto"
+    assert model["quantization"] == "4bit" and model["predict"]["merge_lora"] is False
+    assert model["backbone"] == {"kind": "path", "path": "/kaggle/input/gemma-2/transformers/gemma-2-9b-it/2"}
+    assert model["trained"] == "/kaggle/input/arena-pref-bundle/models/gemma2_9b"
+    assert out["compute"]["predict_gpus"] == 2 and "train_csv" not in out["data"]
+    # what a Kaggle run reads is a valid config of a run from trained models
+    again = settings.load_config(out)
+    assert again.predict_only and again.blender_source == "/kaggle/input/arena-pref-bundle/blender.json"
+
+
+def test_as_trained_keeps_the_models_dtype():
+    config, kaggle = load(SMALL, dtype="as_trained", input_dir="/kaggle/input/b/")
+    out = bundle.bundle_config(config, kaggle)
+    assert out["models"]["tiny_gemma2"]["dtype"] == "float32"
+    # tiny and packaged backbones travel in the bundle
+    assert out["models"]["tiny_gemma2"]["backbone"] == {"kind": "path", "path": "/kaggle/input/b/backbones/tiny_gemma2"}
+    assert out["models"]["minilm"]["backbone"]["path"] == "/kaggle/input/b/backbones/minilm"
+    # a feature member keeps only what its learner reads (the rest would be a config error)
+    assert "learning_rate" not in out["models"]["pair_features"] and out["models"]["pair_features"]["C"] == 0.5
+
+
+def test_the_bundle_carries_each_models_test_passes():
+    raw = yaml.safe_load(SMALL.read_text())
+    raw["models"]["tiny_gemma2"]["predict"]["average_adapters"] = True
+    files = bundle.bundle_files(settings.load_config(raw))
+    assert files["models/tiny_gemma2/average/adapter"] == "results/models/tiny_gemma2/average/adapter"
+    assert "models/tiny_gemma2/fold0/adapter" not in files
+    assert files["models/minilm/fold1/adapter"] and "models/minilm/fold0/adapter" not in files
+    assert files["models/pair_features/fold0/learner.joblib"] == "results/models/pair_features/fold0/learner.joblib"
+    assert files["blender.json"] == "results/blender.json"
+
+
+def test_a_tiny_backbone_without_its_directory_is_an_error():
+    raw = settings.validate(yaml.safe_load(SMALL.read_text()))
+    with pytest.raises(InputError, match="tiny backbone needs its built directory"):
+        bundle.predict_config(raw, models_dir="m", blender="b.json", test_csv="t.csv")
