@@ -58,3 +58,20 @@ def test_a_tiny_backbone_without_its_directory_is_an_error():
     raw = settings.validate(yaml.safe_load(SMALL.read_text()))
     with pytest.raises(InputError, match="tiny backbone needs its built directory"):
         bundle.predict_config(raw, models_dir="m", blender="b.json", test_csv="t.csv")
+
+
+def test_run_py_moves_only_paths_under_the_bundle():
+    """run.py moves the bundle's own paths to where Kaggle mounted it, and nothing that merely
+    starts with the same characters (another dataset's path, say)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("kaggle_run", REPO / "workflow/kaggle/run.py")
+    run = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run)
+    config = {"models": {"m": {"trained": "/kaggle/input/b/models/m",
+                               "backbone": {"kind": "path", "path": "/kaggle/input/b-weights/gemma"}}},
+              "blend": {"from": "/kaggle/input/b/blender.json"}, "list": ["/kaggle/input/b", 3]}
+    moved = run.moved_paths(config, "/kaggle/input/b", "/tmp/here")
+    assert moved["models"]["m"]["trained"] == "/tmp/here/models/m"
+    assert moved["models"]["m"]["backbone"]["path"] == "/kaggle/input/b-weights/gemma"
+    assert moved["blend"]["from"] == "/tmp/here/blender.json" and moved["list"] == ["/tmp/here", 3]

@@ -187,14 +187,12 @@ def blend_run(oof, test, y_by_id, folds_by_id, *, use_tta, method, weights=None,
     Returns ``(submission DataFrame, metrics dict, OOF blend DataFrame[id, fold, label, a, b, tie],
     blender dict)``.
     """
-    names = _check_members(oof, test, use_tta, method)
+    _check_members(oof, test, use_tta, method)
     blender, metrics, oof_frame = fit_blend(oof, y_by_id, folds_by_id, use_tta=use_tta, method=method,
                                             weights=weights, stack_C=stack_C, calibrate=calibrate, guard=guard,
                                             post_rules=post_rules)
-    test_ids = test[names[0]]["id"].to_numpy(dtype=np.int64)
-    kinds_test = post_rules.kinds_test.loc[test_ids].to_numpy() if post_rules is not None else None
-    submission = apply_blender(blender, test, kinds_test)
-    metrics["n_test"] = int(len(test_ids))
+    submission = apply_blender(blender, test, post_rules.kinds_test if post_rules is not None else None)
+    metrics["n_test"] = int(len(submission))
     return submission, metrics, oof_frame, blender
 
 
@@ -266,8 +264,8 @@ BLENDER_FORMAT = 1
 def apply_blender(blender, test, kinds_test=None):
     """The submission a fitted blender (:func:`fit_blend`, or ``blender.json`` as read back) makes of
     the members' test predictions ``{name: DataFrame[id, a, b, tie]}``. ``kinds_test``: each test
-    row's kind (:func:`~arena_pref.post_rules.row_kinds`, in the order of the first member's ids),
-    needed where the blender carries post-rules."""
+    row's kind by id (:func:`~arena_pref.post_rules.row_kinds`), needed where the blender carries
+    post-rules."""
     names = _check_blender(blender, test)
     test_ids = test[names[0]]["id"].to_numpy(dtype=np.int64)
     if blender["class_prior"] is not None:
@@ -282,7 +280,7 @@ def apply_blender(blender, test, kinds_test=None):
 
             if kinds_test is None:
                 raise InputError("the blender carries post-rules: the test rows' kinds are needed")
-            probs = set_kinds(probs, np.asarray(kinds_test),
+            probs = set_kinds(probs, kinds_test.loc[test_ids].to_numpy(),
                               {k: np.asarray(p, dtype=np.float64) for k, p in blender["post_rules"].items()})
     submission = make_submission(test_ids, probs)
     validate_submission(submission, test_ids)

@@ -235,7 +235,7 @@ def blend(*, oof_paths, test_paths, train_parquet, test_parquet, folds_parquet, 
              b["log_loss"], " (the class prior: the blend did not beat it)" if b["guard"]["fell_back"] else "")
 
 
-def submit(*, blender_path, test_paths, test_parquet, submission, run_info_path, config):
+def submit(*, blender_path, test_paths, test_parquet, tta, submission, run_info_path, config):
     """A run from trained models: the submission a blender fitted earlier (``blender.json`` of the
     run that trained them, or one made from the config's weights) makes of this run's test
     predictions."""
@@ -244,9 +244,12 @@ def submit(*, blender_path, test_paths, test_parquet, submission, run_info_path,
     from .runinfo import run_info
 
     blender = io.read_json(blender_path)
+    differ = sorted(m for m, fitted in blender.get("tta", {}).items() if m in tta and tta[m] != fitted)
+    if differ:
+        log.warning("predict.tta of %s differs from the run the blender was fitted on: the blend weighs "
+                    "predictions of another kind than it was fitted on", ", ".join(differ))
     test = {m: pd.read_parquet(path) for m, path in test_paths.items()}
-    first = next(iter(test.values()))["id"].to_numpy(dtype=np.int64)
-    kinds = row_kinds(data.read_parsed(test_parquet)).loc[first].to_numpy() if blender.get("post_rules") else None
+    kinds = row_kinds(data.read_parsed(test_parquet)) if blender.get("post_rules") else None
     sub = apply_blender(blender, test, kinds)
     io.write_csv(sub, submission)
     io.write_json(run_info(config), run_info_path)

@@ -69,6 +69,17 @@ def install_wheels():
         fail("pip could not install the bundled wheels:\n" + (proc.stdout + proc.stderr)[-3000:])
 
 
+def moved_paths(value, old, new):
+    """``value`` with every string that is ``old`` or a path under it moved under ``new``."""
+    if isinstance(value, dict):
+        return {k: moved_paths(v, old, new) for k, v in value.items()}
+    if isinstance(value, list):
+        return [moved_paths(v, old, new) for v in value]
+    if isinstance(value, str) and (value == old or value.startswith(old + "/")):
+        return new + value[len(old):]
+    return value
+
+
 def run_config(args, workdir):
     """The bundle's config with its own paths moved to where the bundle is, and the test CSV and
     backbones given on the command line."""
@@ -76,7 +87,7 @@ def run_config(args, workdir):
 
     config = yaml_load(BUNDLE / "config.yaml")
     meta = json.loads((BUNDLE / "bundle.json").read_text())
-    moved = json.loads(json.dumps(config).replace(json.dumps(meta["input_dir"])[1:-1], json.dumps(str(BUNDLE))[1:-1]))
+    moved = moved_paths(config, meta["input_dir"], str(BUNDLE))
     moved["data"]["test_csv"] = str(Path(args.test_csv).resolve())
     if args.time_limit_h is not None:
         moved.setdefault("kaggle", {})["time_limit_h"] = args.time_limit_h

@@ -56,6 +56,7 @@ else:
             CONDA_ENV
         params:
             models=MODELS,
+            tta=blend_tta(),
         script:
             "../scripts/submit.py"
 
