@@ -75,3 +75,35 @@ def test_run_py_moves_only_paths_under_the_bundle():
     assert moved["models"]["m"]["trained"] == "/tmp/here/models/m"
     assert moved["models"]["m"]["backbone"]["path"] == "/kaggle/input/b-weights/gemma"
     assert moved["blend"]["from"] == "/tmp/here/blender.json" and moved["list"] == ["/tmp/here", 3]
+
+
+def test_a_code_change_changes_the_bundles_fingerprint(tmp_path):
+    """The bundle job's params hold a digest of what it copies: editing run.py (or any workflow
+    file) rebuilds the bundle rather than shipping the old code."""
+    import shutil
+
+    for part in (*bundle.WORKFLOW_PARTS, "workflow/kaggle/run.py"):
+        source, dest = REPO / part, tmp_path / part
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        (shutil.copytree if source.is_dir() else shutil.copy)(source, dest)
+    before = bundle.code_fingerprint(tmp_path)
+    assert bundle.code_fingerprint(tmp_path) == before
+    (tmp_path / "workflow/kaggle/run.py").write_text("# changed\n")
+    assert bundle.code_fingerprint(tmp_path) != before
+
+
+def test_a_model_whose_tta_differs_from_the_blenders_is_an_error(tmp_path):
+    """A stacker fitted on TTA-averaged OOF predictions must not weigh plain test predictions."""
+    import pandas as pd
+
+    from arena_pref import io, steps
+    from arena_pref.blend import weights_blender
+
+    io.write_json(weights_blender({"m": 1.0}, {"m": True}), tmp_path / "blender.json")
+    pd.DataFrame({"id": [1, 2], "a": 0.4, "b": 0.4, "tie": 0.2}).to_parquet(tmp_path / "m.parquet")
+    with pytest.raises(InputError, match=r"config models.m.predict.tta is False, but the blender .*blender.json was "
+                                         r"fitted on its predictions with tta True"):
+        steps.submit(blender_path=tmp_path / "blender.json", test_paths={"m": tmp_path / "m.parquet"},
+                     test_parquet=None, tta={"m": False}, submission=tmp_path / "sub.csv",
+                     run_info_path=tmp_path / "run_info.json", config={})
+    assert not (tmp_path / "sub.csv").exists()

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from arena_pref import data, demo, features
+from arena_pref.errors import InputError
 from arena_pref.metrics import log_loss, prior_log_loss, tta_average
 
 
@@ -293,8 +294,22 @@ def test_load_rejects_other_objects(tmp_path):
     import joblib
 
     joblib.dump({"not": "a model"}, tmp_path / "other.joblib")
-    with pytest.raises(ValueError, match="not a pair-feature model"):
+    with pytest.raises(InputError, match="other.joblib: not a pair-feature learner written by arena-pref"):
         features.load(tmp_path / "other.joblib")
+
+
+def test_a_learner_fitted_under_another_scikit_learn_is_named(tmp_path, rows, monkeypatch):
+    """A bundle's learner loaded by a Kaggle image's other scikit-learn: an error naming both
+    versions, not a pickle that half-loads."""
+    import sklearn
+
+    stats, y = rows
+    path = tmp_path / "learner.joblib"
+    features.save(features.fit(stats, y, learner()), path)
+    monkeypatch.setattr(sklearn, "__version__", "0.0.1")
+    with pytest.raises(InputError, match=r"learner.joblib was fitted with scikit-learn \S+, and this is "
+                                         r"scikit-learn 0.0.1"):
+        features.load(path)
 
 
 def test_predict_rejects_statistics_with_other_columns(rows):

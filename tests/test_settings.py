@@ -240,7 +240,9 @@ def test_a_run_from_trained_models_needs_no_train_csv(tmp_path):
     (lambda c: c.update(blend={"method": "stack"}),
      r"config blend: without data.train_csv there is nothing to fit a blend on"),
     (lambda c: c["blend"].update(weights={"minilm": 1, "pair_features": 1}),
-     r"config blend: from and weights both say how to blend"),
+     r"config blend: from is a fitted blender, used as it is: weights would be ignored"),
+    (lambda c: c["blend"].update(calibrate=True, stack_C=0.5),
+     r"config blend: from is a fitted blender, used as it is: calibrate, stack_C would be ignored"),
     (lambda c: c["models"].update(tiny_gemma2={**BASE["models"]["tiny_gemma2"], "trained": "x"}),
      r"config models.tiny_gemma2.backbone: a tiny backbone is built from the training texts"),
 ])

@@ -35,7 +35,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .errors import InputError
-from .io import atomic_path
+from .io import atomic_path, write_json
 
 CONFIG = "adapter_config.json"
 WEIGHTS = "adapter_model.safetensors"
@@ -88,10 +88,10 @@ def average_adapters(adapter_dirs, out_dir):
             shutil.copyfile(dirs[0] / WEIGHTS, tmp / WEIGHTS)
         else:
             save_file(average_tensors(states, config=configs[0]), tmp / WEIGHTS, metadata={"format": "pt"})
-            _write_json(config, tmp / CONFIG)
+            write_json(config, tmp / CONFIG)
         summary = {"n": n, "rank_before": configs[0]["r"], "rank_after": config["r"],
                    "tensors": len(states[0]), "out_dir": str(out_dir)}
-        _write_json({"sources": [str(d) for d in dirs], "method": METHOD,
+        write_json({"sources": [str(d) for d in dirs], "method": METHOD,
                      **{k: summary[k] for k in ("n", "rank_before", "rank_after")}}, tmp / METADATA)
     return summary
 
@@ -189,8 +189,3 @@ def average_tensors(states, *, config):
         out[key] = merged.to(ref.dtype).contiguous()
     return out
 
-
-def _write_json(obj, path):
-    with open(path, "w", encoding="utf-8") as fh:
-        json.dump(obj, fh, indent=2, sort_keys=True)
-        fh.write("\n")

@@ -301,6 +301,10 @@ def _check_blender(blender, test):
         raise InputError(f"not a blender of layout {BLENDER_FORMAT} (got layout "
                          f"{blender.get('format') if isinstance(blender, dict) else type(blender).__name__}): "
                          "fit it again with this version (the blend rule writes results/blender.json)")
+    absent = [k for k in ("members", "tta", "method", "calibrate", "params", "post_rules", "class_prior")
+              if k not in blender]
+    if absent:
+        raise InputError(f"the blender lacks {', '.join(absent)}: was it edited? The blend rule writes results/blender.json")
     names = list(blender["members"])
     missing, extra = sorted(set(names) - set(test)), sorted(set(test) - set(names))
     if missing or extra:

@@ -11,8 +11,10 @@ averaged adapter), that gives each model's prediction time:
 
 The jobs run one after another, each sharing its rows over ``compute.predict_gpus`` devices (a
 linear speed-up assumed; the shards are balanced by tokens). Parsing, tokenizing and the pair
-features take seconds to minutes of CPU and are not counted. Where the sum exceeds the limit,
-``run.py`` stops before the passes start, naming what would make it fit.
+features take seconds to minutes of CPU and are not counted, nor are the blend, the workers a job
+starts on several GPUs, or two loads sharing one disk: ``kaggle.margin_h`` keeps room for them.
+Where the sum exceeds the limit less that margin (and, in ``run.py``, less the time already
+spent), ``run.py`` stops before the passes start, naming what would make it fit.
 """
 
 from __future__ import annotations
@@ -34,11 +36,15 @@ def sample_rows(tokens, n, seed=0):
     return tokens.iloc[np.sort(np.random.default_rng(seed).choice(len(tokens), n, replace=False))]
 
 
-def calibrate(*, backbone, adapter_dir, tokens, settings, tta, allow_bf16_emulation=False, device=None, started=None):
+def calibrate(*, backbone, adapter_dir, tokens, settings, tta, allow_bf16_emulation=False, device=None, started=None,
+              threads=None):
     """Seconds to start (since ``started``, the job's process start) and to load, and the tokens
-    per second of prediction on ``tokens`` (a sample of the test token cache), on one device."""
+    per second of prediction on ``tokens`` (a sample of the test token cache), on one device
+    (with ``threads`` CPU threads, as the prediction jobs)."""
     import torch
 
+    if threads:
+        torch.set_num_threads(threads)
     from .modeling import job_devices
     from .predict import Trained, batches_for_model, plan_for, run_batches, sequences_of
 
@@ -72,12 +78,14 @@ def model_seconds(measured, *, tokens, passes, tta, gpus):
     return passes * per_pass
 
 
-def verdict(models, *, limit_h):
-    """The estimate against the limit: total seconds, whether it fits, and what to change if not."""
+def verdict(models, *, limit_h, margin_h):
+    """The estimate against the limit less a margin: total seconds, whether it fits, and what to
+    change if not."""
     total = sum(m["seconds"] for m in models.values())
-    fits = total <= limit_h * 3600
+    fits = total <= (limit_h - margin_h) * 3600
     advice = None
     if not fits:
         advice = ("average each model's fold adapters (predict.average_adapters), predict with fewer folds "
                   "(predict.folds), turn TTA off, or lower max_length")
-    return {"estimate_s": total, "estimate_h": total / 3600, "limit_h": limit_h, "fits": fits, "advice": advice}
+    return {"estimate_s": total, "estimate_h": total / 3600, "limit_h": limit_h, "margin_h": margin_h, "fits": fits,
+            "advice": advice}

@@ -117,7 +117,8 @@ def on_kaggle_gpus(config, kaggle):
 
 def build_bundle(*, files, config, kaggle, out, repo=REPO):
     """Write the bundle directory ``out`` (atomically): the workflow, the trained files, the wheels,
-    config.yaml, run.py, a notebook, and bundle.json listing every part's size."""
+    config.yaml, run.py, a notebook, and bundle.json listing every part's size. ``kaggle``: the
+    settings of :data:`BUILD_READS`."""
     from . import io, wheels
 
     with io.atomic_path(out, directory=True) as tmp:
@@ -133,6 +134,24 @@ def build_bundle(*, files, config, kaggle, out, repo=REPO):
         (tmp / "bundle.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     log.info("bundle %s: %s", out, ", ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in meta["parts"].items()))
     return meta
+
+
+BUILD_READS = ("input_dir", "test_csv", "backbones", "wheels", "python_version", "platform")
+"""The kaggle settings the bundle's build reads (the others reach the bundle through its config)."""
+
+
+def code_fingerprint(repo=REPO):
+    """A digest of every file the bundle copies from this checkout (the workflow and run.py), so
+    that a code change rebuilds the bundle instead of shipping the old code."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    parts = [repo / p for p in (*WORKFLOW_PARTS, "workflow/kaggle/run.py")]
+    files = sorted(f for part in parts for f in ([part] if part.is_file() else part.rglob("*"))
+                   if f.is_file() and "__pycache__" not in f.parts and f.suffix != ".pyc")
+    for f in files:
+        digest.update(str(f.relative_to(repo)).encode() + b"\0" + f.read_bytes())
+    return digest.hexdigest()
 
 
 def _copy_workflow(repo, dest):

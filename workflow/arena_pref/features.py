@@ -44,6 +44,7 @@ from sklearn.preprocessing import StandardScaler
 
 from . import LABELS
 from .data import last_turn_empty
+from .errors import InputError
 from .io import atomic_path
 from .metrics import MIRROR, with_all_classes
 
@@ -282,14 +283,26 @@ def predict(fitted, stats, *, swap=False):
 
 
 def save(fitted, path):
-    """Write a :class:`PairModel` with joblib, atomically."""
+    """Write a :class:`PairModel` with joblib, atomically, with the scikit-learn version that fitted
+    it (a pickle is only sure to load under that version)."""
+    import sklearn
+
     with atomic_path(path) as tmp:
-        joblib.dump(fitted, tmp)
+        joblib.dump({"sklearn": sklearn.__version__, "model": fitted}, tmp)
 
 
 def load(path):
-    """Read a :class:`PairModel` written by :func:`save`."""
-    fitted = joblib.load(path)
-    if not isinstance(fitted, PairModel):
-        raise ValueError(f"{path}: not a pair-feature model (found a {type(fitted).__name__})")
-    return fitted
+    """Read a :class:`PairModel` written by :func:`save`: under another scikit-learn version than
+    the one that fitted it, an error naming both (a Kaggle image's scikit-learn may differ from
+    yours; install the fitting version there, or refit). joblib files are pickles: load only your
+    own."""
+    import sklearn
+
+    saved = joblib.load(path)
+    if not isinstance(saved, dict) or not isinstance(saved.get("model"), PairModel):
+        raise InputError(f"{path}: not a pair-feature learner written by arena-pref")
+    if saved["sklearn"] != sklearn.__version__:
+        raise InputError(f"{path} was fitted with scikit-learn {saved['sklearn']}, and this is scikit-learn "
+                         f"{sklearn.__version__}: install {saved['sklearn']} (add scikit-learn to kaggle.wheels "
+                         "and remove it from the image list) or refit the learner")
+    return saved["model"]

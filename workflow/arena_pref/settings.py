@@ -195,6 +195,7 @@ class KaggleSettings:
     gpus: int
     dtype: str  # the LoRA models' compute dtype there (as_trained: unchanged)
     time_limit_h: float
+    margin_h: float  # kept free below the limit for what the estimate leaves out
     calibration_rows: int  # test rows each LoRA model times for the time estimate
 
 
@@ -393,8 +394,10 @@ def _check_trained(config, models):
             raise InputError("config blend.from: a fitted blender is used only in a run without data.train_csv; "
                              "with training data the blend rule fits one")
         return
-    if "from" in config["blend"] and config["blend"]["weights"]:
-        raise InputError("config blend: from and weights both say how to blend: keep one")
+    written = config["_written_blend"]
+    if "from" in written and written - {"from"}:
+        raise InputError(f"config blend: from is a fitted blender, used as it is: "
+                         f"{', '.join(sorted(written - {'from'}))} would be ignored; keep from alone")
     tiny = [m for m in models if config["models"][m].get("backbone", {}).get("kind") == "tiny"]
     if tiny:
         raise InputError(f"config models.{tiny[0]}.backbone: a tiny backbone is built from the training texts; a run "
@@ -440,9 +443,10 @@ def _check_learner_keys(config):
 def load_config(config):
     """Validate ``config`` (a dict as Snakemake reads it) and build the settings every rule reads."""
     written = {name: set(m) if isinstance(m, dict) else set() for name, m in (config.get("models") or {}).items()}
+    blend_keys = set(config.get("blend") or {}) if isinstance(config.get("blend"), dict) else set()
     config = validate(config)
     _check_learner_keys({"models": config["models"], "_written_keys": written})
-    _check_trained(config, list(config["models"]))
+    _check_trained({**config, "_written_blend": set(blend_keys)}, list(config["models"]))
     _check_blend(config, list(config["models"]))
     n_folds = config["cv"]["n_folds"]
     models = {name: _model_config(name, m) for name, m in config["models"].items()}

@@ -246,8 +246,9 @@ def submit(*, blender_path, test_paths, test_parquet, tta, submission, run_info_
     blender = io.read_json(blender_path)
     differ = sorted(m for m, fitted in blender.get("tta", {}).items() if m in tta and tta[m] != fitted)
     if differ:
-        log.warning("predict.tta of %s differs from the run the blender was fitted on: the blend weighs "
-                    "predictions of another kind than it was fitted on", ", ".join(differ))
+        m = differ[0]
+        raise InputError(f"config models.{m}.predict.tta is {tta[m]}, but the blender {blender_path} was fitted on "
+                         f"its predictions with tta {blender['tta'][m]}: set it back, or fit a blender for this setting")
     test = {m: pd.read_parquet(path) for m, path in test_paths.items()}
     kinds = row_kinds(data.read_parsed(test_parquet)) if blender.get("post_rules") else None
     sub = apply_blender(blender, test, kinds)
@@ -277,16 +278,14 @@ def plots(*, metrics_path, oof_blend_path, fold_scores_png, calibration_png):
 
 
 def kaggle_bundle(*, files, config, kaggle, out):
-    """The Kaggle bundle (:func:`arena_pref.bundle.build_bundle`); ``kaggle``:
-    :class:`~arena_pref.settings.KaggleSettings`."""
-    import dataclasses
-
+    """The Kaggle bundle (:func:`arena_pref.bundle.build_bundle`); ``kaggle``: the settings of
+    :data:`arena_pref.bundle.BUILD_READS`."""
     from .bundle import build_bundle
 
-    build_bundle(files=files, config=config, kaggle=dataclasses.asdict(kaggle), out=out)
+    build_bundle(files=files, config=config, kaggle=kaggle, out=out)
 
 
-def time_estimate(*, models, limit_h, gpus, rows, out):
+def time_estimate(*, models, limit_h, margin_h, gpus, rows, out, threads=None):
     """The test passes' wall time (:mod:`arena_pref.budget`) against the limit, written to ``out``.
     ``models``: name -> dict(backbone, adapter, tokens_parquet, settings, tta, passes,
     allow_bf16_emulation), each LoRA model timed on a sample of its test rows."""
@@ -306,7 +305,8 @@ def time_estimate(*, models, limit_h, gpus, rows, out):
         tokens = read_tokens(m["tokens_parquet"])
         measured = budget.calibrate(backbone=m["backbone"], adapter_dir=m["adapter"],
                                     tokens=budget.sample_rows(tokens, rows), settings=m["settings"], tta=m["tta"],
-                                    allow_bf16_emulation=m["allow_bf16_emulation"], started=started)
+                                    allow_bf16_emulation=m["allow_bf16_emulation"], started=started,
+                                    threads=threads)
         started = None  # this job started once: later models load in a process already running
         n_tokens = int(tokens["input_ids"].map(len).sum())
         measured["startup_s"] = measured["startup_s"] or report[next(iter(report))]["startup_s"]
@@ -316,8 +316,9 @@ def time_estimate(*, models, limit_h, gpus, rows, out):
         log.info("model '%s': start %.1f s, load %.1f s, %.0f tokens/s on %s; %d passes x %d tokens%s: %.0f s", name,
                  measured["startup_s"], measured["load_s"], measured["tokens_per_s"], measured["device"], m["passes"],
                  n_tokens, " x 2 orders" if m["tta"] else "", seconds)
-    result = {**budget.verdict(report, limit_h=limit_h), "models": report}
+    result = {**budget.verdict(report, limit_h=limit_h, margin_h=margin_h), "models": report}
     io.write_json(result, out)
     (log.info if result["fits"] else log.warning)(
-        "estimated %.2f h for the test passes, limit %.2f h: %s", result["estimate_h"], limit_h,
+        "estimated %.2f h for the test passes, limit %.2f h less a margin of %.2f h: %s", result["estimate_h"],
+        limit_h, margin_h,
         "fits" if result["fits"] else f"does not fit ({result['advice']})")

@@ -4,15 +4,16 @@
     python run.py --test-csv /kaggle/input/lmsys-chatbot-arena/test.csv \
         --out /kaggle/working/submission.csv --backbone gemma2_9b=/kaggle/input/gemma-2-9b/...
 
-1. installs the wheels of wheels/ with pip, offline (--no-index): only what the image lacks;
-2. writes the run's config: the bundle's config.yaml with its paths moved to where this bundle
-   is, the test CSV and the backbone directories given here;
-3. estimates the wall time from the test rows' tokens and the throughput measured beforehand,
-   and stops before any model loads when it cannot fit the time limit;
+1. writes the run's config: the bundle's config.yaml with its paths moved to where this bundle
+   is, the test CSV and the backbone directories given here, each prediction job on the GPUs
+   there are (at most the bundle's);
+2. installs the wheels of wheels/ with pip, offline (--no-index): only what the image lacks;
+3. estimates the test passes' wall time (each model timed on a sample of its test rows) and
+   stops before they start when it cannot fit the time left;
 4. runs the bundled Snakemake workflow (nothing is trained, nothing downloaded) and copies
    results/submission.csv to --out.
 
-Standard library only until the wheels are installed.
+Standard library (and PyYAML, which the image has) until the wheels are installed.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import time
 from pathlib import Path
 
 BUNDLE = Path(__file__).resolve().parent
+STARTED = time.time()  # the estimate is checked against the time left from here
 
 
 def parse_args(argv=None):
@@ -37,7 +39,7 @@ def parse_args(argv=None):
     parser.add_argument("--backbone", action="append", default=[], metavar="MODEL=DIR",
                         help="a model's backbone directory (save_pretrained), e.g. the attached Kaggle model")
     parser.add_argument("--workdir", default="/kaggle/working/arena-pref", help="the run's working directory")
-    parser.add_argument("--jobs", type=int, default=None, help="parallel jobs (default: the bundle's GPUs, at least 1)")
+    parser.add_argument("--jobs", type=int, default=None, help="parallel jobs (default: the GPUs here, at least 1)")
     parser.add_argument("--time-limit-h", type=float, default=None,
                         help="stop before the test passes unless the estimate fits this (default: the bundle's)")
     parser.add_argument("--no-estimate", action="store_true", help="skip the time estimate")
@@ -83,7 +85,7 @@ def moved_paths(value, old, new):
 def run_config(args, workdir):
     """The bundle's config with its own paths moved to where the bundle is, and the test CSV and
     backbones given on the command line."""
-    import yaml  # the image has PyYAML
+    import yaml
 
     config = yaml_load(BUNDLE / "config.yaml")
     meta = json.loads((BUNDLE / "bundle.json").read_text())
@@ -101,35 +103,55 @@ def run_config(args, workdir):
         if backbone.get("kind") == "path" and not (Path(backbone["path"]) / "config.json").exists():
             fail(f"model '{name}': no backbone at {backbone['path']} (no config.json there): attach the model to "
                  f"the notebook and pass --backbone {name}=DIR")
+    gpus = count_gpus()
+    if max(gpus, 1) < moved["compute"]["predict_gpus"]:
+        say(f"{gpus or 'no'} GPU(s) here: each prediction job uses {max(gpus, 1)} (the bundle was set for "
+            f"{moved['compute']['predict_gpus']})")
+        moved["compute"]["predict_gpus"] = max(gpus, 1)
     path = workdir / "config.yaml"
-    path.write_text(yaml.safe_dump(moved, sort_keys=False))
-    return path
+    tmp = workdir / ".config.yaml.tmp"
+    tmp.write_text(yaml.safe_dump(moved, sort_keys=False))
+    os.replace(tmp, path)
+    return path, max(gpus, 1)
 
 
-def snakemake(workdir, config, jobs, *extra, target="results/submission.csv"):
+def count_gpus():
+    """The GPUs this notebook has (nvidia-smi; none where it is absent)."""
+    try:
+        proc = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return 0
+    return sum(line.startswith("GPU ") for line in proc.stdout.splitlines()) if proc.returncode == 0 else 0
+
+
+def snakemake(workdir, config, jobs, gpus, *extra, target="results/submission.csv"):
     cmd = [sys.executable, "-m", "snakemake", "-s", str(BUNDLE / "Snakefile"), "-d", str(workdir), "--configfile",
-           str(config), "-j", str(jobs), "--resources", f"gpu={jobs}", "--rerun-incomplete", *extra, target]
+           str(config), "-j", str(jobs), "--resources", f"gpu={gpus}", "--rerun-incomplete", *extra, target]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     return subprocess.run(cmd, env=env).returncode
 
 
-def check_time(workdir, config, jobs):
+def check_time(workdir, config, jobs, gpus):
     """The workflow's time_estimate (each LoRA model timed on a sample of its test rows) against the
-    limit: stop here, before the test passes, when the run cannot fit."""
-    if snakemake(workdir, config, jobs, target="results/time_estimate.json") != 0:
+    time left (the limit less its margin and what this run has spent so far): stop here, before the
+    test passes, when the run cannot fit."""
+    if snakemake(workdir, config, jobs, gpus, target="results/time_estimate.json") != 0:
         fail(f"the time estimate failed: see {workdir}/results/logs/time_estimate.log")
     estimate = json.loads((workdir / "results" / "time_estimate.json").read_text())
     for name, m in estimate["models"].items():
         say(f"  {name}: {m['passes']} passes x {m['test_tokens']} tokens{' x 2 orders' if m['tta'] else ''} at "
             f"{m['tokens_per_s']:.0f} tokens/s on {m['gpus']} x {m['device']}, load {m['load_s']:.0f} s: "
             f"{m['seconds']:.0f} s ({m['seconds'] / 3600:.2f} h)")
-    say(f"estimated {estimate['estimate_h']:.2f} h for the test passes; the limit is {estimate['limit_h']:.2f} h")
-    if not estimate["fits"]:
+    spent_h = (time.time() - STARTED) / 3600
+    left_h = estimate["limit_h"] - estimate["margin_h"] - spent_h
+    say(f"estimated {estimate['estimate_h']:.2f} h for the test passes; {left_h:.2f} h left (limit "
+        f"{estimate['limit_h']:.2f} h, margin {estimate['margin_h']:.2f} h, spent {spent_h:.2f} h)")
+    if estimate["estimate_h"] > left_h:
         fail(f"the run would not fit the time limit: {estimate['advice']} (or rerun with --no-estimate)")
 
 
 def yaml_load(path):
-    import yaml
+    import yaml  # the image has PyYAML
 
     return yaml.safe_load(Path(path).read_text())
 
@@ -138,25 +160,25 @@ def main(argv=None):
     args = parse_args(argv)
     if not Path(args.test_csv).exists():
         fail(f"--test-csv {args.test_csv}: no such file")
-    if not args.no_install:
-        install_wheels()
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    config = run_config(args, workdir)
-    jobs = args.jobs or max(1, int(yaml_load(config)["kaggle"]["gpus"]))
+    # the config first: a missing backbone is named before minutes of installing
+    config, gpus = run_config(args, workdir)
+    if not args.no_install:
+        install_wheels()
+    jobs = args.jobs or gpus
     if args.dry_run:
-        sys.exit(snakemake(workdir, config, jobs, "-n"))
-    started = time.time()
+        sys.exit(snakemake(workdir, config, jobs, gpus, "-n"))
     if not args.no_estimate:
-        check_time(workdir, config, jobs)
-    if snakemake(workdir, config, jobs) != 0:
+        check_time(workdir, config, jobs, gpus)
+    if snakemake(workdir, config, jobs, gpus) != 0:
         fail(f"the workflow failed: its log names the job and the log file (under {workdir}/results/logs)")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=out.parent, prefix=f".{out.name}.", delete=False) as tmp:
         shutil.copyfile(workdir / "results" / "submission.csv", tmp.name)
     os.replace(tmp.name, out)
-    say(f"wrote {out} in {time.time() - started:.0f} s")
+    say(f"wrote {out}, {time.time() - STARTED:.0f} s after the start")
 
 
 if __name__ == "__main__":

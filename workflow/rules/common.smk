@@ -68,6 +68,10 @@ def names_regex(names):
 
 
 def split_csv(wildcards):
+    if CONFIG.predict_only and wildcards.split == "train":
+        raise WorkflowError(
+            "arena-pref: a run from trained models has no data.train_csv: nothing may read the training rows"
+        )
     return CONFIG.raw["data"][f"{wildcards.split}_csv"]
 
 

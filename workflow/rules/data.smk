@@ -26,17 +26,20 @@ rule parse:
         "../scripts/parse.py"
 
 
-rule folds:
-    input:
-        "results/data/train.parquet",
-    output:
-        "results/data/folds.parquet",
-    log:
-        "results/logs/folds.log",
-    conda:
-        CONDA_ENV
-    params:
-        n_folds=CONFIG.n_folds,
-        seed=CONFIG.cv_seed,
-    script:
-        "../scripts/folds.py"
+# training only: a run from trained models has no training rows
+if not CONFIG.predict_only:
+
+    rule folds:
+        input:
+            "results/data/train.parquet",
+        output:
+            "results/data/folds.parquet",
+        log:
+            "results/logs/folds.log",
+        conda:
+            CONDA_ENV
+        params:
+            n_folds=CONFIG.n_folds,
+            seed=CONFIG.cv_seed,
+        script:
+            "../scripts/folds.py"

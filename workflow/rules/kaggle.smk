@@ -14,7 +14,9 @@ if not CONFIG.predict_only:
         params:
             destinations=list(BUNDLE_FILES),
             config=settings.canonical(bundle.bundle_config(CONFIG, KAGGLE)),
-            kaggle=settings.to_params(CONFIG.kaggle),
+            kaggle={k: KAGGLE[k] for k in bundle.BUILD_READS},
+            # the workflow and run.py it copies: a code change rebuilds it
+            code=bundle.code_fingerprint(),
         script:
             "../scripts/kaggle_bundle.py"
 
@@ -45,6 +47,7 @@ rule time_estimate:
             m: CONFIG.models[m].options.allow_bf16_emulation for m in LLM_MODELS
         },
         limit_h=CONFIG.kaggle.time_limit_h,
+        margin_h=CONFIG.kaggle.margin_h,
         gpus=CONFIG.predict_gpus,
         rows=CONFIG.kaggle.calibration_rows,
     script:

@@ -1,28 +1,31 @@
-rule oof:
-    input:
-        adapter="results/models/{model}/fold{fold}/adapter",
-        tokens="results/tokens/{model}/train.parquet",
-        folds="results/data/folds.parquet",
-        backbone=backbone_input,
-    output:
-        "results/oof/{model}/fold{fold}.parquet",
-    log:
-        "results/logs/oof/{model}/fold{fold}.log",
-    benchmark:
-        "results/benchmarks/oof/{model}/fold{fold}.tsv"
-    wildcard_constraints:
-        model=names_regex(LLM_MODELS),
-    conda:
-        CONDA_ENV
-    threads: CONFIG.threads
-    resources:
-        gpu=CONFIG.predict_gpus,
-    params:
-        backbone=backbone_spec,
-        settings=predict_params,
-        options=job_options,
-    script:
-        "../scripts/oof.py"
+# training only: a run from trained models has no training rows
+if not CONFIG.predict_only:
+
+    rule oof:
+        input:
+            adapter="results/models/{model}/fold{fold}/adapter",
+            tokens="results/tokens/{model}/train.parquet",
+            folds="results/data/folds.parquet",
+            backbone=backbone_input,
+        output:
+            "results/oof/{model}/fold{fold}.parquet",
+        log:
+            "results/logs/oof/{model}/fold{fold}.log",
+        benchmark:
+            "results/benchmarks/oof/{model}/fold{fold}.tsv"
+        wildcard_constraints:
+            model=names_regex(LLM_MODELS),
+        conda:
+            CONDA_ENV
+        threads: CONFIG.threads
+        resources:
+            gpu=CONFIG.predict_gpus,
+        params:
+            backbone=backbone_spec,
+            settings=predict_params,
+            options=job_options,
+        script:
+            "../scripts/oof.py"
 
 
 rule average_adapters:

@@ -1,16 +1,19 @@
-rule tiny_backbone:
-    input:
-        "results/data/train.parquet",
-    output:
-        directory("results/backbones/{model}"),
-    log:
-        "results/logs/tiny_backbone/{model}.log",
-    conda:
-        CONDA_ENV
-    params:
-        backbone=backbone_spec,
-    script:
-        "../scripts/tiny_backbone.py"
+# training only: a run from trained models has no training rows
+if not CONFIG.predict_only:
+
+    rule tiny_backbone:
+        input:
+            "results/data/train.parquet",
+        output:
+            directory("results/backbones/{model}"),
+        log:
+            "results/logs/tiny_backbone/{model}.log",
+        conda:
+            CONDA_ENV
+        params:
+            backbone=backbone_spec,
+        script:
+            "../scripts/tiny_backbone.py"
 
 
 rule tokenize:

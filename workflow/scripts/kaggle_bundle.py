@@ -1,14 +1,13 @@
 """Rule kaggle_bundle: the trained models, the blender, the workflow and the wheels, in one directory for Kaggle."""
 from arena_pref import steps
 from arena_pref.logs import run_main, setup_logging
-from arena_pref.settings import KaggleSettings, from_params
 
 
 @run_main
 def main(sm):
     setup_logging(sm.log[0])
     steps.kaggle_bundle(files=dict(zip(sm.params.destinations, sm.input)), config=sm.params.config,
-                        kaggle=from_params(KaggleSettings, sm.params.kaggle), out=sm.output[0])
+                        kaggle=sm.params.kaggle, out=sm.output[0])
 
 
 if __name__ == "__main__":

@@ -15,7 +15,8 @@ def main(sm):
                   "adapter": getattr(sm.input, f"adapter_{m}"), "tokens_parquet": getattr(sm.input, f"tokens_{m}"),
                   "settings": from_params(PredictSettings, p.settings[m]), "tta": p.tta[m], "passes": p.passes[m],
                   "allow_bf16_emulation": p.bf16_emulation[m]} for m in p.models}
-    steps.time_estimate(models=models, limit_h=p.limit_h, gpus=p.gpus, rows=p.rows, out=sm.output[0])
+    steps.time_estimate(models=models, limit_h=p.limit_h, margin_h=p.margin_h, gpus=p.gpus, rows=p.rows,
+                        out=sm.output[0], threads=sm.threads)
 
 
 if __name__ == "__main__":
