@@ -1,0 +1,43 @@
+"""The Snakemake commands the README and the presets show parse as meant: options such as
+--configfile, --resources and --default-resources take every word after them, so a target written
+after one of them would be read as a config file or a resource."""
+
+import re
+import shlex
+
+import pytest
+
+from workflow_helpers import REPO
+
+SOURCES = ["README.md", "workflow/presets/gemma2-9b-qlora.yaml", "workflow/presets/gemma2-9b-t4.yaml",
+           "workflow/presets/llama3-8b-8bit.yaml", "workflow/profiles/slurm/config.yaml"]
+
+
+def shown_commands():
+    """Every snakemake command line the docs show: in code blocks, comments (continued with a
+    backslash) and inline code."""
+    commands = []
+    for source in SOURCES:
+        text = (REPO / source).read_text()
+        lines = [re.sub(r"^\s*#\s?", "", line) for line in text.splitlines()]
+        joined = re.sub(r"\\\n\s*", " ", "\n".join(lines))
+        for line in joined.splitlines() + re.findall(r"`([^`]*snakemake [^`]*)`", text):
+            match = re.match(r"(?:\.venv/bin/|\$\(SNAKEMAKE\) )?snakemake\s+(.*)$", line.strip())
+            # --report's value is an output file, not a target
+            if match and "results/" in match.group(1) and "--report" not in match.group(1):
+                commands.append((source, match.group(1).split("`")[0].strip()))
+    return commands
+
+
+@pytest.mark.parametrize("source,command", shown_commands())
+def test_every_shown_command_makes_its_target(source, command):
+    from snakemake.cli import get_argument_parser
+
+    words = [w for w in shlex.split(command) if not w.startswith("#")]
+    wanted = [w for w in words if w.startswith("results/")]
+    args = get_argument_parser().parse_args(words)
+    assert wanted and set(wanted) <= set(args.targets), f"{source}: {command}: targets {args.targets}"
+
+
+def test_the_docs_show_commands():
+    assert len(shown_commands()) >= 8
