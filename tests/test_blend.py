@@ -593,9 +593,9 @@ def test_a_blender_of_another_layout_or_other_members_is_refused(inputs):
 
     oof, test, y_by_id, folds_by_id = inputs
     *_, blender = blend_run(oof, test, y_by_id, folds_by_id, use_tta={"good": True, "noise": False}, method="stack")
-    with pytest.raises(InputError, match="layout"):
+    with pytest.raises(InputError, match='"format" is 99, this version reads 1'):
         apply_blender({**blender, "format": 99}, test)
-    with pytest.raises(InputError, match=r"no test predictions for noise"):
+    with pytest.raises(InputError, match=r"was fitted on models good, noise: no model noise in this run"):
         apply_blender(blender, {"good": test["good"]})
 
 

@@ -48,6 +48,7 @@ def test_the_bundle_holds_what_a_run_needs_and_no_backbone_it_should_not(bundle)
     assert config["models"]["tiny_gemma2"]["trained"] == "/kaggle/input/my-bundle/models/tiny_gemma2"
     meta = json.loads((out / "bundle.json").read_text())
     assert meta["parts"]["total"] == sum(v for k, v in meta["parts"].items() if k != "total")
+    assert meta["backbones"]["tiny_gemma2"]["model_type"] == "gemma2" and meta["backbones"]["minilm"]["model_type"] == "bert"
     wheels = {line.split("==")[0] for line in (out / "wheels/requirements.txt").read_text().split()}
     assert {"snakemake", "peft", "bitsandbytes", "arena-pref"} <= wheels and "torch" not in wheels
     cell = json.loads((out / "submit.ipynb").read_text())["cells"][0]
@@ -61,7 +62,7 @@ def test_the_bundle_reproduces_the_submission_offline_from_another_directory(bun
     shutil.copy(bundle / "results" / "demo" / "test.csv", tmp_path / "test.csv")
     env = {**os.environ, "PIP_NO_INDEX": "1", "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run([sys.executable, str(moved / "run.py"), "--test-csv", str(tmp_path / "test.csv"),
-                           "--out", str(tmp_path / "out" / "submission.csv"), "--workdir", str(tmp_path / "work")],
+                           "--out", str(tmp_path / "out") + "/", "--workdir", str(tmp_path / "work")],
                           capture_output=True, text=True, env=env, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "h for the test passes;" in proc.stdout and "h left (limit 9.00 h, margin 0.50 h, spent" in proc.stdout
@@ -84,6 +85,18 @@ def test_a_missing_backbone_is_named_before_anything_runs(bundle, tmp_path):
                            f"tiny_gemma2={tmp_path / 'nowhere'}"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
     assert "model 'tiny_gemma2': no backbone at" in proc.stdout and "--backbone tiny_gemma2=DIR" in proc.stdout
+    # a backbone of another architecture would load under the adapters and predict nonsense
+    proc = subprocess.run([sys.executable, str(out / "run.py"), "--test-csv", str(tmp_path / "test.csv"),
+                           "--workdir", str(tmp_path / "work"), "--no-install", "--backbone",
+                           f"tiny_gemma2={out / 'backbones' / 'tiny_llama'}"], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 2
+    assert "the backbone at" in proc.stdout and "model_type 'llama' (trained on 'gemma2')" in proc.stdout
+    # only LoRA models have backbones
+    proc = subprocess.run([sys.executable, str(out / "run.py"), "--test-csv", str(tmp_path / "test.csv"),
+                           "--workdir", str(tmp_path / "work"), "--no-install", "--backbone", "pair_features=x"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "with MODEL one of minilm, tiny_gemma2, tiny_llama" in proc.stdout
 
 
 def test_a_run_that_cannot_fit_the_time_limit_stops_before_the_test_passes(bundle, tmp_path):

@@ -217,13 +217,17 @@ def predict_only(tmp_path, blend=None, **models):
         (tmp_path / "minilm" / f"fold{k}" / "adapter" / "adapter_config.json").write_text("{}")
         (tmp_path / "pf" / f"fold{k}").mkdir(parents=True, exist_ok=True)
         (tmp_path / "pf" / f"fold{k}" / "learner.joblib").write_text("")
+    from arena_pref.blend import weights_blender
+
+    io.write_json(weights_blender({m: 1.0 for m in models}, {m: models[m]["predict"]["tta"] for m in models}),
+                  tmp_path / "blender.json")
     return {"data": {"test_csv": "test.csv"}, "cv": BASE["cv"], "models": models,
-            "blend": blend if blend is not None else {"from": "blender.json"}}
+            "blend": blend if blend is not None else {"from": str(tmp_path / "blender.json")}}
 
 
 def test_a_run_from_trained_models_needs_no_train_csv(tmp_path):
     config = settings.load_config(predict_only(tmp_path))
-    assert config.predict_only and config.blender_source == "blender.json"
+    assert config.predict_only and config.blender_source == str(tmp_path / "blender.json")
     assert config.test_passes("minilm") == ["fold1"] and config.test_passes("pair_features") == ["fold0"]
     from arena_pref import trained
 
@@ -251,6 +255,26 @@ def test_runs_from_trained_models_are_checked_at_start(tmp_path, change, message
     change(config)
     with pytest.raises(InputError, match=message):
         settings.load_config(config)
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda c, b: c["blend"].update({"from": "nowhere.json"}), r"config blend.from: no file 'nowhere.json'"),
+    (lambda c, b: b.write_text("{"), r"config blend.from: '.*blender.json' is not JSON"),
+    (lambda c, b: c["models"].pop("pair_features"),
+     r"config blend.from: '.*blender.json' was fitted on models minilm, pair_features: no model pair_features"),
+    (lambda c, b: c["models"]["minilm"]["predict"].update(tta=False),
+     r"config models.minilm.predict.tta is False, but config blend.from: '.*blender.json' was fitted on its "
+     r"predictions with tta True"),
+])
+def test_a_blender_that_does_not_fit_the_run_is_named_at_start(tmp_path, change, message):
+    """What the submit job would find hours later, said when the workflow starts."""
+    from arena_pref import trained
+
+    config = predict_only(tmp_path)
+    config["models"]["minilm"]["predict"] = dict(config["models"]["minilm"]["predict"])
+    change(config, tmp_path / "blender.json")
+    with pytest.raises(InputError, match=message):
+        trained.check(settings.load_config(config))
 
 
 def test_a_missing_trained_fold_is_named(tmp_path):

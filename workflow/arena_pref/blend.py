@@ -297,20 +297,32 @@ def weights_blender(weights, tta):
 
 def _check_blender(blender, test):
     """The blender's members, after checking its layout and that every member has test predictions."""
-    if not isinstance(blender, dict) or blender.get("format") != BLENDER_FORMAT:
-        raise InputError(f"not a blender of layout {BLENDER_FORMAT} (got layout "
-                         f"{blender.get('format') if isinstance(blender, dict) else type(blender).__name__}): "
-                         "fit it again with this version (the blend rule writes results/blender.json)")
+    check_blender(blender, {m: None for m in test})
+    return list(blender["members"])
+
+
+def check_blender(blender, tta, source="the blender"):
+    """Raise :class:`InputError` in one line unless ``blender`` is a blender of this layout whose
+    members are exactly the models of ``tta`` (model -> the run's TTA setting, or None for any),
+    each fitted with the same TTA setting. ``source`` names it (its file) in the message."""
+    fmt = blender.get("format") if isinstance(blender, dict) else None
+    if fmt != BLENDER_FORMAT:
+        raise InputError(f"{source}: \"format\" is {fmt!r}, this version reads {BLENDER_FORMAT}: fit it again "
+                         "(the blend rule writes results/blender.json)")
     absent = [k for k in ("members", "tta", "method", "calibrate", "params", "post_rules", "class_prior")
               if k not in blender]
     if absent:
-        raise InputError(f"the blender lacks {', '.join(absent)}: was it edited? The blend rule writes results/blender.json")
+        raise InputError(f"{source} lacks {', '.join(absent)}: was it edited? The blend rule writes results/blender.json")
     names = list(blender["members"])
-    missing, extra = sorted(set(names) - set(test)), sorted(set(test) - set(names))
+    missing, extra = sorted(set(names) - set(tta)), sorted(set(tta) - set(names))
     if missing or extra:
-        raise InputError(f"the blender was fitted on models {names}: no test predictions for "
-                         f"{_few(missing) or 'none'}; models the blender does not know: {_few(extra) or 'none'}")
-    return names
+        parts = [f"no model {', '.join(missing)} in this run"] if missing else []
+        parts += [f"models {', '.join(extra)} are not in it"] if extra else []
+        raise InputError(f"{source} was fitted on models {', '.join(names)}: {'; '.join(parts)}")
+    for m in names:
+        if tta[m] is not None and bool(tta[m]) != blender["tta"].get(m):
+            raise InputError(f"config models.{m}.predict.tta is {tta[m]}, but {source} was fitted on its predictions "
+                             f"with tta {blender['tta'].get(m)}: set it back, or fit a blender for this setting")
 
 
 # --------------------------------------------------------------------------- combiners

@@ -67,7 +67,7 @@ def calibrate(*, backbone, adapter_dir, tokens, settings, tta, allow_bf16_emulat
     seconds = time.perf_counter() - t0
     n_tokens = int(sum(sum(lengths[i] for i in b.rows) for b in timed))
     return {"device": str(device), "startup_s": startup, "load_s": load, "tokens_per_s": n_tokens / max(seconds, 1e-9),
-            "sample_tokens": n_tokens}
+            "timed_tokens": n_tokens}
 
 
 def model_seconds(measured, *, tokens, passes, tta, gpus):

@@ -80,6 +80,31 @@ def bundle_files(config):
     return files
 
 
+BACKBONE_FACTS = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
+"""What of a backbone's config.json the bundle records, for run.py to check the attached backbone against."""
+
+
+def home_backbones(config):
+    """``{model: its backbone directory here}`` of the LoRA models (hub backbones, which have none,
+    left out)."""
+    from .backbones import backbone_dir, built_dir
+
+    dirs = {}
+    for name, model in config.models.items():
+        if model.kind == "llm" and model.backbone["kind"] != "hub":
+            dirs[name] = backbone_dir(model.backbone, built_dir(name) if model.backbone["kind"] == "tiny" else None)
+    return dirs
+
+
+def backbone_facts(directories):
+    """``{model: {fact: value}}`` from each backbone's config.json (:data:`BACKBONE_FACTS`)."""
+    facts = {}
+    for name, directory in directories.items():
+        found = json.loads((Path(directory) / "config.json").read_text(encoding="utf-8"))
+        facts[name] = {k: found[k] for k in BACKBONE_FACTS if k in found}
+    return facts
+
+
 def bundle_config(config, kaggle):
     """The bundle's config.yaml: a run from trained models whose paths are under ``input_dir``."""
     input_dir = kaggle["input_dir"].rstrip("/")
@@ -115,10 +140,11 @@ def on_kaggle_gpus(config, kaggle):
     return config
 
 
-def build_bundle(*, files, config, kaggle, out, repo=REPO):
+def build_bundle(*, files, config, kaggle, out, backbones=None, repo=REPO):
     """Write the bundle directory ``out`` (atomically): the workflow, the trained files, the wheels,
-    config.yaml, run.py, a notebook, and bundle.json listing every part's size. ``kaggle``: the
-    settings of :data:`BUILD_READS`."""
+    config.yaml, run.py, a notebook, and bundle.json listing every part's size and the facts of the
+    backbones the adapters were trained on (``backbones``: model -> its directory here). ``kaggle``:
+    the settings of :data:`BUILD_READS`."""
     from . import io, wheels
 
     with io.atomic_path(out, directory=True) as tmp:
@@ -130,7 +156,8 @@ def build_bundle(*, files, config, kaggle, out, repo=REPO):
         (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
         shutil.copy(Path(repo) / "workflow" / "kaggle" / "run.py", tmp / "run.py")
         _write_notebook(tmp / "submit.ipynb", kaggle)
-        meta = {"input_dir": kaggle["input_dir"].rstrip("/"), "parts": _sizes(tmp)}
+        meta = {"input_dir": kaggle["input_dir"].rstrip("/"), "backbones": backbone_facts(backbones or {}),
+                "parts": _sizes(tmp)}
         (tmp / "bundle.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     log.info("bundle %s: %s", out, ", ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in meta["parts"].items()))
     return meta

@@ -239,16 +239,12 @@ def submit(*, blender_path, test_paths, test_parquet, tta, submission, run_info_
     """A run from trained models: the submission a blender fitted earlier (``blender.json`` of the
     run that trained them, or one made from the config's weights) makes of this run's test
     predictions."""
-    from .blend import apply_blender
+    from .blend import apply_blender, check_blender
     from .post_rules import row_kinds
     from .runinfo import run_info
 
     blender = io.read_json(blender_path)
-    differ = sorted(m for m, fitted in blender.get("tta", {}).items() if m in tta and tta[m] != fitted)
-    if differ:
-        m = differ[0]
-        raise InputError(f"config models.{m}.predict.tta is {tta[m]}, but the blender {blender_path} was fitted on "
-                         f"its predictions with tta {blender['tta'][m]}: set it back, or fit a blender for this setting")
+    check_blender(blender, tta, f"the blender {blender_path}")
     test = {m: pd.read_parquet(path) for m, path in test_paths.items()}
     kinds = row_kinds(data.read_parsed(test_parquet)) if blender.get("post_rules") else None
     sub = apply_blender(blender, test, kinds)
@@ -277,12 +273,12 @@ def plots(*, metrics_path, oof_blend_path, fold_scores_png, calibration_png):
     plot_calibration(pd.read_parquet(oof_blend_path), calibration_png)
 
 
-def kaggle_bundle(*, files, config, kaggle, out):
+def kaggle_bundle(*, files, config, kaggle, backbones, out):
     """The Kaggle bundle (:func:`arena_pref.bundle.build_bundle`); ``kaggle``: the settings of
     :data:`arena_pref.bundle.BUILD_READS`."""
     from .bundle import build_bundle
 
-    build_bundle(files=files, config=config, kaggle=kaggle, out=out)
+    build_bundle(files=files, config=config, kaggle=kaggle, backbones=backbones, out=out)
 
 
 def time_estimate(*, models, limit_h, margin_h, gpus, rows, out, threads=None):

@@ -37,8 +37,10 @@ def learner_path(config, model, fold):
 
 
 def check(config):
-    """Each trained directory holds what its model's test passes read (:class:`InputError`
-    naming the first missing path otherwise)."""
+    """Each trained directory holds what its model's test passes read, and the blender to apply
+    (``blend.from``) fits these models (:class:`InputError` naming the first problem otherwise)."""
+    if config.blender_source:
+        _check_blender_file(config)
     for name, m in config.models.items():
         if not m.trained:
             continue
@@ -58,3 +60,18 @@ def _needed(config, model):
     if m.average_adapters and (Path(m.trained) / AVERAGE / "adapter").is_dir():
         return [f"{m.trained}/{AVERAGE}/adapter/adapter_config.json"]
     return [f"{m.trained}/fold{k}/adapter/adapter_config.json" for k in config.predict_folds(model)]
+
+
+def _check_blender_file(config):
+    import json
+
+    from .blend import check_blender
+
+    path = Path(config.blender_source)
+    if not path.is_file():
+        raise InputError(f"config blend.from: no file '{path}' (relative paths start at the working directory)")
+    try:
+        blender = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise InputError(f"config blend.from: '{path}' is not JSON ({err})") from None
+    check_blender(blender, {m: config.models[m].tta for m in config.models}, f"config blend.from: '{path}'")

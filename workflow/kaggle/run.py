@@ -44,7 +44,7 @@ def parse_args(argv=None):
                         help="stop before the test passes unless the estimate fits this (default: the bundle's)")
     parser.add_argument("--no-estimate", action="store_true", help="skip the time estimate")
     parser.add_argument("--no-install", action="store_true", help="the wheels are installed already")
-    parser.add_argument("--dry-run", action="store_true", help="plan the run and estimate its time, run nothing")
+    parser.add_argument("--dry-run", action="store_true", help="check the arguments and plan the run (snakemake -n); run nothing")
     return parser.parse_args(argv)
 
 
@@ -93,16 +93,14 @@ def run_config(args, workdir):
     moved["data"]["test_csv"] = str(Path(args.test_csv).resolve())
     if args.time_limit_h is not None:
         moved.setdefault("kaggle", {})["time_limit_h"] = args.time_limit_h
+    llm = sorted(m for m, spec in moved["models"].items() if spec.get("kind", "llm") == "llm")
     for item in args.backbone:
         model, _, directory = item.partition("=")
-        if model not in moved["models"] or not directory:
-            fail(f"--backbone {item}: expected MODEL=DIR with MODEL one of {sorted(moved['models'])}")
+        if model not in llm or not directory:
+            fail(f"--backbone {item}: expected MODEL=DIR with MODEL one of {', '.join(llm) or 'none (no LoRA models)'}")
         moved["models"][model]["backbone"] = {"kind": "path", "path": str(Path(directory).resolve())}
-    for name, model in moved["models"].items():
-        backbone = model.get("backbone", {})
-        if backbone.get("kind") == "path" and not (Path(backbone["path"]) / "config.json").exists():
-            fail(f"model '{name}': no backbone at {backbone['path']} (no config.json there): attach the model to "
-                 f"the notebook and pass --backbone {name}=DIR")
+    for name in llm:
+        check_backbone(name, moved["models"][name]["backbone"], meta.get("backbones", {}).get(name))
     gpus = count_gpus()
     if max(gpus, 1) < moved["compute"]["predict_gpus"]:
         say(f"{gpus or 'no'} GPU(s) here: each prediction job uses {max(gpus, 1)} (the bundle was set for "
@@ -113,6 +111,24 @@ def run_config(args, workdir):
     tmp.write_text(yaml.safe_dump(moved, sort_keys=False))
     os.replace(tmp, path)
     return path, max(gpus, 1)
+
+
+def check_backbone(name, backbone, trained_on):
+    """The backbone directory is there and of the architecture and shape the adapters were trained
+    on (``bundle.json`` records them): a Gemma adapter on a Llama would load, and predict nonsense."""
+    if backbone.get("kind") != "path":
+        return
+    config_json = Path(backbone["path"]) / "config.json"
+    if not config_json.exists():
+        below = sorted(str(p.parent) for p in Path(backbone["path"]).glob("*/config.json"))
+        hint = f" (a directory below has one: {below[0]})" if below else ""
+        fail(f"model '{name}': no backbone at {backbone['path']}: no config.json there{hint}. Attach the model to "
+             f"the notebook and pass --backbone {name}=DIR, DIR holding its config.json")
+    found = json.loads(config_json.read_text())
+    differ = [f"{k} {found.get(k)!r} (trained on {v!r})" for k, v in (trained_on or {}).items() if found.get(k) != v]
+    if differ:
+        fail(f"model '{name}': the backbone at {backbone['path']} is not the one its adapters were trained on: "
+             + "; ".join(differ))
 
 
 def count_gpus():
@@ -136,7 +152,8 @@ def check_time(workdir, config, jobs, gpus):
     time left (the limit less its margin and what this run has spent so far): stop here, before the
     test passes, when the run cannot fit."""
     if snakemake(workdir, config, jobs, gpus, target="results/time_estimate.json") != 0:
-        fail(f"the time estimate failed: see {workdir}/results/logs/time_estimate.log")
+        fail(f"the workflow stopped before the test passes: the error is above, and the log file it names is "
+             f"under {workdir}/results/logs")
     estimate = json.loads((workdir / "results" / "time_estimate.json").read_text())
     for name, m in estimate["models"].items():
         say(f"  {name}: {m['passes']} passes x {m['test_tokens']} tokens{' x 2 orders' if m['tta'] else ''} at "
@@ -156,10 +173,26 @@ def yaml_load(path):
     return yaml.safe_load(Path(path).read_text())
 
 
+def output_path(out):
+    """Where submission.csv goes: ``out``, or ``out``/submission.csv when it is a directory; its
+    directory made and checked writable at the start, not after hours of prediction."""
+    out, is_dir = Path(out), str(out).endswith("/")
+    if is_dir or out.is_dir():
+        out = out / "submission.csv"
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        fail(f"--out {out}: cannot create its directory ({err})")
+    if not os.access(out.parent, os.W_OK):
+        fail(f"--out {out}: its directory is not writable")
+    return out
+
+
 def main(argv=None):
     args = parse_args(argv)
     if not Path(args.test_csv).exists():
         fail(f"--test-csv {args.test_csv}: no such file")
+    output_path(args.out)
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     # the config first: a missing backbone is named before minutes of installing
@@ -172,9 +205,8 @@ def main(argv=None):
     if not args.no_estimate:
         check_time(workdir, config, jobs, gpus)
     if snakemake(workdir, config, jobs, gpus) != 0:
-        fail(f"the workflow failed: its log names the job and the log file (under {workdir}/results/logs)")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+        fail(f"the workflow failed: the error is above, and the log file it names is under {workdir}/results/logs")
+    out = output_path(args.out)
     with tempfile.NamedTemporaryFile(dir=out.parent, prefix=f".{out.name}.", delete=False) as tmp:
         shutil.copyfile(workdir / "results" / "submission.csv", tmp.name)
     os.replace(tmp.name, out)

@@ -15,6 +15,7 @@ if not CONFIG.predict_only:
             destinations=list(BUNDLE_FILES),
             config=settings.canonical(bundle.bundle_config(CONFIG, KAGGLE)),
             kaggle={k: KAGGLE[k] for k in bundle.BUILD_READS},
+            backbones=bundle.home_backbones(CONFIG),
             # the workflow and run.py it copies: a code change rebuilds it
             code=bundle.code_fingerprint(),
         script:

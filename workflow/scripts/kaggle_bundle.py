@@ -7,7 +7,7 @@ from arena_pref.logs import run_main, setup_logging
 def main(sm):
     setup_logging(sm.log[0])
     steps.kaggle_bundle(files=dict(zip(sm.params.destinations, sm.input)), config=sm.params.config,
-                        kaggle=sm.params.kaggle, out=sm.output[0])
+                        kaggle=sm.params.kaggle, backbones=sm.params.backbones, out=sm.output[0])
 
 
 if __name__ == "__main__":
