@@ -60,14 +60,20 @@ def test_a_tiny_backbone_without_its_directory_is_an_error():
         bundle.predict_config(raw, models_dir="m", blender="b.json", test_csv="t.csv")
 
 
-def test_run_py_moves_only_paths_under_the_bundle():
-    """run.py moves the bundle's own paths to where Kaggle mounted it, and nothing that merely
-    starts with the same characters (another dataset's path, say)."""
+def kaggle_run():
+    """workflow/kaggle/run.py as a module (it is a script copied into the bundle)."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("kaggle_run", REPO / "workflow/kaggle/run.py")
     run = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(run)
+    return run
+
+
+def test_run_py_moves_only_paths_under_the_bundle():
+    """run.py moves the bundle's own paths to where Kaggle mounted it, and nothing that merely
+    starts with the same characters (another dataset's path, say)."""
+    run = kaggle_run()
     config = {"models": {"m": {"trained": "/kaggle/input/b/models/m",
                                "backbone": {"kind": "path", "path": "/kaggle/input/b-weights/gemma"}}},
               "blend": {"from": "/kaggle/input/b/blender.json"}, "list": ["/kaggle/input/b", 3]}
@@ -107,3 +113,11 @@ def test_a_model_whose_tta_differs_from_the_blenders_is_an_error(tmp_path):
                      test_parquet=None, tta={"m": False}, submission=tmp_path / "sub.csv",
                      run_info_path=tmp_path / "run_info.json", config={})
     assert not (tmp_path / "sub.csv").exists()
+
+
+def test_averaging_if_needed_estimates_one_pass_per_model():
+    """--average-if-needed: each model's measured per-pass time, once (None when nothing would change)."""
+    run = kaggle_run()
+    estimate = {"models": {"a": {"passes": 5, "seconds": 5 * 3600.0}, "b": {"passes": 1, "seconds": 1800.0}}}
+    assert run.averaged_hours(estimate) == pytest.approx(1.5)
+    assert run.averaged_hours({"models": {"b": {"passes": 1, "seconds": 1800.0}}}) is None

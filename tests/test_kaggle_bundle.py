@@ -65,7 +65,7 @@ def test_the_bundle_reproduces_the_submission_offline_from_another_directory(bun
                            "--out", str(tmp_path / "out") + "/", "--workdir", str(tmp_path / "work")],
                           capture_output=True, text=True, env=env, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "h for the test passes;" in proc.stdout and "h left (limit 9.00 h, margin 0.50 h, spent" in proc.stdout
+    assert "s for the test passes;" in proc.stdout and "h left (limit 9.00 h, margin 0.50 h, spent" in proc.stdout
     home = pd.read_csv(bundle / "results" / "submission.csv")
     here = pd.read_csv(tmp_path / "out" / "submission.csv")
     assert list(here["id"]) == list(home["id"])

@@ -43,6 +43,9 @@ def parse_args(argv=None):
     parser.add_argument("--time-limit-h", type=float, default=None,
                         help="stop before the test passes unless the estimate fits this (default: the bundle's)")
     parser.add_argument("--no-estimate", action="store_true", help="skip the time estimate")
+    parser.add_argument("--average-if-needed", action="store_true",
+                        help="where the estimate does not fit, average each model's fold adapters (one test pass "
+                             "each) if that fits, instead of stopping")
     parser.add_argument("--no-install", action="store_true", help="the wheels are installed already")
     parser.add_argument("--dry-run", action="store_true", help="check the arguments and plan the run (snakemake -n); run nothing")
     return parser.parse_args(argv)
@@ -85,8 +88,6 @@ def moved_paths(value, old, new):
 def run_config(args, workdir):
     """The bundle's config with its own paths moved to where the bundle is, and the test CSV and
     backbones given on the command line."""
-    import yaml
-
     config = yaml_load(BUNDLE / "config.yaml")
     meta = json.loads((BUNDLE / "bundle.json").read_text())
     moved = moved_paths(config, meta["input_dir"], str(BUNDLE))
@@ -107,9 +108,7 @@ def run_config(args, workdir):
             f"{moved['compute']['predict_gpus']})")
         moved["compute"]["predict_gpus"] = max(gpus, 1)
     path = workdir / "config.yaml"
-    tmp = workdir / ".config.yaml.tmp"
-    tmp.write_text(yaml.safe_dump(moved, sort_keys=False))
-    os.replace(tmp, path)
+    write_yaml(moved, path)
     return path, max(gpus, 1)
 
 
@@ -147,10 +146,12 @@ def snakemake(workdir, config, jobs, gpus, *extra, target="results/submission.cs
     return subprocess.run(cmd, env=env).returncode
 
 
-def check_time(workdir, config, jobs, gpus):
+def check_time(workdir, config, jobs, gpus, average_if_needed=False):
     """The workflow's time_estimate (each LoRA model timed on a sample of its test rows) against the
     time left (the limit less its margin and what this run has spent so far): stop here, before the
-    test passes, when the run cannot fit."""
+    test passes, when the run cannot fit; with ``average_if_needed``, first try one pass per model
+    (its fold adapters averaged: the fitted blender is indifferent to how a member's test
+    predictions were made)."""
     if snakemake(workdir, config, jobs, gpus, target="results/time_estimate.json") != 0:
         fail(f"the workflow stopped before the test passes: the error is above, and the log file it names is "
              f"under {workdir}/results/logs")
@@ -161,10 +162,42 @@ def check_time(workdir, config, jobs, gpus):
             f"{m['seconds']:.0f} s ({m['seconds'] / 3600:.2f} h)")
     spent_h = (time.time() - STARTED) / 3600
     left_h = estimate["limit_h"] - estimate["margin_h"] - spent_h
-    say(f"estimated {estimate['estimate_h']:.2f} h for the test passes; {left_h:.2f} h left (limit "
-        f"{estimate['limit_h']:.2f} h, margin {estimate['margin_h']:.2f} h, spent {spent_h:.2f} h)")
-    if estimate["estimate_h"] > left_h:
-        fail(f"the run would not fit the time limit: {estimate['advice']} (or rerun with --no-estimate)")
+    say(f"estimated {hours(estimate['estimate_h'])} for the test passes; {hours(left_h)} left (limit "
+        f"{estimate['limit_h']:.2f} h, margin {estimate['margin_h']:.2f} h, spent {hours(spent_h)})")
+    if estimate["estimate_h"] <= left_h:
+        return
+    averaged = averaged_hours(estimate)
+    if not average_if_needed or averaged is None or averaged > left_h:
+        why = (f"; averaging every model's fold adapters would take {hours(averaged)}" if averaged is not None
+               else "")
+        fail(f"the run would not fit the time limit{why}: {estimate['advice']} (or rerun with --no-estimate)")
+    models = [m for m, v in estimate["models"].items() if v["passes"] > 1]
+    say(f"--average-if-needed: averaging the fold adapters of {', '.join(models)} (one pass each): "
+        f"{hours(averaged)} estimated")
+    run = yaml_load(config)
+    for m in models:
+        run["models"][m].setdefault("predict", {})["average_adapters"] = True
+    write_yaml(run, config)
+
+
+def hours(h):
+    return f"{h:.2f} h" if abs(h) >= 0.1 else f"{h * 3600:.0f} s"
+
+
+def averaged_hours(estimate):
+    """The estimate with one test pass per model (its fold adapters averaged), from the per-pass time
+    each model measured; None where every model already predicts once."""
+    if all(m["passes"] <= 1 for m in estimate["models"].values()):
+        return None
+    return sum(m["seconds"] / m["passes"] for m in estimate["models"].values()) / 3600
+
+
+def write_yaml(value, path):
+    import yaml
+
+    tmp = path.parent / f".{path.name}.tmp"
+    tmp.write_text(yaml.safe_dump(value, sort_keys=False))
+    os.replace(tmp, path)
 
 
 def yaml_load(path):
@@ -203,7 +236,7 @@ def main(argv=None):
     if args.dry_run:
         sys.exit(snakemake(workdir, config, jobs, gpus, "-n"))
     if not args.no_estimate:
-        check_time(workdir, config, jobs, gpus)
+        check_time(workdir, config, jobs, gpus, args.average_if_needed)
     if snakemake(workdir, config, jobs, gpus) != 0:
         fail(f"the workflow failed: the error is above, and the log file it names is under {workdir}/results/logs")
     out = output_path(args.out)
