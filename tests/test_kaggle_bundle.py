@@ -106,7 +106,8 @@ def test_a_run_that_cannot_fit_the_time_limit_stops_before_the_test_passes(bundl
                            "--workdir", str(tmp_path / "work"), "--no-install", "--time-limit-h", "0.001"],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert "the run would not fit the time limit: average each model's fold adapters" in proc.stdout
+    assert "the run would not fit the time limit; averaging every model's fold adapters would take" in proc.stdout
+    assert "average each model's fold adapters (predict.average_adapters)" in proc.stdout
     assert not (tmp_path / "work" / "results" / "test").exists()
 
 
