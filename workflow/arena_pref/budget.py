@@ -36,11 +36,9 @@ def sample_rows(tokens, n, seed=0):
     return tokens.iloc[np.sort(np.random.default_rng(seed).choice(len(tokens), n, replace=False))]
 
 
-def calibrate(*, backbone, adapter_dir, tokens, settings, tta, allow_bf16_emulation=False, device=None, started=None,
-              threads=None):
-    """Seconds to start (since ``started``, the job's process start) and to load, and the tokens
-    per second of prediction on ``tokens`` (a sample of the test token cache), on one device
-    (with ``threads`` CPU threads, as the prediction jobs)."""
+def calibrate(*, backbone, adapter_dir, tokens, settings, tta, allow_bf16_emulation=False, device=None, threads=None):
+    """Seconds to load, and the tokens per second of prediction on ``tokens`` (a sample of the test
+    token cache), on one device (with ``threads`` CPU threads, as the prediction jobs)."""
     import torch
 
     if threads:
@@ -49,7 +47,6 @@ def calibrate(*, backbone, adapter_dir, tokens, settings, tta, allow_bf16_emulat
     from .predict import Trained, batches_for_model, plan_for, run_batches, sequences_of
 
     device = device or job_devices()[0]
-    startup = time.time() - started if started else 0.0
     t0 = time.perf_counter()
     model, pad = Trained(str(backbone), str(adapter_dir), settings, allow_bf16_emulation).load(device)
     load = time.perf_counter() - t0
@@ -66,7 +63,7 @@ def calibrate(*, backbone, adapter_dir, tokens, settings, tta, allow_bf16_emulat
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - t0
     n_tokens = int(sum(sum(lengths[i] for i in b.rows) for b in timed))
-    return {"device": str(device), "startup_s": startup, "load_s": load, "tokens_per_s": n_tokens / max(seconds, 1e-9),
+    return {"device": str(device), "load_s": load, "tokens_per_s": n_tokens / max(seconds, 1e-9),
             "timed_tokens": n_tokens}
 
 

@@ -55,8 +55,8 @@ def predict_config(raw, *, models_dir, blender, test_csv, backbones=None):
 # --------------------------------------------------------------------------- the bundle
 
 REPO = Path(__file__).resolve().parents[2]  # this checkout: workflow/arena_pref/bundle.py
-WORKFLOW_PARTS = ("Snakefile", "envs/arena-pref.yaml", "workflow/rules", "workflow/scripts", "workflow/schemas", "workflow/report",
-                  "workflow/arena_pref")
+WORKFLOW_PARTS = ("Snakefile", "envs/arena-pref.yaml", "workflow/rules", "workflow/scripts", "workflow/schemas",
+                  "workflow/report", "workflow/arena_pref")
 """What of the repository the bundle carries: enough to run the workflow (no presets, profiles or tests)."""
 IGNORED = ("__pycache__", "*.pyc", "*.egg-info")
 
@@ -65,18 +65,19 @@ def bundle_files(config):
     """``{path in the bundle: path here}`` of what a run from trained models reads: each model's test
     passes (adapters, averaged or per fold; fitted learners), the blender, and the backbones built
     or packaged here (real backbones are attached on Kaggle, never copied)."""
-    from .backbones import backbone_dir, built_dir
+    from .trained import adapter_dir, learner_path
 
     files = {"blender.json": "results/blender.json"}
     for name, model in config.models.items():
         for part in config.test_passes(name):
             if model.kind == "features":
-                files[f"models/{name}/{part}/learner.joblib"] = f"results/models/{name}/{part}/learner.joblib"
+                files[f"models/{name}/{part}/learner.joblib"] = learner_path(config, name, part.removeprefix("fold"))
             else:
-                files[f"models/{name}/{part}/adapter"] = f"results/models/{name}/{part}/adapter"
+                files[f"models/{name}/{part}/adapter"] = adapter_dir(config, name, part)
+    here = home_backbones(config)
+    for name, model in config.models.items():
         if model.kind == "llm" and model.backbone["kind"] in ("tiny", "package"):
-            source = built_dir(name) if model.backbone["kind"] == "tiny" else backbone_dir(model.backbone)
-            files[f"backbones/{name}"] = source
+            files[f"backbones/{name}"] = here[name]
     return files
 
 

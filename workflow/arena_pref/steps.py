@@ -296,16 +296,13 @@ def time_estimate(*, models, limit_h, margin_h, gpus, rows, out, threads=None):
 
     from . import predict  # noqa: F401
 
-    started, report = psutil.Process().create_time(), {}
+    startup, report = time.time() - psutil.Process().create_time(), {}
     for name, m in models.items():
         tokens = read_tokens(m["tokens_parquet"])
-        measured = budget.calibrate(backbone=m["backbone"], adapter_dir=m["adapter"],
-                                    tokens=budget.sample_rows(tokens, rows), settings=m["settings"], tta=m["tta"],
-                                    allow_bf16_emulation=m["allow_bf16_emulation"], started=started,
-                                    threads=threads)
-        started = None  # this job started once: later models load in a process already running
+        measured = {"startup_s": startup, **budget.calibrate(
+            backbone=m["backbone"], adapter_dir=m["adapter"], tokens=budget.sample_rows(tokens, rows),
+            settings=m["settings"], tta=m["tta"], allow_bf16_emulation=m["allow_bf16_emulation"], threads=threads)}
         n_tokens = int(tokens["input_ids"].map(len).sum())
-        measured["startup_s"] = measured["startup_s"] or report[next(iter(report))]["startup_s"]
         seconds = budget.model_seconds(measured, tokens=n_tokens, passes=m["passes"], tta=m["tta"], gpus=gpus)
         report[name] = {**measured, "test_tokens": n_tokens, "passes": m["passes"], "tta": m["tta"], "gpus": gpus,
                         "seconds": seconds}
