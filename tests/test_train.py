@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from arena_pref import modeling, train
+from arena_pref import modeling, targets, train
 from arena_pref.tokenize import tokenize_frame
 from workflow_helpers import model_settings
 
@@ -32,14 +32,14 @@ def tokens(tiny_backbone_dir):
         "response_b": [["stars"] for _ in range(n)],
     })
     tok = modeling.load_tokenizer(tiny_backbone_dir)
-    return tokenize_frame(df, tok, strategy="per_part", max_length=48), np.arange(n) % 3
+    return tokenize_frame(df, tok, strategy="per_part", max_length=48), targets.hard(np.arange(n) % 3)
 
 
 def run(tiny_backbone_dir, tokens, tmp_path, settings=SETTINGS, name="a"):
     """Train with ``settings``: a model's mapping as in a config file."""
-    cache, labels = tokens
+    cache, rows = tokens
     model = model_settings(**settings)
-    return train.train_fold(backbone=tiny_backbone_dir, tokens=cache, labels=labels, settings=model.training,
+    return train.train_fold(backbone=tiny_backbone_dir, tokens=cache, targets=rows, settings=model.training,
                             options=model.options,
                             ckpt_dir=tmp_path / "ckpt", adapter_dir=tmp_path / name / "adapter",
                             metrics_path=tmp_path / name / "metrics.json", threads=1)
@@ -178,11 +178,11 @@ def test_a_second_trainer_on_the_same_checkpoints_stops(tiny_backbone_dir, token
 
 
 def test_swap_augment_mirrors_labels(tokens):
-    cache, labels = tokens
-    seqs, y, segs = train.training_rows(cache, labels, swap_augment=True)
+    cache, rows = tokens
+    seqs, y, segs = train.training_rows(cache, rows, swap_augment=True)
     n = len(cache)
     assert len(seqs) == 2 * n
-    assert list(y[n:]) == [{0: 1, 1: 0, 2: 2}[v] for v in labels]
+    assert list(y.labels[n:]) == [{0: 1, 1: 0, 2: 2}[v] for v in rows.labels]
     assert seqs[n] == list(cache["input_ids_swap"][0])
 
 
@@ -282,7 +282,7 @@ def arch_tokens(path, n=12, max_length=48):
         "response_b": [["stars " * (1 + i % 4)] for i in range(n)],
     })
     cache = tokenize_frame(df, modeling.load_tokenizer(path), strategy="per_part", max_length=max_length)
-    return cache, np.arange(n) % 3
+    return cache, targets.hard(np.arange(n) % 3)
 
 
 def sgd_settings(quantization, **train_changes):
@@ -384,3 +384,28 @@ def test_packed_training_matches_padded(tiny_backbone_dir, tmp_path, pool, side)
     for k in a:
         np.testing.assert_allclose(b[k].numpy(), a[k].numpy(), rtol=0, atol=1e-5, err_msg=k)
     assert any(np.abs(a[k].numpy()).max() > 0 for k in a if "lora_B" in k)  # it did train
+
+
+def test_distillation_trains_toward_the_teacher_and_the_labels_as_alpha_weighs_them(tiny_backbone_dir, tokens,
+                                                                                     tmp_path):
+    """alpha 1: the labels do not matter (permuted, or none at all as on pseudo-labelled rows) and
+    the teacher's probabilities do; alpha 0: the teacher does not matter (plain training)."""
+    cache, rows = tokens
+    rng = np.random.default_rng(0)
+    teacher, other = rng.dirichlet(np.ones(3), len(cache)), rng.dirichlet(np.ones(3), len(cache))
+    n, settings = len(cache), sgd_settings("none")
+
+    def adapter(name, labels, soft=None, alpha=None):
+        t = targets.Targets(labels, soft, None if soft is None else np.full(n, float(alpha)))
+        run(tiny_backbone_dir, (cache, t), tmp_path / name, settings=settings)
+        return adapter_weights(tmp_path / name / "a" / "adapter")
+
+    def same(a, b):
+        return all(np.allclose(a[k].numpy(), b[k].numpy(), rtol=0, atol=1e-6) for k in a)
+
+    soft = adapter("soft", rows.labels, teacher, 1.0)
+    assert same(soft, adapter("permuted", rows.labels[::-1].copy(), teacher, 1.0))
+    assert same(soft, adapter("unlabelled", np.full(n, targets.NO_LABEL), teacher, 1.0))
+    assert not same(soft, adapter("other_teacher", rows.labels, other, 1.0))
+    assert same(adapter("alpha0", rows.labels, teacher, 0.0), adapter("plain", rows.labels))
+    assert not same(soft, adapter("plain_again", rows.labels))

@@ -377,7 +377,7 @@ def _baseline_training(path, seqs, labels, workdir, *, quantization, batch_size)
     """The public baseline: stock model forward and loss, padded batches in random order."""
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
-    from . import train
+    from . import targets, train
 
     tok = modeling.load_tokenizer(path)
     model = modeling.load_model(path, quantization=quantization, dtype="float32", pad_token_id=tok.pad_token_id)
@@ -386,7 +386,7 @@ def _baseline_training(path, seqs, labels, workdir, *, quantization, batch_size)
                              warmup_steps=2, num_train_epochs=1, report_to="none", save_strategy="no",
                              disable_tqdm=True, use_cpu=not torch.cuda.is_available(),
                              optim=train.optimizer_name("adamw_8bit"), seed=0, logging_steps=10)
-    trainer = Trainer(model=model, args=args, train_dataset=train.RowDataset(seqs, labels),
+    trainer = Trainer(model=model, args=args, train_dataset=train.RowDataset(seqs, targets.hard(labels)),
                       data_collator=DataCollatorWithPadding(tok))
     t0 = time.perf_counter()
     trainer.train()
@@ -395,10 +395,10 @@ def _baseline_training(path, seqs, labels, workdir, *, quantization, batch_size)
 
 
 def _our_training(path, seqs, labels, workdir, model, *, threads):
-    from . import train
+    from . import targets, train
 
     tokens = {"id": np.arange(len(seqs)), "input_ids": seqs, "input_ids_swap": seqs}
-    metrics = train.train_fold(backbone=path, tokens=tokens, labels=labels, settings=model.training,
+    metrics = train.train_fold(backbone=path, tokens=tokens, targets=targets.hard(labels), settings=model.training,
                                options=model.options, ckpt_dir=workdir / "checkpoints",
                                adapter_dir=workdir / "adapter", metrics_path=workdir / "metrics.json", threads=threads)
     max_tokens = model.training.train.max_tokens_per_batch

@@ -72,13 +72,17 @@ def backbone_identity(backbone):
     return h.hexdigest()
 
 
-def fingerprint(*, settings, ids, labels, sequences, backbone):
-    """Hashes of what a training result depends on, by part (so a mismatch can say which)."""
+def fingerprint(*, settings, ids, targets, sequences, backbone):
+    """Hashes of what a training result depends on, by part (so a mismatch can say which):
+    ``targets`` (:class:`~arena_pref.targets.Targets`) with the teachers' probabilities."""
     lengths = np.array([len(s) for s in sequences], dtype=np.int64)
     tokens = np.concatenate([np.asarray(s, dtype=np.int64) for s in sequences]) if sequences else lengths
+    soft = () if targets.soft is None else (np.asarray(targets.soft, dtype=np.float64).tobytes(),
+                                            np.asarray(targets.alpha, dtype=np.float64).tobytes())
     return {
         "settings": _sha(settings, __version__),
-        "rows": _sha(np.asarray(ids, dtype=np.int64).tobytes(), np.asarray(labels, dtype=np.int64).tobytes()),
+        "rows": _sha(np.asarray(ids, dtype=np.int64).tobytes(), np.asarray(targets.labels, dtype=np.int64).tobytes(),
+                     *soft),
         "tokens": _sha(lengths.tobytes(), tokens.tobytes()),
         "backbone": backbone_identity(backbone),
     }

@@ -93,6 +93,30 @@ def warn_shared_ids(train, test, path):
                     "the ones you meant", describe(path), len(shared), ", ".join(map(str, shared[:5])))
 
 
+def unseen_extra_rows(extra, seen, path):
+    """The rows of an extra (unlabelled) table to pseudo-label: rows whose prompt is also in one of
+    the ``seen`` tables (train, test) are dropped and counted, since a teacher's label for a test
+    prompt, or a training prompt's second copy, would leak into what it is scored on. An id that a
+    seen table also has is an error: ids name rows in every prediction file."""
+    for table in seen:
+        shared = np.intersect1d(extra["id"].to_numpy(), table["id"].to_numpy())
+        if len(shared):
+            raise InputError(f"{describe(path)}: row id {shared[0]}: column id: {len(shared)} id(s) are also train or "
+                             "test ids; give the extra rows ids of their own")
+    known = {_prompt_key(p) for table in seen for p in table["prompt"]}
+    keep = np.array([_prompt_key(p) not in known for p in extra["prompt"]], dtype=bool)
+    log.info("%s: %d of %d rows dropped: their prompt is also in the training or test data; %d rows kept",
+             describe(path), int((~keep).sum()), len(extra), int(keep.sum()))
+    if not keep.any():
+        raise InputError(f"{describe(path)}: every row's prompt is also in the training or test data: nothing is "
+                         "left to pseudo-label")
+    return extra[keep].reset_index(drop=True)
+
+
+def _prompt_key(turns):
+    return json.dumps(turns, ensure_ascii=False)
+
+
 def write_parsed(df, path):
     """Write a table from :func:`read_kaggle_csv` to parquet, atomically."""
     io.write_parquet(df, path)

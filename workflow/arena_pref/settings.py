@@ -76,12 +76,23 @@ class TrainOptions:
 
 
 @dataclass(frozen=True)
+class Teachers:
+    """Soft targets besides the labels (schema: ``distill``, ``pseudo_labels``): the teachers' names
+    and the weight of the distillation term. Teacher predictions reach the job as inputs."""
+
+    distill: str | None  # the model whose OOF predictions the training rows distil
+    alpha: float  # weight of KL(teacher || model) on training rows; 0 without distill
+    pseudo: str | None  # the model whose predictions label data.extra_csv's rows
+
+
+@dataclass(frozen=True)
 class TrainSettings:
     """Everything the train rule reads."""
 
     loading: Loading
     lora: Lora
     train: TrainOptions
+    teachers: Teachers
 
 
 @dataclass(frozen=True)
@@ -211,11 +222,20 @@ class Config:
     kaggle: KaggleSettings | None = None
     train_csv: str | None = None  # None: a run from trained models (predict only)
     blender_source: str | None = None  # blend.from: a blender.json fitted by an earlier run
+    extra_csv: str | None = None  # data.extra_csv: unlabelled pairs the pseudo-label teachers label
 
     @property
     def predict_only(self):
         """No training data: every model predicts from its trained directory."""
         return self.train_csv is None
+
+    def teachers(self, model, role):
+        """The model ``model`` learns from in ``role`` (``distill`` or ``pseudo``), or None: always
+        None in a run from trained models, which trains nothing."""
+        settings = getattr(self.models[model], "training", None)
+        if self.predict_only or settings is None:
+            return None
+        return getattr(settings.teachers, role)
 
     def names(self, kind):
         """Names of the models of one kind (``llm`` or ``features``), sorted."""
@@ -243,6 +263,12 @@ def _folds(predict):
     return None if predict["folds"] == "all" else tuple(predict["folds"])
 
 
+def _teachers(m):
+    distill, pseudo = m["distill"], m["pseudo_labels"]
+    return Teachers(distill=distill and distill["teacher"], alpha=float(distill["alpha"]) if distill else 0.0,
+                    pseudo=pseudo and pseudo["teacher"])
+
+
 def _model_config(name, m):
     if m["kind"] == "features":
         reads = LEARNER_READS[m["learner"]]
@@ -258,7 +284,8 @@ def _model_config(name, m):
         tokens=TokenSettings(max_length=m["max_length"], truncation=m["truncation"],
                              prompt_max_frac=float(m["prompt_max_frac"]), template=m["template"]),
         training=TrainSettings(loading=loading, lora=build(Lora, m["lora"]),
-                               train=build(TrainOptions, {k: v for k, v in t.items() if k not in _OPERATIONAL})),
+                               train=build(TrainOptions, {k: v for k, v in t.items() if k not in _OPERATIONAL}),
+                               teachers=_teachers(m)),
         prediction=PredictSettings(
             loading=loading,
             batching=Batching(method=p["method"], batch_size=p["batch_size"],
@@ -427,6 +454,57 @@ def _check_blend(config, models):
             raise InputError("config blend.weights: at least one weight must be positive")
 
 
+def _teacher_of(m, role):
+    return (m.get(role) or {}).get("teacher")
+
+
+def _check_teachers(config):
+    """Teachers name other models of this config, in an order training can follow (no model taught,
+    through any chain, by itself); pseudo-label teachers are LoRA models (they predict extra rows
+    from tokens), and data.extra_csv is given exactly when some model reads it."""
+    models = config["models"]
+    for name, m in models.items():
+        for role in ("distill", "pseudo_labels"):
+            teacher = _teacher_of(m, role)
+            if teacher is None:
+                continue
+            where = f"config models.{name}.{role}.teacher"
+            if m["kind"] != "llm":
+                raise InputError(f"config models.{name}.{role}: only LoRA models (kind llm) train on soft targets")
+            if teacher not in models:
+                hint = difflib.get_close_matches(teacher, models, 1)
+                raise InputError(f"{where}: no model named {teacher!r} in this config"
+                                 + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+            if teacher == name:
+                raise InputError(f"{where}: a model cannot be its own teacher")
+            if role == "pseudo_labels" and models[teacher]["kind"] != "llm":
+                raise InputError(f"{where}: {teacher!r} is a {models[teacher]['kind']} model; pseudo-labels come "
+                                 "from a LoRA model's fold adapters (kind llm)")
+    _check_no_teacher_cycle(models)
+    readers = [n for n, m in models.items() if _teacher_of(m, "pseudo_labels")]
+    if readers and not config["data"].get("extra_csv"):
+        raise InputError(f"config models.{readers[0]}.pseudo_labels: needs data.extra_csv, the unlabelled pairs to "
+                         "label")
+    if config["data"].get("extra_csv") and not readers:
+        raise InputError("config data.extra_csv: no model has pseudo_labels, so nothing would read it: give a model "
+                         "pseudo_labels: {teacher: ...}, or remove extra_csv")
+
+
+def _check_no_teacher_cycle(models):
+    def visit(name, path):
+        for role in ("distill", "pseudo_labels"):
+            teacher = _teacher_of(models[name], role)
+            if teacher in path:
+                cycle = " -> ".join(path[path.index(teacher):] + [teacher])
+                raise InputError(f"config models: the teachers form a cycle ({cycle}): a teacher's predictions "
+                                 "must exist before its student trains")
+            if teacher in models:
+                visit(teacher, [*path, teacher])
+
+    for name in models:
+        visit(name, [name])
+
+
 def _check_learner_keys(config):
     """A key the member's learner does not read (``C`` for hgb, say) is an error: it would be
     ignored without a word. Checked on the config as written, before defaults fill every key."""
@@ -448,6 +526,8 @@ def load_config(config):
     _check_learner_keys({"models": config["models"], "_written_keys": written})
     _check_trained({**config, "_written_blend": set(blend_keys)}, list(config["models"]))
     _check_blend(config, list(config["models"]))
+    if config["data"].get("train_csv") is not None:
+        _check_teachers(config)
     n_folds = config["cv"]["n_folds"]
     models = {name: _model_config(name, m) for name, m in config["models"].items()}
     for m in models.values():
@@ -460,7 +540,7 @@ def load_config(config):
                   cv_seed=config["cv"]["seed"], threads=config["compute"]["threads"],
                   predict_gpus=config["compute"]["predict_gpus"], kaggle=build(KaggleSettings, config["kaggle"]),
                   train_csv=config["data"].get("train_csv"),
-                  blender_source=source)
+                  blender_source=source, extra_csv=config["data"].get("extra_csv"))
 
 
 def model_config(model, name="model", **config):

@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from . import PROB_COLUMNS, TTA_COLUMNS, data, io
+from . import PROB_COLUMNS, TTA_COLUMNS, data, io, targets
 from .errors import InputError
 
 log = logging.getLogger(__name__)
@@ -29,13 +29,16 @@ def demo_data(train_csv, test_csv, test_labels_csv, *, n_train, n_test, seed):
              n_train, train_csv, n_test, test_csv, test_labels_csv)
 
 
-def parse(csv, split, out, *, train_parquet=None):
+def parse(csv, split, out, *, train_parquet=None, test_parquet=None):
     """A Kaggle CSV into a checked table; ``train_parquet`` (test split): the parsed training rows,
-    whose ids the test ids should not repeat."""
-    df = data.read_kaggle_csv(csv, split)
+    whose ids the test ids should not repeat. Split ``extra``: unlabelled pairs in the test format,
+    less those whose prompt the training or test rows have (``train_parquet``, ``test_parquet``)."""
+    df = data.read_kaggle_csv(csv, "test" if split == "extra" else split)
     if split == "train":
         data.check_training_labels(df, csv)
-    if train_parquet is not None:
+    if split == "extra":
+        df = data.unseen_extra_rows(df, [data.read_parsed(train_parquet), data.read_parsed(test_parquet)], csv)
+    elif train_parquet is not None:
         data.warn_shared_ids(data.read_parsed(train_parquet), df, csv)
     data.write_parsed(df, out)
     msg = f"parsed {len(df)} {split} rows from {csv}"
@@ -163,16 +166,37 @@ def _predict_both_orders(fitted, rows):
 
 
 def train(*, tokens_parquet, train_parquet, folds_parquet, fold, backbone, settings, options, checkpoints, adapter,
-          metrics, threads=None):
+          metrics, teacher_oof=(), pseudo_labels=None, extra_tokens=None, threads=None):
     """One fold's adapter (:class:`~arena_pref.settings.TrainSettings`, ``options``:
-    :class:`~arena_pref.settings.JobOptions`)."""
+    :class:`~arena_pref.settings.JobOptions`). ``teacher_oof``: the distillation teacher's OOF
+    files of the other folds; ``pseudo_labels`` and ``extra_tokens``: the pseudo-label teacher's
+    predictions of the extra rows and this model's tokens of them."""
     from .tokenize import read_tokens
     from .train import train_fold
 
     tokens = _fold_rows(read_tokens(tokens_parquet), folds_parquet, fold, held_out=False)
-    labels = data.read_parsed(train_parquet).set_index("id")["label"]
-    train_fold(backbone=backbone, tokens=tokens, labels=tokens["id"].map(labels).to_numpy(), settings=settings,
-               options=options, ckpt_dir=checkpoints, adapter_dir=adapter, metrics_path=metrics, threads=threads)
+    labels = tokens["id"].map(data.read_parsed(train_parquet).set_index("id")["label"]).to_numpy()
+    rows = _distilled(tokens, labels, settings.teachers, teacher_oof)
+    if settings.teachers.pseudo:
+        extra = read_tokens(extra_tokens)
+        probs = targets.teacher_probs([pd.read_parquet(pseudo_labels)])
+        rows = rows.concat(targets.pseudo(extra["id"], probs, name=settings.teachers.pseudo))
+        tokens = pd.concat([tokens, extra[tokens.columns]], ignore_index=True)
+        log.info("training on %d labelled rows and %d rows pseudo-labelled by '%s'", len(labels), len(extra),
+                 settings.teachers.pseudo)
+    train_fold(backbone=backbone, tokens=tokens, targets=rows, settings=settings, options=options,
+               ckpt_dir=checkpoints, adapter_dir=adapter, metrics_path=metrics, threads=threads)
+
+
+def _distilled(tokens, labels, teachers, teacher_oof):
+    """The fold's training rows' targets: their labels, and with ``distill`` the teacher's OOF
+    probabilities (each from the teacher fold that held the row out)."""
+    if not teachers.distill:
+        return targets.hard(labels)
+    probs = targets.teacher_probs([pd.read_parquet(p) for p in teacher_oof])
+    log.info("distilling '%s' (alpha %.2f) from its OOF predictions in %d file(s)", teachers.distill, teachers.alpha,
+             len(teacher_oof))
+    return targets.distilled(tokens["id"], labels, probs, alpha=teachers.alpha, name=teachers.distill)
 
 
 def oof(*, model, tokens_parquet, folds_parquet, fold, backbone, adapter, settings, options, out, threads=None):
@@ -198,6 +222,27 @@ def infer(*, model, part, tokens_parquet, backbone, adapter, settings, options, 
                               settings=settings, tta=tta, threads=threads, label=f"model '{model}', {part} (test)",
                               allow_bf16_emulation=options.allow_bf16_emulation)
     io.write_parquet(pred, out)
+
+
+def pseudo_label(*, model, parts, adapters, tokens_parquet, backbone, settings, options, out, threads=None):
+    """A teacher's soft labels of the extra rows: each test pass's adapter (``parts``) predicts them
+    in both orders, and the passes are averaged, as its test predictions are."""
+    from .predict import predict_on_devices
+    from .predictions import average_folds
+    from .tokenize import read_tokens
+
+    tokens = read_tokens(tokens_parquet)
+    t0 = time.monotonic()
+    preds = [predict_on_devices(backbone=backbone, adapter_dir=adapter, tokens=tokens, settings=settings, tta=True,
+                                threads=threads, label=f"model '{model}', {part} (pseudo-labels)",
+                                allow_bf16_emulation=options.allow_bf16_emulation)
+             for part, adapter in zip(parts, adapters)]
+    labels = average_folds(preds, tta=True)
+    io.write_parquet(labels, out)
+    seconds = time.monotonic() - t0
+    log.info("pseudo-labelled %d extra rows with %d pass(es) of '%s' in %.1f s (%.1f rows/s); mean probabilities "
+             "A %.3f, B %.3f, tie %.3f", len(labels), len(preds), model, seconds, len(labels) * len(preds) / seconds,
+             *labels[list(PROB_COLUMNS)].mean())
 
 
 def average_test(fold_predictions, out, *, tta):

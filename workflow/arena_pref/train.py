@@ -35,17 +35,39 @@ OPTIMIZERS = {"adamw": "adamw_torch", "adamw_8bit": "adamw_bnb_8bit", "paged_ada
 
 
 class RowDataset(torch.utils.data.Dataset):
-    def __init__(self, sequences, labels, segments=None):
-        self.sequences, self.labels, self.segments = sequences, labels, segments
+    """Training rows: sequences, their :class:`~arena_pref.targets.Targets`, answer segment ids."""
+
+    def __init__(self, sequences, targets, segments=None):
+        self.sequences, self.targets, self.segments = sequences, targets, segments
 
     def __len__(self):
         return len(self.sequences)
 
     def __getitem__(self, i):
-        item = {"input_ids": self.sequences[i], "labels": int(self.labels[i])}
+        item = {"input_ids": self.sequences[i], "labels": int(self.targets.labels[i])}
+        if self.targets.soft is not None:
+            item["soft"], item["alpha"] = self.targets.soft[i], float(self.targets.alpha[i])
         if self.segments is not None:
             item["segments"] = self.segments[i]
         return item
+
+
+def collate_targets(features):
+    """A batch's ``labels`` and, with teachers, ``soft`` (rows x 3) and ``alpha``."""
+    batch = {"labels": torch.tensor([int(f["labels"]) for f in features], dtype=torch.long)}
+    if "soft" in features[0]:
+        batch["soft"] = torch.tensor(np.array([f["soft"] for f in features]), dtype=torch.float32)
+        batch["alpha"] = torch.tensor([f["alpha"] for f in features], dtype=torch.float32)
+    return batch
+
+
+def soft_target_loss(logits, labels, soft, alpha):
+    """Per row ``alpha * KL(soft || model) + (1 - alpha) * CE(label)`` (rows without a label have
+    alpha 1), in float32 whatever the logits' dtype."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    kl = (torch.xlogy(soft, soft) - soft * logp).sum(-1)
+    ce = -logp.gather(1, labels.clamp(min=0)[:, None])[:, 0]
+    return alpha * kl + (1 - alpha) * ce
 
 
 class PaddedCollator:
@@ -61,7 +83,7 @@ class PaddedCollator:
         width = max(len(s) for s in seqs)
         ids, mask = padded_inputs(seqs, width, self.pad_token_id)
         batch = {"input_ids": ids, "attention_mask": mask, "n_tokens": sum(len(s) for s in seqs),
-                 "labels": torch.tensor([int(f["labels"]) for f in features], dtype=torch.long)}
+                 **collate_targets(features)}
         if "segments" in features[0]:
             batch["segments"] = pad_rows([f["segments"] for f in features], width)
         return batch
@@ -143,28 +165,27 @@ class PackedCollator:
         ids, positions, lengths = packed_inputs([f["input_ids"] for f in features])
         # ``bounds``: host ints, which the Trainer does not move to the device (lengths it does)
         batch = {"input_ids": ids, "position_ids": positions, "lengths": lengths, "n_tokens": ids.shape[1],
-                 "bounds": (0, *np.cumsum(lengths.tolist()).tolist()),
-                 "labels": torch.tensor([int(f["labels"]) for f in features], dtype=torch.long)}
+                 "bounds": (0, *np.cumsum(lengths.tolist()).tolist()), **collate_targets(features)}
         if "segments" in features[0]:
             batch["segments"] = concat_row([f["segments"] for f in features])
         return batch
 
 
-def training_rows(tokens, labels, swap_augment):
-    """Sequences, labels and answer segment ids (None for a cache without them) to train on;
-    with ``swap_augment`` each row also appears as (B, A).
+def training_rows(tokens, targets, swap_augment):
+    """Sequences, :class:`~arena_pref.targets.Targets` and answer segment ids (None for a cache
+    without them) to train on; with ``swap_augment`` each row also appears as (B, A).
 
-    In the swapped order "A wins" becomes "B wins" and vice versa; ties stay ties.
+    In the swapped order "A wins" becomes "B wins" and vice versa (teacher probabilities too);
+    ties stay ties.
     """
     seqs = [list(map(int, s)) for s in tokens["input_ids"]]
     segs = [list(map(int, s)) for s in tokens["segments"]] if "segments" in tokens else None
-    y = np.asarray(labels, dtype=np.int64)
     if swap_augment:
         seqs += [list(map(int, s)) for s in tokens["input_ids_swap"]]
         if segs is not None:
             segs += [list(map(int, s)) for s in tokens["segments_swap"]]
-        y = np.concatenate([y, np.array([1, 0, 2])[y]])
-    return seqs, y, segs
+        targets = targets.concat(targets.swapped())
+    return seqs, targets, segs
 
 
 def optimizer_name(name):
@@ -196,12 +217,13 @@ class PreferenceTrainer(Trainer):
         logits = classify(model, input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"),
                           lengths=inputs.get("lengths"), position_ids=inputs.get("position_ids"),
                           bounds=inputs.get("bounds"), pooling=self.pooling, segments=inputs.get("segments"))
-        if num_items_in_batch is not None:
-            # rows of the whole accumulated step: the Trainer then skips its own division
-            # by the accumulation steps, and uneven last batches are weighted right
-            loss = torch.nn.functional.cross_entropy(logits.float(), labels, reduction="sum") / num_items_in_batch
+        if "soft" in inputs:
+            rows = soft_target_loss(logits, labels, inputs["soft"], inputs["alpha"])
         else:
-            loss = torch.nn.functional.cross_entropy(logits.float(), labels)
+            rows = torch.nn.functional.cross_entropy(logits.float(), labels, reduction="none")
+        # over the rows of the whole accumulated step: the Trainer then skips its own division by
+        # the accumulation steps, and uneven last batches are weighted right
+        loss = rows.sum() / num_items_in_batch if num_items_in_batch is not None else rows.mean()
         self.step_loss = self.step_loss + loss.detach()
         self.tokens_seen += inputs["n_tokens"]
         return (loss, {"logits": logits}) if return_outputs else loss
@@ -280,24 +302,25 @@ class AfterCheckpoint(TrainerCallback):
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def train_fold(*, backbone, tokens, labels, settings, options, ckpt_dir, adapter_dir, metrics_path, threads=None):
-    """Train one fold's adapter on ``tokens`` (rows of the token cache) and ``labels`` with
+def train_fold(*, backbone, tokens, targets, settings, options, ckpt_dir, adapter_dir, metrics_path, threads=None):
+    """Train one fold's adapter on ``tokens`` (rows of the token cache) and their ``targets``
+    (:class:`~arena_pref.targets.Targets`) with
     :class:`~arena_pref.settings.TrainSettings` (and :class:`~arena_pref.settings.JobOptions`); write
     the adapter (``save_pretrained``, with the score head) and a metrics JSON. Resumes from this
     run's last complete checkpoint."""
     if threads:
         torch.set_num_threads(threads)
-    seqs, y, segs = training_rows(tokens, labels, settings.train.swap_augment)
+    seqs, rows, segs = training_rows(tokens, targets, settings.train.swap_augment)
     optim = optimizer_name(settings.train.optimizer)
     # what ran matters too: a checkpoint's optimizer state cannot move between these
     runtime = {"optimizer": optim, "device": default_device().type}
-    fp = checkpoints.fingerprint(settings=[to_params(settings), runtime], ids=tokens["id"], labels=labels,
+    fp = checkpoints.fingerprint(settings=[to_params(settings), runtime], ids=tokens["id"], targets=targets,
                                  sequences=seqs + (segs or []), backbone=backbone)
     with checkpoints.exclusive(ckpt_dir):
         resume, step_losses = checkpoints.prepare(ckpt_dir, fp)
         model, tokenizer, packing = _trainable_model(backbone, settings, options)
         args = _training_arguments(settings, options, ckpt_dir, optim)
-        trainer = _trainer(model, tokenizer, settings, args, RowDataset(seqs, y, segs), packing=packing,
+        trainer = _trainer(model, tokenizer, settings, args, RowDataset(seqs, rows, segs), packing=packing,
                            fingerprint=fp, step_losses=step_losses)
         _log_start(trainer, settings, packing, seqs)
         if torch.cuda.is_available():

@@ -52,7 +52,7 @@ BUNDLE_FILES = {} if CONFIG.predict_only else bundle.bundle_files(CONFIG)
 
 
 wildcard_constraints:
-    split="train|test",
+    split="train|test|extra",
     fold=r"\d+",
     part=r"fold\d+|average",
     model="|".join(MODELS),
@@ -77,10 +77,13 @@ def split_csv(wildcards):
 
 def parse_inputs(wildcards):
     """The CSV, and for the test split the parsed training rows (their ids are checked against;
-    a run from trained models has none)."""
+    a run from trained models has none); for the extra rows both (their prompts are dropped).
+    """
     inputs = {"csv": split_csv(wildcards)}
-    if wildcards.split == "test" and not CONFIG.predict_only:
+    if wildcards.split != "train" and not CONFIG.predict_only:
         inputs["train"] = "results/data/train.parquet"
+    if wildcards.split == "extra":
+        inputs["test"] = "results/data/test.parquet"
     return inputs
 
 
@@ -121,6 +124,37 @@ def fold_adapters(wildcards):
         trained.adapter_dir(CONFIG, wildcards.model, f"fold{k}")
         for k in CONFIG.predict_folds(wildcards.model)
     ]
+
+
+def teacher_inputs(wildcards):
+    """What a fold learns from besides its labels: the distillation teacher's OOF files of the
+    folds this fold trains on (each row's prediction by the teacher fold that held it out), and the
+    pseudo-label teacher's labels of the extra rows with this model's tokens of them."""
+    inputs = {}
+    distill = CONFIG.teachers(wildcards.model, "distill")
+    if distill:
+        inputs["teacher_oof"] = [
+            f"results/oof/{distill}/fold{k}.parquet"
+            for k in FOLDS
+            if k != int(wildcards.fold)
+        ]
+    pseudo = CONFIG.teachers(wildcards.model, "pseudo")
+    if pseudo:
+        inputs["pseudo_labels"] = f"results/pseudo/{pseudo}.parquet"
+        inputs["extra_tokens"] = f"results/tokens/{wildcards.model}/extra.parquet"
+    return inputs
+
+
+def test_pass_adapters(wildcards):
+    """The adapters of a model's test passes, in the order of CONFIG.test_passes."""
+    return [
+        trained.adapter_dir(CONFIG, wildcards.model, part)
+        for part in CONFIG.test_passes(wildcards.model)
+    ]
+
+
+def test_parts(wildcards):
+    return CONFIG.test_passes(wildcards.model)
 
 
 def trained_learner(wildcards):

@@ -27,6 +27,32 @@ if not CONFIG.predict_only:
         script:
             "../scripts/oof.py"
 
+    rule pseudo_label:
+        input:
+            adapters=test_pass_adapters,
+            tokens="results/tokens/{model}/extra.parquet",
+            backbone=backbone_input,
+        output:
+            "results/pseudo/{model}.parquet",
+        log:
+            "results/logs/pseudo_label/{model}.log",
+        benchmark:
+            "results/benchmarks/pseudo_label/{model}.tsv"
+        wildcard_constraints:
+            model=names_regex(LLM_MODELS),
+        conda:
+            CONDA_ENV
+        threads: CONFIG.threads
+        resources:
+            gpu=CONFIG.predict_gpus,
+        params:
+            backbone=backbone_spec,
+            settings=predict_params,
+            options=job_options,
+            parts=test_parts,
+        script:
+            "../scripts/pseudo_label.py"
+
 
 rule average_adapters:
     input:

@@ -3,6 +3,7 @@ if not CONFIG.predict_only:
 
     rule train:
         input:
+            unpack(teacher_inputs),
             tokens="results/tokens/{model}/train.parquet",
             data="results/data/train.parquet",
             folds="results/data/folds.parquet",

@@ -6,7 +6,8 @@ from arena_pref.logs import run_main, setup_logging
 @run_main
 def main(sm):
     setup_logging(sm.log[0])
-    steps.parse(sm.input.csv, sm.wildcards.split, sm.output[0], train_parquet=getattr(sm.input, "train", None))
+    steps.parse(sm.input.csv, sm.wildcards.split, sm.output[0], train_parquet=getattr(sm.input, "train", None),
+                test_parquet=getattr(sm.input, "test", None))
 
 
 

@@ -14,7 +14,8 @@ def main(sm):
         tokens_parquet=sm.input.tokens, train_parquet=sm.input.data, folds_parquet=sm.input.folds,
         fold=int(sm.wildcards.fold), backbone=backbone_dir(sm.params.backbone, sm.input.backbone),
         settings=from_params(TrainSettings, sm.params.settings), options=sm.params.options,
-        checkpoints=sm.params.checkpoints,
+        checkpoints=sm.params.checkpoints, teacher_oof=list(getattr(sm.input, "teacher_oof", [])),
+        pseudo_labels=getattr(sm.input, "pseudo_labels", None), extra_tokens=getattr(sm.input, "extra_tokens", None),
         adapter=sm.output.adapter, metrics=sm.output.metrics, threads=sm.threads)
 
 

@@ -1,0 +1,114 @@
+"""Teachers through the workflow: distillation from a teacher's OOF predictions and pseudo-labels
+for data.extra_csv, as a user configures them (config checks, the DAG, a run, a rerun)."""
+
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from workflow_helpers import SMALL, planned_jobs, snakemake
+
+from arena_pref import io, settings
+from arena_pref.demo import make_demo_data
+from arena_pref.errors import InputError
+
+
+def config_with(models, **data):
+    base = {"data": {"train_csv": "train.csv", "test_csv": "test.csv", **data}, "models": models,
+            "blend": {"method": "stack"}}
+    return settings.load_config(base)
+
+
+LLM = {"backbone": {"kind": "tiny"}, "lora": {"r": 2, "alpha": 4, "target_modules": ["q_proj"]}}
+FEATURES = {"kind": "features", "learner": "logreg"}
+
+
+@pytest.mark.parametrize("models, data, error", [
+    ({"student": {**LLM, "distill": {"teacher": "techer"}}, "teacher": FEATURES}, {},
+     r"models.student.distill.teacher: no model named 'techer' in this config \(did you mean 'teacher'\?\)"),
+    ({"student": {**LLM, "distill": {"teacher": "student"}}}, {}, "cannot be its own teacher"),
+    ({"a": {**LLM, "distill": {"teacher": "b"}}, "b": {**LLM, "pseudo_labels": {"teacher": "a"}}},
+     {"extra_csv": "x.csv"}, r"the teachers form a cycle \(a -> b -> a\)"),
+    ({"student": {**LLM, "pseudo_labels": {"teacher": "f"}}, "f": FEATURES}, {"extra_csv": "x.csv"},
+     "'f' is a features model; pseudo-labels come from a LoRA model's fold adapters"),
+    ({"student": {**LLM, "pseudo_labels": {"teacher": "t"}}, "t": LLM}, {}, "pseudo_labels: needs data.extra_csv"),
+    ({"student": LLM}, {"extra_csv": "x.csv"}, "data.extra_csv: no model has pseudo_labels"),
+])
+def test_teacher_mistakes_are_one_line_naming_the_key(models, data, error):
+    with pytest.raises(InputError, match=error):
+        config_with(models, **data)
+
+
+def test_teachers_reach_the_train_params_whatever_the_key_order():
+    a = config_with({"s": {**LLM, "distill": {"teacher": "f", "alpha": 0.25}}, "f": FEATURES})
+    b = config_with({"f": FEATURES, "s": {"distill": {"alpha": 0.25, "teacher": "f"}, **LLM}})
+    assert settings.to_params(a.models["s"].training) == settings.to_params(b.models["s"].training)
+    assert a.models["s"].training.teachers == settings.Teachers(distill="f", alpha=0.25, pseudo=None)
+    assert a.teachers("s", "distill") == "f" and a.teachers("f", "distill") is None
+
+
+# --------------------------------------------------------------------------- through the workflow
+
+def write_run(workdir, alpha=0.5):
+    """The small config's tiny Gemma-2 as the pseudo-label teacher, its tiny Llama as the student of
+    the pair-feature member (distillation) and of the Gemma-2 (pseudo-labels); extra rows that
+    repeat two training prompts and one test prompt besides new ones."""
+    cfg = yaml.safe_load(SMALL.read_text())
+    models = cfg["models"]
+    del models["minilm"]
+    models["tiny_llama"]["distill"] = {"alpha": alpha, "teacher": "pair_features"}
+    models["tiny_llama"]["pseudo_labels"] = {"teacher": "tiny_gemma2"}
+    cfg["data"] = {"train_csv": "data/train.csv", "test_csv": "data/test.csv", "extra_csv": "data/extra.csv"}
+    train, test = make_demo_data(120, 24, seed=3)
+    extra = make_demo_data(30, 1, seed=11)[0].drop(columns=["winner_model_a", "winner_model_b", "winner_tie"])
+    extra["id"] = np.arange(len(extra)) + 10**12
+    extra.loc[[0, 1], "prompt"] = train["prompt"].iloc[[4, 9]].to_numpy()
+    extra.loc[2, "prompt"] = test["prompt"].iloc[0]
+    for name, df in (("train", train), ("test", test), ("extra", extra)):
+        io.write_csv(df, workdir / "data" / f"{name}.csv")
+    (workdir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return train, test, extra
+
+
+def job_inputs(dry_run, rule, **wildcards):
+    """The input files a dry run lists for the job of ``rule`` with these wildcards."""
+    for block in re.split(r"^\[.*\]$", dry_run.stdout, flags=re.M):  # each job follows its time stamp
+        if re.search(rf"^\s*(local)?rule {rule}:", block, re.M) and all(
+                re.search(rf"wildcards:.*\b{k}={v}\b", block) for k, v in wildcards.items()):
+            return re.search(r"input: (.*)", block).group(1).split(", ")
+    raise AssertionError(f"no {rule} job with {wildcards} in the dry run")
+
+
+@pytest.mark.slow
+def test_a_student_learns_from_teacher_oof_and_pseudo_labels_without_leaks(tmp_path):
+    train, test, extra = write_run(tmp_path)
+    plan = snakemake(tmp_path, "-n", "-j2", "results/submission.csv")
+    # the DAG: fold 0 of the student reads the teacher's OOF of fold 1 only (fold 0's rows are the
+    # ones it is scored on), and the Gemma-2's pseudo-labels of the extra rows
+    fold0 = job_inputs(plan, "train", model="tiny_llama", fold=0)
+    assert "results/oof/pair_features/fold1.parquet" in fold0
+    assert "results/oof/pair_features/fold0.parquet" not in fold0
+    assert {"results/pseudo/tiny_gemma2.parquet", "results/tokens/tiny_llama/extra.parquet"} <= set(fold0)
+    assert not any("oof/" in f or "pseudo/" in f for f in job_inputs(plan, "train", model="tiny_gemma2", fold=0))
+    assert planned_jobs(plan)["pseudo_label"] == 1
+
+    snakemake(tmp_path, "-j2", "results/submission.csv", timeout=1500)
+    parse_log = (tmp_path / "results/logs/parse/extra.log").read_text()
+    assert "3 of 30 rows dropped" in parse_log
+    pseudo = pd.read_parquet(tmp_path / "results/pseudo/tiny_gemma2.parquet")
+    assert sorted(pseudo["id"]) == sorted(extra["id"].iloc[3:])
+    np.testing.assert_allclose(pseudo[["a", "b", "tie"]].sum(axis=1), 1, atol=1e-6)
+    for fold in (0, 1):
+        log = (tmp_path / f"results/logs/train/tiny_llama/fold{fold}.log").read_text()
+        assert "distilling 'pair_features' (alpha 0.50) from its OOF predictions in 1 file(s)" in log
+        assert "and 27 rows pseudo-labelled by 'tiny_gemma2'" in log
+    # OOF on real labels only: every training row once, no extra row
+    oof = pd.concat([pd.read_parquet(tmp_path / f"results/oof/tiny_llama/fold{k}.parquet") for k in (0, 1)])
+    assert sorted(oof["id"]) == sorted(train["id"])
+    assert len(pd.read_csv(tmp_path / "results/submission.csv")) == len(test)
+
+    # another alpha retrains the student and what depends on it, never a teacher
+    write_run(tmp_path, alpha=0.8)
+    jobs = planned_jobs(snakemake(tmp_path, "-n", "-j2", "results/submission.csv"))
+    assert jobs.get("train") == 2 and "pseudo_label" not in jobs and "features_fold" not in jobs, jobs

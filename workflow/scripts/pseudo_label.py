@@ -1,0 +1,22 @@
+"""Rule pseudo_label: a teacher's soft labels of the extra rows (its test passes averaged, with TTA)."""
+from arena_pref import steps
+from arena_pref.backbones import backbone_dir
+from arena_pref.gpus import claim_gpus
+from arena_pref.logs import run_main, setup_logging
+from arena_pref.settings import PredictSettings, from_params
+
+
+@run_main
+def main(sm):
+    setup_logging(sm.log[0])
+    claim_gpus(sm.resources.gpu)  # before anything starts CUDA: -j2 jobs get their own GPUs
+    steps.pseudo_label(model=sm.wildcards.model, parts=sm.params.parts, adapters=list(sm.input.adapters),
+                       tokens_parquet=sm.input.tokens, backbone=backbone_dir(sm.params.backbone, sm.input.backbone),
+                       settings=from_params(PredictSettings, sm.params.settings), options=sm.params.options,
+                       out=sm.output[0], threads=sm.threads)
+
+
+# guarded: a spawned worker process (several GPUs) re-imports this file as __mp_main__, without the
+# snakemake object Snakemake's preamble defines
+if __name__ == "__main__":
+    main(snakemake)  # noqa: F821
