@@ -158,7 +158,7 @@ def check_time(workdir, config, jobs, gpus, average_if_needed=False):
     estimate = json.loads((workdir / "results" / "time_estimate.json").read_text())
     for name, m in estimate["models"].items():
         say(f"  {name}: {m['passes']} passes x {m['test_tokens']} tokens{' x 2 orders' if m['tta'] else ''} at "
-            f"{m['tokens_per_s']:.0f} tokens/s on {m['gpus']} x {m['device']}, load {m['load_s']:.0f} s: "
+            f"{m['tokens_per_s']:.0f} tokens/s on {m['copies']} x {m['device']}, load {m['load_s']:.0f} s: "
             f"{m['seconds']:.0f} s ({m['seconds'] / 3600:.2f} h)")
     spent_h = (time.time() - STARTED) / 3600
     left_h = estimate["limit_h"] - estimate["margin_h"] - spent_h
