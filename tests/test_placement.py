@@ -129,6 +129,26 @@ def test_the_job_map_needs_the_gpus_and_loads_whole_without_any(caplog):
         placement.job_device_map("unused", parallel(), devices=["cuda:0"], **kw)
 
 
+def test_a_job_splits_over_its_gpus_by_their_memory(tmp_path, monkeypatch, caplog):
+    """The map a job computes from its GPUs' total memory (less the reserve), over the first
+    ``gpus`` of the GPUs it sees, with those GPUs put in; the log names the layers each got."""
+    from types import SimpleNamespace
+
+    caplog.set_level("INFO", logger="arena_pref.placement")
+    gemma2_9b_config().save_pretrained(tmp_path)  # config.json: all the map reads of a backbone
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: SimpleNamespace(total_memory=15 * GIB))
+    placed = placement.job_device_map(tmp_path, parallel(), quantization="none", dtype="float16",
+                                      devices=["cuda:0", "cuda:1", "cuda:2"])
+    assert placed["model.embed_tokens"] == "cuda:0" and placed["score"] == "cuda:1"
+    assert set(placed.values()) == {"cuda:0", "cuda:1"}
+    assert (f"{KEY}: layers placed on cuda:0 layers 0-18 (+ model.embed_tokens); cuda:1 layers 19-41 "
+            "(+ model.norm, model.rotary_emb, score)") in caplog.text
+    with pytest.raises(InputError, match=rf"config {KEY}: the weights of this model need 17\.2 GiB \(float16\) and "
+                                         r"2 GPUs hold 5\.0 \+ 5\.0 GiB"):
+        placement.job_device_map(tmp_path, parallel(reserve_gib=10.0), quantization="none", dtype="float16",
+                                 devices=["cuda:0", "cuda:1"])
+
+
 # --------------------------------------------------------------------------- a tiny model, split
 
 def tiny_parallel(backbone, quantization):
