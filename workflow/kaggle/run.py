@@ -109,7 +109,15 @@ def run_config(args, workdir):
         moved["compute"]["predict_gpus"] = max(gpus, 1)
     path = workdir / "config.yaml"
     write_yaml(moved, path)
-    return path, max(gpus, 1)
+    return path, resource_gpus(moved, gpus)
+
+
+def resource_gpus(config, gpus):
+    """The ``--resources gpu=`` to run with: the notebook's GPUs (at least 1), or the most a model
+    split over several asks for (compute.model_parallel.gpus), so Snakemake schedules its jobs: on
+    fewer GPUs the job itself then says what is short, and without any it loads the model whole."""
+    split = [m.get("compute", {}).get("model_parallel", {}).get("gpus", 1) for m in config["models"].values()]
+    return max([gpus, 1, *split])
 
 
 def check_backbone(name, backbone, trained_on):
