@@ -193,7 +193,7 @@ def test_a_split_tiny_model_gives_the_unsplit_logits(tiny_backbone_dir, quantiza
 
 def train_settings(quantization, split):
     compute = {"model_parallel": {"gpus": 2}} if split else {}
-    return model_settings(**sgd_settings(quantization, packing=True), compute=compute)
+    return model_settings(**sgd_settings(quantization, packing=True, gradient_checkpointing=True), compute=compute)
 
 
 def run_training(backbone, tokens, out, model):
@@ -236,9 +236,9 @@ def trainers(monkeypatch):
 @pytest.mark.parametrize("quantization", ["none", "4bit"])
 def test_lora_training_of_a_split_model_matches_the_unsplit(tiny_backbone_dir, tmp_path, split_on_two_cpus,
                                                             trainers, quantization):
-    """Two SGD steps of LoRA (packed rows) on the split model: the Trainer leaves the dispatched
-    model where it is, and the step losses and the trained adapter (a function of the gradients)
-    are the unsplit model's."""
+    """Two SGD steps of LoRA (packed rows, gradient checkpointing) on the split model: the Trainer
+    leaves the dispatched model where it is, and the step losses and the trained adapter (a
+    function of the gradients) are the unsplit model's."""
     tokens = arch_tokens(tiny_backbone_dir)
     whole = run_training(tiny_backbone_dir, tokens, tmp_path / "whole", train_settings(quantization, False))
     split = run_training(tiny_backbone_dir, tokens, tmp_path / "split", train_settings(quantization, True))
