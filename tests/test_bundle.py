@@ -121,3 +121,13 @@ def test_averaging_if_needed_estimates_one_pass_per_model():
     estimate = {"models": {"a": {"passes": 5, "seconds": 5 * 3600.0}, "b": {"passes": 1, "seconds": 1800.0}}}
     assert run.averaged_hours(estimate) == pytest.approx(1.5)
     assert run.averaged_hours({"models": {"b": {"passes": 1, "seconds": 1800.0}}}) is None
+
+
+def test_run_py_lets_a_split_model_be_scheduled():
+    """A model split over 2 GPUs (compute.model_parallel) is scheduled on a notebook with fewer: its
+    job then names what is short (or, without GPUs, loads the model whole)."""
+    run = kaggle_run()
+    split = {"models": {"big": {"compute": {"model_parallel": {"gpus": 2}}}, "pf": {"kind": "features"}}}
+    assert run.resource_gpus(split, 0) == run.resource_gpus(split, 1) == 2
+    assert run.resource_gpus({"models": {"pf": {"kind": "features"}}}, 0) == 1
+    assert run.resource_gpus(split, 4) == 4

@@ -195,8 +195,51 @@ def test_outputs_get_the_usual_modes(tmp_path):
     assert stat.S_IMODE((tmp_path / "adapter").stat().st_mode) == 0o755
 
 
+def with_parallel(name="tiny_gemma2", **model):
+    return config_with(**{name: {**BASE["models"][name], **model}})
+
+
+def test_model_parallel_is_how_a_job_runs_and_sets_its_gpus():
+    """compute.model_parallel changes where a model's jobs run, not what they make: it is a job
+    option (no rerun, checkpoints resume), and it sets the GPUs its train, oof and infer jobs claim."""
+    config = settings.load_config({**with_parallel(compute={"model_parallel": {"gpus": 2, "max_memory_gib": 15}}),
+                                   "compute": {"predict_gpus": 3}})
+    model = config.models["tiny_gemma2"]
+    assert model.options.model_parallel == settings.ModelParallel(
+        key="models.tiny_gemma2.compute.model_parallel", gpus=2, max_memory_gib=15.0, reserve_gib=3.0)
+    assert repr(settings.to_params(model.training)) == repr(
+        settings.to_params(settings.load_config(BASE).models["tiny_gemma2"].training))
+    assert (config.job_gpus("tiny_gemma2", "train"), config.job_gpus("tiny_gemma2", "predict")) == (2, 2)
+    assert (config.job_gpus("tiny_llama", "train"), config.job_gpus("tiny_llama", "predict")) == (1, 3)
+    assert settings.load_config(BASE).models["tiny_llama"].options.model_parallel is None  # off by default
+
+
+@pytest.mark.parametrize("model, message", [
+    ({"compute": {"model_parallel": {"gpus": 1}}},
+     "config.models.tiny_gemma2.compute.model_parallel.gpus: 1 is less than the minimum of 2"),
+    ({"compute": {"model_parallel": {"gpu": 2}}},
+     "config.models.tiny_gemma2.compute.model_parallel: unknown key 'gpu' (did you mean 'gpus'?)"),
+    ({"compute": {"model_parallel": {}}}, "config.models.tiny_gemma2.compute.model_parallel: 'gpus' is a required"),
+    ({"compute": {"model_parallel": {"gpus": 2, "max_memory": 15}}},
+     "config.models.tiny_gemma2.compute.model_parallel: unknown key 'max_memory' (did you mean 'max_memory_gib'?)"),
+    ({"compute": {"model_parallel": {"gpus": 2}}, "predict": {"merge_lora": True}},
+     "config models.tiny_gemma2.predict.merge_lora: merging into a 4bit base is checked against one GPU's memory"),
+])
+def test_model_parallel_mistakes_name_the_key(model, message):
+    with pytest.raises(InputError) as err:
+        settings.load_config(with_parallel(**model))
+    assert str(err.value).startswith(message) and "\n" not in str(err.value)
+
+
+def test_model_parallel_is_for_lora_models_only():
+    with pytest.raises(InputError, match=r"^config\.models\.pair_features: unknown key 'compute'"):
+        settings.load_config(with_parallel("pair_features", compute={"model_parallel": {"gpus": 2}}))
+
+
 def test_the_schema_lists_every_setting_the_code_reads():
     schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
+    parallel = schema["$defs"]["model_compute"]["properties"]["model_parallel"]["properties"]
+    assert set(parallel) == set(settings.ModelParallel.__dataclass_fields__) - {"key"}
     train_keys = set(schema["$defs"]["train"]["properties"])
     assert train_keys == set(settings.TrainOptions.__dataclass_fields__) | {"save_steps", "logging_steps"}
     predict_keys = set(schema["$defs"]["predict"]["properties"])

@@ -63,6 +63,21 @@ def planned_jobs(proc):
     return jobs
 
 
+def planned_resources(proc):
+    """[(rule, wildcards, resources)] of the jobs a dry run prints (wildcards and resources as
+    dicts of strings)."""
+    jobs = []
+    for line in proc.stdout.splitlines():
+        line = line.strip()
+        if line.startswith("rule ") and line.endswith(":"):
+            jobs.append((line[5:-1], {}, {}))
+        elif jobs and line.startswith(("wildcards: ", "resources: ")):
+            key, _, values = line.partition(": ")
+            target = jobs[-1][1] if key == "wildcards" else jobs[-1][2]
+            target.update(item.split("=", 1) for item in values.split(", "))
+    return jobs
+
+
 def assert_resumed_and_matches(reference, workdir, target, model="tiny_gemma2", fold=0, checkpoint=3):
     """The rerun training job of ``target`` (an adapter directory) resumed from ``checkpoint`` and
     ended with the adapter the uninterrupted run in ``reference`` trained (to 1e-6)."""

@@ -67,7 +67,7 @@ def claim_gpus(n, *, wait_s=None, poll_s=2.0):
         return []
     if n > len(candidates):
         raise InputError(f"a job asks for {n} GPUs but the machine has {len(candidates)}: "
-                         "lower compute.predict_gpus")
+                         "lower compute.predict_gpus, or the model's compute.model_parallel.gpus")
     directory = lock_dir()
     directory.mkdir(parents=True, exist_ok=True)
     start, announced = time.monotonic(), False

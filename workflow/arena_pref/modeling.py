@@ -57,12 +57,15 @@ def quantization_config(quantization, compute_dtype):
 
 
 def load_model(backbone, *, quantization="none", dtype="float32", pad_token_id=None,
-               attn_implementation=None, device=None, allow_bf16_emulation=False):
+               attn_implementation=None, device=None, allow_bf16_emulation=False, device_map=None):
     """``AutoModelForSequenceClassification`` with 3 labels, quantized through bitsandbytes,
-    on ``device`` (default: the first GPU, else the CPU)."""
+    on ``device`` (default: the first GPU, else the CPU), or split over the devices of
+    ``device_map`` (module -> device, :func:`arena_pref.placement.job_device_map`)."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     compute_dtype = torch_dtype(dtype)
+    if device_map is not None:
+        device = next(iter(device_map.values()))  # the embedding's: where inputs go
     dev = torch.device(device) if device is not None else default_device()
     check_dtype_supported(dtype, dev, allow_emulation=allow_bf16_emulation)
     kwargs = {}
@@ -74,11 +77,12 @@ def load_model(backbone, *, quantization="none", dtype="float32", pad_token_id=N
         kwargs["quantization_config"] = qconf
     model = AutoModelForSequenceClassification.from_pretrained(
         backbone, num_labels=NUM_LABELS, dtype=compute_dtype,
-        device_map={"": dev.index if dev.type == "cuda" and dev.index is not None else dev.type},
+        device_map=device_map or {"": dev.index if dev.type == "cuda" and dev.index is not None else dev.type},
         **kwargs)
     if pad_token_id is not None:
         model.config.pad_token_id = pad_token_id
-    log.info("loaded %s (%s, %s) on %s with %s attention", type(model).__name__, quantization, dtype, dev,
+    log.info("loaded %s (%s, %s) on %s with %s attention", type(model).__name__, quantization, dtype,
+             ", ".join(dict.fromkeys(map(str, device_map.values()))) if device_map else dev,
              model.config._attn_implementation)
     return model
 
@@ -169,7 +173,7 @@ def attach_lora(model, lora, *, gradient_checkpointing=False):
 
 def load_for_inference(backbone, adapter_dir, *, quantization, dtype, pad_token_id, device=None,
                        attn_implementation=None, merge_lora=False, allow_bf16_emulation=False,
-                       batch_tokens=0, longest=0):
+                       batch_tokens=0, longest=0, device_map=None):
     """The trained model for prediction: the base as trained (quantized or not) with the adapter.
 
     ``merge_lora``: dequantize the base to ``dtype`` and fold the LoRA weights into it, so each
@@ -179,13 +183,15 @@ def load_for_inference(backbone, adapter_dir, *, quantization, dtype, pad_token_
     rounding of ``dtype``). Needs the memory of the unquantized model plus the activations of a
     forward pass of ``batch_tokens`` tokens (sequences up to ``longest``): when the device has too
     little free, or the base cannot be dequantized, the unmerged model is used (logged).
+    ``device_map``: the base split over several devices (:func:`load_model`; settings allow
+    merging such a model only when it is not quantized: merged in place).
     """
     from peft import PeftModel
 
     def load():
         return load_model(backbone, quantization=quantization, dtype=dtype, pad_token_id=pad_token_id,
                           device=device, attn_implementation=attn_implementation,
-                          allow_bf16_emulation=allow_bf16_emulation)
+                          allow_bf16_emulation=allow_bf16_emulation, device_map=device_map)
 
     model = load()
     if merge_lora:

@@ -138,7 +138,11 @@ def _pool_pair(h, seq_index, n_seqs, segments):
 
 def _pool_padded(hidden, attention_mask, pooling, segments=None):
     """Pool a padded batch, padded on either side: tokenizers of the Gemma and Llama families pad
-    on the left, and the first and last real tokens are found from the mask, not assumed."""
+    on the left, and the first and last real tokens are found from the mask, not assumed. The
+    mask and segment ids go where the hidden states are (a model split over GPUs ends on its
+    last one; its inputs went to the first)."""
+    attention_mask = attention_mask.to(hidden.device)
+    segments = segments.to(hidden.device) if segments is not None else None
     if pooling == "pair":
         b, w, _ = hidden.shape
         seq_index = torch.arange(b, device=hidden.device).repeat_interleave(w)
@@ -156,6 +160,8 @@ def _pool_padded(hidden, attention_mask, pooling, segments=None):
 
 def _pool_packed(hidden, lengths, pooling, segments=None):
     h = hidden[0]
+    lengths = lengths.to(h.device)  # a split model's hidden states are on its last device
+    segments = segments.to(h.device) if segments is not None else None
     if pooling == "pair":
         return _pool_pair(h, _segment_ids(lengths), len(lengths), segments.reshape(-1))
     ends = torch.cumsum(lengths, 0)
@@ -187,7 +193,7 @@ def classify(model, *, input_ids, attention_mask=None, lengths=None, position_id
         if bounds is None:  # one read per batch (free for host lengths), never one per layer
             bounds = (0, *np.cumsum(lengths.tolist()).tolist())
         hidden = _packed_body(parts, input_ids, position_ids, tuple(bounds))
-        pooled = _pool_packed(hidden, lengths.to(input_ids.device), pooling, segments)
+        pooled = _pool_packed(hidden, lengths, pooling, segments)
     if pooling == "cls":
         pooled = parts.pooler(pooled[:, None])
     if parts.dropout is not None:

@@ -4,7 +4,8 @@ Rows are cut into forward passes by :mod:`batching` (``predict.method``); packed
 per sequence (:mod:`varlen`) and are pooled per sequence (:mod:`pooling`). With TTA a row's two
 orders go through together, and the (B, A) prediction is mapped back and averaged. With several
 devices the batches are shared out balanced by token slots, one worker process per device pinned
-to it, and merged back in input order.
+to it, and merged back in input order; a model split over several devices
+(``compute.model_parallel``) runs every batch in the job's own process instead.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from .errors import InputError
 from .logs import Rate
 from .predictions import frame_from_probs
 from .pooling import classify, concat_row, packed_inputs, packing_unsupported, pad_rows, padded_inputs
-from .settings import PredictSettings
+from .settings import ModelParallel, PredictSettings
 
 log = logging.getLogger(__name__)
 
@@ -101,29 +102,38 @@ class Trained:
     adapter_dir: str
     settings: PredictSettings
     allow_bf16_emulation: bool
+    model_parallel: ModelParallel | None = None  # one copy split over the job's GPUs
 
     def load(self, dev):
+        """The model on ``dev``, or (a model-parallel model; ``dev`` a list of the job's devices)
+        split over them."""
         from .modeling import compile_backbone, load_for_inference, load_tokenizer
+        from .placement import job_device_map
 
         tokenizer = load_tokenizer(self.backbone)
         loading, batching = self.settings.loading, self.settings.batching
+        devices = dev if isinstance(dev, (list, tuple)) else [dev]
+        split = job_device_map(self.backbone, self.model_parallel, quantization=loading.quantization,
+                               dtype=loading.dtype, devices=devices)
         model = load_for_inference(self.backbone, self.adapter_dir, quantization=loading.quantization,
-                                   dtype=loading.dtype, pad_token_id=tokenizer.pad_token_id, device=dev,
+                                   dtype=loading.dtype, pad_token_id=tokenizer.pad_token_id, device=devices[0],
                                    attn_implementation=loading.attn_implementation,
                                    allow_bf16_emulation=self.allow_bf16_emulation, merge_lora=self.settings.merge_lora,
-                                   batch_tokens=pass_tokens(batching), longest=batching.max_length)
+                                   batch_tokens=pass_tokens(batching), longest=batching.max_length, device_map=split)
         if self.settings.compile:
             compile_backbone(model)
         return model, tokenizer.pad_token_id
 
 
 def _predict_share(trained, dev, sequences, segments, batches, threads):
-    """One device's share of the batches: load the model there, run them. Returns the rows
-    scored, their probabilities and the seconds taken."""
+    """One device's share of the batches (``dev``: a list of devices for a model split over
+    them): load the model there, run them. Returns the rows scored, their probabilities and the
+    seconds taken."""
     if threads:
         torch.set_num_threads(threads)
-    if torch.device(dev).type == "cuda":
-        torch.cuda.set_device(dev)  # kernels and allocations without an explicit device land here too
+    first = dev[0] if isinstance(dev, (list, tuple)) else dev  # a split model's inputs go to its first
+    if torch.device(first).type == "cuda":
+        torch.cuda.set_device(first)  # kernels and allocations without an explicit device land here too
     model, pad = trained.load(dev)
     batches = batches_for_model(model, batches, [len(s) for s in sequences],
                                 trained.settings.batching.max_tokens_per_batch)
@@ -181,16 +191,17 @@ def _predict_in_workers(trained, devices, shards, *, seqs, segs, threads):
 
 
 def predict_on_devices(*, backbone, adapter_dir, tokens, settings, tta, devices=None, threads=None,
-                       label="the model", allow_bf16_emulation=False):
+                       label="the model", allow_bf16_emulation=False, model_parallel=None):
     """Probabilities for a token cache with :class:`~arena_pref.settings.PredictSettings`, the
     batches shared over ``devices`` (default: all this job may use; one worker process per device
-    when there are several), merged back in row order. ``label`` names the model and fold in
-    errors."""
+    when there are several), merged back in row order; with ``model_parallel``
+    (:class:`~arena_pref.settings.ModelParallel`) one copy of the model split over the devices
+    runs every batch, in this process. ``label`` names the model and fold in errors."""
     if devices is None:
         from .modeling import job_devices
 
         devices = job_devices()
-    trained = Trained(str(backbone), str(adapter_dir), settings, allow_bf16_emulation)
+    trained = Trained(str(backbone), str(adapter_dir), settings, allow_bf16_emulation, model_parallel)
     seqs = sequences_of(tokens, tta)
     segs = sequences_of(tokens, tta, "segments")
     lengths = np.array([len(s) for s in seqs])
@@ -199,7 +210,10 @@ def predict_on_devices(*, backbone, adapter_dir, tokens, settings, tta, devices=
              " x 2 orders (TTA)" if tta else "", ", ".join(map(str, devices)), len(batches),
              settings.batching.method, padding_efficiency(batches, lengths))
     probs = np.zeros((len(seqs), 3))
-    if len(devices) == 1:
+    if model_parallel is not None:
+        results = [_predict_share(trained, list(devices), seqs, segs, batches, threads)]
+        devices = ["+".join(map(str, devices))]
+    elif len(devices) == 1:
         results = [_predict_share(trained, devices[0], seqs, segs, batches, threads)]
     else:
         shards = shard_batches(batches, lengths, len(devices))

@@ -38,6 +38,17 @@ class Loading:
 
 
 @dataclass(frozen=True)
+class ModelParallel:
+    """``compute.model_parallel`` of a LoRA model: its backbone split over ``gpus`` GPUs by whole
+    layers (:mod:`arena_pref.placement`)."""
+
+    key: str  # the setting's config key, named in errors (models.<name>.compute.model_parallel)
+    gpus: int
+    max_memory_gib: float | None  # weights each GPU may hold; None: its memory less reserve_gib
+    reserve_gib: float
+
+
+@dataclass(frozen=True)
 class JobOptions:
     """Settings that change how a job runs, never what it produces. Rules pass this object as is:
     Snakemake compares only plain-data params, so changing these reruns nothing, and checkpoint
@@ -46,6 +57,7 @@ class JobOptions:
     allow_bf16_emulation: bool
     save_steps: int
     logging_steps: int
+    model_parallel: ModelParallel | None = None  # None: the model on one GPU
 
 
 @dataclass(frozen=True)
@@ -241,6 +253,15 @@ class Config:
         """Names of the models of one kind (``llm`` or ``features``), sorted."""
         return sorted(n for n, m in self.models.items() if m.kind == kind)
 
+    def job_gpus(self, model, step):
+        """GPUs a ``train``, ``oof`` or ``infer`` job of ``model`` claims: a model-parallel model's
+        ``gpus`` (one copy split over them), else one for training and ``compute.predict_gpus``
+        for prediction (one copy on each)."""
+        parallel = self.models[model].options.model_parallel
+        if parallel is not None:
+            return parallel.gpus
+        return 1 if step == "train" else self.predict_gpus
+
     def fold_ids(self):
         return list(range(self.n_folds))
 
@@ -269,6 +290,18 @@ def _teachers(m):
                     pseudo=pseudo and pseudo["teacher"])
 
 
+def _model_parallel(name, m):
+    parallel = m["compute"].get("model_parallel")
+    if parallel is None:
+        return None
+    key = f"models.{name}.compute.model_parallel"
+    if m["predict"]["merge_lora"] and m["quantization"] != "none":
+        raise InputError(f"config models.{name}.predict.merge_lora: merging into a {m['quantization']} base is checked "
+                         f"against one GPU's memory and this model is split ({key}): set merge_lora: false, or "
+                         "quantization: none (merged in place)")
+    return build(ModelParallel, {"key": key, **parallel})
+
+
 def _model_config(name, m):
     if m["kind"] == "features":
         reads = LEARNER_READS[m["learner"]]
@@ -294,7 +327,7 @@ def _model_config(name, m):
         tta=p["tta"],
         folds=_folds(p),
         options=JobOptions(allow_bf16_emulation=m["allow_bf16_emulation"], save_steps=t["save_steps"],
-                           logging_steps=t["logging_steps"]),
+                           logging_steps=t["logging_steps"], model_parallel=_model_parallel(name, m)),
         average_adapters=p["average_adapters"],
         trained=m.get("trained"),
     )

@@ -207,7 +207,7 @@ def oof(*, model, tokens_parquet, folds_parquet, fold, backbone, adapter, settin
     tokens = _fold_rows(read_tokens(tokens_parquet), folds_parquet, fold, held_out=True)
     pred = predict_on_devices(backbone=backbone, adapter_dir=adapter, tokens=tokens, settings=settings, tta=True,
                               threads=threads, label=f"model '{model}', fold {fold} (OOF)",
-                              allow_bf16_emulation=options.allow_bf16_emulation)
+                              allow_bf16_emulation=options.allow_bf16_emulation, model_parallel=options.model_parallel)
     pred.insert(1, "fold", np.int64(fold))
     io.write_parquet(pred, out)
 
@@ -220,7 +220,7 @@ def infer(*, model, part, tokens_parquet, backbone, adapter, settings, options, 
 
     pred = predict_on_devices(backbone=backbone, adapter_dir=adapter, tokens=read_tokens(tokens_parquet),
                               settings=settings, tta=tta, threads=threads, label=f"model '{model}', {part} (test)",
-                              allow_bf16_emulation=options.allow_bf16_emulation)
+                              allow_bf16_emulation=options.allow_bf16_emulation, model_parallel=options.model_parallel)
     io.write_parquet(pred, out)
 
 
@@ -329,7 +329,7 @@ def kaggle_bundle(*, files, config, kaggle, backbones, out):
 def time_estimate(*, models, limit_h, margin_h, gpus, rows, out, threads=None):
     """The test passes' wall time (:mod:`arena_pref.budget`) against the limit, written to ``out``.
     ``models``: name -> dict(backbone, adapter, tokens_parquet, settings, tta, passes,
-    allow_bf16_emulation), each LoRA model timed on a sample of its test rows."""
+    allow_bf16_emulation, model_parallel), each LoRA model timed on a sample of its test rows."""
     import psutil
 
     from . import budget
@@ -346,10 +346,13 @@ def time_estimate(*, models, limit_h, margin_h, gpus, rows, out, threads=None):
         tokens = read_tokens(m["tokens_parquet"])
         measured = {"startup_s": startup, **budget.calibrate(
             backbone=m["backbone"], adapter_dir=m["adapter"], tokens=budget.sample_rows(tokens, rows),
-            settings=m["settings"], tta=m["tta"], allow_bf16_emulation=m["allow_bf16_emulation"], threads=threads)}
+            settings=m["settings"], tta=m["tta"], allow_bf16_emulation=m["allow_bf16_emulation"], threads=threads,
+            model_parallel=m["model_parallel"])}
         n_tokens = int(tokens["input_ids"].map(len).sum())
-        seconds = budget.model_seconds(measured, tokens=n_tokens, passes=m["passes"], tta=m["tta"], gpus=gpus)
-        report[name] = {**measured, "test_tokens": n_tokens, "passes": m["passes"], "tta": m["tta"], "gpus": gpus,
+        copies = budget.model_copies(gpus, m["model_parallel"])
+        seconds = budget.model_seconds(measured, tokens=n_tokens, passes=m["passes"], tta=m["tta"], copies=copies)
+        report[name] = {**measured, "test_tokens": n_tokens, "passes": m["passes"], "tta": m["tta"],
+                        "gpus": m["model_parallel"].gpus if m["model_parallel"] else gpus, "copies": copies,
                         "seconds": seconds}
         log.info("model '%s': start %.1f s, load %.1f s, %.0f tokens/s on %s; %d passes x %d tokens%s: %.0f s", name,
                  measured["startup_s"], measured["load_s"], measured["tokens_per_s"], measured["device"], m["passes"],

@@ -23,7 +23,8 @@ from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArgu
 from . import checkpoints
 from .batching import plan_rows
 from .io import atomic_path, write_json
-from .modeling import attach_lora, default_device, load_model, load_tokenizer
+from .modeling import attach_lora, default_device, job_devices, load_model, load_tokenizer
+from .placement import job_device_map
 from .pooling import classify, concat_row, packed_inputs, packing_unsupported, pad_rows, padded_inputs
 from .settings import to_params
 
@@ -213,12 +214,13 @@ class PreferenceTrainer(Trainer):
         return self.accelerator.autocast()
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        labels = inputs["labels"]
         logits = classify(model, input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"),
                           lengths=inputs.get("lengths"), position_ids=inputs.get("position_ids"),
                           bounds=inputs.get("bounds"), pooling=self.pooling, segments=inputs.get("segments"))
+        labels = inputs["labels"].to(logits.device)  # a split model's logits come from its last GPU
         if "soft" in inputs:
-            rows = soft_target_loss(logits, labels, inputs["soft"], inputs["alpha"])
+            soft, alpha = inputs["soft"].to(logits.device), inputs["alpha"].to(logits.device)
+            rows = soft_target_loss(logits, labels, soft, alpha)
         else:
             rows = torch.nn.functional.cross_entropy(logits.float(), labels, reduction="none")
         # over the rows of the whole accumulated step: the Trainer then skips its own division by
@@ -323,8 +325,8 @@ def train_fold(*, backbone, tokens, targets, settings, options, ckpt_dir, adapte
         trainer = _trainer(model, tokenizer, settings, args, RowDataset(seqs, rows, segs), packing=packing,
                            fingerprint=fp, step_losses=step_losses)
         _log_start(trainer, settings, packing, seqs)
-        if torch.cuda.is_available():
-            torch.cuda.reset_peak_memory_stats()
+        for i in range(torch.cuda.device_count()):  # every GPU of a model split over several
+            torch.cuda.reset_peak_memory_stats(i)
         t0 = time.perf_counter()
         result = trainer.train(resume_from_checkpoint=resume)
         elapsed = time.perf_counter() - t0
@@ -342,9 +344,13 @@ def _trainable_model(backbone, settings, options):
     loading, opts = settings.loading, settings.train
     set_seed(opts.seed)  # the new score head is initialised at load time
     tokenizer = load_tokenizer(backbone)
+    # a model-parallel model split over this job's GPUs (the Trainer leaves a model with a
+    # multi-GPU hf_device_map where it is: no .to(), no DataParallel)
+    split = job_device_map(backbone, options.model_parallel, quantization=loading.quantization, dtype=loading.dtype,
+                           devices=job_devices())
     model = load_model(backbone, quantization=loading.quantization, dtype=loading.dtype,
                        pad_token_id=tokenizer.pad_token_id, attn_implementation=loading.attn_implementation,
-                       allow_bf16_emulation=options.allow_bf16_emulation)
+                       allow_bf16_emulation=options.allow_bf16_emulation, device_map=split)
     model = attach_lora(model, settings.lora, gradient_checkpointing=opts.gradient_checkpointing)
     packing = opts.packing
     if packing and (why := packing_unsupported(model)):
@@ -426,6 +432,8 @@ def _metrics(trainer, result, elapsed, *, resume, steps_before, seqs):
         "tokens_per_s_this_run": trainer.tokens_seen / max(elapsed, 1e-9),
         "optimizer": _optim(trainer.args),
         "device": str(default_device()),
-        "peak_memory_mb": (torch.cuda.max_memory_allocated() / 2**20 if on_gpu
+        # the GPU that peaked highest (of a model split over several: each holds part of it)
+        "peak_memory_mb": (max(torch.cuda.max_memory_allocated(i) for i in range(torch.cuda.device_count())) / 2**20
+                           if on_gpu
                            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
     }

@@ -109,7 +109,15 @@ def run_config(args, workdir):
         moved["compute"]["predict_gpus"] = max(gpus, 1)
     path = workdir / "config.yaml"
     write_yaml(moved, path)
-    return path, max(gpus, 1)
+    return path, resource_gpus(moved, gpus)
+
+
+def resource_gpus(config, gpus):
+    """The ``--resources gpu=`` to run with: the notebook's GPUs (at least 1), or the most a model
+    split over several asks for (compute.model_parallel.gpus), so Snakemake schedules its jobs: on
+    fewer GPUs the job itself then says what is short, and without any it loads the model whole."""
+    split = [m.get("compute", {}).get("model_parallel", {}).get("gpus", 1) for m in config["models"].values()]
+    return max([gpus, 1, *split])
 
 
 def check_backbone(name, backbone, trained_on):
@@ -158,7 +166,7 @@ def check_time(workdir, config, jobs, gpus, average_if_needed=False):
     estimate = json.loads((workdir / "results" / "time_estimate.json").read_text())
     for name, m in estimate["models"].items():
         say(f"  {name}: {m['passes']} passes x {m['test_tokens']} tokens{' x 2 orders' if m['tta'] else ''} at "
-            f"{m['tokens_per_s']:.0f} tokens/s on {m['gpus']} x {m['device']}, load {m['load_s']:.0f} s: "
+            f"{m['tokens_per_s']:.0f} tokens/s on {m['copies']} x {m['device']}, load {m['load_s']:.0f} s: "
             f"{m['seconds']:.0f} s ({m['seconds'] / 3600:.2f} h)")
     spent_h = (time.time() - STARTED) / 3600
     left_h = estimate["limit_h"] - estimate["margin_h"] - spent_h

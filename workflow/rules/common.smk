@@ -223,6 +223,22 @@ def predict_params(wildcards):
     return settings.to_params(CONFIG.models[wildcards.model].prediction)
 
 
+def train_gpus(wildcards):
+    """GPUs a training job claims: one, or a model-parallel model's."""
+    return CONFIG.job_gpus(wildcards.model, "train")
+
+
+def predict_gpus(wildcards):
+    """GPUs an oof or infer job claims: compute.predict_gpus, or a model-parallel model's."""
+    return CONFIG.job_gpus(wildcards.model, "predict")
+
+
+def estimate_gpus():
+    """GPUs the time estimate claims: one, or the most a model-parallel model is split over
+    (each model is timed as its jobs run)."""
+    return max([1] + [CONFIG.job_gpus(m, "train") for m in LLM_MODELS])
+
+
 def job_options(wildcards):
     # an object, not plain data: Snakemake does not compare it, so changing how a job runs (save
     # and log intervals, bf16 emulation) reruns nothing

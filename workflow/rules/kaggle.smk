@@ -35,7 +35,7 @@ rule time_estimate:
         CONDA_ENV
     threads: CONFIG.threads
     resources:
-        gpu=1,
+        gpu=estimate_gpus(),
     params:
         models=LLM_MODELS,
         backbones={m: settings.canonical(CONFIG.models[m].backbone) for m in LLM_MODELS},
@@ -46,6 +46,10 @@ rule time_estimate:
         passes={m: len(CONFIG.test_passes(m)) for m in LLM_MODELS},
         bf16_emulation={
             m: CONFIG.models[m].options.allow_bf16_emulation for m in LLM_MODELS
+        },
+        model_parallel={
+            m: settings.canonical(CONFIG.models[m].options.model_parallel)
+            for m in LLM_MODELS
         },
         limit_h=CONFIG.kaggle.time_limit_h,
         margin_h=CONFIG.kaggle.margin_h,

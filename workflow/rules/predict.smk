@@ -19,7 +19,7 @@ if not CONFIG.predict_only:
             CONDA_ENV
         threads: CONFIG.threads
         resources:
-            gpu=CONFIG.predict_gpus,
+            gpu=predict_gpus,
         params:
             backbone=backbone_spec,
             settings=predict_params,
@@ -86,7 +86,7 @@ rule infer:
         CONDA_ENV
     threads: CONFIG.threads
     resources:
-        gpu=CONFIG.predict_gpus,
+        gpu=predict_gpus,
     params:
         backbone=backbone_spec,
         settings=predict_params,

@@ -21,7 +21,7 @@ if not CONFIG.predict_only:
             CONDA_ENV
         threads: CONFIG.threads
         resources:
-            gpu=1,
+            gpu=train_gpus,
         params:
             backbone=backbone_spec,
             settings=train_params,

@@ -3,7 +3,11 @@ from arena_pref import steps
 from arena_pref.backbones import backbone_dir
 from arena_pref.gpus import claim_gpus
 from arena_pref.logs import run_main, setup_logging
-from arena_pref.settings import PredictSettings, from_params
+from arena_pref.settings import ModelParallel, PredictSettings, from_params
+
+
+def parallel(params):
+    return from_params(ModelParallel, params) if params else None
 
 
 @run_main
@@ -14,7 +18,8 @@ def main(sm):
     models = {m: {"backbone": backbone_dir(p.backbones[m], getattr(sm.input, f"backbone_{m}", None) or None),
                   "adapter": getattr(sm.input, f"adapter_{m}"), "tokens_parquet": getattr(sm.input, f"tokens_{m}"),
                   "settings": from_params(PredictSettings, p.settings[m]), "tta": p.tta[m], "passes": p.passes[m],
-                  "allow_bf16_emulation": p.bf16_emulation[m]} for m in p.models}
+                  "allow_bf16_emulation": p.bf16_emulation[m], "model_parallel": parallel(p.model_parallel[m])}
+              for m in p.models}
     steps.time_estimate(models=models, limit_h=p.limit_h, margin_h=p.margin_h, gpus=p.gpus, rows=p.rows,
                         out=sm.output[0], threads=sm.threads)
 
