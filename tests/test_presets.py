@@ -73,7 +73,7 @@ def test_preset_runs_on_cpu(tmp_path, name):
             oof = pd.read_parquet(tmp_path / f"results/oof/{model}/fold{fold}.parquet")
             probs = oof[["a", "b", "tie", "a_tta", "b_tta", "tie_tta"]].to_numpy()
             assert np.isfinite(probs).all() and np.allclose(probs[:, :3].sum(1), 1, atol=1e-4)
-            predict_log = (tmp_path / f"results/logs/infer/{model}/fold{fold}.log").read_text()
+            predict_log = (tmp_path / f"results/logs/infer/test/{model}/fold{fold}.log").read_text()
             assert "instead" not in predict_log
         backbone = Path(tmp_path / f"results/backbones/{model}")
         assert yaml.safe_load((backbone / "tokenizer_config.json").read_text())["padding_side"] == "left"

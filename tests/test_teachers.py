@@ -1,6 +1,7 @@
 """Teachers through the workflow: distillation from a teacher's OOF predictions and pseudo-labels
 for data.extra_csv, as a user configures them (config checks, the DAG, a run, a rerun)."""
 
+import json
 import re
 
 import numpy as np
@@ -40,6 +41,26 @@ def test_teacher_mistakes_are_one_line_naming_the_key(models, data, error):
         config_with(models, **data)
 
 
+@pytest.mark.parametrize("models, data, error", [
+    ({"student": LLM, "idle": {**FEATURES, "member": False}}, {},
+     "models.idle.member: false, and no model learns from it"),
+    ({"s": {**LLM, "member": False, "distill": {"teacher": "f"}}, "f": {**FEATURES, "member": False}}, {},
+     "every model has member: false"),
+])
+def test_teacher_only_models_must_teach_and_leave_a_member(models, data, error):
+    with pytest.raises(InputError, match=error):
+        config_with(models, **data)
+
+
+def test_blend_weights_name_the_members_only():
+    models = {"s": {**LLM, "distill": {"teacher": "f"}}, "f": {**FEATURES, "member": False}}
+    base = {"data": {"train_csv": "t.csv", "test_csv": "u.csv"}, "models": models}
+    cfg = settings.load_config({**base, "blend": {"method": "weights", "weights": {"s": 1}}})
+    assert cfg.members == ["s"] and sorted(cfg.models) == ["f", "s"]
+    with pytest.raises(InputError, match=r"unknown \['f'\]"):
+        settings.load_config({**base, "blend": {"method": "weights", "weights": {"s": 1, "f": 1}}})
+
+
 def test_teachers_reach_the_train_params_whatever_the_key_order():
     a = config_with({"s": {**LLM, "distill": {"teacher": "f", "alpha": 0.25}}, "f": FEATURES})
     b = config_with({"f": FEATURES, "s": {"distill": {"alpha": 0.25, "teacher": "f"}, **LLM}})
@@ -59,6 +80,7 @@ def write_run(workdir, alpha=0.5):
     del models["minilm"]
     models["tiny_llama"]["distill"] = {"alpha": alpha, "teacher": "pair_features"}
     models["tiny_llama"]["pseudo_labels"] = {"teacher": "tiny_gemma2"}
+    models["pair_features"]["member"] = False  # a teacher only: never blended or submitted
     cfg["data"] = {"train_csv": "data/train.csv", "test_csv": "data/test.csv", "extra_csv": "data/extra.csv"}
     train, test = make_demo_data(120, 24, seed=3)
     extra = make_demo_data(30, 1, seed=11)[0].drop(columns=["winner_model_a", "winner_model_b", "winner_tie"])
@@ -91,7 +113,11 @@ def test_a_student_learns_from_teacher_oof_and_pseudo_labels_without_leaks(tmp_p
     assert "results/oof/pair_features/fold0.parquet" not in fold0
     assert {"results/pseudo/tiny_gemma2.parquet", "results/tokens/tiny_llama/extra.parquet"} <= set(fold0)
     assert not any("oof/" in f or "pseudo/" in f for f in job_inputs(plan, "train", model="tiny_gemma2", fold=0))
-    assert planned_jobs(plan)["pseudo_label"] == 1
+    # the teacher's test passes over the extra rows, averaged as its test passes are
+    assert sorted(job_inputs(plan, "average_test", scored="pseudo", model="tiny_gemma2")) == [
+        "results/pseudo/tiny_gemma2/fold0.parquet", "results/pseudo/tiny_gemma2/fold1.parquet"]
+    assert "results/tokens/tiny_gemma2/extra.parquet" in job_inputs(plan, "infer", scored="pseudo",
+                                                                    model="tiny_gemma2", part="fold0")
 
     snakemake(tmp_path, "-j2", "results/submission.csv", timeout=1500)
     parse_log = (tmp_path / "results/logs/parse/extra.log").read_text()
@@ -107,8 +133,12 @@ def test_a_student_learns_from_teacher_oof_and_pseudo_labels_without_leaks(tmp_p
     oof = pd.concat([pd.read_parquet(tmp_path / f"results/oof/tiny_llama/fold{k}.parquet") for k in (0, 1)])
     assert sorted(oof["id"]) == sorted(train["id"])
     assert len(pd.read_csv(tmp_path / "results/submission.csv")) == len(test)
+    metrics = json.loads((tmp_path / "results/metrics.json").read_text())
+    assert sorted(metrics["models"]) == ["tiny_gemma2", "tiny_llama"]  # the teacher-only member is left out
+    assert not (tmp_path / "results/test/pair_features.parquet").exists()
 
     # another alpha retrains the student and what depends on it, never a teacher
     write_run(tmp_path, alpha=0.8)
     jobs = planned_jobs(snakemake(tmp_path, "-n", "-j2", "results/submission.csv"))
-    assert jobs.get("train") == 2 and "pseudo_label" not in jobs and "features_fold" not in jobs, jobs
+    assert jobs.get("train") == 2 and "features_fold" not in jobs, jobs
+    assert jobs.get("infer") == 2 and jobs.get("average_test") == 1, jobs  # the student's test passes only

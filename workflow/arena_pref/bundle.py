@@ -37,6 +37,8 @@ def predict_config(raw, *, models_dir, blender, test_csv, backbones=None):
     backbones = dict(backbones or {})
     models = {}
     for name, model in raw["models"].items():
+        if not model["member"]:
+            continue  # a teacher only: nothing of it is submitted
         model = {**copy.deepcopy(model), "trained": f"{models_dir}/{name}"}
         if model["kind"] == "features":
             # the validated config holds every learner's defaults; a key this learner ignores is an error
@@ -68,14 +70,15 @@ def bundle_files(config):
     from .trained import adapter_dir, learner_path
 
     files = {"blender.json": "results/blender.json"}
-    for name, model in config.models.items():
+    members = {name: config.models[name] for name in config.members}
+    for name, model in members.items():
         for part in config.test_passes(name):
             if model.kind == "features":
                 files[f"models/{name}/{part}/learner.joblib"] = learner_path(config, name, part.removeprefix("fold"))
             else:
                 files[f"models/{name}/{part}/adapter"] = adapter_dir(config, name, part)
     here = home_backbones(config)
-    for name, model in config.models.items():
+    for name, model in members.items():
         if model.kind == "llm" and model.backbone["kind"] in ("tiny", "package"):
             files[f"backbones/{name}"] = here[name]
     return files
@@ -91,7 +94,8 @@ def home_backbones(config):
     from .backbones import backbone_dir, built_dir
 
     dirs = {}
-    for name, model in config.models.items():
+    for name in config.members:
+        model = config.models[name]
         if model.kind == "llm" and model.backbone["kind"] != "hub":
             dirs[name] = backbone_dir(model.backbone, built_dir(name) if model.backbone["kind"] == "tiny" else None)
     return dirs

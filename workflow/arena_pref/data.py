@@ -98,13 +98,15 @@ def unseen_extra_rows(extra, seen, path):
     the ``seen`` tables (train, test) are dropped and counted, since a teacher's label for a test
     prompt, or a training prompt's second copy, would leak into what it is scored on. An id that a
     seen table also has is an error: ids name rows in every prediction file."""
+    from .folds import prompt_key  # the key folds group prompts by (imports scikit-learn: only here)
+
     for table in seen:
         shared = np.intersect1d(extra["id"].to_numpy(), table["id"].to_numpy())
         if len(shared):
             raise InputError(f"{describe(path)}: row id {shared[0]}: column id: {len(shared)} id(s) are also train or "
                              "test ids; give the extra rows ids of their own")
-    known = {_prompt_key(p) for table in seen for p in table["prompt"]}
-    keep = np.array([_prompt_key(p) not in known for p in extra["prompt"]], dtype=bool)
+    known = {prompt_key(p) for table in seen for p in table["prompt"]}
+    keep = np.array([prompt_key(p) not in known for p in extra["prompt"]], dtype=bool)
     log.info("%s: %d of %d rows dropped: their prompt is also in the training or test data; %d rows kept",
              describe(path), int((~keep).sum()), len(extra), int(keep.sum()))
     if not keep.any():
@@ -113,8 +115,13 @@ def unseen_extra_rows(extra, seen, path):
     return extra[keep].reset_index(drop=True)
 
 
-def _prompt_key(turns):
-    return json.dumps(turns, ensure_ascii=False)
+def warn_unread_labels(path):
+    """Extra rows are pseudo-labelled: label columns in their file are not read, which a file of
+    human judgments did not mean; say so."""
+    columns = [c for c in LABELS if c in _read_table(Path(path)).columns]
+    if columns:
+        log.warning("%s: columns %s are not read: extra rows train on a teacher's pseudo-labels. Rows with human "
+                    "labels belong in data.train_csv", describe(path), ", ".join(columns))
 
 
 def write_parsed(df, path):

@@ -152,6 +152,7 @@ class ModelConfig:
     options: JobOptions
     average_adapters: bool = False  # those folds' adapters averaged into one, one test pass
     trained: str | None = None  # a directory of trained folds from an earlier run (nothing trained)
+    member: bool = True  # blended and submitted; False: a teacher only
     kind: str = "llm"
 
 
@@ -184,6 +185,7 @@ class FeatureModelConfig:
     tta: bool
     folds: tuple | None  # folds whose learners predict the test set; None: all
     trained: str | None = None  # a directory of fitted folds from an earlier run (nothing fitted)
+    member: bool = True  # blended and submitted; False: a teacher only
     kind: str = "features"
 
 
@@ -249,6 +251,11 @@ class Config:
             return None
         return getattr(settings.teachers, role)
 
+    @property
+    def members(self):
+        """Names of the models blended and submitted (``member``), sorted: teachers-only left out."""
+        return sorted(n for n, m in self.models.items() if m.member)
+
     def names(self, kind):
         """Names of the models of one kind (``llm`` or ``features``), sorted."""
         return sorted(n for n, m in self.models.items() if m.kind == kind)
@@ -306,9 +313,9 @@ def _model_config(name, m):
     if m["kind"] == "features":
         reads = LEARNER_READS[m["learner"]]
         learner = build(FeatureLearner, {k: (v if k in reads | {"learner"} else None) for k, v in m.items()
-                                         if k not in ("kind", "predict", "trained")})
+                                         if k not in ("kind", "predict", "trained", "member")})
         return FeatureModelConfig(name=name, learner=learner, tta=m["predict"]["tta"], folds=_folds(m["predict"]),
-                                  trained=m.get("trained"))
+                                  trained=m.get("trained"), member=m["member"])
     loading = Loading(**{f.name: m[f.name] for f in dataclasses.fields(Loading)})
     p, t = m["predict"], m["train"]
     return ModelConfig(
@@ -330,6 +337,7 @@ def _model_config(name, m):
                            logging_steps=t["logging_steps"], model_parallel=_model_parallel(name, m)),
         average_adapters=p["average_adapters"],
         trained=m.get("trained"),
+        member=m["member"],
     )
 
 
@@ -463,6 +471,10 @@ def _check_trained(config, models):
         raise InputError(f"config models.{tiny[0]}.backbone: a tiny backbone is built from the training texts; a run "
                          "from trained models loads the one it was trained with: kind: path, path: the earlier run's "
                          f"results/backbones/{tiny[0]}")
+    teachers_only = [m for m in models if not config["models"][m]["member"]]
+    if teachers_only:
+        raise InputError(f"config models.{teachers_only[0]}.member: false: a run from trained models trains nothing, so "
+                         "a teacher has nothing to do there: remove the model")
     untrained = [m for m in models if m not in trained]
     if untrained:
         raise InputError(f"config models.{untrained[0]}: without data.train_csv every model predicts from a trained "
@@ -502,8 +514,6 @@ def _check_teachers(config):
             if teacher is None:
                 continue
             where = f"config models.{name}.{role}.teacher"
-            if m["kind"] != "llm":
-                raise InputError(f"config models.{name}.{role}: only LoRA models (kind llm) train on soft targets")
             if teacher not in models:
                 hint = difflib.get_close_matches(teacher, models, 1)
                 raise InputError(f"{where}: no model named {teacher!r} in this config"
@@ -514,6 +524,13 @@ def _check_teachers(config):
                 raise InputError(f"{where}: {teacher!r} is a {models[teacher]['kind']} model; pseudo-labels come "
                                  "from a LoRA model's fold adapters (kind llm)")
     _check_no_teacher_cycle(models)
+    if not any(m["member"] for m in models.values()):
+        raise InputError("config models: every model has member: false: nothing would be submitted")
+    taught_by = {_teacher_of(m, role) for m in models.values() for role in ("distill", "pseudo_labels")}
+    idle = [n for n, m in models.items() if not m["member"] and n not in taught_by]
+    if idle:
+        raise InputError(f"config models.{idle[0]}.member: false, and no model learns from it (distill or "
+                         "pseudo_labels): it would be trained for nothing")
     readers = [n for n, m in models.items() if _teacher_of(m, "pseudo_labels")]
     if readers and not config["data"].get("extra_csv"):
         raise InputError(f"config models.{readers[0]}.pseudo_labels: needs data.extra_csv, the unlabelled pairs to "
@@ -558,7 +575,7 @@ def load_config(config):
     config = validate(config)
     _check_learner_keys({"models": config["models"], "_written_keys": written})
     _check_trained({**config, "_written_blend": set(blend_keys)}, list(config["models"]))
-    _check_blend(config, list(config["models"]))
+    _check_blend(config, [n for n, m in config["models"].items() if m["member"]])
     if config["data"].get("train_csv") is not None:
         _check_teachers(config)
     n_folds = config["cv"]["n_folds"]

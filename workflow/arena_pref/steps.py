@@ -37,6 +37,7 @@ def parse(csv, split, out, *, train_parquet=None, test_parquet=None):
     if split == "train":
         data.check_training_labels(df, csv)
     if split == "extra":
+        data.warn_unread_labels(csv)
         df = data.unseen_extra_rows(df, [data.read_parsed(train_parquet), data.read_parsed(test_parquet)], csv)
     elif train_parquet is not None:
         data.warn_shared_ids(data.read_parsed(train_parquet), df, csv)
@@ -179,7 +180,7 @@ def train(*, tokens_parquet, train_parquet, folds_parquet, fold, backbone, setti
     rows = _distilled(tokens, labels, settings.teachers, teacher_oof)
     if settings.teachers.pseudo:
         extra = read_tokens(extra_tokens)
-        probs = targets.teacher_probs([pd.read_parquet(pseudo_labels)])
+        probs = targets.teacher_probs([pseudo_labels], name=settings.teachers.pseudo)
         rows = rows.concat(targets.pseudo(extra["id"], probs, name=settings.teachers.pseudo))
         tokens = pd.concat([tokens, extra[tokens.columns]], ignore_index=True)
         log.info("training on %d labelled rows and %d rows pseudo-labelled by '%s'", len(labels), len(extra),
@@ -193,56 +194,42 @@ def _distilled(tokens, labels, teachers, teacher_oof):
     probabilities (each from the teacher fold that held the row out)."""
     if not teachers.distill:
         return targets.hard(labels)
-    probs = targets.teacher_probs([pd.read_parquet(p) for p in teacher_oof])
+    probs = targets.teacher_probs(teacher_oof, name=teachers.distill)
     log.info("distilling '%s' (alpha %.2f) from its OOF predictions in %d file(s)", teachers.distill, teachers.alpha,
              len(teacher_oof))
     return targets.distilled(tokens["id"], labels, probs, alpha=teachers.alpha, name=teachers.distill)
 
 
+def _predict(tokens, *, backbone, adapter, settings, options, tta, label, threads):
+    """One adapter's probabilities of ``tokens``' rows, as every prediction job makes them."""
+    from .predict import predict_on_devices
+
+    return predict_on_devices(backbone=backbone, adapter_dir=adapter, tokens=tokens, settings=settings, tta=tta,
+                              threads=threads, label=label, allow_bf16_emulation=options.allow_bf16_emulation,
+                              model_parallel=options.model_parallel)
+
+
 def oof(*, model, tokens_parquet, folds_parquet, fold, backbone, adapter, settings, options, out, threads=None):
     """Held-out rows of one fold, predicted in both orders (TTA scored either way)."""
-    from .predict import predict_on_devices
     from .tokenize import read_tokens
 
     tokens = _fold_rows(read_tokens(tokens_parquet), folds_parquet, fold, held_out=True)
-    pred = predict_on_devices(backbone=backbone, adapter_dir=adapter, tokens=tokens, settings=settings, tta=True,
-                              threads=threads, label=f"model '{model}', fold {fold} (OOF)",
-                              allow_bf16_emulation=options.allow_bf16_emulation, model_parallel=options.model_parallel)
+    pred = _predict(tokens, backbone=backbone, adapter=adapter, settings=settings, options=options, tta=True,
+                    label=f"model '{model}', fold {fold} (OOF)", threads=threads)
     pred.insert(1, "fold", np.int64(fold))
     io.write_parquet(pred, out)
 
 
-def infer(*, model, part, tokens_parquet, backbone, adapter, settings, options, tta, out, threads=None):
-    """The test rows predicted by one adapter (``part``: ``fold<k>``, or ``average`` for the folds'
-    averaged adapter)."""
-    from .predict import predict_on_devices
+def infer(*, model, part, tokens_parquet, backbone, adapter, settings, options, tta, out, scored="test",
+          threads=None):
+    """The rows of ``tokens_parquet`` predicted by one adapter (``part``: ``fold<k>``, or
+    ``average`` for the folds' averaged adapter): the test rows, or (``scored`` pseudo) the extra
+    rows a pseudo-label teacher labels."""
     from .tokenize import read_tokens
 
-    pred = predict_on_devices(backbone=backbone, adapter_dir=adapter, tokens=read_tokens(tokens_parquet),
-                              settings=settings, tta=tta, threads=threads, label=f"model '{model}', {part} (test)",
-                              allow_bf16_emulation=options.allow_bf16_emulation, model_parallel=options.model_parallel)
+    pred = _predict(read_tokens(tokens_parquet), backbone=backbone, adapter=adapter, settings=settings,
+                    options=options, tta=tta, label=f"model '{model}', {part} ({scored})", threads=threads)
     io.write_parquet(pred, out)
-
-
-def pseudo_label(*, model, parts, adapters, tokens_parquet, backbone, settings, options, out, threads=None):
-    """A teacher's soft labels of the extra rows: each test pass's adapter (``parts``) predicts them
-    in both orders, and the passes are averaged, as its test predictions are."""
-    from .predict import predict_on_devices
-    from .predictions import average_folds
-    from .tokenize import read_tokens
-
-    tokens = read_tokens(tokens_parquet)
-    t0 = time.monotonic()
-    preds = [predict_on_devices(backbone=backbone, adapter_dir=adapter, tokens=tokens, settings=settings, tta=True,
-                                threads=threads, label=f"model '{model}', {part} (pseudo-labels)",
-                                allow_bf16_emulation=options.allow_bf16_emulation)
-             for part, adapter in zip(parts, adapters)]
-    labels = average_folds(preds, tta=True)
-    io.write_parquet(labels, out)
-    seconds = time.monotonic() - t0
-    log.info("pseudo-labelled %d extra rows with %d pass(es) of '%s' in %.1f s (%.1f rows/s); mean probabilities "
-             "A %.3f, B %.3f, tie %.3f", len(labels), len(preds), model, seconds, len(labels) * len(preds) / seconds,
-             *labels[list(PROB_COLUMNS)].mean())
 
 
 def average_test(fold_predictions, out, *, tta):

@@ -63,15 +63,24 @@ def hard(labels):
     return Targets(np.asarray(labels, dtype=np.int64))
 
 
-def teacher_probs(frames):
+def teacher_probs(paths, *, name):
     """A teacher's prediction files (OOF or test-pass format, :mod:`predictions`) as one frame of
-    ``a, b, tie`` indexed by id: the TTA-averaged columns where the files have them."""
+    ``a, b, tie`` indexed by id: the TTA-averaged columns where the files have them. Each row must
+    be a probability distribution and appear once (``name``: the teacher, for errors)."""
+    frames = [pd.read_parquet(p).assign(_file=str(p)) for p in paths]
     df = pd.concat(frames, ignore_index=True)
     cols = TTA_COLUMNS if set(TTA_COLUMNS) <= set(df.columns) else PROB_COLUMNS
-    dup = df["id"][df["id"].duplicated()]
+    dup = df[df["id"].duplicated(keep=False)]
     if len(dup):
-        raise InputError(f"teacher predictions: id {dup.iloc[0]} appears in more than one file")
-    return pd.DataFrame(df[cols].to_numpy(dtype=np.float64), index=df["id"].to_numpy(), columns=PROB_COLUMNS)
+        raise InputError(f"teacher '{name}': row id {dup['id'].iloc[0]} is in more than one of its files "
+                         f"({', '.join(dup['_file'].unique()[:2])})")
+    probs = df[cols].to_numpy(dtype=np.float64)
+    bad = ~(np.isfinite(probs).all(axis=1) & (probs >= 0).all(axis=1) & (np.abs(probs.sum(axis=1) - 1) < 1e-3))
+    if bad.any():
+        row = df.iloc[int(np.argmax(bad))]
+        raise InputError(f"{row['_file']}: row id {row['id']}: columns {', '.join(cols)}: teacher '{name}' gives "
+                         f"{probs[bad][0].round(4).tolist()}, not probabilities summing to 1")
+    return pd.DataFrame(probs, index=df["id"].to_numpy(), columns=PROB_COLUMNS)
 
 
 def _lookup(teacher, ids, *, name, what):

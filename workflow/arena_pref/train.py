@@ -225,7 +225,10 @@ class PreferenceTrainer(Trainer):
             rows = torch.nn.functional.cross_entropy(logits.float(), labels, reduction="none")
         # over the rows of the whole accumulated step: the Trainer then skips its own division by
         # the accumulation steps, and uneven last batches are weighted right
-        loss = rows.sum() / num_items_in_batch if num_items_in_batch is not None else rows.mean()
+        if num_items_in_batch is None:
+            loss = rows.mean()
+        else:  # the Trainer counts on its device; a split model's logits end on the last GPU
+            loss = rows.sum() / torch.as_tensor(num_items_in_batch).to(rows.device)
         self.step_loss = self.step_loss + loss.detach()
         self.tokens_seen += inputs["n_tokens"]
         return (loss, {"logits": logits}) if return_outputs else loss

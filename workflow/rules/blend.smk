@@ -16,7 +16,7 @@ if not CONFIG.predict_only:
         params:
             blend=settings.to_params(CONFIG.blend),
             tta=blend_tta(),
-            models=MODELS,
+            models=MEMBERS,
         script:
             "../scripts/blend.py"
 
@@ -55,7 +55,7 @@ else:
         conda:
             CONDA_ENV
         params:
-            models=MODELS,
+            models=MEMBERS,
             tta=blend_tta(),
         script:
             "../scripts/submit.py"

@@ -43,6 +43,12 @@ except InputError as err:
     raise WorkflowError(f"arena-pref: {err}") from None
 
 MODELS = sorted(CONFIG.models)  # the order models are listed in does not matter
+MEMBERS = (
+    CONFIG.members
+)  # blended and submitted (member: false models are teachers only)
+LLM_MEMBERS = [
+    m for m in LLM_MODELS if m in MEMBERS
+]  # what a Kaggle run predicts and times
 FOLDS = CONFIG.fold_ids()
 CONDA_ENV = "../../envs/arena-pref.yaml"
 FEATURE_PHRASES = os.path.join(PACKAGE_DIR, "arena_pref", "feature_phrases.yaml")
@@ -55,6 +61,7 @@ wildcard_constraints:
     split="train|test|extra",
     fold=r"\d+",
     part=r"fold\d+|average",
+    scored="test|pseudo",
     model="|".join(MODELS),
 
 
@@ -72,6 +79,12 @@ def split_csv(wildcards):
         raise WorkflowError(
             "arena-pref: a run from trained models has no data.train_csv: nothing may read the training rows"
         )
+    if wildcards.split == "extra":
+        if CONFIG.extra_csv is None:
+            raise WorkflowError(
+                "arena-pref: results/data/extra.parquet is parsed from data.extra_csv, which this config does not set"
+            )
+        return CONFIG.extra_csv
     return CONFIG.raw["data"][f"{wildcards.split}_csv"]
 
 
@@ -105,12 +118,25 @@ def backbone_input(wildcards):
 
 
 def fold_test_predictions(wildcards):
-    """A model's test passes: one per predicting fold, or one of the folds' averaged adapter."""
+    """A model's test passes: one per predicting fold, or one of the folds' averaged adapter (of
+    the test rows, or for a pseudo-label teacher of the extra rows)."""
     return expand(
-        "results/test/{model}/{part}.parquet",
+        "results/{scored}/{model}/{part}.parquet",
+        scored=wildcards.scored,
         model=wildcards.model,
         part=CONFIG.test_passes(wildcards.model),
     )
+
+
+def pass_tokens(wildcards):
+    """The rows a pass predicts: the test rows, or the extra rows a teacher pseudo-labels."""
+    split = "extra" if wildcards.scored == "pseudo" else "test"
+    return f"results/tokens/{wildcards.model}/{split}.parquet"
+
+
+def pass_tta(wildcards):
+    """TTA as the model is configured for the test rows; pseudo-labels always average both orders."""
+    return wildcards.scored == "pseudo" or CONFIG.models[wildcards.model].tta
 
 
 def pass_adapter(wildcards):
@@ -145,18 +171,6 @@ def teacher_inputs(wildcards):
     return inputs
 
 
-def test_pass_adapters(wildcards):
-    """The adapters of a model's test passes, in the order of CONFIG.test_passes."""
-    return [
-        trained.adapter_dir(CONFIG, wildcards.model, part)
-        for part in CONFIG.test_passes(wildcards.model)
-    ]
-
-
-def test_parts(wildcards):
-    return CONFIG.test_passes(wildcards.model)
-
-
 def trained_learner(wildcards):
     return trained.learner_path(CONFIG, wildcards.model, wildcards.fold)
 
@@ -164,7 +178,7 @@ def trained_learner(wildcards):
 def estimate_inputs(wildcards):
     """Each LoRA model's test tokens, the adapter of its first test pass and its backbone."""
     inputs = {}
-    for m in LLM_MODELS:
+    for m in LLM_MEMBERS:
         inputs[f"tokens_{m}"] = f"results/tokens/{m}/test.parquet"
         inputs[f"adapter_{m}"] = trained.adapter_dir(
             CONFIG, m, CONFIG.test_passes(m)[0]
@@ -181,7 +195,7 @@ def submit_inputs(wildcards):
         "blender": CONFIG.blender_source or "results/blender.json",
         "parsed_test": "results/data/test.parquet",
     }
-    for m in MODELS:
+    for m in MEMBERS:
         inputs[f"test_{m}"] = f"results/test/{m}.parquet"
     return inputs
 
@@ -194,7 +208,7 @@ def blend_inputs(wildcards):
         "parsed_test": "results/data/test.parquet",
         "folds": "results/data/folds.parquet",
     }
-    for m in MODELS:
+    for m in MEMBERS:
         inputs[f"oof_{m}"] = expand(
             "results/oof/{model}/fold{fold}.parquet", model=m, fold=FOLDS
         )
@@ -236,7 +250,7 @@ def predict_gpus(wildcards):
 def estimate_gpus():
     """GPUs the time estimate claims: one, or the most a model-parallel model is split over
     (each model is timed as its jobs run)."""
-    return max([1] + [CONFIG.job_gpus(m, "train") for m in LLM_MODELS])
+    return max([1] + [CONFIG.job_gpus(m, "train") for m in LLM_MEMBERS])
 
 
 def job_options(wildcards):
@@ -245,13 +259,9 @@ def job_options(wildcards):
     return CONFIG.models[wildcards.model].options
 
 
-def model_tta(wildcards):
-    return CONFIG.models[wildcards.model].tta
-
-
 def feature_params(wildcards):
     return settings.to_params(CONFIG.models[wildcards.model].learner)
 
 
 def blend_tta():
-    return settings.canonical({m: CONFIG.models[m].tta for m in MODELS})
+    return settings.canonical({m: CONFIG.models[m].tta for m in MEMBERS})

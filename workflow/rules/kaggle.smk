@@ -37,19 +37,21 @@ rule time_estimate:
     resources:
         gpu=estimate_gpus(),
     params:
-        models=LLM_MODELS,
-        backbones={m: settings.canonical(CONFIG.models[m].backbone) for m in LLM_MODELS},
-        settings={
-            m: settings.to_params(CONFIG.models[m].prediction) for m in LLM_MODELS
+        models=LLM_MEMBERS,
+        backbones={
+            m: settings.canonical(CONFIG.models[m].backbone) for m in LLM_MEMBERS
         },
-        tta={m: CONFIG.models[m].tta for m in LLM_MODELS},
-        passes={m: len(CONFIG.test_passes(m)) for m in LLM_MODELS},
+        settings={
+            m: settings.to_params(CONFIG.models[m].prediction) for m in LLM_MEMBERS
+        },
+        tta={m: CONFIG.models[m].tta for m in LLM_MEMBERS},
+        passes={m: len(CONFIG.test_passes(m)) for m in LLM_MEMBERS},
         bf16_emulation={
-            m: CONFIG.models[m].options.allow_bf16_emulation for m in LLM_MODELS
+            m: CONFIG.models[m].options.allow_bf16_emulation for m in LLM_MEMBERS
         },
         model_parallel={
             m: settings.canonical(CONFIG.models[m].options.model_parallel)
-            for m in LLM_MODELS
+            for m in LLM_MEMBERS
         },
         limit_h=CONFIG.kaggle.time_limit_h,
         margin_h=CONFIG.kaggle.margin_h,

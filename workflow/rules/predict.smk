@@ -27,32 +27,6 @@ if not CONFIG.predict_only:
         script:
             "../scripts/oof.py"
 
-    rule pseudo_label:
-        input:
-            adapters=test_pass_adapters,
-            tokens="results/tokens/{model}/extra.parquet",
-            backbone=backbone_input,
-        output:
-            "results/pseudo/{model}.parquet",
-        log:
-            "results/logs/pseudo_label/{model}.log",
-        benchmark:
-            "results/benchmarks/pseudo_label/{model}.tsv"
-        wildcard_constraints:
-            model=names_regex(LLM_MODELS),
-        conda:
-            CONDA_ENV
-        threads: CONFIG.threads
-        resources:
-            gpu=CONFIG.predict_gpus,
-        params:
-            backbone=backbone_spec,
-            settings=predict_params,
-            options=job_options,
-            parts=test_parts,
-        script:
-            "../scripts/pseudo_label.py"
-
 
 rule average_adapters:
     input:
@@ -69,17 +43,18 @@ rule average_adapters:
         "../scripts/average_adapters.py"
 
 
+# scored "test": the test rows; "pseudo": a pseudo-label teacher's passes over the extra rows
 rule infer:
     input:
         adapter=pass_adapter,
-        tokens="results/tokens/{model}/test.parquet",
+        tokens=pass_tokens,
         backbone=backbone_input,
     output:
-        "results/test/{model}/{part}.parquet",
+        "results/{scored}/{model}/{part}.parquet",
     log:
-        "results/logs/infer/{model}/{part}.log",
+        "results/logs/infer/{scored}/{model}/{part}.log",
     benchmark:
-        "results/benchmarks/infer/{model}/{part}.tsv"
+        "results/benchmarks/infer/{scored}/{model}/{part}.tsv"
     wildcard_constraints:
         model=names_regex(LLM_MODELS),
     conda:
@@ -91,7 +66,7 @@ rule infer:
         backbone=backbone_spec,
         settings=predict_params,
         options=job_options,
-        tta=model_tta,
+        tta=pass_tta,
     script:
         "../scripts/infer.py"
 
@@ -100,12 +75,12 @@ rule average_test:
     input:
         fold_test_predictions,
     output:
-        "results/test/{model}.parquet",
+        "results/{scored}/{model}.parquet",
     log:
-        "results/logs/average_test/{model}.log",
+        "results/logs/average_test/{scored}/{model}.log",
     conda:
         CONDA_ENV
     params:
-        tta=model_tta,
+        tta=pass_tta,
     script:
         "../scripts/average_test.py"

@@ -1,5 +1,5 @@
 """Rule infer: test probabilities from one adapter, a fold's or the folds' average (with A/B-swap TTA if
-configured)."""
+configured); or a pseudo-label teacher's probabilities of the extra rows (always with TTA)."""
 from arena_pref import steps
 from arena_pref.backbones import backbone_dir
 from arena_pref.gpus import claim_gpus
@@ -14,8 +14,7 @@ def main(sm):
     steps.infer(model=sm.wildcards.model, part=sm.wildcards.part, tokens_parquet=sm.input.tokens,
                 backbone=backbone_dir(sm.params.backbone, sm.input.backbone), adapter=sm.input.adapter,
                 settings=from_params(PredictSettings, sm.params.settings), options=sm.params.options,
-                tta=sm.params.tta,
-                out=sm.output[0], threads=sm.threads)
+                tta=sm.params.tta, scored=sm.wildcards.scored, out=sm.output[0], threads=sm.threads)
 
 
 
