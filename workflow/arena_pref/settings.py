@@ -165,6 +165,54 @@ class FeatureModelConfig:
 
 
 @dataclass(frozen=True)
+class JudgePrompt:
+    """How a row becomes a judging prompt (:mod:`arena_pref.judge_prompt`)."""
+
+    template: str  # with {prompt}, {response_a}, {response_b} once each
+    plain_suffix: str  # after the template where the tokenizer has no chat template
+    answers: dict  # a | b | tie -> the answer string whose first token scores that class
+    max_length: int
+    prompt_max_frac: float
+
+
+@dataclass(frozen=True)
+class JudgeSettings:
+    """Everything the judge_score rule reads."""
+
+    backend: str  # transformers | vllm
+    quantization: str
+    dtype: str
+    attn_implementation: str
+    max_tokens_per_batch: int  # padded token slots per forward pass (transformers)
+    prompt: JudgePrompt
+
+
+@dataclass(frozen=True)
+class JudgeOptions:
+    """How a judge_score job runs, never what it produces (not compared as params)."""
+
+    allow_bf16_emulation: bool
+
+
+@dataclass(frozen=True)
+class JudgeModelConfig:
+    """A zero-shot judge member of the config (``kind: judge``): scored once per split, its answer
+    logits calibrated per fold."""
+
+    name: str
+    backbone: dict
+    scoring: JudgeSettings
+    tta: bool
+    folds: tuple | None  # folds whose calibrations predict the test set; None: all
+    options: JudgeOptions
+    trained: str | None = None  # never set: a judge needs training rows to calibrate on
+    kind: str = "judge"
+
+
+JUDGE_PLACEHOLDERS = ("{prompt}", "{response_a}", "{response_b}")
+
+
+@dataclass(frozen=True)
 class PostRules:
     identical: bool  # identical answers get the frequencies of training rows with identical answers
     empty: bool  # one answer empty: the frequencies of training rows with that answer empty
@@ -202,7 +250,7 @@ class KaggleSettings:
 @dataclass(frozen=True)
 class Config:
     raw: dict  # the validated config, defaults filled (run_info.json records it)
-    models: dict  # name -> ModelConfig or FeatureModelConfig (``kind``), in config order
+    models: dict  # name -> ModelConfig, FeatureModelConfig or JudgeModelConfig (``kind``), in config order
     blend: BlendSettings
     n_folds: int
     cv_seed: int
@@ -218,7 +266,7 @@ class Config:
         return self.train_csv is None
 
     def names(self, kind):
-        """Names of the models of one kind (``llm`` or ``features``), sorted."""
+        """Names of the models of one kind (``llm``, ``features`` or ``judge``), sorted."""
         return sorted(n for n, m in self.models.items() if m.kind == kind)
 
     def fold_ids(self):
@@ -243,7 +291,19 @@ def _folds(predict):
     return None if predict["folds"] == "all" else tuple(predict["folds"])
 
 
+def _judge_config(name, m):
+    prompt = JudgePrompt(template=m["template"], plain_suffix=m["plain_suffix"], answers=dict(m["answers"]),
+                         max_length=m["max_length"], prompt_max_frac=float(m["prompt_max_frac"]))
+    scoring = JudgeSettings(backend=m["backend"], quantization=m["quantization"], dtype=m["dtype"],
+                            attn_implementation=m["attn_implementation"],
+                            max_tokens_per_batch=m["max_tokens_per_batch"], prompt=prompt)
+    return JudgeModelConfig(name=name, backbone=m["backbone"], scoring=scoring, tta=m["predict"]["tta"],
+                            folds=_folds(m["predict"]), options=JudgeOptions(m["allow_bf16_emulation"]))
+
+
 def _model_config(name, m):
+    if m["kind"] == "judge":
+        return _judge_config(name, m)
     if m["kind"] == "features":
         reads = LEARNER_READS[m["learner"]]
         learner = build(FeatureLearner, {k: (v if k in reads | {"learner"} else None) for k, v in m.items()
@@ -394,6 +454,10 @@ def _check_trained(config, models):
             raise InputError("config blend.from: a fitted blender is used only in a run without data.train_csv; "
                              "with training data the blend rule fits one")
         return
+    judges = [m for m in models if config["models"][m]["kind"] == "judge"]
+    if judges:
+        raise InputError(f"config models.{judges[0]}: a judge (kind: judge) is calibrated on the training rows, and "
+                         "a run without data.train_csv cannot use one yet: add data.train_csv, or remove the judge")
     written = config["_written_blend"]
     if "from" in written and written - {"from"}:
         raise InputError(f"config blend: from is a fitted blender, used as it is: "
@@ -440,12 +504,32 @@ def _check_learner_keys(config):
                              f"(it reads {', '.join(sorted(LEARNER_READS[m['learner']]))})")
 
 
+def _check_judges(config):
+    """What the schema cannot say about a judge: each placeholder once in its template, answer
+    strings that differ, a quantization its backend runs."""
+    for name, m in config["models"].items():
+        if m["kind"] != "judge":
+            continue
+        counts = {p: m["template"].count(p) for p in JUDGE_PLACEHOLDERS}
+        wrong = [f"{p} {n} times" for p, n in counts.items() if n != 1]
+        if wrong:
+            raise InputError(f"config models.{name}.template: must hold each of {', '.join(JUDGE_PLACEHOLDERS)} "
+                             f"exactly once ({', '.join(wrong)})")
+        answers = m["answers"]
+        if len(set(answers.values())) < len(answers):
+            raise InputError(f"config models.{name}.answers: the three answers must differ ({answers})")
+        if m["backend"] == "vllm" and m["quantization"] == "8bit":
+            raise InputError(f"config models.{name}.quantization: backend vllm runs 4bit (bitsandbytes) or none, "
+                             "not 8bit: choose one of those, or backend: transformers")
+
+
 def load_config(config):
     """Validate ``config`` (a dict as Snakemake reads it) and build the settings every rule reads."""
     written = {name: set(m) if isinstance(m, dict) else set() for name, m in (config.get("models") or {}).items()}
     blend_keys = set(config.get("blend") or {}) if isinstance(config.get("blend"), dict) else set()
     config = validate(config)
     _check_learner_keys({"models": config["models"], "_written_keys": written})
+    _check_judges(config)
     _check_trained({**config, "_written_blend": set(blend_keys)}, list(config["models"]))
     _check_blend(config, list(config["models"]))
     n_folds = config["cv"]["n_folds"]

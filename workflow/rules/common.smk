@@ -31,13 +31,18 @@ try:
         "llm"
     )  # fine-tuned backbones: tokenize, train, oof, infer
     FEATURE_MODELS = CONFIG.names("features")  # pair-feature learners: features_fold
+    JUDGE_MODELS = CONFIG.names("judge")  # zero-shot judges: judge_score, judge_fold
     # nothing is fetched from a model hub unless a config names a hub backbone
-    if any(CONFIG.models[m].backbone["kind"] == "hub" for m in LLM_MODELS):
+    if any(
+        CONFIG.models[m].backbone["kind"] == "hub" for m in LLM_MODELS + JUDGE_MODELS
+    ):
         os.environ.pop("HF_HUB_OFFLINE", None)
     else:
         os.environ.update(HF_HUB_OFFLINE="1")
     for _name in LLM_MODELS:
         backbones.check_model(CONFIG.models[_name])
+    for _name in JUDGE_MODELS:
+        backbones.check_judge(CONFIG.models[_name])
     trained.check(CONFIG)  # runs from trained models: every fold they read is there
 except InputError as err:
     raise WorkflowError(f"arena-pref: {err}") from None
@@ -175,6 +180,31 @@ def blend_inputs(wildcards):
 
 def backbone_spec(wildcards):
     return settings.canonical(CONFIG.models[wildcards.model].backbone)
+
+
+def tiny_spec(wildcards):
+    """A tiny backbone's spec; a judge's also names its causal-LM head and the texts of its
+    template, for the tokenizer to learn."""
+    spec = backbone_spec(wildcards)
+    if wildcards.model in JUDGE_MODELS:
+        prompt = CONFIG.models[wildcards.model].scoring.prompt
+        texts = [prompt.template, prompt.plain_suffix, *sorted(prompt.answers.values())]
+        spec = {**spec, "head": "causal_lm", "template_texts": texts}
+    return settings.canonical(spec)
+
+
+def judge_params(wildcards):
+    return settings.to_params(CONFIG.models[wildcards.model].scoring)
+
+
+def judge_both_orders(wildcards):
+    """Training rows are judged in both orders (calibration and OOF TTA); test rows where TTA is on."""
+    return wildcards.split == "train" or CONFIG.models[wildcards.model].tta
+
+
+def judge_options(wildcards):
+    # an object, not plain data: how the job runs (bf16 emulation) reruns nothing
+    return CONFIG.models[wildcards.model].options
 
 
 def token_params(wildcards):
