@@ -424,3 +424,15 @@ def test_a_judge_runs_beside_a_feature_member_to_the_submission(tmp_path):
     assert (results / "benchmarks/judge_score/judge/test.tsv").exists()
     # the judge scored each split once: two folds, one score job per split
     assert sorted(p.name for p in (results / "logs/judge_score/judge").iterdir()) == ["test.log", "train.log"]
+    # what reruns: nothing when up to date or reordered; allow_bf16_emulation nothing; TTA off the
+    # test scores (one order), its folds, the average and the blend, never the training scores
+    from workflow_helpers import planned_jobs
+
+    def plan(**judge):
+        cfg = write_config(tmp_path / f"cfg{len(judge)}{sorted(judge)}",
+                           models={"pair_features": features, "judge": {**JUDGE, **judge}}, blend={"method": "stack"})
+        return planned_jobs(snakemake(tmp_path, "-n", "results/submission.csv", config=cfg))
+
+    assert plan() == {}
+    assert plan(allow_bf16_emulation=True) == {}
+    assert plan(predict={"tta": False}) == {"judge_score": 1, "judge_fold": 2, "average_test": 1, "blend": 1}
