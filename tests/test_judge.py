@@ -369,11 +369,38 @@ def test_judge_config_errors_name_the_key(changes, message):
         settings.model_config({"kind": "judge", "backbone": {"kind": "tiny"}, **changes})
 
 
-def test_a_judge_in_a_run_without_training_data_is_a_config_error():
-    config = {"data": {"test_csv": "test.csv"}, "models": {"jj": {"kind": "judge", "backbone": {"kind": "tiny"}}},
-              "blend": {"method": "weights", "weights": {"jj": 1.0}}}
-    with pytest.raises(InputError, match=r"config models\.jj: a judge \(kind: judge\) is calibrated on the training "
-                                         r"rows, and a run without data\.train_csv cannot use one yet"):
+def predict_only(tmp_path, **judge):
+    """A run from trained models with a judge whose trained directory holds folds 0 and 1."""
+    for k in (0, 1):
+        (tmp_path / "jj" / f"fold{k}").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "jj" / f"fold{k}" / "calibration.json").write_text("{}")
+    model = {"kind": "judge", "backbone": {"kind": "path", "path": "models/llm"}, "trained": str(tmp_path / "jj"),
+             **judge}
+    return {"data": {"test_csv": "test.csv"}, "cv": {"n_folds": 2}, "models": {"jj": model},
+            "blend": {"method": "weights", "weights": {"jj": 1.0}}}
+
+
+def test_a_run_from_trained_models_applies_a_judges_saved_calibrations(tmp_path):
+    from arena_pref import trained
+
+    config = settings.load_config(predict_only(tmp_path, predict={"folds": [1]}))
+    assert config.predict_only and config.test_passes("jj") == ["fold1"]
+    trained.check(config)
+    assert trained.calibration_path(config, "jj", 1) == f"{tmp_path}/jj/fold1/calibration.json"
+    (tmp_path / "jj" / "fold1" / "calibration.json").unlink()
+    with pytest.raises(InputError, match=r"config models\.jj\.trained: '.*/jj/fold1/calibration\.json' is missing"):
+        trained.check(config)
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda m: m.pop("trained"), r"config models\.jj: without data\.train_csv every model predicts from a trained"),
+    (lambda m: m.update(backbone={"kind": "tiny"}), r"config models\.jj\.backbone: a tiny backbone is built from "
+                                                     r"the training texts"),
+])
+def test_a_judge_without_training_data_needs_its_trained_calibrations(tmp_path, change, message):
+    config = predict_only(tmp_path)
+    change(config["models"]["jj"])
+    with pytest.raises(InputError, match=message):
         settings.load_config(config)
 
 
@@ -436,3 +463,26 @@ def test_a_judge_runs_beside_a_feature_member_to_the_submission(tmp_path):
     assert plan() == {}
     assert plan(allow_bf16_emulation=True) == {}
     assert plan(predict={"tta": False}) == {"judge_score": 1, "judge_fold": 2, "average_test": 1, "blend": 1}
+
+    # a run from trained models (no train.csv): the judge scores the test rows with the built
+    # backbone and applies the saved calibrations, reproducing the home run's test passes
+    import shutil
+
+    home, away = tmp_path, tmp_path / "away"
+    away.mkdir()
+    shutil.copy(home / "results/demo/test.csv", away / "test.csv")
+    trained_models = {"judge": {**JUDGE, "backbone": {"kind": "path", "path": str(home / "results/backbones/judge")},
+                                "trained": str(home / "results/models/judge")},
+                      "pair_features": {**features, "trained": str(home / "results/models/pair_features")}}
+    (away / "config.yaml").write_text(yaml.safe_dump({
+        "data": {"test_csv": "test.csv"}, "cv": {"n_folds": 2}, "models": trained_models,
+        "blend": {"from": str(home / "results/blender.json")}}, sort_keys=False))
+    assert planned_jobs(snakemake(away, "-n", "results/submission.csv")) == {
+        "parse": 1, "judge_score": 1, "judge_predict": 2, "features": 1, "features_predict": 1, "average_test": 2,
+        "submit": 1}
+    snakemake(away, "-j2", "results/submission.csv")
+    for k in (0, 1):
+        pd.testing.assert_frame_equal(pd.read_parquet(away / f"results/test/judge/fold{k}.parquet"),
+                                      pd.read_parquet(home / f"results/test/judge/fold{k}.parquet"), atol=1e-6)
+    np.testing.assert_allclose(pd.read_csv(away / "results/submission.csv").drop(columns="id").to_numpy(),
+                               sub.drop(columns="id").to_numpy(), atol=1e-5)

@@ -152,8 +152,8 @@ def build_bundle(*, files, config, kaggle, out, backbones=None, repo=REPO):
 
     judges = [name for name, model in config["models"].items() if model["kind"] == "judge"]
     if judges:
-        raise InputError(f"model '{judges[0]}': a judge (kind: judge) cannot go into a Kaggle bundle yet (a run "
-                         "from trained models does not take judges): remove it from models: to build the bundle")
+        raise InputError(f"model '{judges[0]}': a judge (kind: judge) cannot go into a Kaggle bundle yet (run.py "
+                         "does not place a judge's backbone): remove it from models: to build the bundle")
     with io.atomic_path(out, directory=True) as tmp:
         _copy_workflow(Path(repo), tmp)
         for dest, source in files.items():

@@ -205,7 +205,7 @@ class JudgeModelConfig:
     tta: bool
     folds: tuple | None  # folds whose calibrations predict the test set; None: all
     options: JudgeOptions
-    trained: str | None = None  # never set: a judge needs training rows to calibrate on
+    trained: str | None = None  # a directory of fold<k>/calibration.json from an earlier run (nothing fitted)
     kind: str = "judge"
 
 
@@ -298,7 +298,8 @@ def _judge_config(name, m):
                             attn_implementation=m["attn_implementation"],
                             max_tokens_per_batch=m["max_tokens_per_batch"], prompt=prompt)
     return JudgeModelConfig(name=name, backbone=m["backbone"], scoring=scoring, tta=m["predict"]["tta"],
-                            folds=_folds(m["predict"]), options=JudgeOptions(m["allow_bf16_emulation"]))
+                            folds=_folds(m["predict"]), options=JudgeOptions(m["allow_bf16_emulation"]),
+                            trained=m.get("trained"))
 
 
 def _model_config(name, m):
@@ -454,10 +455,6 @@ def _check_trained(config, models):
             raise InputError("config blend.from: a fitted blender is used only in a run without data.train_csv; "
                              "with training data the blend rule fits one")
         return
-    judges = [m for m in models if config["models"][m]["kind"] == "judge"]
-    if judges:
-        raise InputError(f"config models.{judges[0]}: a judge (kind: judge) is calibrated on the training rows, and "
-                         "a run without data.train_csv cannot use one yet: add data.train_csv, or remove the judge")
     written = config["_written_blend"]
     if "from" in written and written - {"from"}:
         raise InputError(f"config blend: from is a fitted blender, used as it is: "

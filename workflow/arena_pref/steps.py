@@ -86,6 +86,17 @@ def judge_score(*, model, split, parsed, backbone, settings, both_orders, option
              " in both orders" if both_orders else "", seconds, len(rows) / max(seconds, 1e-9))
 
 
+def judge_predict(*, model, fold, test_scores, calibration, tta, test_out):
+    """A run from trained models: one fold's saved calibration (``calibration.json`` of an earlier
+    run) applied to this run's test scores, as :func:`judge_fold` applies it."""
+    from .calibration import Calibration, predict_frame
+
+    fitted = Calibration.from_json(io.read_json(calibration))
+    io.write_parquet(predict_frame(fitted, pd.read_parquet(test_scores), tta), test_out)
+    log.info("model '%s', fold %d: test rows calibrated by %s (temperature %.3f, biases A %+.3f B %+.3f)", model,
+             fold, calibration, fitted.temperature, fitted.bias[0], fitted.bias[1])
+
+
 def judge_fold(*, model, fold, train_scores, test_scores, train_parquet, folds_parquet, tta, oof_out, test_out,
                calibration_out):
     """One fold of a judge: its calibration fitted on the training rows outside the fold

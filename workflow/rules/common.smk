@@ -132,6 +132,10 @@ def trained_learner(wildcards):
     return trained.learner_path(CONFIG, wildcards.model, wildcards.fold)
 
 
+def trained_calibration(wildcards):
+    return trained.calibration_path(CONFIG, wildcards.model, wildcards.fold)
+
+
 def estimate_inputs(wildcards):
     """Each LoRA model's test tokens, the adapter of its first test pass and its backbone."""
     inputs = {}
