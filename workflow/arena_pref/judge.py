@@ -24,6 +24,7 @@ import torch
 
 from .batching import padding_efficiency, plan_batches
 from .calibration import AB_COLUMNS, BA_COLUMNS
+from .errors import InputError
 from .logs import Rate
 
 log = logging.getLogger(__name__)
@@ -85,8 +86,7 @@ def score_frame(sequences, logits, both_orders):
 
 
 def check_finite(logits, *, label, dtype):
-    from .errors import InputError
-
+    """Stop on non-finite answer logits (float16 overflow) before they reach a file."""
     bad = ~np.isfinite(logits).all(axis=1)
     if bad.any():
         raise InputError(f"{label}: {int(bad.sum())} of {len(logits)} sequences got non-finite answer logits "

@@ -64,7 +64,7 @@ def split_template(template):
     return texts, order
 
 
-def chat_wrapper(tokenizer):
+def chat_wrapper(tokenizer, model="judge"):
     """(text before, text after) the user's message as the tokenizer's chat template renders it
     with its generation prompt; None where the tokenizer has no chat template."""
     if not getattr(tokenizer, "chat_template", None):
@@ -73,7 +73,8 @@ def chat_wrapper(tokenizer):
                                              tokenize=False)
     before, sentinel, after = rendered.partition(_SENTINEL)
     if not sentinel:
-        raise InputError("the tokenizer's chat template does not show the user's message as given")
+        raise InputError(f"config models.{model}.backbone: the tokenizer's chat template does not show the user's "
+                         "message as given, so the judge's question cannot be placed in it")
     return before, after
 
 
@@ -81,7 +82,7 @@ def make_layout(tokenizer, prompt, *, model="judge"):
     """The :class:`PromptLayout` of a :class:`~arena_pref.settings.JudgePrompt` with this tokenizer
     (``model`` names the config entry in errors)."""
     texts, order = split_template(prompt.template)
-    wrapper = chat_wrapper(tokenizer)
+    wrapper = chat_wrapper(tokenizer, model)
     if wrapper is not None:
         # the chat template renders the leading special tokens (<bos>) itself
         texts[0], texts[-1], prefix = wrapper[0] + texts[0], texts[-1] + wrapper[1], []
