@@ -243,6 +243,17 @@ def test_a_fold_is_calibrated_without_its_held_out_rows():
     assert calibration.calibrate_fold(raw, test, others, assignment, 1, tta=True)[2] != fitted
 
 
+def test_a_saved_calibration_loads_and_a_broken_one_is_named(tmp_path):
+    fitted = calibration.Calibration(2.0, (0.5, -0.25, 0.0))
+    (tmp_path / "ok.json").write_text(json.dumps({"model": "j", "fold": 0, **fitted.to_json()}))
+    assert calibration.load(tmp_path / "ok.json") == fitted
+    for name, text in (("bad.json", "{"), ("keys.json", '{"temperature": 1.0}'),
+                       ("zero.json", '{"temperature": 0, "bias": [0, 0, 0]}')):
+        (tmp_path / name).write_text(text)
+        with pytest.raises(InputError, match=rf"file '.*{name}': .*(calibration|temperature)"):
+            calibration.load(tmp_path / name)
+
+
 def test_the_fit_uses_both_orders_with_mirrored_labels():
     raw, labels, _ = fold_inputs(n=6)
     logits, y = calibration.shown_frame(raw, labels)

@@ -48,6 +48,22 @@ class Calibration:
 IDENTITY = Calibration(1.0, (0.0, 0.0, 0.0))
 
 
+def load(path):
+    """A calibration saved by the judge_fold rule (``calibration.json``); a file that is not one is
+    an :class:`InputError` naming it."""
+    import json
+
+    try:
+        with open(path, encoding="utf-8") as fh:
+            fitted = Calibration.from_json(json.load(fh))
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as err:
+        raise InputError(f"file '{path}': not a judge calibration (temperature, bias) written by judge_fold "
+                         f"({type(err).__name__}: {err})") from None
+    if not fitted.temperature > 0 or len(fitted.bias) != 3:
+        raise InputError(f"file '{path}': a calibration needs a temperature > 0 and three biases")
+    return fitted
+
+
 def softmax(z):
     z = np.asarray(z, dtype=np.float64)
     z = z - z.max(axis=1, keepdims=True)

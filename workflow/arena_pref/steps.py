@@ -89,9 +89,9 @@ def judge_score(*, model, split, parsed, backbone, settings, both_orders, option
 def judge_predict(*, model, fold, test_scores, calibration, tta, test_out):
     """A run from trained models: one fold's saved calibration (``calibration.json`` of an earlier
     run) applied to this run's test scores, as :func:`judge_fold` applies it."""
-    from .calibration import Calibration, predict_frame
+    from .calibration import load, predict_frame
 
-    fitted = Calibration.from_json(io.read_json(calibration))
+    fitted = load(calibration)
     io.write_parquet(predict_frame(fitted, pd.read_parquet(test_scores), tta), test_out)
     log.info("model '%s', fold %d: test rows calibrated by %s (temperature %.3f, biases A %+.3f B %+.3f)", model,
              fold, calibration, fitted.temperature, fitted.bias[0], fitted.bias[1])

@@ -3,8 +3,8 @@
 A model trained here keeps its folds under ``results/models/<model>/``. A model with ``trained:``
 (a run from trained models, without training data) reads them from that directory instead, laid
 out the same way: ``fold<k>/adapter`` (LoRA models), ``fold<k>/learner.joblib`` (pair-feature
-models), ``fold<k>/calibration.json`` (judges), and optionally ``average/adapter`` (the folds' adapters averaged, as a Kaggle bundle
-carries them). The paths are checked when the workflow starts, so a missing fold is one line naming
+models), ``fold<k>/calibration.json`` (judges), and optionally ``average/adapter`` (the folds'
+adapters averaged, as a Kaggle bundle carries them). The paths are checked when the workflow starts, so a missing fold is one line naming
 it rather than a MissingInputException deep in the DAG.
 """
 
