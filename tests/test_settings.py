@@ -211,6 +211,11 @@ def test_the_schema_lists_every_setting_the_code_reads():
     predict_keys = set(schema["$defs"]["predict"]["properties"])
     assert predict_keys - {"tta", "folds", "average_adapters"} <= (set(settings.Batching.__dataclass_fields__)
                                                                   | {"merge_lora", "compile"})
+    judge_keys = set(schema["$defs"]["judge_model"]["properties"])
+    read = (set(settings.JudgeSettings.__dataclass_fields__) - {"prompt"}) | set(settings.JudgePrompt.__dataclass_fields__)
+    assert judge_keys == read | {"kind", "backbone", "trained", "allow_bf16_emulation", "predict"}
+    assert all("description" in v for k, v in schema["$defs"]["judge_model"]["properties"].items()
+               if k not in ("kind", "backbone", "trained", "predict"))
 
 
 # --- runs from trained models (no train.csv) -----------------------------------------------
