@@ -20,17 +20,26 @@ def config_with(**models):
     return {**BASE, "models": {**BASE["models"], **models}}
 
 
+JUDGE = {"kind": "judge", "backbone": {"kind": "tiny", "arch": "llama"}, "answers": {"a": "1", "b": "2", "tie": "="},
+         "predict": {"tta": False, "folds": [1]}, "max_length": 512}
+PARTS = {"features": ("learner",), "judge": ("scoring",), "llm": ("tokens", "training", "prediction")}
+
+
 def test_params_do_not_depend_on_key_order():
-    shuffled = yaml.safe_load(yaml.safe_dump(BASE, sort_keys=False))
+    written = config_with(judge=JUDGE)
+    shuffled = yaml.safe_load(yaml.safe_dump(written, sort_keys=False))
     shuffled["models"] = dict(reversed(list(shuffled["models"].items())))
     for name, m in shuffled["models"].items():
         shuffled["models"][name] = m = dict(reversed(list(m.items())))
         m["predict"] = dict(reversed(list(m["predict"].items())))
         if "train" in m:
             m["train"] = dict(reversed(list(m["train"].items())))
-    a, b = settings.load_config(BASE), settings.load_config(shuffled)
+        if "answers" in m:
+            m["answers"] = dict(reversed(list(m["answers"].items())))
+    a, b = settings.load_config(written), settings.load_config(shuffled)
+    assert a.models["judge"].kind == "judge"
     for name in a.models:
-        parts = ("learner",) if a.models[name].kind == "features" else ("tokens", "training", "prediction")
+        parts = PARTS[a.models[name].kind]
         for part in parts:
             assert repr(settings.to_params(getattr(a.models[name], part))) == repr(
                 settings.to_params(getattr(b.models[name], part)))
@@ -73,7 +82,7 @@ def test_a_feature_member_is_validated_and_filled():
 @pytest.mark.parametrize("model, message", [
     ({"kind": "features", "max_length": 128}, r"config\.models\.pf: unknown key 'max_length'"),
     ({"kind": "features", "learner": "forest"}, r"config\.models\.pf\.learner: 'forest' is not one of"),
-    ({"kind": "feature"}, r"config\.models\.pf\.kind: 'feature' is not one of \['llm', 'features'\]"),
+    ({"kind": "feature"}, r"config\.models\.pf\.kind: 'feature' is not one of \['llm', 'features', 'judge'\]"),
 ])
 def test_feature_member_errors_name_the_key(model, message):
     with pytest.raises(InputError, match=message):
@@ -245,6 +254,12 @@ def test_the_schema_lists_every_setting_the_code_reads():
     predict_keys = set(schema["$defs"]["predict"]["properties"])
     assert predict_keys - {"tta", "folds", "average_adapters"} <= (set(settings.Batching.__dataclass_fields__)
                                                                   | {"merge_lora", "compile"})
+    judge_keys = set(schema["$defs"]["judge_model"]["properties"])
+    read = (set(settings.JudgeSettings.__dataclass_fields__) - {"prompt"}) | set(settings.JudgePrompt.__dataclass_fields__)
+    assert judge_keys == read | {"kind", "backbone", "trained", "member", "allow_bf16_emulation", "predict"}
+    assert all("description" in v for k, v in schema["$defs"]["judge_model"]["properties"].items()
+               if k not in ("kind", "backbone", "trained", "member", "predict"))
+    assert "description" in schema["$defs"]["member"]
 
 
 # --- runs from trained models (no train.csv) -----------------------------------------------

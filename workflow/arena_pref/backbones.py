@@ -174,3 +174,34 @@ def check_template_room(name, tokenizer, tokens):
     if tokens.max_length - fixed < MIN_TEXT_TOKENS:
         raise InputError(f"config models.{name}.template: the template and special tokens take {fixed} of "
                          f"max_length {tokens.max_length} tokens, leaving no room for the conversation")
+
+
+def check_judge(model):
+    """Raise :class:`InputError` (one line naming the key) where a judge
+    (:class:`~arena_pref.settings.JudgeModelConfig`) cannot run: its backend is not installed, its
+    max_length is above the backbone's position limit, and (a backbone with its tokenizer at hand)
+    its answers do not start with three different tokens or its template leaves no room."""
+    from .judge_vllm import missing_vllm
+
+    if model.scoring.backend == "vllm" and (why := missing_vllm(model.name)):
+        raise InputError(why)
+    spec, prompt = model.backbone, model.scoring.prompt
+    try:
+        if spec["kind"] == "hub":
+            return
+        config = _backbone_config(model)
+        text = config.get_text_config() if hasattr(config, "get_text_config") else config
+        limit = getattr(text, "max_position_embeddings", None)
+        if limit and prompt.max_length > limit:
+            raise InputError(f"config models.{model.name}.max_length: {prompt.max_length} is above the backbone's "
+                             f"position limit ({limit} tokens)")
+        if spec["kind"] != "tiny":  # a tiny backbone's tokenizer is built later: the judge_score step checks
+            from .judge_prompt import check_room, make_layout
+            from .modeling import load_tokenizer
+
+            check_room(make_layout(load_tokenizer(backbone_dir(spec)), prompt, model=model.name), prompt, model.name)
+    except InputError:
+        raise
+    except Exception as err:  # transformers' own checks of a config or tokenizer
+        why = " ".join(line.strip() for line in str(err).strip().splitlines()) or type(err).__name__
+        raise InputError(f"config models.{model.name}.backbone: cannot be used: {why}") from None

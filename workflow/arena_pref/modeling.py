@@ -61,26 +61,47 @@ def load_model(backbone, *, quantization="none", dtype="float32", pad_token_id=N
     """``AutoModelForSequenceClassification`` with 3 labels, quantized through bitsandbytes,
     on ``device`` (default: the first GPU, else the CPU), or split over the devices of
     ``device_map`` (module -> device, :func:`arena_pref.placement.job_device_map`)."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers import AutoModelForSequenceClassification
+
+    model = _from_pretrained(AutoModelForSequenceClassification, backbone, quantization=quantization, dtype=dtype,
+                             attn_implementation=attn_implementation, device=device,
+                             allow_bf16_emulation=allow_bf16_emulation, device_map=device_map, num_labels=NUM_LABELS)
+    if pad_token_id is not None:
+        model.config.pad_token_id = pad_token_id
+    return model
+
+
+def load_causal_lm(backbone, *, quantization="none", dtype="float32", attn_implementation=None, device=None,
+                   allow_bf16_emulation=False):
+    """``AutoModelForCausalLM`` (a judge, :mod:`arena_pref.judge`), loaded as :func:`load_model`
+    loads a classifier: quantized through bitsandbytes, on ``device``, in eval mode."""
+    from transformers import AutoModelForCausalLM
+
+    return _from_pretrained(AutoModelForCausalLM, backbone, quantization=quantization, dtype=dtype,
+                            attn_implementation=attn_implementation, device=device,
+                            allow_bf16_emulation=allow_bf16_emulation).eval()
+
+
+def _from_pretrained(auto_class, backbone, *, quantization, dtype, attn_implementation, device,
+                     allow_bf16_emulation, device_map=None, **extra):
+    from transformers import AutoConfig
 
     compute_dtype = torch_dtype(dtype)
     if device_map is not None:
         device = next(iter(device_map.values()))  # the embedding's: where inputs go
     dev = torch.device(device) if device is not None else default_device()
     check_dtype_supported(dtype, dev, allow_emulation=allow_bf16_emulation)
-    kwargs = {}
+    kwargs = dict(extra)
     impl = attention_implementation(attn_implementation, AutoConfig.from_pretrained(backbone), dev)
     if impl:
         kwargs["attn_implementation"] = impl
     qconf = quantization_config(quantization, compute_dtype)
     if qconf is not None:
         kwargs["quantization_config"] = qconf
-    model = AutoModelForSequenceClassification.from_pretrained(
-        backbone, num_labels=NUM_LABELS, dtype=compute_dtype,
+    model = auto_class.from_pretrained(
+        backbone, dtype=compute_dtype,
         device_map=device_map or {"": dev.index if dev.type == "cuda" and dev.index is not None else dev.type},
         **kwargs)
-    if pad_token_id is not None:
-        model.config.pad_token_id = pad_token_id
     log.info("loaded %s (%s, %s) on %s with %s attention", type(model).__name__, quantization, dtype,
              ", ".join(dict.fromkeys(map(str, device_map.values()))) if device_map else dev,
              model.config._attn_implementation)
@@ -351,24 +372,33 @@ def tiny_config(*, arch="gemma2", vocab_size=1000, hidden_size=64, num_layers=2,
     raise InputError(f"unknown tiny arch {arch!r}; choose one of {sorted(TOKENIZER_FAMILIES)}")
 
 
-def build_tiny_backbone(out_dir, texts, *, arch="gemma2", vocab_size=1000, max_position=1024, seed=0, **shape):
-    """Tokenizer trained on ``texts`` and a randomly initialised seq-cls model, saved to ``out_dir``.
+HEADS = ("seq_cls", "causal_lm")
+"""What a tiny backbone is saved as: a 3-label classifier (LoRA members) or a causal LM (judges)."""
+
+
+def build_tiny_backbone(out_dir, texts, *, arch="gemma2", vocab_size=1000, max_position=1024, seed=0,
+                        head="seq_cls", **shape):
+    """Tokenizer trained on ``texts`` and a randomly initialised model, saved to ``out_dir``: a
+    seq-cls model, or with ``head="causal_lm"`` a causal LM (its LM head over the tokenizer's
+    vocabulary).
 
     Deterministic from ``texts`` and ``seed``. Saved with ``save_pretrained``, so it loads
     (and quantizes) exactly like a downloaded 9B checkpoint. ``shape``: :func:`tiny_config`'s.
     """
-    from transformers import AutoModelForSequenceClassification
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
+    if head not in HEADS:
+        raise ValueError(f"unknown tiny head {head!r}; choose one of {HEADS}")
     if arch not in TOKENIZER_FAMILIES:
         raise InputError(f"unknown tiny arch {arch!r}; choose one of {sorted(TOKENIZER_FAMILIES)}")
     fast = _tiny_tokenizer(texts, arch, vocab_size, max_position)
     config = tiny_config(arch=arch, vocab_size=len(fast), max_position=max_position, pad_token_id=fast.pad_token_id,
                          bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id, **shape)
     torch.manual_seed(seed)
-    model = AutoModelForSequenceClassification.from_config(config)
+    model = (AutoModelForCausalLM if head == "causal_lm" else AutoModelForSequenceClassification).from_config(config)
     with atomic_path(out_dir, directory=True) as tmp:
         model.save_pretrained(tmp)
         fast.save_pretrained(tmp)
-    log.info("built tiny %s backbone: %d parameters, vocab %d -> %s", arch,
+    log.info("built tiny %s backbone (%s): %d parameters, vocab %d -> %s", arch, head,
              sum(p.numel() for p in model.parameters()), config.vocab_size, os.fspath(out_dir))
     return out_dir

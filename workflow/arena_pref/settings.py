@@ -190,6 +190,55 @@ class FeatureModelConfig:
 
 
 @dataclass(frozen=True)
+class JudgePrompt:
+    """How a row becomes a judging prompt (:mod:`arena_pref.judge_prompt`)."""
+
+    template: str  # with {prompt}, {response_a}, {response_b} once each
+    plain_suffix: str  # after the template where the tokenizer has no chat template
+    answers: dict  # a | b | tie -> the answer string whose first token scores that class
+    max_length: int
+    prompt_max_frac: float
+
+
+@dataclass(frozen=True)
+class JudgeSettings:
+    """Everything the judge_score rule reads."""
+
+    backend: str  # transformers | vllm
+    quantization: str
+    dtype: str
+    attn_implementation: str
+    max_tokens_per_batch: int  # padded token slots per forward pass (transformers)
+    prompt: JudgePrompt
+
+
+@dataclass(frozen=True)
+class JudgeOptions:
+    """How a judge_score job runs, never what it produces (not compared as params)."""
+
+    allow_bf16_emulation: bool
+
+
+@dataclass(frozen=True)
+class JudgeModelConfig:
+    """A zero-shot judge member of the config (``kind: judge``): scored once per split, its answer
+    logits calibrated per fold."""
+
+    name: str
+    backbone: dict
+    scoring: JudgeSettings
+    tta: bool
+    folds: tuple | None  # folds whose calibrations predict the test set; None: all
+    options: JudgeOptions
+    trained: str | None = None  # a directory of fold<k>/calibration.json from an earlier run (nothing fitted)
+    member: bool = True  # blended and submitted; False: a teacher only
+    kind: str = "judge"
+
+
+JUDGE_PLACEHOLDERS = ("{prompt}", "{response_a}", "{response_b}")
+
+
+@dataclass(frozen=True)
 class PostRules:
     identical: bool  # identical answers get the frequencies of training rows with identical answers
     empty: bool  # one answer empty: the frequencies of training rows with that answer empty
@@ -227,7 +276,7 @@ class KaggleSettings:
 @dataclass(frozen=True)
 class Config:
     raw: dict  # the validated config, defaults filled (run_info.json records it)
-    models: dict  # name -> ModelConfig or FeatureModelConfig (``kind``), in config order
+    models: dict  # name -> ModelConfig, FeatureModelConfig or JudgeModelConfig (``kind``), in config order
     blend: BlendSettings
     n_folds: int
     cv_seed: int
@@ -257,7 +306,7 @@ class Config:
         return sorted(n for n, m in self.models.items() if m.member)
 
     def names(self, kind):
-        """Names of the models of one kind (``llm`` or ``features``), sorted."""
+        """Names of the models of one kind (``llm``, ``features`` or ``judge``), sorted."""
         return sorted(n for n, m in self.models.items() if m.kind == kind)
 
     def job_gpus(self, model, step):
@@ -309,7 +358,20 @@ def _model_parallel(name, m):
     return build(ModelParallel, {"key": key, **parallel})
 
 
+def _judge_config(name, m):
+    prompt = JudgePrompt(template=m["template"], plain_suffix=m["plain_suffix"], answers=dict(m["answers"]),
+                         max_length=m["max_length"], prompt_max_frac=float(m["prompt_max_frac"]))
+    scoring = JudgeSettings(backend=m["backend"], quantization=m["quantization"], dtype=m["dtype"],
+                            attn_implementation=m["attn_implementation"],
+                            max_tokens_per_batch=m["max_tokens_per_batch"], prompt=prompt)
+    return JudgeModelConfig(name=name, backbone=m["backbone"], scoring=scoring, tta=m["predict"]["tta"],
+                            folds=_folds(m["predict"]), options=JudgeOptions(m["allow_bf16_emulation"]),
+                            trained=m.get("trained"), member=m["member"])
+
+
 def _model_config(name, m):
+    if m["kind"] == "judge":
+        return _judge_config(name, m)
     if m["kind"] == "features":
         reads = LEARNER_READS[m["learner"]]
         learner = build(FeatureLearner, {k: (v if k in reads | {"learner"} else None) for k, v in m.items()
@@ -568,12 +630,32 @@ def _check_learner_keys(config):
                              f"(it reads {', '.join(sorted(LEARNER_READS[m['learner']]))})")
 
 
+def _check_judges(config):
+    """What the schema cannot say about a judge: each placeholder once in its template, answer
+    strings that differ, a quantization its backend runs."""
+    for name, m in config["models"].items():
+        if m["kind"] != "judge":
+            continue
+        counts = {p: m["template"].count(p) for p in JUDGE_PLACEHOLDERS}
+        wrong = [f"{p} {n} times" for p, n in counts.items() if n != 1]
+        if wrong:
+            raise InputError(f"config models.{name}.template: must hold each of {', '.join(JUDGE_PLACEHOLDERS)} "
+                             f"exactly once ({', '.join(wrong)})")
+        answers = m["answers"]
+        if len(set(answers.values())) < len(answers):
+            raise InputError(f"config models.{name}.answers: the three answers must differ ({answers})")
+        if m["backend"] == "vllm" and m["quantization"] == "8bit":
+            raise InputError(f"config models.{name}.quantization: backend vllm runs 4bit (bitsandbytes) or none, "
+                             "not 8bit: choose one of those, or backend: transformers")
+
+
 def load_config(config):
     """Validate ``config`` (a dict as Snakemake reads it) and build the settings every rule reads."""
     written = {name: set(m) if isinstance(m, dict) else set() for name, m in (config.get("models") or {}).items()}
     blend_keys = set(config.get("blend") or {}) if isinstance(config.get("blend"), dict) else set()
     config = validate(config)
     _check_learner_keys({"models": config["models"], "_written_keys": written})
+    _check_judges(config)
     _check_trained({**config, "_written_blend": set(blend_keys)}, list(config["models"]))
     _check_blend(config, [n for n, m in config["models"].items() if m["member"]])
     if config["data"].get("train_csv") is not None:

@@ -58,13 +58,71 @@ def folds(train_parquet, out, *, n_folds, seed):
 
 
 def tiny_backbone(train_parquet, out_dir, spec):
+    """A tiny backbone from its spec (the model's ``backbone``; a judge's also carries ``head:
+    causal_lm`` and ``template_texts``, its template, suffix and answers, for the tokenizer to
+    learn)."""
     from . import modeling, text
 
     df = data.read_parsed(train_parquet)
     # the tokenizer learns from the training texts only, the template labels included
     texts = [t for col in data.TURN_COLUMNS for turns in df[col] for t in turns if t]
-    texts += list(text.DEFAULT_TEMPLATE.values())
-    modeling.build_tiny_backbone(out_dir, texts, **{k: v for k, v in spec.items() if k != "kind"})
+    texts += list(text.DEFAULT_TEMPLATE.values()) + list(spec.get("template_texts", []))
+    options = {k: v for k, v in spec.items() if k not in ("kind", "template_texts")}
+    modeling.build_tiny_backbone(out_dir, texts, **options)
+
+
+def judge_score(*, model, split, parsed, backbone, settings, both_orders, options, out, threads=None):
+    """Raw answer logits of a judge for one split (:class:`~arena_pref.settings.JudgeSettings`), each
+    row as given and, with ``both_orders``, swapped; ``options``: :class:`~arena_pref.settings.JudgeOptions`."""
+    import torch
+
+    from .judge import score_rows
+
+    if threads:
+        torch.set_num_threads(threads)
+    rows = data.read_parsed(parsed)
+    t0 = time.monotonic()
+    scores = score_rows(model=model, parsed=rows, backbone=backbone, settings=settings, both_orders=both_orders,
+                        allow_bf16_emulation=options.allow_bf16_emulation)
+    io.write_parquet(scores, out)
+    seconds = time.monotonic() - t0
+    log.info("model '%s': %d %s rows judged%s in %.1f s (%.1f rows/s)", model, len(rows), split,
+             " in both orders" if both_orders else "", seconds, len(rows) / max(seconds, 1e-9))
+
+
+def judge_predict(*, model, fold, test_scores, calibration, tta, test_out):
+    """A run from trained models: one fold's saved calibration (``calibration.json`` of an earlier
+    run) applied to this run's test scores, as :func:`judge_fold` applies it."""
+    from .calibration import load, predict_frame
+
+    fitted = load(calibration)
+    io.write_parquet(predict_frame(fitted, pd.read_parquet(test_scores), tta), test_out)
+    log.info("model '%s', fold %d: test rows calibrated by %s (temperature %.3f, biases A %+.3f B %+.3f)", model,
+             fold, calibration, fitted.temperature, fitted.bias[0], fitted.bias[1])
+
+
+def judge_fold(*, model, fold, train_scores, test_scores, train_parquet, folds_parquet, tta, oof_out, test_out,
+               calibration_out):
+    """One fold of a judge: its calibration fitted on the training rows outside the fold
+    (:func:`arena_pref.calibration.calibrate_fold`), the held-out rows' OOF file and the test
+    rows' file, written like any member's, and the calibration as JSON."""
+    from .calibration import MAX_T, calibrate_fold
+    from .metrics import log_loss
+
+    labels = data.read_parsed(train_parquet).set_index("id")["label"]
+    assignment = pd.read_parquet(folds_parquet).set_index("id")["fold"]
+    oof_frame, test_frame, calibration, scores = calibrate_fold(
+        pd.read_parquet(train_scores), pd.read_parquet(test_scores), labels, assignment, fold, tta)
+    io.write_json({"model": model, "fold": fold, **calibration.to_json()}, calibration_out)
+    io.write_parquet(oof_frame, oof_out)
+    io.write_parquet(test_frame, test_out)
+    log.info("model '%s', fold %d: temperature %.3f, biases A %+.3f B %+.3f (tie 0); held-out log loss raw %.4f, "
+             "calibrated %.4f, with TTA %.4f", model, fold, calibration.temperature, calibration.bias[0],
+             calibration.bias[1], scores["raw"], scores["calibrated"],
+             log_loss(oof_frame["id"].map(labels).to_numpy(), oof_frame[TTA_COLUMNS]))
+    if calibration.temperature >= MAX_T * 0.999:
+        log.warning("model '%s', fold %d: the temperature reached its bound (%g): the judge's answer logits carry "
+                    "no signal on these rows, and its probabilities are the fitted biases alone", model, fold, MAX_T)
 
 
 def tokenize(parsed, backbone, out, settings, *, model):

@@ -3,8 +3,8 @@
 A model trained here keeps its folds under ``results/models/<model>/``. A model with ``trained:``
 (a run from trained models, without training data) reads them from that directory instead, laid
 out the same way: ``fold<k>/adapter`` (LoRA models), ``fold<k>/learner.joblib`` (pair-feature
-models), and optionally ``average/adapter`` (the folds' adapters averaged, as a Kaggle bundle
-carries them). The paths are checked when the workflow starts, so a missing fold is one line naming
+models), ``fold<k>/calibration.json`` (judges), and optionally ``average/adapter`` (the folds'
+adapters averaged, as a Kaggle bundle carries them). The paths are checked when the workflow starts, so a missing fold is one line naming
 it rather than a MissingInputException deep in the DAG.
 """
 
@@ -36,6 +36,11 @@ def learner_path(config, model, fold):
     return f"{model_dir(config, model)}/fold{fold}/learner.joblib"
 
 
+def calibration_path(config, model, fold):
+    """A judge's fitted calibration of one fold."""
+    return f"{model_dir(config, model)}/fold{fold}/calibration.json"
+
+
 def check(config):
     """Each trained directory holds what its model's test passes read, and the blender to apply
     (``blend.from``) fits these models (:class:`InputError` naming the first problem otherwise)."""
@@ -57,6 +62,8 @@ def _needed(config, model):
     m = config.models[model]
     if m.kind == "features":
         return [learner_path(config, model, k) for k in config.predict_folds(model)]
+    if m.kind == "judge":
+        return [calibration_path(config, model, k) for k in config.predict_folds(model)]
     if m.average_adapters and (Path(m.trained) / AVERAGE / "adapter").is_dir():
         return [f"{m.trained}/{AVERAGE}/adapter/adapter_config.json"]
     return [f"{m.trained}/fold{k}/adapter/adapter_config.json" for k in config.predict_folds(model)]

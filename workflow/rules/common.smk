@@ -31,13 +31,18 @@ try:
         "llm"
     )  # fine-tuned backbones: tokenize, train, oof, infer
     FEATURE_MODELS = CONFIG.names("features")  # pair-feature learners: features_fold
+    JUDGE_MODELS = CONFIG.names("judge")  # zero-shot judges: judge_score, judge_fold
     # nothing is fetched from a model hub unless a config names a hub backbone
-    if any(CONFIG.models[m].backbone["kind"] == "hub" for m in LLM_MODELS):
+    if any(
+        CONFIG.models[m].backbone["kind"] == "hub" for m in LLM_MODELS + JUDGE_MODELS
+    ):
         os.environ.pop("HF_HUB_OFFLINE", None)
     else:
         os.environ.update(HF_HUB_OFFLINE="1")
     for _name in LLM_MODELS:
         backbones.check_model(CONFIG.models[_name])
+    for _name in JUDGE_MODELS:
+        backbones.check_judge(CONFIG.models[_name])
     trained.check(CONFIG)  # runs from trained models: every fold they read is there
 except InputError as err:
     raise WorkflowError(f"arena-pref: {err}") from None
@@ -134,6 +139,10 @@ def pass_tokens(wildcards):
     return f"results/tokens/{wildcards.model}/{split}.parquet"
 
 
+def model_tta(wildcards):
+    return CONFIG.models[wildcards.model].tta
+
+
 def pass_tta(wildcards):
     """TTA as the model is configured for the test rows; pseudo-labels always average both orders."""
     return wildcards.scored == "pseudo" or CONFIG.models[wildcards.model].tta
@@ -173,6 +182,10 @@ def teacher_inputs(wildcards):
 
 def trained_learner(wildcards):
     return trained.learner_path(CONFIG, wildcards.model, wildcards.fold)
+
+
+def trained_calibration(wildcards):
+    return trained.calibration_path(CONFIG, wildcards.model, wildcards.fold)
 
 
 def estimate_inputs(wildcards):
@@ -223,6 +236,31 @@ def blend_inputs(wildcards):
 
 def backbone_spec(wildcards):
     return settings.canonical(CONFIG.models[wildcards.model].backbone)
+
+
+def tiny_spec(wildcards):
+    """A tiny backbone's spec; a judge's also names its causal-LM head and the texts of its
+    template, for the tokenizer to learn."""
+    spec = backbone_spec(wildcards)
+    if wildcards.model in JUDGE_MODELS:
+        prompt = CONFIG.models[wildcards.model].scoring.prompt
+        texts = [prompt.template, prompt.plain_suffix, *sorted(prompt.answers.values())]
+        spec = {**spec, "head": "causal_lm", "template_texts": texts}
+    return settings.canonical(spec)
+
+
+def judge_params(wildcards):
+    return settings.to_params(CONFIG.models[wildcards.model].scoring)
+
+
+def judge_both_orders(wildcards):
+    """Training rows are judged in both orders (calibration and OOF TTA); test rows where TTA is on."""
+    return wildcards.split == "train" or CONFIG.models[wildcards.model].tta
+
+
+def judge_options(wildcards):
+    # an object, not plain data: how the job runs (bf16 emulation) reruns nothing
+    return CONFIG.models[wildcards.model].options
 
 
 def token_params(wildcards):

@@ -11,7 +11,7 @@ if not CONFIG.predict_only:
         conda:
             CONDA_ENV
         params:
-            backbone=backbone_spec,
+            backbone=tiny_spec,
         script:
             "../scripts/tiny_backbone.py"
 
