@@ -49,6 +49,15 @@ def adapter_weights(path):
     return load_file(str(path / "adapter_model.safetensors"))
 
 
+def assert_same_trained_adapters(first, second, atol=1e-5):
+    """The adapters in two directories hold the same tensors (to ``atol``), and training moved them."""
+    a, b = adapter_weights(first), adapter_weights(second)
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_allclose(b[k].numpy(), a[k].numpy(), rtol=0, atol=atol, err_msg=k)
+    assert any(np.abs(a[k].numpy()).max() > 0 for k in a if "lora_B" in k)  # it did train
+
+
 def test_train_saves_adapter_and_metrics(tiny_backbone_dir, tokens, tmp_path):
     metrics = run(tiny_backbone_dir, tokens, tmp_path)
     assert (tmp_path / "a" / "adapter" / "adapter_config.json").exists()
@@ -253,10 +262,7 @@ def test_token_budget_steps_weigh_rows_not_batches(tiny_backbone_dir, tokens, tm
     one = run(tiny_backbone_dir, tokens, tmp_path / "one", settings=base)
     many = run(tiny_backbone_dir, tokens, tmp_path / "many", settings=budgeted)
     assert one["steps"] == many["steps"] == 1
-    a, b = adapter_weights(tmp_path / "one/a/adapter"), adapter_weights(tmp_path / "many/a/adapter")
-    for k in a:
-        np.testing.assert_allclose(b[k].numpy(), a[k].numpy(), rtol=0, atol=1e-5, err_msg=k)
-    assert any(np.abs(a[k].numpy()).max() > 0 for k in a if "lora_B" in k)
+    assert_same_trained_adapters(tmp_path / "one/a/adapter", tmp_path / "many/a/adapter")
 
 
 def test_packed_training_falls_back_to_padded_batches(tiny_backbone_dir, tokens, tmp_path, monkeypatch, caplog):
@@ -306,11 +312,7 @@ def test_packed_training_with_gradient_checkpointing_matches_padded(request, tmp
     checkpointed = sgd_settings(quantization, packing=True, gradient_checkpointing=True)
     assert run(path, tokens, tmp_path / "padded", settings=padded)["steps"] == 2
     run(path, tokens, tmp_path / "ckpt", settings=checkpointed)
-    a, b = adapter_weights(tmp_path / "padded/a/adapter"), adapter_weights(tmp_path / "ckpt/a/adapter")
-    assert a.keys() == b.keys()
-    for k in a:
-        np.testing.assert_allclose(b[k].numpy(), a[k].numpy(), rtol=0, atol=1e-5, err_msg=k)
-    assert any(np.abs(a[k].numpy()).max() > 0 for k in a if "lora_B" in k)  # it did train
+    assert_same_trained_adapters(tmp_path / "padded/a/adapter", tmp_path / "ckpt/a/adapter")
 
 
 @pytest.mark.parametrize("quantization", ["4bit", "none"])
@@ -380,10 +382,7 @@ def test_packed_training_matches_padded(tiny_backbone_dir, tmp_path, pool, side)
     packed = {**padded, "train": {**padded["train"], "packing": True}}
     run(backbone, tokens, tmp_path / "padded", settings=padded)
     run(backbone, tokens, tmp_path / "packed", settings=packed)
-    a, b = adapter_weights(tmp_path / "padded/a/adapter"), adapter_weights(tmp_path / "packed/a/adapter")
-    for k in a:
-        np.testing.assert_allclose(b[k].numpy(), a[k].numpy(), rtol=0, atol=1e-5, err_msg=k)
-    assert any(np.abs(a[k].numpy()).max() > 0 for k in a if "lora_B" in k)  # it did train
+    assert_same_trained_adapters(tmp_path / "padded/a/adapter", tmp_path / "packed/a/adapter")
 
 
 def test_distillation_trains_toward_the_teacher_and_the_labels_as_alpha_weighs_them(tiny_backbone_dir, tokens,
