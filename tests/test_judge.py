@@ -415,13 +415,23 @@ def test_a_judge_without_training_data_needs_its_trained_calibrations(tmp_path, 
         settings.load_config(config)
 
 
-def test_the_kaggle_bundle_refuses_a_judge(tmp_path):
-    from arena_pref.bundle import build_bundle
+def test_the_kaggle_bundle_refuses_a_judge_in_the_dry_run(tmp_path):
+    """A bundle with a judge member stops when the workflow plans it, before any job runs; a judge
+    that is a teacher only (member: false) is left out of the bundle and does not stop it."""
+    from workflow_helpers import snakemake, write_config
 
-    config = {"models": {"jj": {"kind": "judge"}, "pf": {"kind": "features"}}}
-    with pytest.raises(InputError, match=r"model 'jj': a judge \(kind: judge\) cannot go into a Kaggle bundle yet"):
-        build_bundle(files={}, config=config, kaggle={}, out=tmp_path / "bundle")
-    assert not (tmp_path / "bundle").exists()
+    write_config(tmp_path, models={"jj": JUDGE, "pf": {"kind": "features", "learner": "logreg"}},
+                 blend={"method": "stack"})
+    proc = snakemake(tmp_path, "-n", "results/kaggle_bundle", check=False)
+    assert proc.returncode != 0
+    assert "model 'jj': a judge (kind: judge) cannot go into a Kaggle bundle yet" in proc.stdout + proc.stderr
+    from arena_pref import bundle
+
+    teacher_only = {"models": {"jj": {**JUDGE, "member": False},
+                               "s": {"backbone": {"kind": "tiny"}, "lora": {"r": 2, "alpha": 4, "target_modules": ["q"]},
+                                     "distill": {"teacher": "jj"}}},
+                    "data": {"train_csv": "t.csv", "test_csv": "u.csv"}, "blend": {"method": "stack"}}
+    bundle.check_bundle(settings.load_config(teacher_only))
 
 
 # ------------------------------------------------------------------------------ the workflow

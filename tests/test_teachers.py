@@ -57,7 +57,7 @@ def test_blend_weights_name_the_members_only():
     base = {"data": {"train_csv": "t.csv", "test_csv": "u.csv"}, "models": models}
     cfg = settings.load_config({**base, "blend": {"method": "weights", "weights": {"s": 1}}})
     assert cfg.members == ["s"] and sorted(cfg.models) == ["f", "s"]
-    with pytest.raises(InputError, match=r"unknown \['f'\]"):
+    with pytest.raises(InputError, match=r"blend.weights.f: that model has member: false \(a teacher only\)"):
         settings.load_config({**base, "blend": {"method": "weights", "weights": {"s": 1, "f": 1}}})
 
 
@@ -142,3 +142,14 @@ def test_a_student_learns_from_teacher_oof_and_pseudo_labels_without_leaks(tmp_p
     jobs = planned_jobs(snakemake(tmp_path, "-n", "-j2", "results/submission.csv"))
     assert jobs.get("train") == 2 and "features_fold" not in jobs, jobs
     assert jobs.get("infer") == 2 and jobs.get("average_test") == 1, jobs  # the student's test passes only
+
+
+def test_a_bundle_cannot_hold_a_model_split_over_more_gpus_than_kaggle_has():
+    from arena_pref import bundle
+
+    split = {**LLM, "compute": {"model_parallel": {"gpus": 4}}}
+    cfg = config_with({"big": split})
+    with pytest.raises(InputError, match=r"models.big.compute.model_parallel.gpus: 4 GPUs, and the Kaggle run has "
+                                         r"kaggle.gpus 2"):
+        bundle.check_bundle(cfg)
+    bundle.check_bundle(config_with({"big": {**LLM, "compute": {"model_parallel": {"gpus": 2}}}}))

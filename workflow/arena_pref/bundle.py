@@ -63,6 +63,22 @@ WORKFLOW_PARTS = ("Snakefile", "envs/arena-pref.yaml", "workflow/rules", "workfl
 IGNORED = ("__pycache__", "*.pyc", "*.egg-info")
 
 
+def check_bundle(config):
+    """What makes a Kaggle bundle of ``config`` (a :class:`~arena_pref.settings.Config`) impossible,
+    as one line, before anything is trained for it: a judge member (run.py does not place a judge's
+    backbone yet), or a model split over more GPUs than ``kaggle.gpus``."""
+    for name in config.members:
+        model = config.models[name]
+        if model.kind == "judge":
+            raise InputError(f"model '{name}': a judge (kind: judge) cannot go into a Kaggle bundle yet (run.py does "
+                             "not place a judge's backbone): remove it from models:, or give it member: false to keep "
+                             "it as a teacher only")
+        parallel = getattr(model.options, "model_parallel", None)
+        if parallel is not None and parallel.gpus > config.kaggle.gpus:
+            raise InputError(f"config {parallel.key}.gpus: {parallel.gpus} GPUs, and the Kaggle run has kaggle.gpus "
+                             f"{config.kaggle.gpus}: the bundle could not predict with it")
+
+
 def bundle_files(config):
     """``{path in the bundle: path here}`` of what a run from trained models reads: each model's test
     passes (adapters, averaged or per fold; fitted learners), the blender, and the backbones built
@@ -154,10 +170,6 @@ def build_bundle(*, files, config, kaggle, out, backbones=None, repo=REPO):
     the settings of :data:`BUILD_READS`."""
     from . import io, wheels
 
-    judges = [name for name, model in config["models"].items() if model["kind"] == "judge"]
-    if judges:
-        raise InputError(f"model '{judges[0]}': a judge (kind: judge) cannot go into a Kaggle bundle yet (run.py "
-                         "does not place a judge's backbone): remove it from models: to build the bundle")
     with io.atomic_path(out, directory=True) as tmp:
         _copy_workflow(Path(repo), tmp)
         for dest, source in files.items():

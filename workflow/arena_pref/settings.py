@@ -555,6 +555,10 @@ def _check_blend(config, models):
     if blend["method"] == "weights":
         missing = [m for m in models if m not in blend["weights"]]
         unknown = [m for m in blend["weights"] if m not in models]
+        teachers = [m for m in unknown if m in config["models"]]
+        if teachers:
+            raise InputError(f"config blend.weights.{teachers[0]}: that model has member: false (a teacher only), so "
+                             "it is not blended: remove its weight")
         if missing or unknown:
             raise InputError(f"config blend.weights must name every model: missing {missing}, unknown {unknown}")
         if sum(blend["weights"].values()) <= 0:

@@ -188,6 +188,16 @@ def trained_calibration(wildcards):
     return trained.calibration_path(CONFIG, wildcards.model, wildcards.fold)
 
 
+def bundle_inputs(wildcards):
+    """What the Kaggle bundle copies; a config that cannot be bundled stops here, in the dry run,
+    before anything is trained for it."""
+    try:
+        bundle.check_bundle(CONFIG)
+    except InputError as err:
+        raise WorkflowError(f"arena-pref: {err}") from None
+    return list(BUNDLE_FILES.values())
+
+
 def estimate_inputs(wildcards):
     """Each LoRA model's test tokens, the adapter of its first test pass and its backbone."""
     inputs = {}

@@ -2,7 +2,7 @@ if not CONFIG.predict_only:
 
     rule kaggle_bundle:
         input:
-            list(BUNDLE_FILES.values()),
+            bundle_inputs,
         output:
             directory("results/kaggle_bundle"),
         log:
