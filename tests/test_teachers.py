@@ -148,8 +148,8 @@ def test_a_bundle_cannot_hold_a_model_split_over_more_gpus_than_kaggle_has():
     from arena_pref import bundle
 
     split = {**LLM, "compute": {"model_parallel": {"gpus": 4}}}
-    cfg = config_with({"big": split})
+    cfg = config_with({"big": split, "features": FEATURES})
     with pytest.raises(InputError, match=r"models.big.compute.model_parallel.gpus: 4 GPUs, and the Kaggle run has "
                                          r"kaggle.gpus 2"):
         bundle.check_bundle(cfg)
-    bundle.check_bundle(config_with({"big": {**LLM, "compute": {"model_parallel": {"gpus": 2}}}}))
+    bundle.check_bundle(config_with({"big": {**LLM, "compute": {"model_parallel": {"gpus": 2}}}, "features": FEATURES}))

@@ -73,7 +73,7 @@ def check_bundle(config):
             raise InputError(f"model '{name}': a judge (kind: judge) cannot go into a Kaggle bundle yet (run.py does "
                              "not place a judge's backbone): remove it from models:, or give it member: false to keep "
                              "it as a teacher only")
-        parallel = getattr(model.options, "model_parallel", None)
+        parallel = model.options.model_parallel if model.kind == "llm" else None
         if parallel is not None and parallel.gpus > config.kaggle.gpus:
             raise InputError(f"config {parallel.key}.gpus: {parallel.gpus} GPUs, and the Kaggle run has kaggle.gpus "
                              f"{config.kaggle.gpus}: the bundle could not predict with it")
