@@ -118,7 +118,8 @@ def unseen_extra_rows(extra, seen, path):
 def warn_unread_labels(path):
     """Extra rows are pseudo-labelled: label columns in their file are not read, which a file of
     human judgments did not mean; say so."""
-    columns = [c for c in LABELS if c in _read_table(Path(path)).columns]
+    # the header alone: read_kaggle_csv has read and checked the whole file already
+    columns = [c for c in LABELS if c in pd.read_csv(path, nrows=0, encoding="utf-8-sig").columns]
     if columns:
         log.warning("%s: columns %s are not read: extra rows train on a teacher's pseudo-labels. Rows with human "
                     "labels belong in data.train_csv", describe(path), ", ".join(columns))

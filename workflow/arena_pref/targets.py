@@ -32,9 +32,6 @@ class Targets:
     soft: np.ndarray | None = None
     alpha: np.ndarray | None = None
 
-    def __len__(self):
-        return len(self.labels)
-
     def swapped(self):
         """The same rows with A and B exchanged."""
         return Targets(_swap_labels(self.labels), None if self.soft is None else self.soft[:, SWAP], self.alpha)

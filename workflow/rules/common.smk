@@ -145,7 +145,7 @@ def model_tta(wildcards):
 
 def pass_tta(wildcards):
     """TTA as the model is configured for the test rows; pseudo-labels always average both orders."""
-    return wildcards.scored == "pseudo" or CONFIG.models[wildcards.model].tta
+    return wildcards.scored == "pseudo" or model_tta(wildcards)
 
 
 def pass_adapter(wildcards):
