@@ -165,3 +165,29 @@ def test_checkpoints_of_other_teacher_targets_are_not_resumed():
     b = rows(targets.Targets(labels, soft, np.full(3, 0.6)))
     c = rows(targets.Targets(labels, soft[:, [1, 0, 2]] * [1, 1, 1] + [[0.1, -0.1, 0]] * 3, np.full(3, 0.5)))
     assert len({hard, a, b, c}) == 4
+
+
+def test_label_columns_in_the_extra_file_are_named_as_not_read(tmp_path, caplog):
+    """Extra rows are pseudo-labelled: human labels in their file would be dropped without a word,
+    so the parse log says which columns are not read."""
+    from arena_pref import io, steps
+    from arena_pref.demo import make_demo_data
+
+    train, test = make_demo_data(30, 5, seed=3)
+    extra = make_demo_data(10, 1, seed=11)[0]
+    extra["id"] = np.arange(len(extra)) + 10**12
+    for name, df in (("train", train), ("test", test), ("extra", extra)):
+        io.write_csv(df, tmp_path / f"{name}.csv")
+    steps.parse(tmp_path / "train.csv", "train", tmp_path / "train.parquet")
+    steps.parse(tmp_path / "test.csv", "test", tmp_path / "test.parquet")
+    with caplog.at_level("WARNING"):
+        steps.parse(tmp_path / "extra.csv", "extra", tmp_path / "extra.parquet", train_parquet=tmp_path / "train.parquet",
+                    test_parquet=tmp_path / "test.parquet")
+    assert "columns winner_model_a, winner_model_b, winner_tie are not read" in caplog.text
+    assert len(pd.read_parquet(tmp_path / "extra.parquet")) == 10
+    caplog.clear()
+    io.write_csv(extra.drop(columns=["winner_model_a", "winner_model_b", "winner_tie"]), tmp_path / "extra.csv")
+    with caplog.at_level("WARNING"):
+        steps.parse(tmp_path / "extra.csv", "extra", tmp_path / "extra.parquet", train_parquet=tmp_path / "train.parquet",
+                    test_parquet=tmp_path / "test.parquet")
+    assert "are not read" not in caplog.text
