@@ -17,7 +17,7 @@ def load(path, **kaggle):
     return config, dataclasses.asdict(config.kaggle)
 
 
-def test_a_bf16_flash_attention_preset_predicts_in_float16_on_both_t4s():
+def test_a_bf16_fused_attention_preset_predicts_in_float16_on_both_t4s():
     config, kaggle = load(REPO / "workflow/presets/gemma2-9b-qlora.yaml",
                           backbones={"gemma2_9b": "/kaggle/input/gemma-2/transformers/gemma-2-9b-it/2"})
     out = bundle.bundle_config(config, kaggle)

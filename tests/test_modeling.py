@@ -147,3 +147,31 @@ def test_flash_attention_falls_back_with_the_reason(tiny_backbone_dir, monkeypat
 
     monkeypatch.setattr(metadata, "version", missing)
     assert "not installed" in modeling.flash_attention_unavailable(config, "cuda:0")
+
+
+def test_softcap_switch_drops_gemma2_softcapping_and_runs_sdpa(tiny_backbone_dir, caplog):
+    """attention_softcap: false loads Gemma-2 without its attention logit softcapping and runs SDPA
+    (which transformers refuses for Gemma-2 only because SDPA cannot softcap): the same function as
+    eager attention without softcapping, and a different one from the softcapped model."""
+    from arena_pref import pooling
+
+    caplog.set_level("INFO", logger="arena_pref")
+    capped = modeling.load_model(tiny_backbone_dir, pad_token_id=0).eval()
+    plain = modeling.load_model(tiny_backbone_dir, pad_token_id=0, attention_softcap=False).eval()
+    assert plain.config._attn_implementation == "sdpa" and plain.config.attn_logit_softcapping is None
+    assert "attention softcapping off" in caplog.text
+    assert capped.config.attn_logit_softcapping == 50.0
+    with torch.no_grad():  # scores past the cap, so that softcapping changes the function
+        for model in (capped, plain):
+            for name, param in model.named_parameters():
+                if "q_proj" in name or "k_proj" in name:
+                    param.mul_(40)
+    ids = torch.randint(5, 300, (3, 30), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        sdpa = pooling.classify(plain, input_ids=ids, attention_mask=mask)
+        plain.config._attn_implementation = "eager"
+        eager = pooling.classify(plain, input_ids=ids, attention_mask=mask)
+        softcapped = pooling.classify(capped, input_ids=ids, attention_mask=mask)
+    torch.testing.assert_close(sdpa, eager, rtol=0, atol=1e-5)
+    assert (softcapped - eager).abs().max() > 1e-3

@@ -5,8 +5,8 @@ real one (its special tokens, left padding). Its own dtype, quantization, packin
 checkpointing, LoRA targets and prediction settings run as written.
 
 Settings a CPU cannot honour, and what runs instead (CPU_FALLBACKS: each logged by the job, and
-listed in the README): flash_attention_2 falls back to the model's default attention (eager for
-Gemma-2, SDPA for Llama); adamw_8bit falls back to 32-bit AdamW; predict_gpus 2 runs on the one CPU
+listed in the README): attn_implementation fastest picks the model's default attention (eager for
+Gemma-2, SDPA for Llama, attending per packed sequence); adamw_8bit falls back to 32-bit AdamW; predict_gpus 2 runs on the one CPU
 device; bfloat16 and float16 mixed precision run through torch's CPU autocast, and 4-bit and 8-bit
 layers through bitsandbytes' CPU kernels.
 """
@@ -30,7 +30,7 @@ TINY = {
 }
 # what a CPU cannot run, and the log line that says what ran instead
 CPU_FALLBACKS = {
-    "attn_implementation: flash_attention_2": "flash_attention_2 is not used: it needs a CUDA GPU",
+    "attn_implementation: fastest": "attn_implementation fastest: no fused packed attention on cpu",
     "optimizer: adamw_8bit": "optimizer adamw_8bit needs a GPU; using adamw_torch on CPU",
 }
 

@@ -157,10 +157,14 @@ def on_kaggle_gpus(config, kaggle):
         if model["kind"] != "llm":
             continue
         model["dtype"] = kaggle["dtype"]
-        if model.get("attn_implementation") == "flash_attention_2":
+        if model.get("attn_implementation") in GPU_ONLY_ATTENTION:
             model["attn_implementation"] = "auto"
         model.setdefault("predict", {})["merge_lora"] = False
     return config
+
+
+GPU_ONLY_ATTENTION = ("flash_attention_2", "flash_attention_4", "flex_attention", "fastest")
+"""Attention choices a T4 cannot run (or, ``fastest``, would not pick): Kaggle runs the model's default."""
 
 
 def build_bundle(*, files, config, kaggle, out, backbones=None, repo=REPO):

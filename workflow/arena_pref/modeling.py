@@ -57,15 +57,19 @@ def quantization_config(quantization, compute_dtype):
 
 
 def load_model(backbone, *, quantization="none", dtype="float32", pad_token_id=None,
-               attn_implementation=None, device=None, allow_bf16_emulation=False, device_map=None):
+               attn_implementation=None, device=None, allow_bf16_emulation=False, device_map=None,
+               training=False, attention_softcap=True):
     """``AutoModelForSequenceClassification`` with 3 labels, quantized through bitsandbytes,
     on ``device`` (default: the first GPU, else the CPU), or split over the devices of
-    ``device_map`` (module -> device, :func:`arena_pref.placement.job_device_map`)."""
+    ``device_map`` (module -> device, :func:`arena_pref.placement.job_device_map`).
+    ``attention_softcap=False``: Gemma-2 without its attention logit softcapping, on SDPA where it
+    would otherwise run eager attention (:func:`drop_softcap`)."""
     from transformers import AutoModelForSequenceClassification
 
     model = _from_pretrained(AutoModelForSequenceClassification, backbone, quantization=quantization, dtype=dtype,
                              attn_implementation=attn_implementation, device=device,
-                             allow_bf16_emulation=allow_bf16_emulation, device_map=device_map, num_labels=NUM_LABELS)
+                             allow_bf16_emulation=allow_bf16_emulation, device_map=device_map, training=training,
+                             attention_softcap=attention_softcap, num_labels=NUM_LABELS)
     if pad_token_id is not None:
         model.config.pad_token_id = pad_token_id
     return model
@@ -83,7 +87,7 @@ def load_causal_lm(backbone, *, quantization="none", dtype="float32", attn_imple
 
 
 def _from_pretrained(auto_class, backbone, *, quantization, dtype, attn_implementation, device,
-                     allow_bf16_emulation, device_map=None, **extra):
+                     allow_bf16_emulation, device_map=None, training=False, attention_softcap=True, **extra):
     from transformers import AutoConfig
 
     compute_dtype = torch_dtype(dtype)
@@ -92,9 +96,14 @@ def _from_pretrained(auto_class, backbone, *, quantization, dtype, attn_implemen
     dev = torch.device(device) if device is not None else default_device()
     check_dtype_supported(dtype, dev, allow_emulation=allow_bf16_emulation)
     kwargs = dict(extra)
-    impl = attention_implementation(attn_implementation, AutoConfig.from_pretrained(backbone), dev)
+    split = device_map is not None and len(set(map(str, device_map.values()))) > 1
+    config = AutoConfig.from_pretrained(backbone)
+    impl = attention_implementation(attn_implementation, config, dev, training=training, split=split)
     if impl:
         kwargs["attn_implementation"] = impl
+    softcapped = bool(getattr(config, "attn_logit_softcapping", None))
+    if softcapped and not attention_softcap:
+        kwargs["attn_logit_softcapping"] = None
     qconf = quantization_config(quantization, compute_dtype)
     if qconf is not None:
         kwargs["quantization_config"] = qconf
@@ -102,10 +111,21 @@ def _from_pretrained(auto_class, backbone, *, quantization, dtype, attn_implemen
         backbone, dtype=compute_dtype,
         device_map=device_map or {"": dev.index if dev.type == "cuda" and dev.index is not None else dev.type},
         **kwargs)
+    if softcapped and not attention_softcap:
+        drop_softcap(model)
     log.info("loaded %s (%s, %s) on %s with %s attention", type(model).__name__, quantization, dtype,
              ", ".join(dict.fromkeys(map(str, device_map.values()))) if device_map else dev,
              model.config._attn_implementation)
     return model
+
+
+def drop_softcap(model):
+    """A model loaded without attention softcapping runs SDPA where its class would pick eager:
+    Gemma-2 turns SDPA off only because SDPA cannot softcap (``_supports_sdpa = False``), so the
+    attention interface is switched after loading, as transformers' own loader would refuse it."""
+    if model.config._attn_implementation == "eager":
+        model.config._attn_implementation = "sdpa"
+    log.info("attention softcapping off (attention_softcap: false): %s attention", model.config._attn_implementation)
 
 
 def check_dtype_supported(dtype, device, *, allow_emulation=False):
@@ -124,22 +144,33 @@ def check_dtype_supported(dtype, device, *, allow_emulation=False):
 
 
 FLASH_ATTENTION_SOFTCAP = "2.6"  # the first flash-attn release with logit softcapping (Gemma-2)
+FASTEST = "fastest"
+
+
+def _capability(device):
+    return torch.cuda.get_device_capability(device)
+
+
+def _installed(distribution):
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return None
 
 
 def flash_attention_unavailable(config, device):
     """Why flash-attention 2 cannot run ``config``'s model on ``device``, or None when it can."""
-    from importlib.metadata import PackageNotFoundError, version
-
     from packaging.version import Version
 
     device = torch.device(device)
     if device.type != "cuda":
         return f"it needs a CUDA GPU and this job runs on {device.type}"
-    try:
-        installed = version("flash_attn")
-    except PackageNotFoundError:
+    installed = _installed("flash_attn")
+    if installed is None:
         return "the flash-attn package is not installed"
-    major, minor = torch.cuda.get_device_capability(device)
+    major, minor = _capability(device)
     if (major, minor) < (8, 0):
         return (f"{torch.cuda.get_device_name(device)} has compute capability {major}.{minor} and flash-attn "
                 "needs 8.0 (Ampere) or newer")
@@ -148,15 +179,70 @@ def flash_attention_unavailable(config, device):
     return None
 
 
-def attention_implementation(requested, config, device):
-    """The attention implementation to load a model with: ``requested`` where this machine can
-    run it; for ``flash_attention_2`` where it cannot, the model's default (eager for Gemma-2,
-    SDPA for Llama), with a warning saying why. None means the model's default."""
+def flash_attention_4_unavailable(device):
+    """Why FlashAttention-4 (PyPI ``flash-attn-4``, Hopper and newer) cannot run on ``device``."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return f"it needs a CUDA GPU and this job runs on {device.type}"
+    if _installed("flash-attn-4") is None:
+        return "the flash-attn-4 package is not installed"
+    major, minor = _capability(device)
+    if major < 9:
+        return (f"{torch.cuda.get_device_name(device)} has compute capability {major}.{minor} and "
+                "FlashAttention-4 needs 9.0 (Hopper) or newer")
+    return None
+
+
+def flex_attention_unavailable(device, *, training, split):
+    """Why ``flex_attention`` over packed passes cannot run this job, or None when it can."""
+    device = torch.device(device)
+    if split:
+        return "a model split over several devices (its block masks are built on one)"
+    if training and device.type != "cuda":
+        return f"torch {torch.__version__.split('+')[0]} has no flex_attention backward pass on {device.type}"
+    return None
+
+
+def _fastest(config, device, *, training, split):
+    """(implementation, why) for ``attn_implementation: fastest`` on ``device``: FlashAttention-4 on
+    Hopper and newer where installed, flex_attention on other GPUs of compute capability 8.0 or
+    newer, else the model's default (None)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None, f"no fused packed attention on {device.type}: per-sequence attention (varlen.py)"
+    if (why_fa4 := flash_attention_4_unavailable(device)) is None:
+        return "flash_attention_4", "FlashAttention-4 runs on this GPU"
+    major, minor = _capability(device)
+    if (major, minor) < (8, 0):
+        # Gemma-2's head size 256 under flex_attention on a T4's smaller shared memory is unverified
+        return None, (f"compute capability {major}.{minor}: flex_attention is unverified below 8.0, so the "
+                      "model's default attention")
+    if (why_flex := flex_attention_unavailable(device, training=training, split=split)) is None:
+        return "flex_attention", f"flex_attention ({why_fa4})"
+    return None, f"the model's default attention ({why_fa4}; flex_attention: {why_flex})"
+
+
+def attention_implementation(requested, config, device, *, training=False, split=False):
+    """The attention implementation to load a model with, logged with the reason: ``requested``
+    where this job can run it, else the model's default (eager for Gemma-2, SDPA for Llama) with a
+    warning saying why. ``fastest`` picks by the GPU (:func:`_fastest`). None means the model's
+    default."""
     if requested in (None, "auto"):
         return None
-    if requested == "flash_attention_2" and (why := flash_attention_unavailable(config, device)):
-        log.warning("attn_implementation flash_attention_2 is not used: %s; falling back to the model's "
-                    "default attention", why)
+    if requested == FASTEST:
+        impl, why = _fastest(config, device, training=training, split=split)
+        log.info("attn_implementation fastest: %s", why)
+        return impl
+    why = None
+    if requested == "flash_attention_2":
+        why = flash_attention_unavailable(config, device)
+    elif requested == "flash_attention_4":
+        why = flash_attention_4_unavailable(device)
+    elif requested == "flex_attention":
+        why = flex_attention_unavailable(device, training=training, split=split)
+    if why:
+        log.warning("attn_implementation %s is not used: %s; falling back to the model's default attention",
+                    requested, why)
         return None
     return requested
 
@@ -194,7 +280,7 @@ def attach_lora(model, lora, *, gradient_checkpointing=False):
 
 def load_for_inference(backbone, adapter_dir, *, quantization, dtype, pad_token_id, device=None,
                        attn_implementation=None, merge_lora=False, allow_bf16_emulation=False,
-                       batch_tokens=0, longest=0, device_map=None):
+                       batch_tokens=0, longest=0, device_map=None, attention_softcap=True):
     """The trained model for prediction: the base as trained (quantized or not) with the adapter.
 
     ``merge_lora``: dequantize the base to ``dtype`` and fold the LoRA weights into it, so each
@@ -212,7 +298,8 @@ def load_for_inference(backbone, adapter_dir, *, quantization, dtype, pad_token_
     def load():
         return load_model(backbone, quantization=quantization, dtype=dtype, pad_token_id=pad_token_id,
                           device=device, attn_implementation=attn_implementation,
-                          allow_bf16_emulation=allow_bf16_emulation, device_map=device_map)
+                          allow_bf16_emulation=allow_bf16_emulation, device_map=device_map,
+                          attention_softcap=attention_softcap)
 
     model = load()
     if merge_lora:
@@ -234,8 +321,19 @@ def load_for_inference(backbone, adapter_dir, *, quantization, dtype, pad_token_
             release_memory()
             model = load()
     model = PeftModel.from_pretrained(model, adapter_dir)
+    adapters_to(model, torch_dtype(dtype))
     model.eval()
     return model
+
+
+def adapters_to(model, dtype):
+    """LoRA factors in the compute ``dtype`` for prediction. peft keeps them in fp32
+    (``autocast_adapter_dtype``), so every LoRA layer would cast its input to fp32 and back: about
+    11 % of a 9B model's prediction time on an H100 (README, "Speed"). The score head keeps the
+    dtype it was saved in."""
+    for name, param in model.named_parameters():
+        if ".lora_" in name and param.is_floating_point():
+            param.data = param.data.to(dtype)
 
 
 def release_memory():

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from . import varlen
+from . import flexmask, varlen
 
 POOLINGS = ("auto", "last", "mean", "cls", "pair")
 
@@ -61,7 +61,8 @@ def resolve_pooling(pooling, parts):
     return pooling
 
 
-PACKING_ATTENTION = ("eager", "sdpa", "flash_attention_2", "flash_attention_3")
+PACKING_ATTENTION = ("eager", "sdpa", "flex_attention", "flash_attention_2", "flash_attention_3",
+                     "flash_attention_4")
 
 
 def packing_unsupported(model):
@@ -69,7 +70,8 @@ def packing_unsupported(model):
 
     Packing needs a body that takes ``position_ids`` and attention that keeps each sequence to
     itself: transformers' attention interface (``varlen.py`` hooks in there) with eager or SDPA
-    attention, or flash-attention's varlen kernel. Callers fall back to padded batches."""
+    attention, ``flex_attention`` with a block mask per pass (``flexmask.py``), or flash-attention's
+    varlen kernel. Callers fall back to padded batches."""
     parts = model_parts(model)
     seqcls = model.get_base_model() if hasattr(model, "get_base_model") else model
     if not getattr(type(seqcls), "_supports_attention_backend", False):
@@ -173,12 +175,13 @@ def _pool_packed(hidden, lengths, pooling, segments=None):
 
 
 def classify(model, *, input_ids, attention_mask=None, lengths=None, position_ids=None, bounds=None,
-             pooling="auto", segments=None):
+             pooling="auto", segments=None, pack_to=None):
     """Logits (n, 3) for a padded batch (``attention_mask``, padded on either side) or for one
     packed row (``input_ids`` of shape (1, T) holding sequences of ``lengths``, with
     ``position_ids``; ``bounds``: the sequences' boundaries as host ints, read from ``lengths``
-    when not given). ``segments`` (shaped like ``input_ids``): answer segment ids, for
-    ``pooling="pair"``."""
+    when not given; ``pack_to``: the job's pass budget, to which ``flex_attention`` pads every
+    pass so that its kernel compiles once). ``segments`` (shaped like ``input_ids``): answer
+    segment ids, for ``pooling="pair"``."""
     parts = model_parts(model)
     pooling = resolve_pooling(pooling, parts)
     if pooling == "pair" and segments is None:
@@ -192,7 +195,7 @@ def classify(model, *, input_ids, attention_mask=None, lengths=None, position_id
             raise ValueError("packed input needs position_ids")
         if bounds is None:  # one read per batch (free for host lengths), never one per layer
             bounds = (0, *np.cumsum(lengths.tolist()).tolist())
-        hidden = _packed_body(parts, input_ids, position_ids, tuple(bounds))
+        hidden = _packed_body(parts, input_ids, position_ids, tuple(bounds), pack_to)
         pooled = _pool_packed(hidden, lengths, pooling, segments)
     if pooling == "cls":
         pooled = parts.pooler(pooled[:, None])
@@ -201,12 +204,20 @@ def classify(model, *, input_ids, attention_mask=None, lengths=None, position_id
     return parts.head(pooled.to(_head_dtype(parts.head, pooled.dtype)))
 
 
-def _packed_body(parts, input_ids, position_ids, bounds):
+def _packed_body(parts, input_ids, position_ids, bounds, pack_to=None):
     """Hidden states of one packed row, each sequence attending to itself only."""
     kwargs = {"position_ids": position_ids}
     if parts.decoder:
         kwargs["use_cache"] = False
-    if varlen.install(parts.body.config):
+    config = parts.body.config
+    if config._attn_implementation == flexmask.NAME:
+        # one flex_attention call per layer over a pass of fixed size, block masks made once
+        size = flexmask.pass_size(bounds[-1], pack_to)
+        ids, kwargs["position_ids"] = flexmask.pad_pass(input_ids, position_ids, size)
+        kwargs["attention_mask"] = flexmask.packed_masks(config, bounds, size, input_ids.device)
+        with flexmask.static_shapes():
+            return parts.body(input_ids=ids, **kwargs).last_hidden_state[:, :bounds[-1]]
+    if varlen.install(config):
         # eager / SDPA: attention per sequence from host boundaries (varlen.py)
         kwargs["arena_bounds"] = bounds
     else:

@@ -29,16 +29,17 @@ from .settings import ModelParallel, PredictSettings
 log = logging.getLogger(__name__)
 
 
-def forward_batch(model, sequences, batch, *, pad_token_id, pooling, segments=None):
+def forward_batch(model, sequences, batch, *, pad_token_id, pooling, segments=None, pack_to=None):
     """Logits for one planned batch (padded to ``batch.width`` or packed when it is 0);
-    ``segments``: the sequences' answer segment ids (pooling ``pair``)."""
+    ``segments``: the sequences' answer segment ids (pooling ``pair``); ``pack_to``: the token
+    count of every packed pass (:func:`pooling.classify`)."""
     dev = next(model.parameters()).device
     seqs = [sequences[i] for i in batch.rows]
     segs = [segments[i] for i in batch.rows] if segments is not None else None
     if batch.width == 0:
         ids, positions, lengths = packed_inputs(seqs, dev)
         return classify(model, input_ids=ids, position_ids=positions, lengths=lengths, pooling=pooling,
-                        segments=concat_row(segs, dev) if segs is not None else None)
+                        segments=concat_row(segs, dev) if segs is not None else None, pack_to=pack_to)
     ids, mask = padded_inputs(seqs, batch.width, pad_token_id)
     return classify(model, input_ids=ids.to(dev), attention_mask=mask.to(dev), pooling=pooling,
                     segments=pad_rows(segs, batch.width).to(dev) if segs is not None else None)
@@ -46,15 +47,15 @@ def forward_batch(model, sequences, batch, *, pad_token_id, pooling, segments=No
 
 @torch.inference_mode()
 def run_batches(model, sequences, batches, *, pad_token_id, pooling="auto", forward=forward_batch,
-                segments=None):
+                segments=None, pack_to=None):
     """Probabilities (n, 3) for ``sequences``, row i of the result for sequence i (rows not in any
-    batch stay 0); logs progress with token rates."""
+    batch stay 0); logs progress with token rates. ``pack_to``: as :func:`forward_batch`'s."""
     lengths = np.array([len(s) for s in sequences])
     probs = np.zeros((len(sequences), 3), dtype=np.float64)
     rate = Rate(int(sum(lengths[b.rows].sum() for b in batches)), what="tokens")
     for batch in batches:
         logits = forward(model, sequences, batch, pad_token_id=pad_token_id, pooling=pooling,
-                         segments=segments)
+                         segments=segments, pack_to=pack_to)
         probs[batch.rows] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
         rate.update(int(lengths[batch.rows].sum()))
     return probs
@@ -118,6 +119,7 @@ class Trained:
         model = load_for_inference(self.backbone, self.adapter_dir, quantization=loading.quantization,
                                    dtype=loading.dtype, pad_token_id=tokenizer.pad_token_id, device=devices[0],
                                    attn_implementation=loading.attn_implementation,
+                                   attention_softcap=loading.attention_softcap,
                                    allow_bf16_emulation=self.allow_bf16_emulation, merge_lora=self.settings.merge_lora,
                                    batch_tokens=pass_tokens(batching), longest=batching.max_length, device_map=split)
         if self.settings.compile:
@@ -139,7 +141,7 @@ def _predict_share(trained, dev, sequences, segments, batches, threads):
                                 trained.settings.batching.max_tokens_per_batch)
     t0 = time.perf_counter()
     probs = run_batches(model, sequences, batches, pad_token_id=pad, pooling=trained.settings.loading.pooling,
-                        segments=segments)
+                        segments=segments, pack_to=trained.settings.batching.max_tokens_per_batch)
     rows = np.concatenate([b.rows for b in batches]) if batches else np.array([], dtype=np.int64)
     return rows, probs[rows], time.perf_counter() - t0
 

@@ -33,8 +33,9 @@ class Loading:
 
     quantization: str  # 4bit | 8bit | none (bitsandbytes)
     dtype: str  # compute dtype; training runs in mixed precision in it
-    attn_implementation: str  # auto | eager | sdpa | flash_attention_2
+    attn_implementation: str  # auto | eager | sdpa | flash_attention_2 | flash_attention_4 | flex_attention | fastest
     pooling: str  # auto | last | mean | cls | pair
+    attention_softcap: bool = True  # False: Gemma-2 without attention logit softcapping (SDPA then)
 
 
 @dataclass(frozen=True)

@@ -205,6 +205,9 @@ class PreferenceTrainer(Trainer):
     def __init__(self, *args, pooling, max_tokens=None, packed=False, step_losses=(), **kwargs):
         super().__init__(*args, **kwargs)
         self.pooling, self.max_tokens, self.packed = pooling, max_tokens, packed
+        # the largest packed pass: flex_attention pads every pass to it, so its kernel compiles once
+        longest = max((len(s) for s in self.train_dataset.sequences), default=0)
+        self.pack_to = max_tokens or self.args.per_device_train_batch_size * longest
         self.step_losses = list(step_losses)  # steps done before a resume come from the checkpoint
         self.step_loss, self.tokens_seen = 0.0, 0
 
@@ -216,7 +219,8 @@ class PreferenceTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         logits = classify(model, input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"),
                           lengths=inputs.get("lengths"), position_ids=inputs.get("position_ids"),
-                          bounds=inputs.get("bounds"), pooling=self.pooling, segments=inputs.get("segments"))
+                          bounds=inputs.get("bounds"), pooling=self.pooling, segments=inputs.get("segments"),
+                          pack_to=self.pack_to)
         labels = inputs["labels"].to(logits.device)  # a split model's logits come from its last GPU
         if "soft" in inputs:
             soft, alpha = inputs["soft"].to(logits.device), inputs["alpha"].to(logits.device)
@@ -353,7 +357,8 @@ def _trainable_model(backbone, settings, options):
                            devices=job_devices())
     model = load_model(backbone, quantization=loading.quantization, dtype=loading.dtype,
                        pad_token_id=tokenizer.pad_token_id, attn_implementation=loading.attn_implementation,
-                       allow_bf16_emulation=options.allow_bf16_emulation, device_map=split)
+                       attention_softcap=loading.attention_softcap,
+                       allow_bf16_emulation=options.allow_bf16_emulation, device_map=split, training=True)
     model = attach_lora(model, settings.lora, gradient_checkpointing=opts.gradient_checkpointing)
     packing = opts.packing
     if packing and (why := packing_unsupported(model)):

@@ -1,0 +1,199 @@
+"""flex_attention over packed passes (flexmask.py): one attention call per layer, block masks from
+the pass's boundaries, passes of one size so the kernel compiles once; and the run-time choice of
+attention (modeling.attention_implementation)."""
+
+import numpy as np
+import pytest
+import torch
+
+from arena_pref import batching, flexmask, modeling, pooling, predict
+from arena_pref.settings import Lora
+
+WINDOW = 8  # Gemma-2's sliding window, shorter than most test sequences
+
+
+def tiny_model(arch, seed=0):
+    """A tiny random classifier whose attention is sharp enough for softcapping (Gemma-2) to bite,
+    with a sliding window shorter than the sequences."""
+    config = modeling.tiny_config(arch=arch, vocab_size=300, max_position=512, pad_token_id=0)
+    if arch == "gemma2":
+        config.sliding_window, config.attn_logit_softcapping = WINDOW, 2.0
+    from transformers import AutoModelForSequenceClassification
+
+    torch.manual_seed(seed)
+    model = AutoModelForSequenceClassification.from_config(config, attn_implementation="eager")
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "q_proj" in name or "k_proj" in name:
+                param.mul_(12)
+    return model.eval()
+
+
+def use(model, impl):
+    model.config._attn_implementation = impl
+    return model
+
+
+def sequences(n=9, seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(3, 300, int(k)).tolist() for k in rng.integers(2, 60, n)]
+
+
+def per_sequence_eager(model, seqs):
+    use(model, "eager")
+    return torch.cat([pooling.classify(model, input_ids=torch.tensor([s]), attention_mask=torch.ones(1, len(s)))
+                      for s in seqs])
+
+
+def flex_packed(model, seqs, pack_to):
+    use(model, flexmask.NAME)
+    ids, positions, lengths = pooling.packed_inputs(seqs)
+    return pooling.classify(model, input_ids=ids, position_ids=positions, lengths=lengths, pack_to=pack_to)
+
+
+def dense_reference(q, k, v, lo, softcap):
+    i = torch.arange(len(lo))
+    allowed = (i[None] <= i[:, None]) & (i[None] >= lo[:, None])
+    scores = q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5
+    scores = softcap * torch.tanh(scores / softcap)
+    return torch.softmax(scores.masked_fill(~allowed, -torch.inf), -1) @ v
+
+
+UNCOMPILED = pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+
+
+@UNCOMPILED
+@pytest.mark.parametrize("window", [None, 40])
+def test_block_mask_is_each_sequence_causal_and_windowed(window):
+    """The block tables built from ``lo`` alone give what the dense mask gives, filler included,
+    and skip the blocks no token needs."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    bounds, size = (0, 5, 130, 300, 301, 700), 1024
+    lo = flexmask.lower_bounds(bounds, size, window)
+    assert lo[699] == (max(301, 699 - window + 1) if window else 301) and lo[800] == 800  # filler: itself
+    mask = flexmask.block_mask(lo, "cpu")
+    q, k, v = (torch.randn(1, 2, size, 16, generator=torch.Generator().manual_seed(i)) for i in range(3))
+    out = flex_attention(q, k, v, block_mask=mask, score_mod=lambda s, b, h, qi, ki: 3 * torch.tanh(s / 3))
+    torch.testing.assert_close(out, dense_reference(q, k, v, lo, 3.0), rtol=0, atol=1e-5)
+    blocks = mask.to_dense()
+    assert blocks.sum() < blocks.numel() / 2  # sparse: filler and other sequences' blocks skipped
+
+
+def test_pass_size_is_the_budget_in_whole_blocks():
+    assert flexmask.pass_size(37, 300) == 384
+    assert flexmask.pass_size(37) == 128
+    assert flexmask.pass_size(900, 300) == 1024  # a pass past the budget: more blocks, logged by nobody
+    ids, positions = flexmask.pad_pass(torch.tensor([[5, 6, 7]]), torch.tensor([[0, 1, 0]]), 6)
+    assert ids.tolist() == [[5, 6, 7, 0, 0, 0]] and positions.tolist() == [[0, 1, 0, 0, 0, 0]]
+
+
+@pytest.mark.parametrize("arch", ["gemma2", "llama"])
+def test_flex_packed_pass_equals_per_sequence_eager(arch):
+    """One compiled flex_attention call per layer over a packed pass padded to its budget equals
+    running every sequence alone with eager attention (Gemma-2: softcapping and a sliding window
+    shorter than the sequences), in fp32."""
+    model = tiny_model(arch)
+    seqs = sequences()
+    with torch.no_grad():
+        reference = per_sequence_eager(model, seqs)
+        packed = flex_packed(model, seqs, pack_to=384)
+    torch.testing.assert_close(packed, reference, rtol=0, atol=1e-5)
+    assert (reference - reference.mean(0)).abs().max() > 1e-3  # the rows really differ
+
+
+@UNCOMPILED
+def test_flex_lora_gradients_equal_per_sequence_eager(monkeypatch):
+    """LoRA and head gradients through a packed flex pass equal the per-sequence eager ones.
+
+    torch refuses flex_attention's backward on a CPU (its fused kernels are GPU-only), so this
+    runs flex's reference implementation (uncompiled, the device check lifted): it checks the
+    block masks, the filler, the softcap and the window under autograd; the compiled kernel's
+    backward is checked on a GPU (``arena_pref.gpu_check``)."""
+    import torch.nn.attention.flex_attention as fa
+    from transformers.integrations import flex_attention as hf_flex
+
+    monkeypatch.setattr(fa, "_validate_device", lambda *a: None)
+    monkeypatch.setattr(hf_flex, "compile_friendly_flex_attention",
+                        lambda q, k, v, training=False, **kw: fa.flex_attention(q, k, v, **kw))
+    lora = Lora(r=4, alpha=8, dropout=0.0, target_modules=("q_proj", "k_proj", "v_proj", "o_proj"),
+                layers_to_transform=None)
+    model = modeling.attach_lora(tiny_model("gemma2"), lora)
+    with torch.no_grad():  # a non-zero B so that every LoRA factor gets a gradient
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)
+    seqs, targets = sequences(6, seed=1), torch.arange(6) % 3
+
+    def grads(logits):
+        model.zero_grad()
+        torch.nn.functional.cross_entropy(logits, targets).backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    flex = grads(flex_packed(model, seqs, pack_to=256))
+    eager = grads(per_sequence_eager(model, seqs))
+    assert any("lora_A" in n for n in eager) and any("score" in n for n in eager)
+    for name in eager:
+        torch.testing.assert_close(flex[name], eager[name], rtol=0, atol=1e-5, msg=name)
+
+
+def test_flex_compiles_once_over_passes_of_different_contents():
+    """Prediction passes of different sequence counts and lengths, padded to the job's budget:
+    flex_attention is compiled once, not once per pass."""
+    from torch._dynamo.utils import counters
+
+    model = tiny_model("llama")
+    seqs = sequences(30, seed=2)
+    lengths = [len(s) for s in seqs]
+    batches = batching.plan_batches(lengths, method="packed", max_tokens=256)
+    assert len({len(b.rows) for b in batches}) > 1 and len(batches) >= 3
+    use(model, flexmask.NAME)
+    predict.run_batches(model, seqs, batches[:1], pad_token_id=0, pack_to=256)
+    compiled = counters["stats"]["unique_graphs"]
+    assert compiled >= 1
+    probs = predict.run_batches(model, seqs, batches, pad_token_id=0, pack_to=256)
+    assert counters["stats"]["unique_graphs"] == compiled
+    reference = per_sequence_eager(model, seqs).softmax(-1).detach().numpy()
+    np.testing.assert_allclose(probs, reference, rtol=0, atol=1e-5)
+
+
+def fake_gpu(monkeypatch, capability, installed=()):
+    from importlib import metadata
+
+    def version(name):
+        if name in installed:
+            return "4.0.0"
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: f"GPU {capability}")
+    monkeypatch.setattr(metadata, "version", version)
+
+
+@pytest.mark.parametrize("capability,installed,training,expected", [
+    ((9, 0), ("flash-attn-4",), True, "flash_attention_4"),
+    ((9, 0), (), True, "flex_attention"),
+    ((8, 0), ("flash-attn-4",), False, "flex_attention"),
+    ((7, 5), (), False, None),  # a T4: the model's default attention
+])
+def test_fastest_attention_by_gpu(monkeypatch, caplog, capability, installed, training, expected):
+    caplog.set_level("INFO", logger="arena_pref")
+    fake_gpu(monkeypatch, capability, installed)
+    config = tiny_model("gemma2").config
+    assert modeling.attention_implementation("fastest", config, "cuda:0", training=training) == expected
+    assert "attn_implementation fastest:" in caplog.text
+    assert modeling.attention_implementation("fastest", config, "cpu") is None
+    assert modeling.attention_implementation("fastest", config, "cuda:0", split=True) in (
+        "flash_attention_4" if expected == "flash_attention_4" else None,)
+
+
+def test_flex_falls_back_where_it_cannot_run(caplog):
+    """flex_attention has no backward on a CPU, and its masks are built on one device: such jobs
+    use the model's default attention, and the log says why."""
+    config = tiny_model("gemma2").config
+    assert modeling.attention_implementation("flex_attention", config, "cpu") == "flex_attention"
+    assert modeling.attention_implementation("flex_attention", config, "cpu", training=True) is None
+    assert "no flex_attention backward pass on cpu" in caplog.text
+    assert modeling.attention_implementation("flex_attention", config, "cpu", split=True) is None
+    assert "split over several devices" in caplog.text
+    assert modeling.attention_implementation("flash_attention_4", config, "cpu") is None
