@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-fast bench real-data lint format report clean
+.PHONY: setup demo test test-fast bench real-data lint format report clean gpu-check gpu-wheels
 
 setup: $(BIN)/.installed
 
@@ -41,6 +41,23 @@ bench: setup
 	$(BIN)/python -m arena_pref.bench training --out results/bench/training.json
 	$(BIN)/python -m arena_pref.bench compile --out results/bench/compile.json
 	$(BIN)/python -m arena_pref.bench features --out results/bench/features.json
+
+# the wheels a lent GPU device lacks (it has no network; docs/gpu.md): run here, then carry gpu-wheels/
+gpu-wheels: setup
+	$(BIN)/python -m arena_pref.gpu_check wheels gpu-wheels
+
+# the prepared GPU check (docs/gpu.md): on the device the image's python3 runs it with the carried
+# wheels (here .venv's python, GPU_CHECK_ARGS=--cpu for the CPU mode the tests run); writes
+# $(GPU_CHECK_OUT)/<date>_<gpu>.json after each part, within the budget
+GPU_CHECK_BUDGET ?= 480
+GPU_CHECK_OUT ?= docs/gpu-runs
+GPU_CHECK_ARGS ?=
+gpu-check:
+	@if [ -x $(BIN)/python ]; then py=$(BIN)/python; else py=python3; \
+		if [ -d gpu-wheels ]; then $$py -m pip install -q --no-index --no-deps --no-compile --upgrade \
+			--target .gpu-site gpu-wheels/*.whl || exit 1; fi; fi; \
+	PYTHONPATH=$(CURDIR)/.gpu-site:$(CURDIR)/workflow PYTHONUNBUFFERED=1 $$py -m arena_pref.gpu_check run \
+		--budget-s $(GPU_CHECK_BUDGET) --out-dir $(GPU_CHECK_OUT) $(GPU_CHECK_ARGS)
 
 # the default config on a labelled real data set (Kaggle format plus test_labels.csv), scored on
 # its test labels beside the class prior and a length logistic regression (README, "Real human

@@ -197,3 +197,25 @@ def test_flex_falls_back_where_it_cannot_run(caplog):
     assert modeling.attention_implementation("flex_attention", config, "cpu", split=True) is None
     assert "split over several devices" in caplog.text
     assert modeling.attention_implementation("flash_attention_4", config, "cpu") is None
+
+
+def test_compiled_backbone_on_flex_passes_compiles_once():
+    """predict.compile on packed flex passes: the whole backbone compiles with static shapes once,
+    and later passes of other contents reuse it."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    model = use(tiny_model("gemma2"), flexmask.NAME)
+    seqs = sequences(24, seed=4)
+    batches = batching.plan_batches([len(s) for s in seqs], method="packed", max_tokens=256)
+    reference = per_sequence_eager(model, seqs).softmax(-1).detach().numpy()
+    use(model, flexmask.NAME)
+    modeling.compile_backbone(model, packed=True)
+    predict.run_batches(model, seqs, batches[:1], pad_token_id=0, pack_to=256)
+    compiled = counters["stats"]["unique_graphs"]
+    assert compiled >= 1
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        probs = predict.run_batches(model, seqs, batches, pad_token_id=0, pack_to=256)
+    assert counters["stats"]["unique_graphs"] == compiled
+    np.testing.assert_allclose(probs, reference, rtol=0, atol=1e-5)

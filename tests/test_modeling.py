@@ -175,3 +175,27 @@ def test_softcap_switch_drops_gemma2_softcapping_and_runs_sdpa(tiny_backbone_dir
         softcapped = pooling.classify(capped, input_ids=ids, attention_mask=mask)
     torch.testing.assert_close(sdpa, eager, rtol=0, atol=1e-5)
     assert (softcapped - eager).abs().max() > 1e-3
+
+
+def test_liger_kernels_apply_on_a_gpu_where_installed(tiny_backbone_dir, monkeypatch, caplog):
+    """liger-kernel's fused layers replace the model's own where the package is installed and the
+    job runs on a GPU, and are skipped with the reason logged elsewhere (a stand-in liger module:
+    its Triton kernels need CUDA)."""
+    import sys
+    import types
+
+    caplog.set_level("INFO", logger="arena_pref")
+    model = modeling.load_model(tiny_backbone_dir, pad_token_id=0)
+    assert "liger-kernel not used: its Triton kernels need a CUDA GPU" in caplog.text
+    calls = []
+    stand_in = types.ModuleType("liger_kernel.transformers")
+    stand_in.apply_liger_kernel_to_gemma2 = lambda **kw: calls.append(kw)
+    monkeypatch.setitem(sys.modules, "liger_kernel", types.ModuleType("liger_kernel"))
+    monkeypatch.setitem(sys.modules, "liger_kernel.transformers", stand_in)
+    modeling.apply_liger(model, "cuda:0")
+    assert calls == [dict(rope=True, rms_norm=True, cross_entropy=False, fused_linear_cross_entropy=False,
+                          model=model)]
+    model.config.model_type = "unknown_family"
+    assert "no kernels for unknown_family" in modeling.liger_unavailable(model, "cuda:0")
+    monkeypatch.setitem(sys.modules, "liger_kernel.transformers", None)
+    assert "not installed" in modeling.liger_unavailable(model, "cuda:0")

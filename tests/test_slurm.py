@@ -118,7 +118,7 @@ def test_cancelled_training_job_resumes_on_rerun(cluster, run_a, tmp_path):
     cmd = ["--workflow-profile", str(PROFILE), target]
     # the first attempt trains to checkpoint 3, then stalls there until cancelled
     env = {"ARENA_PREF_PAUSE_AFTER_CHECKPOINT": "3"}
-    first = subprocess.Popen([str(SNAKEMAKE), "-s", str(SNAKEFILE), "-d", str(tmp_path), "--configfile",
+    first = subprocess.Popen([*SNAKEMAKE, "-s", str(SNAKEFILE), "-d", str(tmp_path), "--configfile",
                               str(tmp_path / "config.yaml"), *cmd], env={**os.environ, **env},
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:

@@ -242,7 +242,7 @@ def test_outputs_are_readable_by_others(run_a):
 
 
 def test_lint_and_format():
-    proc = subprocess.run([str(SNAKEMAKE), "-s", str(SNAKEFILE), "--lint"], capture_output=True,
+    proc = subprocess.run([*SNAKEMAKE, "-s", str(SNAKEFILE), "--lint"], capture_output=True,
                           text=True, cwd=REPO)
     assert proc.returncode == 0 and "Congratulations" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
     fmt = subprocess.run([str(Path(sys.executable).parent / "snakefmt"), "--check", "Snakefile", "workflow/rules"],
@@ -287,7 +287,7 @@ def test_preset_dry_run(preset, tmp_path):
 def test_profiles_name_existing_rules_and_local_2gpu_plans(tmp_path):
     """Profiles set resources of rules that exist (a typo would silently set nothing), and the
     two-GPU profile caps GPU jobs at two."""
-    rules = set(subprocess.run([str(SNAKEMAKE), "-s", str(SNAKEFILE), "--list-rules"], capture_output=True,
+    rules = set(subprocess.run([*SNAKEMAKE, "-s", str(SNAKEFILE), "--list-rules"], capture_output=True,
                                text=True, cwd=REPO, check=True).stdout.split())
     assert {"train", "oof", "infer", "blend"} <= rules
     for profile in sorted((REPO / "workflow" / "profiles").glob("*/config.yaml")):

@@ -9,7 +9,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEFILE = REPO / "Snakefile"
-SNAKEMAKE = Path(sys.executable).parent / "snakemake"
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]  # also where no snakemake script is on the PATH (a GPU device)
 SMALL = REPO / "tests" / "configs" / "small.yaml"
 
 
@@ -25,7 +25,7 @@ def model_settings(**model):
 
 
 def snakemake(workdir, *args, config=None, env=None, check=True, timeout=900):
-    cmd = [str(SNAKEMAKE), "-s", str(SNAKEFILE), "-d", str(workdir), "--configfile",
+    cmd = [*SNAKEMAKE, "-s", str(SNAKEFILE), "-d", str(workdir), "--configfile",
            str(config or workdir / "config.yaml"), *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **(env or {})})

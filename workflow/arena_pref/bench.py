@@ -65,14 +65,15 @@ def environment():
     return env
 
 
-def time_method(model, seqs, batches, *, pad_token_id, repeats=1):
-    """Best-of-``repeats`` seconds to run ``batches``, and the probabilities they gave."""
+def time_method(model, seqs, batches, *, pad_token_id, repeats=1, pack_to=None):
+    """Best-of-``repeats`` seconds to run ``batches``, and the probabilities they gave
+    (``pack_to``: as :func:`arena_pref.predict.run_batches`')."""
     best = float("inf")
     for _ in range(repeats):
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        probs = predict.run_batches(model, seqs, batches, pad_token_id=pad_token_id)
+        probs = predict.run_batches(model, seqs, batches, pad_token_id=pad_token_id, pack_to=pack_to)
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         best = min(best, time.perf_counter() - t0)
@@ -333,17 +334,29 @@ def _bench_precision(path, adapter, load_kw, lengths, seqs, non_embedding, peak,
 BENCH_LORA = {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}
 
 
-def bench_model(*, quantization, batch_size, **train):
+def bench_model(*, quantization, batch_size, dtype="float32", attn_implementation="auto", **train):
     """The :class:`~arena_pref.settings.ModelConfig` a config with these values gives."""
-    model = {"backbone": {"kind": "tiny"}, "quantization": quantization, "dtype": "float32", "lora": BENCH_LORA,
+    model = {"backbone": {"kind": "tiny"}, "quantization": quantization, "dtype": dtype,
+             "attn_implementation": attn_implementation, "lora": BENCH_LORA,
              "train": {"epochs": 1, "batch_size": batch_size, "lr": 2e-4, "warmup_steps": 2, "save_steps": 10_000,
                        **train}}
     return settings.model_config(model)
 
 
-def bench_training(*, rows=256, max_length=1024, batch_size=8, quantization="4bit", threads=2, backbone=None):
+OUR_TRAINING = {  # name -> (packing, a token budget holding a fixed-row batch's rows on average)
+    "ours_length_grouped": (False, False),
+    "ours_packed": (True, False),
+    "ours_packed_token_budget": (True, True),
+}
+
+
+def bench_training(*, rows=256, max_length=1024, batch_size=8, quantization="4bit", threads=2, backbone=None,
+                   dtype="float32", gradient_checkpointing=False, attn_implementation="auto",
+                   variants=tuple(OUR_TRAINING)):
     """Tokens/s of our train step against the public baseline's setup (HF Trainer, stock head,
-    ``DataCollatorWithPadding``, random order), same model, rows and batch size, one epoch each."""
+    ``DataCollatorWithPadding``, random order, the model's default attention), same model, rows,
+    batch size, dtype and gradient checkpointing, one epoch each. ``attn_implementation`` is
+    ours alone (the baseline's notebooks ran the default)."""
     from transformers import AutoConfig
 
     torch.set_num_threads(threads)
@@ -354,13 +367,14 @@ def bench_training(*, rows=256, max_length=1024, batch_size=8, quantization="4bi
         path = backbone or tiny_gemma(tmp / "tiny_gemma2", max_position=max_length)
         seqs = random_sequences(lengths, AutoConfig.from_pretrained(path).vocab_size)
         out = {"hf_trainer_padded": _baseline_training(path, seqs, labels, tmp / "baseline", quantization=quantization,
-                                                       batch_size=batch_size)}
-        # the token budget holds, on average, the rows of a fixed-row batch: the same number of steps
+                                                       batch_size=batch_size, dtype=dtype,
+                                                       gradient_checkpointing=gradient_checkpointing)}
         budget = int(np.ceil(lengths.mean() * batch_size))
-        for name, packing, max_tokens in [("ours_length_grouped", False, None), ("ours_packed", True, None),
-                                          ("ours_packed_token_budget", True, budget)]:
+        for name in variants:
+            packing, use_budget = OUR_TRAINING[name]
             ours = bench_model(quantization=quantization, batch_size=batch_size, packing=packing,
-                               max_tokens_per_batch=max_tokens)
+                               max_tokens_per_batch=budget if use_budget else None, dtype=dtype,
+                               attn_implementation=attn_implementation, gradient_checkpointing=gradient_checkpointing)
             out[name] = _our_training(path, seqs, labels, tmp / name, ours, threads=threads)
     for k, v in out.items():
         log.info("%-25s %8.0f tokens/s (%.1f s)", k, v["tokens_per_s"], v["seconds"])
@@ -369,23 +383,28 @@ def bench_training(*, rows=256, max_length=1024, batch_size=8, quantization="4bi
             "best": {"method": best,
                      "speedup_vs_hf_trainer": out[best]["tokens_per_s"] / out["hf_trainer_padded"]["tokens_per_s"]},
             "setup": {"model": "tiny Gemma-2 (random, hidden 64, 2 layers)" if backbone is None else str(backbone),
-                      "quantization": quantization, "rows": rows, "batch_size": batch_size,
+                      "quantization": quantization, "dtype": dtype, "gradient_checkpointing": gradient_checkpointing,
+                      "attn_implementation": attn_implementation, "rows": rows, "batch_size": batch_size,
                       "real_tokens": int(lengths.sum()), "max_length": max_length, **environment()}}
 
 
-def _baseline_training(path, seqs, labels, workdir, *, quantization, batch_size):
+def _baseline_training(path, seqs, labels, workdir, *, quantization, batch_size, dtype="float32",
+                       gradient_checkpointing=False):
     """The public baseline: stock model forward and loss, padded batches in random order."""
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
     from . import targets, train
 
     tok = modeling.load_tokenizer(path)
-    model = modeling.load_model(path, quantization=quantization, dtype="float32", pad_token_id=tok.pad_token_id)
-    model = modeling.attach_lora(model, settings.build(settings.Lora, {**BENCH_LORA, "layers_to_transform": None}))
+    model = modeling.load_model(path, quantization=quantization, dtype=dtype, pad_token_id=tok.pad_token_id,
+                                training=True)
+    model = modeling.attach_lora(model, settings.build(settings.Lora, {**BENCH_LORA, "layers_to_transform": None}),
+                                 gradient_checkpointing=gradient_checkpointing)
     args = TrainingArguments(output_dir=str(workdir), per_device_train_batch_size=batch_size, learning_rate=2e-4,
                              warmup_steps=2, num_train_epochs=1, report_to="none", save_strategy="no",
                              disable_tqdm=True, use_cpu=not torch.cuda.is_available(),
-                             optim=train.optimizer_name("adamw_8bit"), seed=0, logging_steps=10)
+                             optim=train.optimizer_name("adamw_8bit"), seed=0, logging_steps=10,
+                             bf16=dtype == "bfloat16", fp16=dtype == "float16")
     trainer = Trainer(model=model, args=args, train_dataset=train.RowDataset(seqs, targets.hard(labels)),
                       data_collator=DataCollatorWithPadding(tok))
     t0 = time.perf_counter()

@@ -113,9 +113,53 @@ def _from_pretrained(auto_class, backbone, *, quantization, dtype, attn_implemen
         **kwargs)
     if softcapped and not attention_softcap:
         drop_softcap(model)
+    apply_liger(model, dev)
     log.info("loaded %s (%s, %s) on %s with %s attention", type(model).__name__, quantization, dtype,
              ", ".join(dict.fromkeys(map(str, device_map.values()))) if device_map else dev,
              model.config._attn_implementation)
+    return model
+
+
+LIGER_SWITCH = "ARENA_PREF_LIGER"  # set to 0 to keep a model's own layers where liger-kernel is installed
+
+
+def liger_unavailable_here(device):
+    """Why liger-kernel cannot run on ``device`` in this job, whatever the model, or None."""
+    if os.environ.get(LIGER_SWITCH) == "0":
+        return f"{LIGER_SWITCH}=0"
+    if torch.device(device).type != "cuda":
+        return f"its Triton kernels need a CUDA GPU and this job runs on {torch.device(device).type}"
+    try:
+        import liger_kernel.transformers  # noqa: F401
+    except ImportError:
+        return "the liger-kernel package is not installed"
+    return None
+
+
+def liger_unavailable(model, device):
+    """Why liger-kernel's fused RMSNorm, RoPE and GEGLU/SwiGLU cannot replace ``model``'s own on
+    ``device``, or None when they can."""
+    if why := liger_unavailable_here(device):
+        return why
+    import liger_kernel.transformers as liger
+
+    if not hasattr(liger, f"apply_liger_kernel_to_{model.config.model_type}"):
+        return f"liger-kernel has no kernels for {model.config.model_type}"
+    return None
+
+
+def apply_liger(model, device):
+    """liger-kernel's fused RMSNorm, RoPE and GEGLU (Gemma-2) or SwiGLU (Llama) in ``model``, in
+    place, where it is installed and the job runs on a GPU (logged either way). Its losses are
+    left out: our loss runs on pooled logits (train.py)."""
+    if why := liger_unavailable(model, device):
+        log.info("liger-kernel not used: %s", why)
+        return model
+    import liger_kernel.transformers as liger
+
+    getattr(liger, f"apply_liger_kernel_to_{model.config.model_type}")(
+        rope=True, rms_norm=True, cross_entropy=False, fused_linear_cross_entropy=False, model=model)
+    log.info("liger-kernel: fused RMSNorm, RoPE and gated MLP activation in %s", model.config.model_type)
     return model
 
 
@@ -343,17 +387,23 @@ def release_memory():
         torch.cuda.empty_cache()
 
 
-def compile_backbone(model):
-    """``torch.compile`` the backbone in place, with dynamic shapes (every batch has its own).
-    Where a graph cannot be compiled, dynamo runs that code eagerly and logs why
-    (``suppress_errors``): compiling is a speed option, never a reason for a job to fail."""
+def compile_backbone(model, *, packed=False):
+    """``torch.compile`` the backbone in place. Packed passes under ``flex_attention`` all have one
+    size (:func:`arena_pref.flexmask.pass_size`), so they compile once with static shapes; every
+    other batch has its own shape, so those compile with dynamic shapes. Where a graph cannot be
+    compiled, dynamo runs that code eagerly and logs why (``suppress_errors``): compiling is a
+    speed option, never a reason for a job to fail."""
     import torch._dynamo
 
+    from .flexmask import NAME as FLEX
     from .pooling import model_parts
 
     torch._dynamo.config.suppress_errors = True
-    model_parts(model).body.compile(dynamic=True)
-    log.info("backbone compiled with torch.compile (dynamic shapes); the first batches include compile time")
+    body = model_parts(model).body
+    static = packed and body.config._attn_implementation == FLEX
+    body.compile(dynamic=not static)
+    log.info("backbone compiled with torch.compile (%s); the first batches include compile time",
+             "static shapes: fixed-size flex_attention passes" if static else "dynamic shapes")
     return model
 
 

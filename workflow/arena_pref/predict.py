@@ -123,7 +123,7 @@ class Trained:
                                    allow_bf16_emulation=self.allow_bf16_emulation, merge_lora=self.settings.merge_lora,
                                    batch_tokens=pass_tokens(batching), longest=batching.max_length, device_map=split)
         if self.settings.compile:
-            compile_backbone(model)
+            compile_backbone(model, packed=batching.method == "packed")
         return model, tokenizer.pad_token_id
 
 
