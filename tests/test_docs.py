@@ -10,7 +10,8 @@ import pytest
 from workflow_helpers import REPO
 
 SOURCES = ["README.md", "workflow/presets/gemma2-9b-qlora.yaml", "workflow/presets/gemma2-9b-t4.yaml",
-           "workflow/presets/llama3-8b-8bit.yaml", "workflow/profiles/slurm/config.yaml"]
+           "workflow/presets/llama3-8b-8bit.yaml", "workflow/profiles/slurm/config.yaml",
+           *sorted(str(p.relative_to(REPO)) for p in (REPO / "docs").glob("*.md"))]
 
 
 def shown_commands():
@@ -41,3 +42,10 @@ def test_every_shown_command_makes_its_target(source, command):
 
 def test_the_docs_show_commands():
     assert len(shown_commands()) >= 8
+
+
+def test_the_make_targets_the_docs_show_exist():
+    targets = set(re.findall(r"^([a-z][a-z-]*):", (REPO / "Makefile").read_text(), re.M))
+    for page in sorted((REPO / "docs").glob("*.md")) + [REPO / "README.md"]:
+        shown = set(re.findall(r"(?:^|`)make ([a-z][a-z-]*)", page.read_text(), re.M))
+        assert shown <= targets, f"{page.name}: {sorted(shown - targets)}"
