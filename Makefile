@@ -28,7 +28,7 @@ report: setup
 	$(SNAKEMAKE) --report results/report.html
 
 test: setup
-	$(BIN)/python -m pytest tests -ra
+	$(BIN)/python -m pytest tests -ra --durations=15
 
 # the unit tests alone (no workflow runs, presets or SLURM): a few minutes on 2 cores
 test-fast: setup

@@ -10,6 +10,7 @@ the model's ``max_length``. Token ids are random: speed does not depend on them.
     python -m arena_pref.bench training --out results/bench/training.json
     python -m arena_pref.bench compile --out results/bench/compile.json   # torch.compile vs eager
     python -m arena_pref.bench gpu --out results/bench/gpu_<name>.json   # on a CUDA machine
+    python -m arena_pref.bench gpu-train --out results/bench/gpu_train_<name>.json   # ours vs HF Trainer, 9B 4-bit
     python -m arena_pref.bench features --out results/bench/features.json   # pair-feature model, CPU
     python -m arena_pref.bench averaging --home DIR --out results/bench/averaging.json   # fold adapters
 """
@@ -388,6 +389,22 @@ def bench_training(*, rows=256, max_length=1024, batch_size=8, quantization="4bi
                       "real_tokens": int(lengths.sum()), "max_length": max_length, **environment()}}
 
 
+GPU_TRAINING = dict(quantization="4bit", gradient_checkpointing=True, attn_implementation="fastest",
+                    variants=("ours_packed",))
+"""The QLoRA comparison on a GPU: the public baseline's step against ours (packed, the fastest
+attention), both in 4-bit with gradient checkpointing."""
+
+
+def bench_gpu_training(*, rows=64, max_length=1024, batch_size=4, threads=8):
+    """:func:`bench_training` with :data:`GPU_TRAINING` on a random Gemma-2-9B shape in bf16, a
+    few steps each."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "gemma2_9b_shape"
+        random_gemma2(path)
+        return bench_training(rows=rows, max_length=max_length, batch_size=batch_size, threads=threads,
+                              backbone=path, dtype="bfloat16", **GPU_TRAINING)
+
+
 def _baseline_training(path, seqs, labels, workdir, *, quantization, batch_size, dtype="float32",
                        gradient_checkpointing=False):
     """The public baseline: stock model forward and loss, padded batches in random order."""
@@ -559,7 +576,8 @@ def _scored_run(run, models, y, ids):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m arena_pref.bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("what", choices=["inference", "training", "compile", "gpu", "features", "averaging"])
+    parser.add_argument("what", choices=["inference", "training", "compile", "gpu", "gpu-train", "features",
+                                         "averaging"])
     parser.add_argument("--home", help="averaging: the working directory of a trained run (the demo's)")
     parser.add_argument("--out", required=True)
     parser.add_argument("--rows", type=int)
@@ -576,6 +594,10 @@ def main(argv=None):
             parser.error("the gpu benchmark needs a CUDA device")
         quantizations = {"quantizations": (args.quantization,)} if args.quantization else {}
         result = bench_gpu(peak_tflops=args.peak_tflops, threads=args.threads, **quantizations, **rows)
+    elif args.what == "gpu-train":
+        if not torch.cuda.is_available():
+            parser.error("the gpu-train benchmark needs a CUDA device")
+        result = bench_gpu_training(threads=args.threads, **rows)
     elif args.what == "compile":
         result = bench_compile(threads=args.threads, **rows)
     elif args.what == "features":

@@ -283,9 +283,8 @@ def train_part(results_path, workdir, cpu):
     rows, max_length, batch_size = (16, 128, 4) if cpu else (32, 1024, 4)
     out = Results(results_path, rows=rows, max_length=max_length, batch_size=batch_size, dtype=dtype,
                   quantization="4bit")
-    result = bench.bench_training(rows=rows, max_length=max_length, batch_size=batch_size, quantization="4bit",
-                                  threads=2 if cpu else 8, backbone=path, dtype=dtype, gradient_checkpointing=True,
-                                  attn_implementation="fastest", variants=("ours_packed",))
+    result = bench.bench_training(rows=rows, max_length=max_length, batch_size=batch_size, threads=2 if cpu else 8,
+                                  backbone=path, dtype=dtype, **bench.GPU_TRAINING)
     out.update(result)
     out.save()
     return out
