@@ -219,3 +219,21 @@ def test_compiled_backbone_on_flex_passes_compiles_once():
         probs = predict.run_batches(model, seqs, batches, pad_token_id=0, pack_to=256)
     assert counters["stats"]["unique_graphs"] == compiled
     np.testing.assert_allclose(probs, reference, rtol=0, atol=1e-5)
+
+
+def test_masks_follow_each_family_s_layer_types_and_window():
+    """Gemma-2: a mask per layer type, windowed on sliding layers; Mistral (no layer types, a
+    window, ``use_sliding_window`` unset): one windowed mask; Qwen2 with the window off: none."""
+    from transformers import Gemma2Config, MistralConfig, Qwen2Config
+
+    bounds, size = (0, 300), 384
+
+    def first_key(mask, q=299):  # the first key block query ``q`` may see
+        return int(mask.to_dense()[0, 0, q // flexmask.BLOCK].nonzero()[0])
+
+    gemma = flexmask.packed_masks(Gemma2Config(sliding_window=128), bounds, size, "cpu")
+    assert set(gemma) == {"full_attention", "sliding_attention"}
+    assert first_key(gemma["full_attention"]) == 0 and first_key(gemma["sliding_attention"]) == 1
+    assert first_key(flexmask.packed_masks(MistralConfig(sliding_window=128), bounds, size, "cpu")) == 1
+    qwen = flexmask.packed_masks(Qwen2Config(sliding_window=128, use_sliding_window=False), bounds, size, "cpu")
+    assert first_key(qwen["full_attention"]) == 0

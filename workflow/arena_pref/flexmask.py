@@ -86,7 +86,7 @@ def packed_masks(config, bounds, size, device):
     window = getattr(config, "sliding_window", None)
     layer_types = getattr(config, "layer_types", None)
     if not layer_types:
-        uses_window = window and getattr(config, "use_sliding_window", True)
+        uses_window = window and getattr(config, "use_sliding_window", None) is not False  # Mistral: None
         return block_mask(lower_bounds(bounds, size, window if uses_window else None), device)
     return {kind: block_mask(lower_bounds(bounds, size, window if kind == "sliding_attention" else None), device)
             for kind in dict.fromkeys(layer_types)}
