@@ -358,3 +358,24 @@ def test_averaged_adapters_are_one_test_pass(tmp_path):
     assert trained.adapter_dir(loaded, "minilm", "average") == "results/models/minilm/average/adapter"
     (tmp_path / "minilm" / "average" / "adapter").mkdir(parents=True)
     assert trained.adapter_dir(loaded, "minilm", "average") == f"{tmp_path}/minilm/average/adapter"
+
+
+def test_missing_inputs_of_a_run_from_trained_models(tmp_path, monkeypatch):
+    """A run from trained models: its test CSV, each trained directory and each backbone package,
+    every one missing named by its key (data.train_csv is not read there)."""
+    from arena_pref import inputs
+
+    monkeypatch.chdir(tmp_path)
+    raw = predict_only(tmp_path)
+    raw["models"]["pair_features"]["trained"] = "gone"
+    raw["models"]["minilm"]["backbone"] = {"kind": "package", "package": "no_such_backbone_pkg", "subdir": "m"}
+    problems = inputs.missing_inputs(settings.load_config(raw))
+    assert problems == [
+        f"config data.test_csv: no file 'test.csv' (relative paths start at the working directory, {tmp_path})",
+        "config models.minilm.backbone: the package 'no_such_backbone_pkg' is not installed",
+        f"config models.pair_features.trained: no directory 'gone' (relative paths start at the working "
+        f"directory, {tmp_path})"]
+    (tmp_path / "test.csv").write_text("id\n")
+    (tmp_path / "gone").mkdir()
+    raw["models"]["minilm"]["backbone"] = BASE["models"]["minilm"]["backbone"]
+    assert inputs.missing_inputs(settings.load_config(raw)) == []

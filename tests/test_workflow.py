@@ -230,6 +230,22 @@ def test_config_errors_stop_the_workflow_at_start_in_one_line(tmp_path, change, 
     assert len(out.splitlines()) < 10  # one line (and where Snakemake was), not a dump of the schema
 
 
+def test_every_missing_input_is_named_at_start_by_its_key(tmp_path):
+    """Missing CSVs, backbone directories and packages, all in one error before any job runs, each
+    by its config key (Snakemake alone names one missing file per run, by rule)."""
+    write_config(tmp_path, **{"data.train_csv": "data/train.csv", "data.test_csv": "data/test.csv",
+                              "models.minilm.backbone": {"kind": "path", "path": "models/minilm"}})
+    (tmp_path / "models" / "minilm").mkdir(parents=True)
+    proc = snakemake(tmp_path, "-n", "results/submission.csv", check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "3 missing input(s):" in out
+    for line in ("config data.train_csv: no file 'data/train.csv' (relative paths start at the working "
+                 f"directory, {tmp_path})", "config data.test_csv: no file 'data/test.csv'",
+                 "config models.minilm.backbone: 'models/minilm' has no config.json"):
+        assert line in out, out
+    assert "MissingInputException" not in out and "Traceback" not in out
+
+
 def test_outputs_are_readable_by_others(run_a):
     """Outputs written under temporary names get the modes of the umask (not mkstemp's 0600)."""
     import os

@@ -20,7 +20,7 @@ if not workflow.overwrite_configfiles:
     configfile: os.path.join(workflow.basedir, "config.yaml")
 
 
-from arena_pref import backbones, bundle, settings, trained
+from arena_pref import backbones, bundle, inputs, settings, trained
 from arena_pref.errors import InputError
 
 try:
@@ -39,6 +39,11 @@ try:
         os.environ.pop("HF_HUB_OFFLINE", None)
     else:
         os.environ.update(HF_HUB_OFFLINE="1")
+    # every file the run reads from outside the workflow, all missing ones at once
+    if _missing := inputs.missing_inputs(CONFIG):
+        raise InputError(
+            f"{len(_missing)} missing input(s):\n  " + "\n  ".join(_missing)
+        )
     for _name in LLM_MODELS:
         backbones.check_model(CONFIG.models[_name])
     for _name in JUDGE_MODELS:

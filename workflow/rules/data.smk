@@ -1,7 +1,7 @@
 rule demo_data:
     output:
-        train="results/demo/train.csv",
-        test="results/demo/test.csv",
+        train=inputs.DEMO_CSVS["train"],
+        test=inputs.DEMO_CSVS["test"],
         test_labels="results/demo/test_labels.csv",
     log:
         "results/logs/demo_data.log",
