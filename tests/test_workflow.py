@@ -246,6 +246,18 @@ def test_every_missing_input_is_named_at_start_by_its_key(tmp_path):
     assert "MissingInputException" not in out and "Traceback" not in out
 
 
+def test_an_error_in_merged_config_files_names_them(tmp_path):
+    """--configfile A B merges B into A key by key (A's models stay): an error says so."""
+    write_config(tmp_path)
+    (tmp_path / "more.yaml").write_text("blend: {method: weights, weights: {minilm: 1.0}}\n")
+    proc = subprocess.run([*SNAKEMAKE, "-s", str(SNAKEFILE), "-d", str(tmp_path), "-n", "results/submission.csv",
+                           "--configfile", str(tmp_path / "config.yaml"), str(tmp_path / "more.yaml")],
+                          capture_output=True, text=True, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "config blend.weights" in out
+    assert f"merged from 2 files, later ones overriding earlier ones key by key: {tmp_path / 'config.yaml'}" in out
+
+
 def test_outputs_are_readable_by_others(run_a):
     """Outputs written under temporary names get the modes of the umask (not mkstemp's 0600)."""
     import os

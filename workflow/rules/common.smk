@@ -50,6 +50,10 @@ try:
         backbones.check_judge(CONFIG.models[_name])
     trained.check(CONFIG)  # runs from trained models: every fold they read is there
 except InputError as err:
+    # snakemake merges --configfile A B key by key (the models of both are kept): say so
+    _merged = workflow.overwrite_configfiles or []
+    if len(_merged) > 1:
+        err = f"{err}\n  (the config is merged from {len(_merged)} files, later ones overriding earlier ones key by key: {', '.join(map(str, _merged))})"
     raise WorkflowError(f"arena-pref: {err}") from None
 
 MODELS = sorted(CONFIG.models)  # the order models are listed in does not matter
