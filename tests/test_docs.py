@@ -49,3 +49,10 @@ def test_the_make_targets_the_docs_show_exist():
     for page in sorted((REPO / "docs").glob("*.md")) + [REPO / "README.md"]:
         shown = set(re.findall(r"(?:^|`)make ([a-z][a-z-]*)", page.read_text(), re.M))
         assert shown <= targets, f"{page.name}: {sorted(shown - targets)}"
+
+
+def test_no_shown_command_replaces_a_profiles_default_resources():
+    """--default-resources on the command line replaces a profile's default-resources whole (the
+    small jobs lose memory, runtime and CPUs): site settings go into a copy of the profile."""
+    for source, command in shown_commands():
+        assert not ("--workflow-profile" in command and "--default-resources" in command), (source, command)
