@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from arena_pref import batching, flexmask, modeling, pooling, predict
+from arena_pref import batching, flexmask, gpu_check, modeling, pooling, predict
 from arena_pref.settings import Lora
 
 WINDOW = 8  # Gemma-2's sliding window, shorter than most test sequences
@@ -15,18 +15,7 @@ WINDOW = 8  # Gemma-2's sliding window, shorter than most test sequences
 def tiny_model(arch, seed=0):
     """A tiny random classifier whose attention is sharp enough for softcapping (Gemma-2) to bite,
     with a sliding window shorter than the sequences."""
-    config = modeling.tiny_config(arch=arch, vocab_size=300, max_position=512, pad_token_id=0)
-    if arch == "gemma2":
-        config.sliding_window, config.attn_logit_softcapping = WINDOW, 2.0
-    from transformers import AutoModelForSequenceClassification
-
-    torch.manual_seed(seed)
-    model = AutoModelForSequenceClassification.from_config(config, attn_implementation="eager")
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "q_proj" in name or "k_proj" in name:
-                param.mul_(12)
-    return model.eval()
+    return gpu_check.sharp_tiny_model(arch, window=WINDOW, seed=seed).eval()
 
 
 def use(model, impl):
@@ -62,17 +51,42 @@ def dense_reference(q, k, v, lo, softcap):
 UNCOMPILED = pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
 
 
+def dense_allowed(lo, hi):
+    i = torch.arange(len(lo))
+    return (i[None] >= lo[:, None]) & (i[None] <= hi[:, None])
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("window", [None, 1, 40, 127, 128, 129])
+def test_block_tables_are_the_dense_masks_blocks(causal, window):
+    """The tables built from ``lo`` and ``hi`` alone list exactly the blocks with an allowed pair
+    (``some``) and those whose every pair is allowed (``every``), for random layouts: sequences of
+    one token, sequences across block edges, a pass filled to a block edge, filler."""
+    rng = np.random.default_rng(0 if window is None else window)
+    for trial in range(12):
+        size = 128 * int(rng.integers(2, 6))
+        total = size if trial == 0 else int(rng.integers(1, size + 1))
+        cuts = np.unique(rng.integers(1, total, int(rng.integers(0, 12)))) if total > 1 else []
+        bounds = (0, *map(int, cuts), total)
+        lo, hi = flexmask.token_bounds(bounds, size, causal=causal, window=window if causal else None)
+        some, every = flexmask.block_tables(lo, hi)
+        blocks = dense_allowed(lo, hi).reshape(size // 128, 128, size // 128, 128)
+        assert torch.equal(some, blocks.any(3).any(1)), (bounds, window)
+        assert torch.equal(every, blocks.all(3).all(1)), (bounds, window)
+        assert torch.equal(dense_allowed(lo, hi)[total:, total:], torch.eye(size - total, dtype=torch.bool))
+
+
 @UNCOMPILED
 @pytest.mark.parametrize("window", [None, 40])
 def test_block_mask_is_each_sequence_causal_and_windowed(window):
-    """The block tables built from ``lo`` alone give what the dense mask gives, filler included,
-    and skip the blocks no token needs."""
+    """Attention through the BlockMask gives what the dense mask gives, filler included, and skips
+    the blocks no token needs."""
     from torch.nn.attention.flex_attention import flex_attention
 
     bounds, size = (0, 5, 130, 300, 301, 700), 1024
-    lo = flexmask.lower_bounds(bounds, size, window)
-    assert lo[699] == (max(301, 699 - window + 1) if window else 301) and lo[800] == 800  # filler: itself
-    mask = flexmask.block_mask(lo, "cpu")
+    lo, hi = flexmask.token_bounds(bounds, size, window=window)
+    assert lo[699] == (max(301, 699 - window + 1) if window else 301) and lo[800] == hi[800] == 800  # filler
+    mask = flexmask.block_mask(lo, hi, "cpu")
     q, k, v = (torch.randn(1, 2, size, 16, generator=torch.Generator().manual_seed(i)) for i in range(3))
     out = flex_attention(q, k, v, block_mask=mask, score_mod=lambda s, b, h, qi, ki: 3 * torch.tanh(s / 3))
     torch.testing.assert_close(out, dense_reference(q, k, v, lo, 3.0), rtol=0, atol=1e-5)
@@ -80,12 +94,25 @@ def test_block_mask_is_each_sequence_causal_and_windowed(window):
     assert blocks.sum() < blocks.numel() / 2  # sparse: filler and other sequences' blocks skipped
 
 
-def test_pass_size_is_the_budget_in_whole_blocks():
-    assert flexmask.pass_size(37, 300) == 384
-    assert flexmask.pass_size(37) == 128
-    assert flexmask.pass_size(900, 300) == 1024  # a pass past the budget: more blocks, logged by nobody
+def test_pass_sizes_are_a_few_buckets_of_the_budget():
+    """Passes are padded to the next quarter of the budget (whole blocks): at most four sizes per
+    job, filler under a quarter of the budget."""
+    assert [flexmask.pass_size(n, 16384) for n in (1, 4096, 4097, 16000)] == [4096, 4096, 8192, 16384]
+    assert {flexmask.pass_size(n, 1000) for n in range(1, 1001)} == {256, 512, 768, 1024}
+    assert flexmask.pass_size(37) == 128 and flexmask.pass_size(900, 300) == 1024  # past the budget: more
     ids, positions = flexmask.pad_pass(torch.tensor([[5, 6, 7]]), torch.tensor([[0, 1, 0]]), 6)
     assert ids.tolist() == [[5, 6, 7, 0, 0, 0]] and positions.tolist() == [[0, 1, 0, 0, 0, 0]]
+
+
+def test_flex_packed_encoder_passes_attend_both_ways_within_each_sequence(minilm_dir):
+    """Encoders (MiniLM) under flex: each sequence attends to all of itself, not causally."""
+    model = modeling.load_model(minilm_dir).eval()
+    seqs = [[101, *s, 102] for s in sequences(7, seed=5)]
+    with torch.no_grad():
+        alone = torch.cat([pooling.classify(model, input_ids=torch.tensor([s]), attention_mask=torch.ones(1, len(s)))
+                           for s in seqs])
+        packed = flex_packed(model, seqs, pack_to=512)
+    torch.testing.assert_close(packed, alone, rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("arch", ["gemma2", "llama"])
@@ -137,21 +164,32 @@ def test_flex_lora_gradients_equal_per_sequence_eager(monkeypatch):
         torch.testing.assert_close(flex[name], eager[name], rtol=0, atol=1e-5, msg=name)
 
 
+def one_bucket_passes(seqs, pack_to):
+    """Packed passes of up to a quarter of ``pack_to`` tokens (one bucket: one pass size) whose
+    totals fall in different 128-token blocks, so that a pass padded to its own length in whole
+    blocks would compile more than once."""
+    lengths = [len(s) for s in seqs]
+    batches = batching.plan_batches(lengths, method="packed", max_tokens=pack_to // 4)
+    totals = [int(np.sum(np.array(lengths)[b.rows])) for b in batches]
+    assert len(batches) >= 3 and len({len(b.rows) for b in batches}) > 1
+    assert len({-(-t // flexmask.BLOCK) for t in totals}) > 1
+    assert {flexmask.pass_size(t, pack_to) for t in totals} == {pack_to // 4}
+    return batches
+
+
 def test_flex_compiles_once_over_passes_of_different_contents():
     """Prediction passes of different sequence counts and lengths, padded to the job's budget:
-    flex_attention is compiled once, not once per pass."""
+    flex_attention is compiled once per pass size, not once per pass."""
     from torch._dynamo.utils import counters
 
     model = tiny_model("llama")
-    seqs = sequences(30, seed=2)
-    lengths = [len(s) for s in seqs]
-    batches = batching.plan_batches(lengths, method="packed", max_tokens=256)
-    assert len({len(b.rows) for b in batches}) > 1 and len(batches) >= 3
+    seqs = sequences(40, seed=2)
+    batches = one_bucket_passes(seqs, pack_to=2048)
     use(model, flexmask.NAME)
-    predict.run_batches(model, seqs, batches[:1], pad_token_id=0, pack_to=256)
+    predict.run_batches(model, seqs, batches[:1], pad_token_id=0, pack_to=2048)
     compiled = counters["stats"]["unique_graphs"]
     assert compiled >= 1
-    probs = predict.run_batches(model, seqs, batches, pad_token_id=0, pack_to=256)
+    probs = predict.run_batches(model, seqs, batches, pad_token_id=0, pack_to=2048)
     assert counters["stats"]["unique_graphs"] == compiled
     reference = per_sequence_eager(model, seqs).softmax(-1).detach().numpy()
     np.testing.assert_allclose(probs, reference, rtol=0, atol=1e-5)
@@ -171,20 +209,22 @@ def fake_gpu(monkeypatch, capability, installed=()):
 
 
 @pytest.mark.parametrize("capability,installed,training,expected", [
-    ((9, 0), ("flash-attn-4",), True, "flash_attention_4"),
-    ((9, 0), (), True, "flex_attention"),
-    ((8, 0), ("flash-attn-4",), False, "flex_attention"),
+    ((9, 0), ("flash-attn-4",), False, "flash_attention_4"),
+    ((9, 0), ("flash-attn-4",), True, None),  # FA4's and flex's backward: unverified on a GPU
+    ((9, 0), ("flash_attn",), True, "flash_attention_2"),
+    ((9, 0), (), False, "flex_attention"),
+    ((8, 0), ("flash_attn",), False, "flash_attention_2"),
     ((7, 5), (), False, None),  # a T4: the model's default attention
 ])
 def test_fastest_attention_by_gpu(monkeypatch, caplog, capability, installed, training, expected):
     caplog.set_level("INFO", logger="arena_pref")
-    fake_gpu(monkeypatch, capability, installed)
     config = tiny_model("gemma2").config
+    fake_gpu(monkeypatch, capability, installed)
     assert modeling.attention_implementation("fastest", config, "cuda:0", training=training) == expected
     assert "attn_implementation fastest:" in caplog.text
     assert modeling.attention_implementation("fastest", config, "cpu") is None
-    assert modeling.attention_implementation("fastest", config, "cuda:0", split=True) in (
-        "flash_attention_4" if expected == "flash_attention_4" else None,)
+    split = modeling.attention_implementation("fastest", config, "cuda:0", training=training, split=True)
+    assert split == (None if expected == "flex_attention" else expected)
 
 
 def test_flex_falls_back_where_it_cannot_run(caplog):
@@ -207,16 +247,16 @@ def test_compiled_backbone_on_flex_passes_compiles_once():
 
     torch._dynamo.reset()
     model = use(tiny_model("gemma2"), flexmask.NAME)
-    seqs = sequences(24, seed=4)
-    batches = batching.plan_batches([len(s) for s in seqs], method="packed", max_tokens=256)
+    seqs = sequences(40, seed=2)
+    batches = one_bucket_passes(seqs, pack_to=2048)
     reference = per_sequence_eager(model, seqs).softmax(-1).detach().numpy()
     use(model, flexmask.NAME)
     modeling.compile_backbone(model, packed=True)
-    predict.run_batches(model, seqs, batches[:1], pad_token_id=0, pack_to=256)
+    predict.run_batches(model, seqs, batches[:1], pad_token_id=0, pack_to=2048)
     compiled = counters["stats"]["unique_graphs"]
     assert compiled >= 1
     with torch._dynamo.config.patch(error_on_recompile=True):
-        probs = predict.run_batches(model, seqs, batches, pad_token_id=0, pack_to=256)
+        probs = predict.run_batches(model, seqs, batches, pad_token_id=0, pack_to=2048)
     assert counters["stats"]["unique_graphs"] == compiled
     np.testing.assert_allclose(probs, reference, rtol=0, atol=1e-5)
 

@@ -26,6 +26,11 @@ def test_make_gpu_check_runs_every_part_in_cpu_mode(tmp_path):
     assert all(entry["agrees"] for name, entry in predict.items() if name != "padded_eager")
     train = report["parts"]["train"]["result"]["methods"]
     assert set(train) == {"hf_trainer_padded", "ours_packed"} and all(m["tokens_per_s"] > 0 for m in train.values())
+    assert train["ours_packed"]["attention"] == "eager" and train["ours_packed"]["train_loss"] > 0
+    grads = report["parts"]["grads"]["result"]
+    assert grads["attention"] == "eager" and set(grads["entries"]) == {"packed", "packed_checkpointed"}
+    assert all(e["agrees"] and e["largest_grad"] > 1e-3 for e in grads["entries"].values())
+    assert report["parts"]["liger"]["result"]["skipped"].startswith("its Triton kernels need a CUDA GPU")
     for name in ("presets", "tiny"):  # three presets; a judge, a student, two workers
         result = report["parts"][name]["result"]
         assert result["collected_only"] and result["summary"][0].startswith("3 tests collected")

@@ -175,6 +175,11 @@ def test_softcap_switch_drops_gemma2_softcapping_and_runs_sdpa(tiny_backbone_dir
         softcapped = pooling.classify(capped, input_ids=ids, attention_mask=mask)
     torch.testing.assert_close(sdpa, eager, rtol=0, atol=1e-5)
     assert (softcapped - eager).abs().max() > 1e-3
+    # SDPA named explicitly loads (transformers alone refuses it for Gemma-2); eager named stays eager
+    named = modeling.load_model(tiny_backbone_dir, pad_token_id=0, attention_softcap=False, attn_implementation="sdpa")
+    assert named.config._attn_implementation == "sdpa" and named.config.attn_logit_softcapping is None
+    kept = modeling.load_model(tiny_backbone_dir, pad_token_id=0, attention_softcap=False, attn_implementation="eager")
+    assert kept.config._attn_implementation == "eager" and kept.config.attn_logit_softcapping is None
 
 
 def test_liger_kernels_apply_on_a_gpu_where_installed(tiny_backbone_dir, monkeypatch, caplog):

@@ -21,6 +21,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import platform
 import tempfile
 import time
@@ -413,8 +414,12 @@ def _baseline_training(path, seqs, labels, workdir, *, quantization, batch_size,
     from . import targets, train
 
     tok = modeling.load_tokenizer(path)
-    model = modeling.load_model(path, quantization=quantization, dtype=dtype, pad_token_id=tok.pad_token_id,
-                                training=True)
+    os.environ[modeling.LIGER_SWITCH] = "0"  # the baseline's own layers (it runs before ours patch them)
+    try:
+        model = modeling.load_model(path, quantization=quantization, dtype=dtype, pad_token_id=tok.pad_token_id,
+                                    training=True)
+    finally:
+        del os.environ[modeling.LIGER_SWITCH]
     model = modeling.attach_lora(model, settings.build(settings.Lora, {**BENCH_LORA, "layers_to_transform": None}),
                                  gradient_checkpointing=gradient_checkpointing)
     args = TrainingArguments(output_dir=str(workdir), per_device_train_batch_size=batch_size, learning_rate=2e-4,
@@ -425,9 +430,10 @@ def _baseline_training(path, seqs, labels, workdir, *, quantization, batch_size,
     trainer = Trainer(model=model, args=args, train_dataset=train.RowDataset(seqs, targets.hard(labels)),
                       data_collator=DataCollatorWithPadding(tok))
     t0 = time.perf_counter()
-    trainer.train()
+    result = trainer.train()
     seconds = time.perf_counter() - t0
-    return {"tokens_per_s": int(sum(map(len, seqs))) / seconds, "seconds": seconds}
+    return {"tokens_per_s": int(sum(map(len, seqs))) / seconds, "seconds": seconds,
+            "train_loss": result.training_loss, "attention": model.config._attn_implementation}
 
 
 def _our_training(path, seqs, labels, workdir, model, *, threads):
@@ -440,6 +446,7 @@ def _our_training(path, seqs, labels, workdir, model, *, threads):
     max_tokens = model.training.train.max_tokens_per_batch
     return {"tokens_per_s": metrics["tokens_per_s_this_run"], "seconds": metrics["runtime_s_this_run"],
             "steps": metrics["steps"], "peak_memory_mb": metrics["peak_memory_mb"],
+            "train_loss": metrics["train_loss"], "attention": metrics["attention"],
             **({"max_tokens_per_batch": max_tokens} if max_tokens else {})}
 
 

@@ -62,11 +62,12 @@ def calibrate(*, backbone, adapter_dir, tokens, settings, tta, allow_bf16_emulat
     lengths = [len(s) for s in seqs]
     batches = batches_for_model(model, plan_for(settings.batching, np.array(lengths), len(tokens) if tta else 0),
                                 lengths, settings.batching.max_tokens_per_batch)
-    pooling = settings.loading.pooling
-    run_batches(model, seqs, batches[:WARMUP_BATCHES], pad_token_id=pad, pooling=pooling, segments=segs)
+    pooling, pack_to = settings.loading.pooling, settings.batching.max_tokens_per_batch
+    run_batches(model, seqs, batches[:WARMUP_BATCHES], pad_token_id=pad, pooling=pooling, segments=segs,
+                pack_to=pack_to)
     timed = batches[WARMUP_BATCHES:] or batches
     t0 = time.perf_counter()
-    run_batches(model, seqs, timed, pad_token_id=pad, pooling=pooling, segments=segs)
+    run_batches(model, seqs, timed, pad_token_id=pad, pooling=pooling, segments=segs, pack_to=pack_to)
     for dev in devices:
         if torch.device(dev).type == "cuda":
             torch.cuda.synchronize(dev)

@@ -164,7 +164,8 @@ def on_kaggle_gpus(config, kaggle):
 
 
 GPU_ONLY_ATTENTION = ("flash_attention_2", "flash_attention_4", "flex_attention", "fastest")
-"""Attention choices a T4 cannot run (or, ``fastest``, would not pick): Kaggle runs the model's default."""
+"""Attention choices a T4 cannot run (flash-attention) or that are unverified there (flex_attention,
+and ``fastest``, which would pick the default there anyway): Kaggle runs the model's default."""
 
 
 def build_bundle(*, files, config, kaggle, out, backbones=None, repo=REPO):

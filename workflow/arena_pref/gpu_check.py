@@ -6,14 +6,19 @@ entry within the measuring parts), so that a run cut off still reports what it m
 
 ``predict``  the workflow's prediction path on a random Gemma-2-9B-shaped model with a random LoRA
              adapter, bf16 and 4-bit: padded eager batches (the reference), packed passes with
-             per-sequence attention, flex_attention, FlashAttention-4 where installed, the adapter
-             in fp32 / 16-bit / merged, ``predict.compile``, liger-kernel where installed; tokens/s,
+             per-sequence attention, flex_attention, the adapter in fp32 / 16-bit / merged,
+             ``predict.compile``, FlashAttention-4 where installed (liger-kernel off); tokens/s,
              the fraction of the dense bf16 peak, and each entry's largest probability difference
              from the reference;
+``grads``    LoRA and head gradients of a tiny Gemma-2 (softcapping, a short sliding window) through
+             packed flex passes, without and with gradient checkpointing, against each sequence
+             run alone with eager attention (on the CPU: packed per-sequence attention instead);
 ``train``    our QLoRA step (packed, ``attn_implementation: fastest``, gradient checkpointing)
-             against the public baseline's (HF Trainer, stock head, padded batches, eager), same
-             4-bit model and rows, a few steps each;
+             against the public baseline's (HF Trainer, stock head, padded batches, eager, no
+             liger-kernel), same 4-bit model and rows, a few steps each;
 ``presets``  every preset's smoke test through the workflow on CUDA (``tests/test_presets.py``);
+``liger``    the merged flex entry again with liger-kernel's fused layers, where it is installed
+             (liger patches the model classes of its process: a process of its own);
 ``tiny``     a judge, a distilling student and two prediction workers at tiny size (named tests).
 
 ``--cpu`` runs the same parts at tiny size on the CPU, as the test suite does so that this script
@@ -45,9 +50,11 @@ log = logging.getLogger("arena_pref.gpu_check")
 
 REPO = Path(__file__).resolve().parents[2]
 PARTS = {  # name -> share of the budget (what a part may use of the time left when it starts)
-    "predict": 0.55,
-    "train": 0.55,
-    "presets": 0.7,
+    "predict": 0.5,
+    "grads": 0.15,
+    "train": 0.5,
+    "presets": 0.6,
+    "liger": 0.5,
     "tiny": 1.0,
 }
 PART_TESTS = {
@@ -173,12 +180,12 @@ def predict_part(results_path, workdir, cpu):
 
     from . import bench, modeling
 
-    dtype = "float32" if cpu else "bfloat16"
-    device = "cpu" if cpu else "cuda:0"
-    rows, max_length, batch_size, budget = (24, 256, 4, 512) if cpu else (96, 4096, 8, 16384)
+    from .modeling import LIGER_SWITCH
+
+    os.environ[LIGER_SWITCH] = "0"  # the liger part measures it, in a process of its own
+    dtype, device, (rows, max_length, batch_size, budget) = _sizes(cpu)
     path, facts = _random_backbone(workdir, cpu, dtype)
-    lengths = bench.arena_lengths(rows, cap=max_length, median=120 if cpu else 700)
-    seqs = bench.random_sequences(lengths, (TINY_SHAPE if cpu else bench.GEMMA2_9B)["vocab_size"])
+    lengths, seqs = _check_rows(cpu, (TINY_SHAPE if cpu else bench.GEMMA2_9B)["vocab_size"])
     peak = None if cpu else bench.peak_bf16_flops(torch.cuda.get_device_name(0))
     out = Results(results_path, rows=rows, real_tokens=int(lengths.sum()), median_length=float(np.median(lengths)),
                   max_length=max_length, pack_budget=budget, dtype=dtype, tolerance=AGREEMENT[dtype],
@@ -195,7 +202,24 @@ def predict_part(results_path, workdir, cpu):
             entries[name] = entry
             out.save()
             log.info("%s %-28s %s", label, name, entry)
+            if name == "padded_eager":
+                np.save(workdir / f"reference_{quantization}.npy", timing.reference)
     return out
+
+
+def _sizes(cpu):
+    """(dtype, device, (rows, max_length, batch size, pass budget)) of the measuring parts."""
+    if cpu:
+        return "float32", "cpu", (24, 256, 4, 512)
+    return "bfloat16", "cuda:0", (96, 4096, 8, 16384)
+
+
+def _check_rows(cpu, vocab_size):
+    from . import bench
+
+    _, _, (rows, max_length, _, _) = _sizes(cpu)
+    lengths = bench.arena_lengths(rows, cap=max_length, median=120 if cpu else 700)
+    return lengths, bench.random_sequences(lengths, vocab_size)
 
 
 class Timing:
@@ -256,22 +280,101 @@ def _prediction_entries(path, adapter, load, timing, *, batch_size, budget, devi
     yield "packed_merged_compiled", {**entry, "with_compile_s": time.perf_counter() - t0}
     del merged
     modeling.release_memory()
-    if modeling.liger_unavailable_here(device) is None:  # it ran above: measure without it
-        os.environ[modeling.LIGER_SWITCH] = "0"
-        try:
-            plain = modeling.load_for_inference(path, adapter, merge_lora=True, batch_tokens=budget, longest=budget,
-                                                attn_implementation=attention, **load)
-            yield "packed_merged_without_liger", timing(plain, "packed", budget, batch_size)
-        finally:
-            del os.environ[modeling.LIGER_SWITCH]
-        del plain
-        modeling.release_memory()
     if modeling.flash_attention_4_unavailable(device) is None:
         fa4 = modeling.load_for_inference(path, adapter, merge_lora=True, batch_tokens=budget, longest=budget,
                                           attn_implementation="flash_attention_4", **load)
         yield "packed_merged_fa4", timing(fa4, "packed", budget, batch_size)
         del fa4
         modeling.release_memory()
+
+
+def liger_part(results_path, workdir, cpu):
+    """The predict part's merged flex entry with liger-kernel's fused layers, in 16-bit, compared
+    with that part's padded eager reference."""
+    import torch
+
+    from . import bench, modeling
+
+    dtype, device, (_, _, batch_size, budget) = _sizes(cpu)
+    out = Results(results_path)
+    if why := modeling.liger_unavailable_here(device):
+        out.update(skipped=why)
+        out.save()
+        return out
+    path, facts = _random_backbone(workdir, cpu, dtype)
+    lengths, seqs = _check_rows(cpu, bench.GEMMA2_9B["vocab_size"])
+    timing = Timing(seqs, lengths, 2 * facts["non_embedding"], bench.peak_bf16_flops(torch.cuda.get_device_name(0)),
+                    AGREEMENT[dtype])
+    timing.reference = np.load(workdir / "reference_none.npy")
+    model = modeling.load_for_inference(path, workdir / "adapter_none", quantization="none", dtype=dtype,
+                                        pad_token_id=0, device=device, merge_lora=True, batch_tokens=budget,
+                                        longest=budget, attn_implementation="flex_attention")
+    out.update(packed_merged_liger=timing(model, "packed", budget, batch_size))
+    out.save()
+    return out
+
+
+def sharp_tiny_model(arch, *, window=8, softcap=2.0, seed=0):
+    """A tiny random classifier whose attention is sharp enough for Gemma-2's softcapping to bite,
+    with a sliding window shorter than a few dozen tokens (the flex tests' and the grads part's)."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from . import modeling
+
+    config = modeling.tiny_config(arch=arch, vocab_size=300, max_position=512, pad_token_id=0)
+    if arch == "gemma2":
+        config.sliding_window, config.attn_logit_softcapping = window, softcap
+    torch.manual_seed(seed)
+    model = AutoModelForSequenceClassification.from_config(config, attn_implementation="eager")
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "q_proj" in name or "k_proj" in name:
+                param.mul_(12)
+    return model
+
+
+def grads_part(results_path, workdir, cpu):
+    """LoRA and head gradients through packed passes (flex_attention on a GPU), without and with
+    gradient checkpointing, against each sequence alone with eager attention, in fp32."""
+    import torch
+
+    from . import modeling, pooling
+    from .settings import Lora
+
+    device, impl = ("cpu", "eager") if cpu else ("cuda:0", "flex_attention")
+    out = Results(results_path, attention=impl, tolerance=AGREEMENT["float32"], entries={})
+    lora = Lora(r=4, alpha=8, dropout=0.0, target_modules=("q_proj", "k_proj", "v_proj", "o_proj"),
+                layers_to_transform=None)
+    rng = np.random.default_rng(1)
+    seqs = [rng.integers(3, 300, int(n)).tolist() for n in rng.integers(2, 60, 9)]
+    targets = torch.arange(len(seqs), device=device) % 3
+
+    def gradients(checkpointing, packed):
+        model = modeling.attach_lora(sharp_tiny_model("gemma2").to(device), lora,
+                                     gradient_checkpointing=checkpointing).train()
+        with torch.no_grad():  # a non-zero B, so that every LoRA factor gets a gradient
+            for name, param in model.named_parameters():
+                if "lora_B" in name:
+                    param.normal_(0, 0.5, generator=torch.Generator(device).manual_seed(3))
+        if packed:
+            model.config._attn_implementation = impl
+            ids, positions, lengths = pooling.packed_inputs(seqs, device)
+            logits = pooling.classify(model, input_ids=ids, position_ids=positions, lengths=lengths, pack_to=512)
+        else:
+            logits = torch.cat([pooling.classify(model, input_ids=torch.tensor([s], device=device),
+                                                 attention_mask=torch.ones(1, len(s), device=device)) for s in seqs])
+        torch.nn.functional.cross_entropy(logits.float(), targets).backward()
+        return {n: p.grad.detach().float().cpu() for n, p in model.named_parameters() if p.requires_grad}
+
+    reference = gradients(False, packed=False)
+    for name, checkpointing in (("packed", False), ("packed_checkpointed", True)):
+        got = gradients(checkpointing, packed=True)
+        diff = max(float((got[n] - reference[n]).abs().max()) for n in reference)
+        out["entries"][name] = {"max_abs_grad_diff": diff, "agrees": diff <= AGREEMENT["float32"],
+                                "largest_grad": max(float(g.abs().max()) for g in reference.values())}
+        out.save()
+    return out
 
 
 def train_part(results_path, workdir, cpu):
@@ -303,6 +406,9 @@ def tests_part(name, results_path, cpu):
     if proc.returncode:
         raise SystemExit(f"{name}: pytest exited {proc.returncode}")
     return out
+
+
+MEASURING = {"predict": predict_part, "grads": grads_part, "train": train_part, "liger": liger_part}
 
 
 # --------------------------------------------------------------------------- wheels for the device
@@ -373,10 +479,8 @@ def main(argv=None):
         return run_main(collect_device_wheels)(args.out_dir)
     if args.command == "part":
         result, workdir = Path(args.result), Path(args.workdir)
-        if args.name == "predict":
-            return predict_part(result, workdir, args.cpu)
-        if args.name == "train":
-            return train_part(result, workdir, args.cpu)
+        if args.name in MEASURING:
+            return MEASURING[args.name](result, workdir, args.cpu)
         return tests_part(args.name, result, args.cpu)
     out = Path(args.out_dir) / out_name(device_name(args.cpu))
     report = run_check(budget_s=args.budget_s, out_path=out, cpu=args.cpu, parts=tuple(args.parts))

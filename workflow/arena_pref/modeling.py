@@ -101,9 +101,12 @@ def _from_pretrained(auto_class, backbone, *, quantization, dtype, attn_implemen
     impl = attention_implementation(attn_implementation, config, dev, training=training, split=split)
     if impl:
         kwargs["attn_implementation"] = impl
-    softcapped = bool(getattr(config, "attn_logit_softcapping", None))
-    if softcapped and not attention_softcap:
+    drop_cap = bool(getattr(config, "attn_logit_softcapping", None)) and not attention_softcap
+    to_sdpa = drop_cap and impl in (None, "sdpa")
+    if drop_cap:
         kwargs["attn_logit_softcapping"] = None
+    if to_sdpa:  # transformers refuses SDPA for Gemma-2 (it cannot softcap): switched after loading
+        kwargs["attn_implementation"] = "eager"
     qconf = quantization_config(quantization, compute_dtype)
     if qconf is not None:
         kwargs["quantization_config"] = qconf
@@ -111,8 +114,8 @@ def _from_pretrained(auto_class, backbone, *, quantization, dtype, attn_implemen
         backbone, dtype=compute_dtype,
         device_map=device_map or {"": dev.index if dev.type == "cuda" and dev.index is not None else dev.type},
         **kwargs)
-    if softcapped and not attention_softcap:
-        drop_softcap(model)
+    if drop_cap:
+        drop_softcap(model, to_sdpa=to_sdpa)
     apply_liger(model, dev)
     log.info("loaded %s (%s, %s) on %s with %s attention", type(model).__name__, quantization, dtype,
              ", ".join(dict.fromkeys(map(str, device_map.values()))) if device_map else dev,
@@ -163,11 +166,11 @@ def apply_liger(model, device):
     return model
 
 
-def drop_softcap(model):
-    """A model loaded without attention softcapping runs SDPA where its class would pick eager:
-    Gemma-2 turns SDPA off only because SDPA cannot softcap (``_supports_sdpa = False``), so the
-    attention interface is switched after loading, as transformers' own loader would refuse it."""
-    if model.config._attn_implementation == "eager":
+def drop_softcap(model, *, to_sdpa):
+    """A model loaded without attention softcapping runs SDPA where its default or SDPA was asked
+    for: Gemma-2 turns SDPA off only because SDPA cannot softcap (``_supports_sdpa = False``), so
+    the attention interface is switched after loading, which transformers' loader would refuse."""
+    if to_sdpa:
         model.config._attn_implementation = "sdpa"
     log.info("attention softcapping off (attention_softcap: false): %s attention", model.config._attn_implementation)
 
@@ -248,22 +251,33 @@ def flex_attention_unavailable(device, *, training, split):
 
 
 def _fastest(config, device, *, training, split):
-    """(implementation, why) for ``attn_implementation: fastest`` on ``device``: FlashAttention-4 on
-    Hopper and newer where installed, flex_attention on other GPUs of compute capability 8.0 or
-    newer, else the model's default (None)."""
+    """(implementation, why) for ``attn_implementation: fastest`` on ``device``.
+
+    Prediction: FlashAttention-4 on Hopper and newer where installed, else flash-attention 2 where
+    it runs, else flex_attention on GPUs of compute capability 8.0 or newer, else the model's
+    default (None). Training: flash-attention 2 where it runs, else the default: the backward
+    passes of FlashAttention-4 (a beta) and of flex_attention (with gradient checkpointing, and at
+    Gemma-2's head size 256) have not run on a GPU here (docs/gpu.md); name them to train with
+    them."""
     device = torch.device(device)
     if device.type != "cuda":
         return None, f"no fused packed attention on {device.type}: per-sequence attention (varlen.py)"
-    if (why_fa4 := flash_attention_4_unavailable(device)) is None:
+    why_fa4 = "not for training" if training else flash_attention_4_unavailable(device)
+    if why_fa4 is None:
         return "flash_attention_4", "FlashAttention-4 runs on this GPU"
+    if (why_fa2 := flash_attention_unavailable(config, device)) is None:
+        return "flash_attention_2", f"flash-attention 2 (FlashAttention-4: {why_fa4})"
+    tried = f"FlashAttention-4: {why_fa4}; flash-attention 2: {why_fa2}"
+    if training:
+        return None, (f"the model's default attention ({tried}; flex_attention's backward is unverified on a "
+                      "GPU: name it to train with it)")
     major, minor = _capability(device)
     if (major, minor) < (8, 0):
         # Gemma-2's head size 256 under flex_attention on a T4's smaller shared memory is unverified
-        return None, (f"compute capability {major}.{minor}: flex_attention is unverified below 8.0, so the "
-                      "model's default attention")
+        return None, f"the model's default attention ({tried}; flex_attention is unverified below 8.0)"
     if (why_flex := flex_attention_unavailable(device, training=training, split=split)) is None:
-        return "flex_attention", f"flex_attention ({why_fa4})"
-    return None, f"the model's default attention ({why_fa4}; flex_attention: {why_flex})"
+        return "flex_attention", f"flex_attention ({tried})"
+    return None, f"the model's default attention ({tried}; flex_attention: {why_flex})"
 
 
 def attention_implementation(requested, config, device, *, training=False, split=False):
@@ -373,8 +387,8 @@ def load_for_inference(backbone, adapter_dir, *, quantization, dtype, pad_token_
 def adapters_to(model, dtype):
     """LoRA factors in the compute ``dtype`` for prediction. peft keeps them in fp32
     (``autocast_adapter_dtype``), so every LoRA layer would cast its input to fp32 and back: about
-    11 % of a 9B model's prediction time on an H100 (README, "Speed"). The score head keeps the
-    dtype it was saved in."""
+    11 % of a 9B model's prediction time on an H100 (README, "Speed"). (peft loads the score head's
+    trained copy in the base model's dtype already.)"""
     for name, param in model.named_parameters():
         if ".lora_" in name and param.is_floating_point():
             param.data = param.data.to(dtype)

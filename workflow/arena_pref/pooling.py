@@ -211,10 +211,11 @@ def _packed_body(parts, input_ids, position_ids, bounds, pack_to=None):
         kwargs["use_cache"] = False
     config = parts.body.config
     if config._attn_implementation == flexmask.NAME:
-        # one flex_attention call per layer over a pass of fixed size, block masks made once
+        # one flex_attention call per layer over a pass of one of a few sizes, block masks made once
         size = flexmask.pass_size(bounds[-1], pack_to)
         ids, kwargs["position_ids"] = flexmask.pad_pass(input_ids, position_ids, size)
-        kwargs["attention_mask"] = flexmask.packed_masks(config, bounds, size, input_ids.device)
+        kwargs["attention_mask"] = flexmask.packed_masks(config, bounds, size, input_ids.device,
+                                                         causal=parts.decoder)
         with flexmask.static_shapes():
             return parts.body(input_ids=ids, **kwargs).last_hidden_state[:, :bounds[-1]]
     if varlen.install(config):

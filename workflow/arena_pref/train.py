@@ -27,6 +27,7 @@ from .modeling import attach_lora, default_device, job_devices, load_model, load
 from .placement import job_device_map
 from .pooling import classify, concat_row, packed_inputs, packing_unsupported, pad_rows, padded_inputs
 from .settings import to_params
+from .varlen import base_implementation
 
 log = logging.getLogger(__name__)
 
@@ -439,6 +440,7 @@ def _metrics(trainer, result, elapsed, *, resume, steps_before, seqs):
         "runtime_s_this_run": elapsed,
         "tokens_per_s_this_run": trainer.tokens_seen / max(elapsed, 1e-9),
         "optimizer": _optim(trainer.args),
+        "attention": base_implementation(trainer.model.config),  # what ran (attn_implementation fastest picks)
         "device": str(default_device()),
         # the GPU that peaked highest (of a model split over several: each holds part of it)
         "peak_memory_mb": (max(torch.cuda.max_memory_allocated(i) for i in range(torch.cuda.device_count())) / 2**20
