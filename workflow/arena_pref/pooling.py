@@ -179,9 +179,9 @@ def classify(model, *, input_ids, attention_mask=None, lengths=None, position_id
     """Logits (n, 3) for a padded batch (``attention_mask``, padded on either side) or for one
     packed row (``input_ids`` of shape (1, T) holding sequences of ``lengths``, with
     ``position_ids``; ``bounds``: the sequences' boundaries as host ints, read from ``lengths``
-    when not given; ``pack_to``: the job's pass budget, to which ``flex_attention`` pads every
-    pass so that its kernel compiles once). ``segments`` (shaped like ``input_ids``): answer
-    segment ids, for ``pooling="pair"``."""
+    when not given; ``pack_to``: the job's pass budget, by which ``flex_attention`` pads every
+    pass to one of a few sizes, so that its kernel compiles a few times per job, not once per
+    pass). ``segments`` (shaped like ``input_ids``): answer segment ids, for ``pooling="pair"``."""
     parts = model_parts(model)
     pooling = resolve_pooling(pooling, parts)
     if pooling == "pair" and segments is None:

@@ -31,8 +31,8 @@ log = logging.getLogger(__name__)
 
 def forward_batch(model, sequences, batch, *, pad_token_id, pooling, segments=None, pack_to=None):
     """Logits for one planned batch (padded to ``batch.width`` or packed when it is 0);
-    ``segments``: the sequences' answer segment ids (pooling ``pair``); ``pack_to``: the token
-    count of every packed pass (:func:`pooling.classify`)."""
+    ``segments``: the sequences' answer segment ids (pooling ``pair``); ``pack_to``: the job's
+    pass budget (:func:`pooling.classify`)."""
     dev = next(model.parameters()).device
     seqs = [sequences[i] for i in batch.rows]
     segs = [segments[i] for i in batch.rows] if segments is not None else None
