@@ -60,7 +60,7 @@ gpu-check:
 		--budget-s $(GPU_CHECK_BUDGET) --out-dir $(GPU_CHECK_OUT) $(GPU_CHECK_ARGS)
 
 # the default config on a labelled real data set (Kaggle format plus test_labels.csv), scored on
-# its test labels beside the class prior and a length logistic regression (README, "Real human
+# its test labels beside the class prior and a length logistic regression (docs/results.md, "Real human
 # judgments"): make real-data DATA=path/to/dir
 real-data: setup
 	@test -n "$(DATA)" || { echo "make real-data: name the data directory, e.g. DATA=../shared/data/hh-harmless"; exit 2; }

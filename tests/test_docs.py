@@ -1,4 +1,4 @@
-"""The Snakemake commands the README and the presets show parse as meant: options such as
+"""The Snakemake commands the README, docs/ and the presets show parse as meant: options such as
 --configfile, --resources and --default-resources take every word after them, so a target written
 after one of them would be read as a config file or a resource."""
 

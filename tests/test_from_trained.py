@@ -63,7 +63,7 @@ def test_a_run_from_trained_models_reproduces_the_submission(run_a, tmp_path):
 
 def test_the_time_estimate_is_close_to_the_test_passes_wall_time(run_a, tmp_path):
     """The estimate (each model timed on a sample of its test rows) against the wall time the
-    prediction jobs then take: within a factor of 1.6 on CPU (README)."""
+    prediction jobs then take: within a factor of 1.6 on CPU (docs/kaggle.md)."""
     import csv
 
     trained_run_config(run_a, tmp_path)

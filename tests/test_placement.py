@@ -292,12 +292,12 @@ def test_jobs_of_a_split_model_claim_its_gpus(tmp_path):
 
 
 def test_the_readme_example_is_a_valid_config():
-    """The README's Gemma-2-9B float16 example (2x T4) passes the config checks as written."""
+    """docs/gpu.md's Gemma-2-9B float16 example (2x T4) passes the config checks as written."""
     import yaml
 
     from workflow_helpers import REPO
 
-    section = (REPO / "README.md").read_text().split("## Models too large for one GPU")[1]
+    section = (REPO / "docs" / "gpu.md").read_text().split("## Models too large for one GPU")[1]
     example = yaml.safe_load(section.split("```yaml\n")[1].split("```")[0])["models"]["gemma2_9b_fp16"]
     model = settings.model_config(example, name="gemma2_9b_fp16")
     assert model.options.model_parallel.gpus == 2 and model.training.loading.quantization == "none"

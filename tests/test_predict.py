@@ -250,7 +250,7 @@ def test_merged_lora_predicts_what_the_adapter_does(request, tmp_path, quantizat
     seqs = random_sequences(16, 3, 60, seed=6)
     batches = batching.plan_batches([len(s) for s in seqs], method="packed", max_tokens=200)
     # the reference runs the 4-bit layers in train mode: in eval mode on CPUs with AVX512-BF16,
-    # bitsandbytes repacks them for an inference kernel that computes in bf16 (README)
+    # bitsandbytes repacks them for an inference kernel that computes in bf16 (docs/limitations.md)
     unmerged.train()
     reference = predict.run_batches(unmerged, seqs, batches, pad_token_id=0)
     got = predict.run_batches(merged, seqs, batches, pad_token_id=0)

@@ -5,7 +5,7 @@ real one (its special tokens, left padding). Its own dtype, quantization, packin
 checkpointing, LoRA targets and prediction settings run as written.
 
 Settings a CPU cannot honour, and what runs instead (CPU_FALLBACKS: each logged by the job, and
-listed in the README): attn_implementation fastest picks the model's default attention (eager for
+listed in docs/gpu.md): attn_implementation fastest picks the model's default attention (eager for
 Gemma-2, SDPA for Llama, attending per packed sequence); adamw_8bit falls back to 32-bit AdamW; predict_gpus 2 runs on the one CPU
 device; bfloat16 and float16 mixed precision run through torch's CPU autocast, and 4-bit and 8-bit
 layers through bitsandbytes' CPU kernels.

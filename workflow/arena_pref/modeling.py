@@ -387,7 +387,7 @@ def load_for_inference(backbone, adapter_dir, *, quantization, dtype, pad_token_
 def adapters_to(model, dtype):
     """LoRA factors in the compute ``dtype`` for prediction. peft keeps them in fp32
     (``autocast_adapter_dtype``), so every LoRA layer would cast its input to fp32 and back: about
-    11 % of a 9B model's prediction time on an H100 (README, "Speed"). (peft loads the score head's
+    11 % of a 9B model's prediction time on an H100 (docs/gpu.md, "Speed"). (peft loads the score head's
     trained copy in the base model's dtype already.)"""
     for name, param in model.named_parameters():
         if ".lora_" in name and param.is_floating_point():

@@ -9,7 +9,7 @@ config (the shipped ``config.yaml`` unless ``--configfile``) whose data paths po
 directory; then every test prediction is scored against the labels beside two references fitted
 on the same training rows: the class prior, and a logistic regression on the log character
 lengths of the two last answers. The JSON holds each figure (test and OOF log loss); the table
-printed is the README's.
+printed is docs/results.md's.
 """
 
 from __future__ import annotations
