@@ -42,7 +42,7 @@ def test_every_preset_has_a_smoke_test():
 
 def preset_with_tiny_backbone(name):
     cfg = yaml.safe_load((PRESETS / name).read_text())
-    for model in cfg["models"].values():
+    for model in (m for m in cfg["models"].values() if m.get("kind", "llm") == "llm"):
         model["backbone"] = {"kind": "tiny", "vocab_size": 600, "hidden_size": 64, "num_heads": 4,
                              "intermediate_size": 128, "max_position": model["max_length"], **TINY[name]}
     return cfg
@@ -60,7 +60,10 @@ def test_preset_runs_on_cpu(tmp_path, name):
     sub = pd.read_csv(tmp_path / "results/submission.csv")
     assert len(sub) == 8 and np.isfinite(sub.drop(columns="id").to_numpy()).all()
     text = (PRESETS / name).read_text()
+    assert any(m.get("kind") == "features" for m in cfg["models"].values())  # stacked beside the LLM
     for model, settings in cfg["models"].items():
+        if settings.get("kind", "llm") != "llm":
+            continue
         train = settings["train"]
         for fold in range(cfg["cv"]["n_folds"]):
             log = (tmp_path / f"results/logs/train/{model}/fold{fold}.log").read_text()

@@ -304,12 +304,14 @@ def test_preset_dry_run(preset, tmp_path):
         path = tmp_path / cfg["data"][key]
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("id,prompt,response_a,response_b\n")
-    for m in cfg["models"].values():
+    llms = [m for m in cfg["models"].values() if m.get("kind", "llm") == "llm"]
+    for m in llms:
         real_shaped_backbone(tmp_path / m["backbone"]["path"], "gemma2" if "gemma" in preset else "llama")
     proc = snakemake(tmp_path, "-n", "-j2", config=REPO / "workflow" / "presets" / preset)
     jobs = planned_jobs(proc)
     n_folds = cfg.get("cv", {}).get("n_folds", 5)
-    assert jobs["train"] == n_folds * len(cfg["models"]) and jobs["blend"] == 1
+    assert jobs["train"] == n_folds * len(llms) and jobs["blend"] == 1
+    assert jobs["features_fold"] == n_folds * (len(cfg["models"]) - len(llms)) > 0  # the stacked feature members
 
 
 def test_profiles_name_existing_rules_and_local_2gpu_plans(tmp_path):
