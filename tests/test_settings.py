@@ -379,3 +379,16 @@ def test_missing_inputs_of_a_run_from_trained_models(tmp_path, monkeypatch):
     (tmp_path / "gone").mkdir()
     raw["models"]["minilm"]["backbone"] = BASE["models"]["minilm"]["backbone"]
     assert inputs.missing_inputs(settings.load_config(raw)) == []
+
+
+def test_the_shipped_run_from_trained_models_is_valid_and_predicts_as_the_preset_trained():
+    """workflow/examples/predict-from-trained.yaml: a complete config of a run from trained models,
+    with the preset's models and, for the LLM, the settings it was trained with."""
+    example = yaml.safe_load((REPO / "workflow/examples/predict-from-trained.yaml").read_text())
+    config = settings.load_config(example)
+    assert config.predict_only and config.blender_source == "runs/gemma/results/blender.json"
+    preset = yaml.safe_load((REPO / "workflow/presets/gemma2-9b-qlora.yaml").read_text())
+    assert set(example["models"]) == set(preset["models"])
+    as_trained = {k: v for k, v in example["models"]["gemma2_9b"].items() if k != "trained"}
+    assert as_trained == {k: v for k, v in preset["models"]["gemma2_9b"].items() if k != "train"}
+    assert all(m.trained == f"runs/gemma/results/models/{name}" for name, m in config.models.items())
