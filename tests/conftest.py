@@ -26,11 +26,14 @@ def char_tokenizer():
 def _build_tiny(tmp_path_factory, arch):
     from arena_pref.modeling import build_tiny_backbone
 
-    texts = [f"prompt {i}: what is {w}? the answer about {w} is long and complete."
-             for i, w in enumerate(["rust", "python", "tea", "maps", "stars"] * 40)]
+    texts = [
+        f"prompt {i}: what is {w}? the answer about {w} is long and complete."
+        for i, w in enumerate(["rust", "python", "tea", "maps", "stars"] * 40)
+    ]
     out = tmp_path_factory.mktemp("backbones") / f"tiny_{arch}"
-    build_tiny_backbone(out, texts, arch=arch, vocab_size=400, hidden_size=64, num_layers=2,
-                        num_heads=4, intermediate_size=128, seed=0)
+    build_tiny_backbone(
+        out, texts, arch=arch, vocab_size=400, hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128, seed=0
+    )
     return out
 
 

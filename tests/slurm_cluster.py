@@ -83,11 +83,11 @@ class Cluster:
             Path(d).mkdir(parents=True, exist_ok=True)
         if not Path("/etc/munge/munge.key").exists():
             _run("mungekey", "-c", "-f")
-        subprocess.run(["chown", "-R", "munge:munge", "/etc/munge", "/run/munge", "/var/log/munge"],
-                       capture_output=True)
+        subprocess.run(
+            ["chown", "-R", "munge:munge", "/etc/munge", "/run/munge", "/var/log/munge"], capture_output=True
+        )
         if _run("pgrep", "-x", "munged").returncode != 0:
-            self._spawn("setpriv", "--reuid", "munge", "--regid", "munge", "--init-groups",
-                        "/usr/sbin/munged", "-F")
+            self._spawn("setpriv", "--reuid", "munge", "--regid", "munge", "--init-groups", "/usr/sbin/munged", "-F")
             time.sleep(1)
         if _run("pgrep", "-x", "slurmctld").returncode != 0:
             self._spawn("slurmctld", "-D")

@@ -15,12 +15,24 @@ from arena_pref.errors import InputError
 pytestmark = pytest.mark.filterwarnings("ignore:.*LoRA tensor\\(s\\) have invalid shape:UserWarning")
 
 N_FOLDS = 3
-GEMMA_LORA = {"r": 4, "alpha": 8, "dropout": 0.0, "layers_to_transform": None,
-              "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}
+GEMMA_LORA = {
+    "r": 4,
+    "alpha": 8,
+    "dropout": 0.0,
+    "layers_to_transform": None,
+    "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+}
 # rsLoRA, per-layer ranks and alphas, and a bias on lora_B: every rule of the averaging at once
-BERT_LORA = {"r": 4, "lora_alpha": 8, "use_rslora": True, "lora_bias": True,
-             "target_modules": ["query", "key", "value", "dense"], "modules_to_save": ["classifier"],
-             "rank_pattern": {"layer.0.attention.self.query": 2}, "alpha_pattern": {"layer.1.output.dense": 3}}
+BERT_LORA = {
+    "r": 4,
+    "lora_alpha": 8,
+    "use_rslora": True,
+    "lora_bias": True,
+    "target_modules": ["query", "key", "value", "dense"],
+    "modules_to_save": ["classifier"],
+    "rank_pattern": {"layer.0.attention.self.query": 2},
+    "alpha_pattern": {"layer.1.output.dense": 3},
+}
 
 
 def load_base(base_dir):
@@ -66,9 +78,18 @@ def gemma(tmp_path_factory):
     from transformers import AutoModelForSequenceClassification
 
     root = tmp_path_factory.mktemp("gemma")
-    config = modeling.tiny_config(arch="gemma2", vocab_size=128, hidden_size=64, num_layers=2, num_heads=4,
-                                  intermediate_size=128, max_position=64, pad_token_id=0, bos_token_id=2,
-                                  eos_token_id=1)
+    config = modeling.tiny_config(
+        arch="gemma2",
+        vocab_size=128,
+        hidden_size=64,
+        num_layers=2,
+        num_heads=4,
+        intermediate_size=128,
+        max_position=64,
+        pad_token_id=0,
+        bos_token_id=2,
+        eos_token_id=1,
+    )
     torch.manual_seed(0)
     AutoModelForSequenceClassification.from_config(config).save_pretrained(root / "base")
     return root / "base", make_folds(root / "base", root, attach_gemma)
@@ -80,8 +101,15 @@ def bert(tmp_path_factory):
     from transformers import BertConfig, BertForSequenceClassification
 
     root = tmp_path_factory.mktemp("bert")
-    config = BertConfig(vocab_size=128, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=64, max_position_embeddings=64, num_labels=3)
+    config = BertConfig(
+        vocab_size=128,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        num_labels=3,
+    )
     torch.manual_seed(0)
     BertForSequenceClassification(config).save_pretrained(root / "base")
     return root / "base", make_folds(root / "base", root, attach_bert)
@@ -107,8 +135,13 @@ def test_averaged_adapter_is_the_mean_of_the_fold_models(request, tmp_path, arch
 
     base_dir, folds = request.getfixturevalue(arch)
     summary = adapters.average_adapters(folds, tmp_path / "avg")
-    assert summary == {"n": 3, "rank_before": 4, "rank_after": 12, "out_dir": str(tmp_path / "avg"),
-                       "tensors": len(load_file(folds[0] / adapters.WEIGHTS))}
+    assert summary == {
+        "n": 3,
+        "rank_before": 4,
+        "rank_after": 12,
+        "out_dir": str(tmp_path / "avg"),
+        "tensors": len(load_file(folds[0] / adapters.WEIGHTS)),
+    }
     config = json.loads((tmp_path / "avg" / adapters.CONFIG).read_text())
     assert (config["r"], config["lora_alpha"]) == (12, 24)
 
@@ -122,8 +155,9 @@ def test_averaged_adapter_is_the_mean_of_the_fold_models(request, tmp_path, arch
     mean_model = load_base(base_dir)
     mean_model.load_state_dict(mean)
     expected = logits(mean_model)
-    torch.testing.assert_close(logits(PeftModel.from_pretrained(load_base(base_dir), tmp_path / "avg")),
-                               expected, rtol=0, atol=1e-5)  # unmerged: the rank-12 LoRA layers
+    torch.testing.assert_close(
+        logits(PeftModel.from_pretrained(load_base(base_dir), tmp_path / "avg")), expected, rtol=0, atol=1e-5
+    )  # unmerged: the rank-12 LoRA layers
     mean_model.load_state_dict(averaged)
     torch.testing.assert_close(logits(mean_model), expected, rtol=0, atol=1e-5)
     # not vacuous: the folds are different models, and their mean is none of them
@@ -165,15 +199,19 @@ def drop_tensor(adapter_dir, key):
 KEY = "base_model.model.model.layers.1.mlp.up_proj.lora_A.weight"
 
 
-@pytest.mark.parametrize("change,expected", [
-    (lambda d: edit_config(d, r=8), "field 'r' is 8 there and 4"),
-    (lambda d: edit_config(d, target_modules=["q_proj", "v_proj"]), "field 'target_modules'"),
-    (lambda d: edit_config(d, lora_alpha=16), "field 'lora_alpha'"),
-    (lambda d: drop_tensor(d, KEY), f"tensor '{KEY}' is only in"),
-    (lambda d: edit_config(d, use_dora=True), "DoRA"),
-    (lambda d: edit_config(d, peft_type="IA3"), "only LORA adapters"),
-    (lambda d: (d / adapters.WEIGHTS).unlink(), "has no adapter_model.safetensors"),
-], ids=["r", "target_modules", "lora_alpha", "missing_tensor", "dora", "peft_type", "no_safetensors"])
+@pytest.mark.parametrize(
+    "change,expected",
+    [
+        (lambda d: edit_config(d, r=8), "field 'r' is 8 there and 4"),
+        (lambda d: edit_config(d, target_modules=["q_proj", "v_proj"]), "field 'target_modules'"),
+        (lambda d: edit_config(d, lora_alpha=16), "field 'lora_alpha'"),
+        (lambda d: drop_tensor(d, KEY), f"tensor '{KEY}' is only in"),
+        (lambda d: edit_config(d, use_dora=True), "DoRA"),
+        (lambda d: edit_config(d, peft_type="IA3"), "only LORA adapters"),
+        (lambda d: (d / adapters.WEIGHTS).unlink(), "has no adapter_model.safetensors"),
+    ],
+    ids=["r", "target_modules", "lora_alpha", "missing_tensor", "dora", "peft_type", "no_safetensors"],
+)
 def test_incompatible_folds_are_refused(gemma, tmp_path, change, expected):
     _, folds = gemma
     odd = tmp_path / "odd_fold"
@@ -192,8 +230,12 @@ def test_fields_that_do_not_matter_may_differ(gemma, tmp_path):
     moved = tmp_path / "moved"
     shutil.copytree(folds[1], moved)
     config = json.loads((moved / adapters.CONFIG).read_text())
-    edit_config(moved, base_model_name_or_path="/kaggle/input/gemma-2-9b", inference_mode=False,
-                target_modules=config["target_modules"][::-1])
+    edit_config(
+        moved,
+        base_model_name_or_path="/kaggle/input/gemma-2-9b",
+        inference_mode=False,
+        target_modules=config["target_modules"][::-1],
+    )
     assert adapters.average_adapters([folds[0], moved], tmp_path / "avg")["rank_after"] == 8
 
 

@@ -6,10 +6,20 @@ import torch
 
 from arena_pref import bench
 
-SMALL_GEMMA2 = dict(vocab_size=512, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                    num_key_value_heads=2, head_dim=16, intermediate_size=128, sliding_window=256,
-                    query_pre_attn_scalar=16, attn_logit_softcapping=50.0, final_logit_softcapping=30.0,
-                    max_position_embeddings=512)
+SMALL_GEMMA2 = dict(
+    vocab_size=512,
+    hidden_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+    intermediate_size=128,
+    sliding_window=256,
+    query_pre_attn_scalar=16,
+    attn_logit_softcapping=50.0,
+    final_logit_softcapping=30.0,
+    max_position_embeddings=512,
+)
 METHODS = {"fixed", "sorted_dynamic", "token_budget", "packed"}
 
 
@@ -30,8 +40,16 @@ def test_inference_bench_compares_methods_and_the_merged_adapter():
 def test_gpu_bench_reports_fraction_of_peak_per_precision(caplog):
     """The workflow's prediction path: adapter attached, merged and unmerged, flash-attention where
     it runs (not on a CPU: the model's default attention, logged)."""
-    result = bench.bench_gpu(rows=6, max_length=128, budget=512, pack_budget=512, dtype="float32",
-                             shape=SMALL_GEMMA2, peak_tflops=1.0, threads=1)
+    result = bench.bench_gpu(
+        rows=6,
+        max_length=128,
+        budget=512,
+        pack_budget=512,
+        dtype="float32",
+        shape=SMALL_GEMMA2,
+        peak_tflops=1.0,
+        threads=1,
+    )
     assert set(result["by_precision"]) == {"float32", "4bit"}
     for run in result["by_precision"].values():
         assert set(run["methods"]) == METHODS | {"packed_merged"}
@@ -55,8 +73,17 @@ def test_gpu_bench_records_out_of_memory_and_goes_on(monkeypatch):
         return real(model, seqs, batches, **kw)
 
     monkeypatch.setattr(bench, "time_method", short_of_memory)
-    result = bench.bench_gpu(rows=6, max_length=128, budget=512, pack_budget=512, dtype="float32",
-                             shape=SMALL_GEMMA2, peak_tflops=1.0, quantizations=("4bit",), threads=1)
+    result = bench.bench_gpu(
+        rows=6,
+        max_length=128,
+        budget=512,
+        pack_budget=512,
+        dtype="float32",
+        shape=SMALL_GEMMA2,
+        peak_tflops=1.0,
+        quantizations=("4bit",),
+        threads=1,
+    )
     methods = result["by_precision"]["4bit"]["methods"]
     assert methods["sorted_dynamic"]["error"].startswith("out of memory")
     assert all("tokens_per_s" in m for k, m in methods.items() if k != "sorted_dynamic")
@@ -90,8 +117,12 @@ def test_gpu_peak_table_matches_specific_names_first():
 
 def test_training_bench_runs_baseline_and_ours():
     result = bench.bench_training(rows=16, max_length=128, batch_size=4, threads=1)
-    assert set(result["methods"]) == {"hf_trainer_padded", "ours_length_grouped", "ours_packed",
-                                      "ours_packed_token_budget"}
+    assert set(result["methods"]) == {
+        "hf_trainer_padded",
+        "ours_length_grouped",
+        "ours_packed",
+        "ours_packed_token_budget",
+    }
     assert all(m["tokens_per_s"] > 0 for m in result["methods"].values())
 
 

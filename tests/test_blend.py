@@ -250,9 +250,7 @@ def test_blend_run_given_weights(inputs):
     assert set(m) == {"prior_log_loss", "models", "blend", "n_train", "n_test"}
     assert m["n_train"] == len(y) and m["n_test"] == 50
     freq = np.bincount(y, minlength=3) / len(y)
-    assert m["prior_log_loss"] == pytest.approx(
-        sk_log_loss(y, np.tile(freq, (len(y), 1))), abs=1e-9
-    )
+    assert m["prior_log_loss"] == pytest.approx(sk_log_loss(y, np.tile(freq, (len(y), 1))), abs=1e-9)
 
     good = m["models"]["good"]
     assert set(good) == {"log_loss", "log_loss_tta", "log_loss_used", "accuracy", "folds", "beats_prior"}
@@ -264,9 +262,7 @@ def test_blend_run_given_weights(inputs):
     assert good["log_loss_tta"] == pytest.approx(sk_log_loss(y, tta, labels=[0, 1, 2]), abs=1e-9)
     assert good["log_loss_tta"] < good["log_loss"]
     assert good["accuracy"] == pytest.approx(np.mean(tta.argmax(axis=1) == y))
-    expected_folds = [
-        sk_log_loss(y[folds == k], tta[folds == k], labels=[0, 1, 2]) for k in range(N_FOLDS)
-    ]
+    expected_folds = [sk_log_loss(y[folds == k], tta[folds == k], labels=[0, 1, 2]) for k in range(N_FOLDS)]
     np.testing.assert_allclose(good["folds"], expected_folds, atol=1e-9)
     noise_plain = aligned(oof["noise"], ids, ["a", "b", "tie"])
     assert m["models"]["noise"]["folds"][0] == pytest.approx(
@@ -303,9 +299,7 @@ def test_blend_run_optimize_and_calibrate(inputs):
     oof, test, y_by_id, folds_by_id = inputs
     use_tta = {"good": True, "noise": False}
     _, plain, _, _blender = blend_run(oof, test, y_by_id, folds_by_id, use_tta=use_tta, method="optimize")
-    sub, m, _, _blender = blend_run(
-        oof, test, y_by_id, folds_by_id, use_tta=use_tta, method="optimize", calibrate=True
-    )
+    sub, m, _, _blender = blend_run(oof, test, y_by_id, folds_by_id, use_tta=use_tta, method="optimize", calibrate=True)
     b = m["blend"]
     assert b["method"] == "optimize"
     assert b["weights"]["good"] > 0.8
@@ -423,17 +417,35 @@ def test_blend_step_takes_model_names_from_the_rule_not_from_paths(inputs, tmp_p
         io.write_parquet(test[old], test_paths[new])
     train = pd.DataFrame({"id": y_by_id.index, "label": y_by_id.to_numpy()})
     data.write_parsed(train, tmp_path / "train.parquet")
-    io.write_parquet(pd.DataFrame({"id": folds_by_id.index, "fold": folds_by_id.to_numpy()}), tmp_path / "folds.parquet")
-    steps.blend(oof_paths=oof_paths, test_paths=test_paths, train_parquet=tmp_path / "train.parquet", test_parquet=None,
-                folds_parquet=tmp_path / "folds.parquet", settings=BlendSettings("weights", {"test": 3, "oof": 1}, 1.0, False, True,
-                                                          PostRules(False, False)),
-                tta={"test": True, "oof": False}, submission=tmp_path / "sub.csv", metrics_path=tmp_path / "m.json",
-                oof_blend_path=tmp_path / "oof_blend.parquet", blender_path=tmp_path / "blender.json",
-                    run_info_path=tmp_path / "run_info.json", config={})
+    io.write_parquet(
+        pd.DataFrame({"id": folds_by_id.index, "fold": folds_by_id.to_numpy()}), tmp_path / "folds.parquet"
+    )
+    steps.blend(
+        oof_paths=oof_paths,
+        test_paths=test_paths,
+        train_parquet=tmp_path / "train.parquet",
+        test_parquet=None,
+        folds_parquet=tmp_path / "folds.parquet",
+        settings=BlendSettings("weights", {"test": 3, "oof": 1}, 1.0, False, True, PostRules(False, False)),
+        tta={"test": True, "oof": False},
+        submission=tmp_path / "sub.csv",
+        metrics_path=tmp_path / "m.json",
+        oof_blend_path=tmp_path / "oof_blend.parquet",
+        blender_path=tmp_path / "blender.json",
+        run_info_path=tmp_path / "run_info.json",
+        config={},
+    )
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert metrics["blend"]["weights"] == {"test": 0.75, "oof": 0.25}
-    _, expected, _, _blender = blend_run(oof, test, y_by_id, folds_by_id, use_tta={"good": True, "noise": False},
-                               method="weights", weights={"good": 3, "noise": 1})
+    _, expected, _, _blender = blend_run(
+        oof,
+        test,
+        y_by_id,
+        folds_by_id,
+        use_tta={"good": True, "noise": False},
+        method="weights",
+        weights={"good": 3, "noise": 1},
+    )
     assert metrics["blend"]["log_loss"] == pytest.approx(expected["blend"]["log_loss"])
 
 
@@ -517,8 +529,15 @@ def test_the_guard_judges_the_blend_after_the_post_rules(inputs):
     y.iloc[: len(y) // 2] = 2
     kinds = pd.Series(np.where(np.isin(ids, y.index[: len(y) // 2]), "identical", ""), index=ids)
     plan = PostRulePlan(("identical",), kinds, pd.Series("", index=test["noise"]["id"].to_numpy()))
-    _, m, _, _blender = blend_run({"noise": oof["noise"]}, {"noise": test["noise"]}, y, folds_by_id,
-                        use_tta={"noise": False}, method="weights", post_rules=plan)
+    _, m, _, _blender = blend_run(
+        {"noise": oof["noise"]},
+        {"noise": test["noise"]},
+        y,
+        folds_by_id,
+        use_tta={"noise": False},
+        method="weights",
+        post_rules=plan,
+    )
     g = m["blend"]["guard"]
     assert m["blend"]["post_rules"]["identical"]["applied_to_test"]
     assert g["beats_prior"] and not g["fell_back"] and g["blend_log_loss"] == pytest.approx(m["blend"]["log_loss"])
@@ -537,8 +556,9 @@ def test_labels_without_ties_stack_to_three_columns(inputs):
     clipped minimum, and the blend still scores and submits."""
     oof, test, y_by_id, folds_by_id = inputs
     no_ties = y_by_id.where(y_by_id != 2, 0)
-    sub, m, oof_blend, _blender = blend_run(oof, test, no_ties, folds_by_id, use_tta={"good": True, "noise": False},
-                                  method="stack", calibrate=True)
+    sub, m, oof_blend, _blender = blend_run(
+        oof, test, no_ties, folds_by_id, use_tta={"good": True, "noise": False}, method="stack", calibrate=True
+    )
     assert (oof_blend["tie"] < 1e-3).all() and np.isfinite(m["blend"]["log_loss"])
     validate_submission(sub, test["good"]["id"])
 
@@ -546,9 +566,16 @@ def test_labels_without_ties_stack_to_three_columns(inputs):
 # --- the blender: fitted once, applied by any run ------------------------------------------
 
 
-@pytest.mark.parametrize("kw", [dict(method="stack"), dict(method="stack", calibrate=True),
-                                dict(method="optimize", calibrate=True), dict(method="weights"),
-                                dict(method="stack", post_rules=True)])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(method="stack"),
+        dict(method="stack", calibrate=True),
+        dict(method="optimize", calibrate=True),
+        dict(method="weights"),
+        dict(method="stack", post_rules=True),
+    ],
+)
 def test_the_blender_file_makes_the_same_submission(inputs, kw):
     """What the blend rule writes to blender.json, read back, gives a run from trained models the
     home run's submission to the last digit (floats survive JSON exactly)."""
@@ -559,13 +586,16 @@ def test_the_blender_file_makes_the_same_submission(inputs, kw):
     plan = None
     if kw.pop("post_rules", False):
         # identical answers: mostly ties, which the members do not know
-        kinds_train = pd.Series(np.where((y_by_id.to_numpy() == 2) & (y_by_id.index % 2 == 0), "identical", ""),
-                                index=y_by_id.index)
+        kinds_train = pd.Series(
+            np.where((y_by_id.to_numpy() == 2) & (y_by_id.index % 2 == 0), "identical", ""), index=y_by_id.index
+        )
         test_ids = test["good"]["id"].to_numpy()
-        plan = PostRulePlan(("identical", "empty"), kinds_train,
-                            pd.Series(np.where(test_ids % 3 == 0, "identical", ""), index=test_ids))
-    sub, _, _, blender = blend_run(oof, test, y_by_id, folds_by_id, use_tta={"good": True, "noise": False},
-                                   post_rules=plan, **kw)
+        plan = PostRulePlan(
+            ("identical", "empty"), kinds_train, pd.Series(np.where(test_ids % 3 == 0, "identical", ""), index=test_ids)
+        )
+    sub, _, _, blender = blend_run(
+        oof, test, y_by_id, folds_by_id, use_tta={"good": True, "noise": False}, post_rules=plan, **kw
+    )
     assert (plan is None) == (not blender["post_rules"])
     # the members in another order than the blender lists them: rows are matched by id
     reordered = {m: test[m] for m in reversed(list(test))}
@@ -607,5 +637,6 @@ def test_a_weights_blender_is_the_weighted_average(inputs):
     ids = test["good"]["id"].to_numpy()
     good = test["good"].set_index("id").loc[ids, ["a", "b", "tie"]].to_numpy()
     noise = test["noise"].set_index("id").loc[ids, ["a", "b", "tie"]].to_numpy()
-    np.testing.assert_allclose(sub[["winner_model_a", "winner_model_b", "winner_tie"]].to_numpy(),
-                               0.75 * good + 0.25 * noise, atol=1e-12)
+    np.testing.assert_allclose(
+        sub[["winner_model_a", "winner_model_b", "winner_tie"]].to_numpy(), 0.75 * good + 0.25 * noise, atol=1e-12
+    )

@@ -19,9 +19,11 @@ def test_rows_are_shared_over_copies_not_over_the_gpus_of_a_split_model():
     assert budget.model_copies(1, SPLIT) == 1
     # 5 passes, each: start + load + 100k tokens x 2 orders at 1000 tokens/s per copy
     assert budget.model_seconds(MEASURED, tokens=100_000, passes=5, tta=True, copies=2) == pytest.approx(
-        5 * (60 + 100.0))
+        5 * (60 + 100.0)
+    )
     assert budget.model_seconds(MEASURED, tokens=100_000, passes=5, tta=True, copies=1) == pytest.approx(
-        5 * (60 + 200.0))
+        5 * (60 + 200.0)
+    )
 
 
 def test_the_estimate_times_a_split_model_split_and_does_not_multiply_its_rate(tmp_path, monkeypatch):
@@ -35,9 +37,19 @@ def test_the_estimate_times_a_split_model_split_and_does_not_multiply_its_rate(t
         return {"device": "cuda:0", "load_s": 50.0, "tokens_per_s": 1000.0, "timed_tokens": 1000}
 
     monkeypatch.setattr(budget, "calibrate", calibrate)
-    models = {name: {"backbone": name, "adapter": "a", "tokens_parquet": tmp_path / "tokens.parquet", "settings": None,
-                     "tta": False, "passes": 1, "allow_bf16_emulation": False, "model_parallel": parallel}
-              for name, parallel in (("big", SPLIT), ("small", None))}
+    models = {
+        name: {
+            "backbone": name,
+            "adapter": "a",
+            "tokens_parquet": tmp_path / "tokens.parquet",
+            "settings": None,
+            "tta": False,
+            "passes": 1,
+            "allow_bf16_emulation": False,
+            "model_parallel": parallel,
+        }
+        for name, parallel in (("big", SPLIT), ("small", None))
+    }
     steps.time_estimate(models=models, limit_h=9, margin_h=0.5, gpus=2, rows=2, out=tmp_path / "estimate.json")
     assert calibrated == {"big": SPLIT, "small": None}
     report = json.loads((tmp_path / "estimate.json").read_text())["models"]

@@ -18,8 +18,10 @@ def load(path, **kaggle):
 
 
 def test_a_bf16_fused_attention_preset_predicts_in_float16_on_both_t4s():
-    config, kaggle = load(REPO / "workflow/presets/gemma2-9b-qlora.yaml",
-                          backbones={"gemma2_9b": "/kaggle/input/gemma-2/transformers/gemma-2-9b-it/2"})
+    config, kaggle = load(
+        REPO / "workflow/presets/gemma2-9b-qlora.yaml",
+        backbones={"gemma2_9b": "/kaggle/input/gemma-2/transformers/gemma-2-9b-it/2"},
+    )
     out = bundle.bundle_config(config, kaggle)
     model = out["models"]["gemma2_9b"]
     assert model["dtype"] == "float16" and model["attn_implementation"] == "auto"
@@ -74,9 +76,16 @@ def test_run_py_moves_only_paths_under_the_bundle():
     """run.py moves the bundle's own paths to where Kaggle mounted it, and nothing that merely
     starts with the same characters (another dataset's path, say)."""
     run = kaggle_run()
-    config = {"models": {"m": {"trained": "/kaggle/input/b/models/m",
-                               "backbone": {"kind": "path", "path": "/kaggle/input/b-weights/gemma"}}},
-              "blend": {"from": "/kaggle/input/b/blender.json"}, "list": ["/kaggle/input/b", 3]}
+    config = {
+        "models": {
+            "m": {
+                "trained": "/kaggle/input/b/models/m",
+                "backbone": {"kind": "path", "path": "/kaggle/input/b-weights/gemma"},
+            }
+        },
+        "blend": {"from": "/kaggle/input/b/blender.json"},
+        "list": ["/kaggle/input/b", 3],
+    }
     moved = run.moved_paths(config, "/kaggle/input/b", "/tmp/here")
     assert moved["models"]["m"]["trained"] == "/tmp/here/models/m"
     assert moved["models"]["m"]["backbone"]["path"] == "/kaggle/input/b-weights/gemma"
@@ -107,11 +116,20 @@ def test_a_model_whose_tta_differs_from_the_blenders_is_an_error(tmp_path):
 
     io.write_json(weights_blender({"m": 1.0}, {"m": True}), tmp_path / "blender.json")
     pd.DataFrame({"id": [1, 2], "a": 0.4, "b": 0.4, "tie": 0.2}).to_parquet(tmp_path / "m.parquet")
-    with pytest.raises(InputError, match=r"config models.m.predict.tta is False, but the blender .*blender.json was "
-                                         r"fitted on its predictions with tta True"):
-        steps.submit(blender_path=tmp_path / "blender.json", test_paths={"m": tmp_path / "m.parquet"},
-                     test_parquet=None, tta={"m": False}, submission=tmp_path / "sub.csv",
-                     run_info_path=tmp_path / "run_info.json", config={})
+    with pytest.raises(
+        InputError,
+        match=r"config models.m.predict.tta is False, but the blender .*blender.json was "
+        r"fitted on its predictions with tta True",
+    ):
+        steps.submit(
+            blender_path=tmp_path / "blender.json",
+            test_paths={"m": tmp_path / "m.parquet"},
+            test_parquet=None,
+            tta={"m": False},
+            submission=tmp_path / "sub.csv",
+            run_info_path=tmp_path / "run_info.json",
+            config={},
+        )
     assert not (tmp_path / "sub.csv").exists()
 
 

@@ -115,14 +115,10 @@ def test_model_columns_are_optional(tmp_path):
 
 
 def test_test_split_needs_no_labels_and_ignores_them(tmp_path):
-    df = read_kaggle_csv(
-        write(tmp_path, [row(label=None, models=False)], "test.csv"), "test"
-    )
+    df = read_kaggle_csv(write(tmp_path, [row(label=None, models=False)], "test.csv"), "test")
     assert list(df.columns) == ["id", "prompt", "response_a", "response_b"]
     # label columns in a test CSV are ignored, even broken ones
-    df = read_kaggle_csv(
-        write(tmp_path, [row(label=("1", "1", ""))], "test.csv"), "test"
-    )
+    df = read_kaggle_csv(write(tmp_path, [row(label=("1", "1", ""))], "test.csv"), "test")
     assert "label" not in df.columns and "winner_tie" not in df.columns
 
 
@@ -150,9 +146,7 @@ def test_round_trip_through_parquet(tmp_path):
     write_parsed(df, tmp_path / "out" / "train.parquet")
     back = read_parsed(tmp_path / "out" / "train.parquet")
     assert back.to_dict("records") == df.to_dict("records")
-    assert isinstance(back.loc[0, "response_a"], list) and back.loc[
-        0, "response_a"
-    ] == ["\ufffd", None]
+    assert isinstance(back.loc[0, "response_a"], list) and back.loc[0, "response_a"] == ["\ufffd", None]
     assert back["id"].dtype == np.int64 and back["label"].dtype == np.int64
 
 
@@ -213,9 +207,7 @@ def test_missing_columns(tmp_path):
 def test_missing_columns_in_test_split(tmp_path):
     r = row(label=None)
     del r["response_b"]
-    assert_error(
-        write(tmp_path, [r], "test.csv"), ["missing", "response_b"], split="test"
-    )
+    assert_error(write(tmp_path, [r], "test.csv"), ["missing", "response_b"], split="test")
 
 
 def test_malformed_csv(tmp_path):
@@ -255,10 +247,16 @@ def test_short_row_is_reported_as_empty_cell(tmp_path):
 
 @pytest.mark.parametrize(
     "cell, problem",
-    [("abc", "'abc' is not a plain integer"), ("1.5", "not a plain integer"), ("", "empty"),
-     # int() takes these, and the submission would carry another id than the one written
-     ("1_000", "'1_000' is not a plain integer"), (" +0077 ", "' +0077 ' is not a plain integer"),
-     ("0077", "'0077' is not a plain integer"), ("\u0661\u0662", "is not a plain integer")],
+    [
+        ("abc", "'abc' is not a plain integer"),
+        ("1.5", "not a plain integer"),
+        ("", "empty"),
+        # int() takes these, and the submission would carry another id than the one written
+        ("1_000", "'1_000' is not a plain integer"),
+        (" +0077 ", "' +0077 ' is not a plain integer"),
+        ("0077", "'0077' is not a plain integer"),
+        ("\u0661\u0662", "is not a plain integer"),
+    ],
 )
 def test_bad_id(tmp_path, cell, problem):
     assert_error(

@@ -68,9 +68,7 @@ def test_make_demo_data_matches_files(demo):
     train, test = make_demo_data(n_train=2000, n_test=300, seed=0)
     assert list(train.columns) == TRAIN_COLUMNS and list(test.columns) == TEST_COLUMNS
     assert train["id"].tolist() == demo["train"]["id"].tolist()
-    assert [json.loads(c) for c in test["prompt"]][:5] == demo["test"][
-        "prompt"
-    ].tolist()[:5]
+    assert [json.loads(c) for c in test["prompt"]][:5] == demo["test"]["prompt"].tolist()[:5]
 
 
 def test_ids_look_like_kaggle(demo):
@@ -92,10 +90,7 @@ def test_quirks_are_present(demo):
     texts = [t for t in turns(train, ("prompt", "response_a", "response_b")) if t]
     assert any("é" in t for t in texts) and any("😊" in t or "🚀" in t for t in texts)
     lone = np.mean(
-        [
-            any("\ufffd" in (t or "") for t in a + b)
-            for a, b in zip(train["response_a"], train["response_b"])
-        ]
+        [any("\ufffd" in (t or "") for t in a + b) for a, b in zip(train["response_a"], train["response_b"])]
     )
     assert 0.002 < lone < 0.03  # lone surrogates, replaced on reading
     shared = train["prompt"].map(tuple).duplicated(keep=False).mean()
@@ -117,15 +112,10 @@ def test_signal_is_learnable_from_simple_features(demo):
     df = demo["train"]
 
     def features(df):
-        a, b = (
-            df[c].map(lambda t: " ".join(x for x in t if x))
-            for c in ("response_a", "response_b")
-        )
+        a, b = (df[c].map(lambda t: " ".join(x for x in t if x)) for c in ("response_a", "response_b"))
         refusal = "sorry|apologi|AI language model|unable"
         diff = (a.str.split().map(len) - b.str.split().map(len)) / 10
-        return np.column_stack(
-            [a.str.contains(refusal), b.str.contains(refusal), diff, diff.abs()]
-        )
+        return np.column_stack([a.str.contains(refusal), b.str.contains(refusal), diff, diff.abs()])
 
     x, y = features(df).astype(float), df["label"].to_numpy()
     fit, held = slice(0, 1500), slice(1500, None)

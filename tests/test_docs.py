@@ -9,10 +9,15 @@ import pytest
 
 from workflow_helpers import REPO
 
-SOURCES = ["README.md", "workflow/presets/gemma2-9b-qlora.yaml", "workflow/presets/gemma2-9b-t4.yaml",
-           "workflow/presets/llama3-8b-8bit.yaml", "workflow/profiles/slurm/config.yaml",
-           *sorted(str(p.relative_to(REPO)) for p in (REPO / "docs").glob("*.md")),
-           *sorted(str(p.relative_to(REPO)) for p in (REPO / "workflow" / "examples").glob("*.yaml"))]
+SOURCES = [
+    "README.md",
+    "workflow/presets/gemma2-9b-qlora.yaml",
+    "workflow/presets/gemma2-9b-t4.yaml",
+    "workflow/presets/llama3-8b-8bit.yaml",
+    "workflow/profiles/slurm/config.yaml",
+    *sorted(str(p.relative_to(REPO)) for p in (REPO / "docs").glob("*.md")),
+    *sorted(str(p.relative_to(REPO)) for p in (REPO / "workflow" / "examples").glob("*.yaml")),
+]
 
 
 def shown_commands():

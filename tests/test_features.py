@@ -16,7 +16,9 @@ def learner(learner="hgb", **changes):
     """A features member's learner settings, as the workflow builds them (small and fast here)."""
     from arena_pref import settings
 
-    small = {"max_iter": 60, "learning_rate": 0.1, "max_leaf_nodes": 7, "min_samples_leaf": 10} if learner == "hgb" else {}
+    small = (
+        {"max_iter": 60, "learning_rate": 0.1, "max_leaf_nodes": 7, "min_samples_leaf": 10} if learner == "hgb" else {}
+    )
     return settings.model_config({"kind": "features", "learner": learner, **small, **changes}).learner
 
 
@@ -29,9 +31,14 @@ CODE = "Here:\n```python\nprint(1)\n```\nand\n```\nx\n```"
 
 def table(*rows):
     """A parsed table from ``(prompt, response_a, response_b)`` turn lists."""
-    return pd.DataFrame({"id": np.arange(10, 10 + len(rows), dtype=np.int64),
-                         "prompt": [r[0] for r in rows], "response_a": [r[1] for r in rows],
-                         "response_b": [r[2] for r in rows]})
+    return pd.DataFrame(
+        {
+            "id": np.arange(10, 10 + len(rows), dtype=np.int64),
+            "prompt": [r[0] for r in rows],
+            "response_a": [r[1] for r in rows],
+            "response_b": [r[2] for r in rows],
+        }
+    )
 
 
 def swapped(parsed):
@@ -55,8 +62,9 @@ VARIED = table(
 
 def side_to_side(stats):
     """``stats`` with the a_ and b_ columns exchanged, in the original column order."""
-    renamed = stats.rename(columns=lambda c: {"a_": "b_", "b_": "a_"}.get(c[:2], "") + c[2:]
-                           if c[:2] in ("a_", "b_") else c)
+    renamed = stats.rename(
+        columns=lambda c: {"a_": "b_", "b_": "a_"}.get(c[:2], "") + c[2:] if c[:2] in ("a_", "b_") else c
+    )
     return renamed[stats.columns]
 
 
@@ -65,8 +73,12 @@ def side_to_side(stats):
 
 def test_pair_stats_columns_and_types():
     stats = features.pair_stats(VARIED)
-    assert list(stats.columns) == (["id"] + [f"a_{s}" for s in features.SIDE_STATS]
-                                   + [f"b_{s}" for s in features.SIDE_STATS] + list(features.SHARED_STATS))
+    assert list(stats.columns) == (
+        ["id"]
+        + [f"a_{s}" for s in features.SIDE_STATS]
+        + [f"b_{s}" for s in features.SIDE_STATS]
+        + list(features.SHARED_STATS)
+    )
     assert stats["id"].dtype == np.int64 and stats["id"].tolist() == VARIED["id"].tolist()
     assert (stats.dtypes.drop("id") == np.float64).all()
     assert np.isfinite(stats.drop(columns="id").to_numpy()).all()
@@ -93,9 +105,14 @@ def test_pair_stats_of_a_parsed_parquet_table(tmp_path):
 
 
 def test_markdown_counts():
-    text = ("# Title\n## Sub\n#hashtag\n- one\n* two\n+ three\n1. four\n2) five\n-not an item\n---\n"
-            "**bold** and __bold__ but ** not ** or **\n**, x\n" + TABLE + "\n" + CODE
-            + "\nhttps://a.org/x, http://b.org [doc](https://c.org) [rel](docs/a.md) [no link]")
+    text = (
+        "# Title\n## Sub\n#hashtag\n- one\n* two\n+ three\n1. four\n2) five\n-not an item\n---\n"
+        "**bold** and __bold__ but ** not ** or **\n**, x\n"
+        + TABLE
+        + "\n"
+        + CODE
+        + "\nhttps://a.org/x, http://b.org [doc](https://c.org) [rel](docs/a.md) [no link]"
+    )
     s = one(["p"], [text])
     assert (s.a_headers, s.a_list_items, s.a_bold, s.a_table_rows, s.a_code_blocks, s.a_links) == (2, 5, 2, 3, 2, 4)
     # an unclosed fence opens a block; markdown is counted over all turns
@@ -105,8 +122,13 @@ def test_markdown_counts():
 
 
 def test_phrase_counts_ignore_case_apostrophes_and_punctuation_but_need_whole_words():
-    s = one(["p"], ["I CAN'T do that. I can’t, really; i   cannot! As an AI... Hi can't; I canned it.",
-                    "I'm sorry — I’M SORRY. Unfortunately, my apologies"])
+    s = one(
+        ["p"],
+        [
+            "I CAN'T do that. I can’t, really; i   cannot! As an AI... Hi can't; I canned it.",
+            "I'm sorry — I’M SORRY. Unfortunately, my apologies",
+        ],
+    )
     assert (s.a_refusal, s.a_apology) == (4, 4)
     s = one(["p"], ["I can't I can't"])  # adjacent matches both count
     assert s.a_refusal == 2
@@ -119,14 +141,13 @@ def test_phrase_lists_never_count_the_same_words_twice():
             for j, q in enumerate(phrases):
                 if i == j:
                     continue
-                inside = any(q[k:k + len(p)] == p for k in range(len(q) - len(p) + 1))
+                inside = any(q[k : k + len(p)] == p for k in range(len(q) - len(p) + 1))
                 overlap = any(p[-k:] == q[:k] for k in range(1, min(len(p), len(q))))
                 assert not inside and not overlap, f"{name}: {p} and {q} can match the same words"
 
 
 def test_lengths_turns_and_empty_turns():
-    s = one(["Tell me", None], ["first turn\nline two", "last, turn: three words!\n\n"],
-            [None, "  ", ""])
+    s = one(["Tell me", None], ["first turn\nline two", "last, turn: three words!\n\n"], [None, "  ", ""])
     assert (s.a_last_chars, s.a_last_words, s.a_last_lines) == (26, 4, 3)
     assert (s.a_chars, s.a_words, s.a_lines) == (19 + 26, 4 + 4, 2 + 3)
     assert (s.a_turns, s.a_empty_turns, s.b_turns, s.b_empty_turns) == (2, 0, 3, 3)
@@ -172,8 +193,9 @@ def test_design_matrix_columns_and_derived_values():
 def test_design_matrix_swap_is_the_design_matrix_of_the_swapped_rows():
     stats = features.pair_stats(VARIED)
     mirror = features.design_matrix(stats, swap=True)
-    pd.testing.assert_frame_equal(mirror, features.design_matrix(features.pair_stats(swapped(VARIED))),
-                                  check_exact=True)
+    pd.testing.assert_frame_equal(
+        mirror, features.design_matrix(features.pair_stats(swapped(VARIED))), check_exact=True
+    )
     assert not mirror.equals(features.design_matrix(stats))
 
 
@@ -286,8 +308,9 @@ def test_save_load_round_trip(tmp_path, rows):
     loaded = features.load(path)
     assert loaded.columns == tuple(features.stat_columns(stats)) and loaded.learner == "hgb"
     for swap in (False, True):
-        np.testing.assert_array_equal(features.predict(loaded, stats, swap=swap),
-                                      features.predict(fitted, stats, swap=swap))
+        np.testing.assert_array_equal(
+            features.predict(loaded, stats, swap=swap), features.predict(fitted, stats, swap=swap)
+        )
 
 
 def test_load_rejects_other_objects(tmp_path):
@@ -307,8 +330,11 @@ def test_a_learner_fitted_under_another_scikit_learn_is_named(tmp_path, rows, mo
     path = tmp_path / "learner.joblib"
     features.save(features.fit(stats, y, learner()), path)
     monkeypatch.setattr(sklearn, "__version__", "0.0.1")
-    with pytest.raises(InputError, match=r"learner.joblib was fitted with scikit-learn \S+, and this is "
-                                         r"scikit-learn 0.0.1"):
+    with pytest.raises(
+        InputError,
+        match=r"learner.joblib was fitted with scikit-learn \S+, and this is "
+        r"scikit-learn 0.0.1",
+    ):
         features.load(path)
 
 
@@ -323,8 +349,7 @@ def test_predict_rejects_statistics_with_other_columns(rows):
     with pytest.raises(ValueError, match="another order"):
         features.predict(fitted, reordered)
     # the id column is no statistic: with or without it, the same prediction
-    np.testing.assert_array_equal(features.predict(fitted, stats.drop(columns="id")),
-                                  features.predict(fitted, stats))
+    np.testing.assert_array_equal(features.predict(fitted, stats.drop(columns="id")), features.predict(fitted, stats))
 
 
 # ------------------------------------------------------------------------------ benchmark

@@ -30,8 +30,9 @@ def sequences(n=9, seed=0):
 
 def per_sequence_eager(model, seqs):
     use(model, "eager")
-    return torch.cat([pooling.classify(model, input_ids=torch.tensor([s]), attention_mask=torch.ones(1, len(s)))
-                      for s in seqs])
+    return torch.cat(
+        [pooling.classify(model, input_ids=torch.tensor([s]), attention_mask=torch.ones(1, len(s))) for s in seqs]
+    )
 
 
 def flex_packed(model, seqs, pack_to):
@@ -109,8 +110,9 @@ def test_flex_packed_encoder_passes_attend_both_ways_within_each_sequence(minilm
     model = modeling.load_model(minilm_dir).eval()
     seqs = [[101, *s, 102] for s in sequences(7, seed=5)]
     with torch.no_grad():
-        alone = torch.cat([pooling.classify(model, input_ids=torch.tensor([s]), attention_mask=torch.ones(1, len(s)))
-                           for s in seqs])
+        alone = torch.cat(
+            [pooling.classify(model, input_ids=torch.tensor([s]), attention_mask=torch.ones(1, len(s))) for s in seqs]
+        )
         packed = flex_packed(model, seqs, pack_to=512)
     torch.testing.assert_close(packed, alone, rtol=0, atol=1e-5)
 
@@ -141,10 +143,14 @@ def test_flex_lora_gradients_equal_per_sequence_eager(monkeypatch):
     from transformers.integrations import flex_attention as hf_flex
 
     monkeypatch.setattr(fa, "_validate_device", lambda *a: None)
-    monkeypatch.setattr(hf_flex, "compile_friendly_flex_attention",
-                        lambda q, k, v, training=False, **kw: fa.flex_attention(q, k, v, **kw))
-    lora = Lora(r=4, alpha=8, dropout=0.0, target_modules=("q_proj", "k_proj", "v_proj", "o_proj"),
-                layers_to_transform=None)
+    monkeypatch.setattr(
+        hf_flex,
+        "compile_friendly_flex_attention",
+        lambda q, k, v, training=False, **kw: fa.flex_attention(q, k, v, **kw),
+    )
+    lora = Lora(
+        r=4, alpha=8, dropout=0.0, target_modules=("q_proj", "k_proj", "v_proj", "o_proj"), layers_to_transform=None
+    )
     model = modeling.attach_lora(tiny_model("gemma2"), lora)
     with torch.no_grad():  # a non-zero B so that every LoRA factor gets a gradient
         for name, param in model.named_parameters():
@@ -208,14 +214,17 @@ def fake_gpu(monkeypatch, capability, installed=()):
     monkeypatch.setattr(metadata, "version", version)
 
 
-@pytest.mark.parametrize("capability,installed,training,expected", [
-    ((9, 0), ("flash-attn-4",), False, "flash_attention_4"),
-    ((9, 0), ("flash-attn-4",), True, None),  # FA4's and flex's backward: unverified on a GPU
-    ((9, 0), ("flash_attn",), True, "flash_attention_2"),
-    ((9, 0), (), False, "flex_attention"),
-    ((8, 0), ("flash_attn",), False, "flash_attention_2"),
-    ((7, 5), (), False, None),  # a T4: the model's default attention
-])
+@pytest.mark.parametrize(
+    "capability,installed,training,expected",
+    [
+        ((9, 0), ("flash-attn-4",), False, "flash_attention_4"),
+        ((9, 0), ("flash-attn-4",), True, None),  # FA4's and flex's backward: unverified on a GPU
+        ((9, 0), ("flash_attn",), True, "flash_attention_2"),
+        ((9, 0), (), False, "flex_attention"),
+        ((8, 0), ("flash_attn",), False, "flash_attention_2"),
+        ((7, 5), (), False, None),  # a T4: the model's default attention
+    ],
+)
 def test_fastest_attention_by_gpu(monkeypatch, caplog, capability, installed, training, expected):
     caplog.set_level("INFO", logger="arena_pref")
     config = tiny_model("gemma2").config

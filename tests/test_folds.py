@@ -88,9 +88,7 @@ def test_fewer_prompts_than_folds():
 
 
 def test_no_label_frequent_enough():
-    df = pd.DataFrame(
-        {"id": np.arange(6), "prompt": [[f"p{i}"] for i in range(6)], "label": [0, 0, 1, 1, 2, 2]}
-    )
+    df = pd.DataFrame({"id": np.arange(6), "prompt": [[f"p{i}"] for i in range(6)], "label": [0, 0, 1, 1, 2, 2]})
     with pytest.raises(InputError, match="no label occurs 4"):
         assign_folds(df, 4, seed=0)
 
@@ -98,8 +96,15 @@ def test_no_label_frequent_enough():
 def test_very_uneven_folds_are_reported(caplog):
     """One prompt holding most rows makes one fold huge and the others tiny: said in the log."""
     df = make_train(n_prompts=4, seed=1)
-    big = pd.DataFrame({"id": np.arange(5000, 5100), "prompt": [["the same prompt"]] * 100,
-                        "response_a": ["a"] * 100, "response_b": ["b"] * 100, "label": np.arange(100) % 3})
+    big = pd.DataFrame(
+        {
+            "id": np.arange(5000, 5100),
+            "prompt": [["the same prompt"]] * 100,
+            "response_a": ["a"] * 100,
+            "response_b": ["b"] * 100,
+            "label": np.arange(100) % 3,
+        }
+    )
     assign_folds(pd.concat([df, big], ignore_index=True), 2, seed=0)
     assert "fold sizes are very uneven" in caplog.text
     caplog.clear()

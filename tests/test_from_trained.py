@@ -25,9 +25,13 @@ def trained_run_config(run_a, workdir, **predict_changes):
         raw["models"][model]["predict"].update(change)
     workdir.mkdir(parents=True, exist_ok=True)
     shutil.copy(run_a / "results" / "demo" / "test.csv", workdir / "test.csv")
-    config = predict_config(raw, models_dir=run_a / "results" / "models", blender=run_a / "results" / "blender.json",
-                            test_csv="test.csv", backbones={m: run_a / "results" / "backbones" / m
-                                                            for m in ("tiny_gemma2", "tiny_llama")})
+    config = predict_config(
+        raw,
+        models_dir=run_a / "results" / "models",
+        blender=run_a / "results" / "blender.json",
+        test_csv="test.csv",
+        backbones={m: run_a / "results" / "backbones" / m for m in ("tiny_gemma2", "tiny_llama")},
+    )
     path = workdir / "config.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
@@ -37,8 +41,15 @@ def test_a_run_from_trained_models_trains_nothing(run_a, tmp_path):
     trained_run_config(run_a, tmp_path)
     jobs = planned_jobs(snakemake(tmp_path, "-n", "results/submission.csv"))
     # tiny_gemma2 and tiny_llama predict with both folds, minilm with fold 1, pair_features fold 0
-    assert jobs == {"parse": 1, "tokenize": 3, "infer": 5, "features": 1, "features_predict": 1, "average_test": 4,
-                    "submit": 1}
+    assert jobs == {
+        "parse": 1,
+        "tokenize": 3,
+        "infer": 5,
+        "features": 1,
+        "features_predict": 1,
+        "average_test": 4,
+        "submit": 1,
+    }
 
 
 def test_a_run_from_trained_models_reproduces_the_submission(run_a, tmp_path):
@@ -72,6 +83,8 @@ def test_the_time_estimate_is_close_to_the_test_passes_wall_time(run_a, tmp_path
     assert estimate["fits"] and set(estimate["models"]) == {"tiny_gemma2", "tiny_llama", "minilm"}
     assert estimate["models"]["tiny_gemma2"]["passes"] == 2 and estimate["models"]["minilm"]["passes"] == 1
     snakemake(tmp_path, "-j1", "results/submission.csv")
-    measured = sum(float(next(csv.DictReader(open(f), delimiter="\t"))["s"])
-                   for f in (tmp_path / "results" / "benchmarks" / "infer").rglob("*.tsv"))
+    measured = sum(
+        float(next(csv.DictReader(open(f), delimiter="\t"))["s"])
+        for f in (tmp_path / "results" / "benchmarks" / "infer").rglob("*.tsv")
+    )
     assert 1 / 1.6 < estimate["estimate_s"] / measured < 1.6, (estimate["estimate_s"], measured)

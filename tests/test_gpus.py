@@ -28,8 +28,13 @@ def two_gpu_machine(tmp_path, monkeypatch):
 
 
 def claim(env, n=1, wait=0.0, hold=0.0):
-    return subprocess.Popen([sys.executable, "-c", CLAIM, str(n), str(wait), str(hold)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", CLAIM, str(n), str(wait), str(hold)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def test_concurrent_jobs_get_different_gpus(two_gpu_machine):

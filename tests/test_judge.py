@@ -16,20 +16,32 @@ from arena_pref import calibration, judge, judge_prompt, settings
 from arena_pref.errors import InputError
 from arena_pref.metrics import MIRROR, log_loss
 
-TEXTS = [f"prompt {i}: what is {w}? the answer about {w} is long and complete."
-         for i, w in enumerate(["rust", "python", "tea", "maps", "stars"] * 40)]
-ROWS = pd.DataFrame({
-    "id": np.arange(5, dtype=np.int64) + 10,
-    "prompt": [["what is tea?"], ["maps", "and stars?"], ["x " * 200], ["rust"], ["python please"]],
-    "response_a": [["tea is long"], ["a", None], ["y " * 200], ["short"], ["the answer about python is long"]],
-    "response_b": [["no"], ["b b b", "more"], ["z"], ["the answer about rust is long and complete."], [""]],
-})
+TEXTS = [
+    f"prompt {i}: what is {w}? the answer about {w} is long and complete."
+    for i, w in enumerate(["rust", "python", "tea", "maps", "stars"] * 40)
+]
+ROWS = pd.DataFrame(
+    {
+        "id": np.arange(5, dtype=np.int64) + 10,
+        "prompt": [["what is tea?"], ["maps", "and stars?"], ["x " * 200], ["rust"], ["python please"]],
+        "response_a": [["tea is long"], ["a", None], ["y " * 200], ["short"], ["the answer about python is long"]],
+        "response_b": [["no"], ["b b b", "more"], ["z"], ["the answer about rust is long and complete."], [""]],
+    }
+)
 
 
 def judge_model(**changes):
     """A judge's settings as the workflow builds them: fp32, unquantized (exact comparisons)."""
-    return settings.model_config({"kind": "judge", "backbone": {"kind": "tiny"}, "quantization": "none",
-                                  "dtype": "float32", "max_length": 160, **changes})
+    return settings.model_config(
+        {
+            "kind": "judge",
+            "backbone": {"kind": "tiny"},
+            "quantization": "none",
+            "dtype": "float32",
+            "max_length": 160,
+            **changes,
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +51,9 @@ def causal_dir(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("judge") / "tiny_causal"
     prompt = judge_model().scoring.prompt
-    build_tiny_backbone(out, TEXTS + [prompt.template, prompt.plain_suffix], arch="gemma2", vocab_size=400,
-                        head="causal_lm", seed=0)
+    build_tiny_backbone(
+        out, TEXTS + [prompt.template, prompt.plain_suffix], arch="gemma2", vocab_size=400, head="causal_lm", seed=0
+    )
     return out
 
 
@@ -89,22 +102,28 @@ def test_answer_tokens_are_the_first_token_after_the_prompt(lm):
 def test_answers_sharing_their_first_token_are_a_config_error(lm):
     _, tokenizer = lm
     # "Answer A" and "Answer B" both start with the token "Answer": the classes could not be told apart
-    with pytest.raises(InputError, match=r"config models\.j\.answers: the answers must start with different tokens, "
-                                         r"and 'Answer A' -> 'Answer', 'Answer B' -> 'Answer'.*do not"):
+    with pytest.raises(
+        InputError,
+        match=r"config models\.j\.answers: the answers must start with different tokens, "
+        r"and 'Answer A' -> 'Answer', 'Answer B' -> 'Answer'.*do not",
+    ):
         layout_of(tokenizer, answers={"a": "Answer A", "b": "Answer B", "tie": "tie"})
 
 
 def test_the_chat_template_wraps_the_question_when_the_tokenizer_has_one(lm):
     _, tokenizer = lm
     chat = type(tokenizer).from_pretrained(tokenizer.name_or_path)
-    chat.chat_template = ("{{ bos_token }}{% for m in messages %}<start_of_turn>user\n{{ m['content'] }}"
-                          "<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}")
+    chat.chat_template = (
+        "{{ bos_token }}{% for m in messages %}<start_of_turn>user\n{{ m['content'] }}"
+        "<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+    )
     layout = layout_of(chat)
     seq = judge_prompt.judge_sequences(ROWS.iloc[:1], chat, layout, judge_model().scoring.prompt)["input_ids"][0]
     template = judge_model().scoring.prompt.template
     message = template.format(prompt="what is tea?", response_a="tea is long", response_b="no")
-    rendered = chat.apply_chat_template([{"role": "user", "content": message}], add_generation_prompt=True,
-                                        tokenize=False)
+    rendered = chat.apply_chat_template(
+        [{"role": "user", "content": message}], add_generation_prompt=True, tokenize=False
+    )
     assert layout.chat and chat.decode(seq) == rendered
     assert list(seq).count(chat.bos_token_id) == 1 and rendered.endswith("<start_of_turn>model\n")
 
@@ -138,14 +157,21 @@ def full_next_token_logits(model, seq):
 def test_scores_are_the_full_next_token_logits_at_the_answer_tokens(lm):
     model, tokenizer = lm
     seqs, ids = sequences(tokenizer), layout_of(tokenizer).answer_ids
-    logits = judge.score_sequences(model, list(seqs["input_ids"]), answer_ids=ids,
-                                   pad_token_id=tokenizer.pad_token_id, side="left", max_tokens=10_000)
+    logits = judge.score_sequences(
+        model,
+        list(seqs["input_ids"]),
+        answer_ids=ids,
+        pad_token_id=tokenizer.pad_token_id,
+        side="left",
+        max_tokens=10_000,
+    )
     for row, seq in enumerate(seqs["input_ids"]):
         full = full_next_token_logits(model, seq)
         np.testing.assert_allclose(logits[row], full[list(ids)].numpy(), atol=1e-5)
         expected = torch.softmax(full[list(ids)], 0).numpy()
-        np.testing.assert_allclose(calibration.apply(calibration.IDENTITY, logits[row:row + 1])[0], expected,
-                                   atol=1e-5)
+        np.testing.assert_allclose(
+            calibration.apply(calibration.IDENTITY, logits[row : row + 1])[0], expected, atol=1e-5
+        )
     probs = calibration.apply(calibration.IDENTITY, logits)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-12)
     # the three logits differ from row to row: the random model reads the texts
@@ -158,8 +184,18 @@ def test_left_and_right_padding_give_the_same_scores(lm, max_tokens):
     seqs, ids = sequences(tokenizer), layout_of(tokenizer).answer_ids
     flat = list(seqs["input_ids"]) + list(seqs["input_ids_swap"])
     assert len({len(s) for s in flat}) > 3  # padding happens
-    left, right = (judge.score_sequences(model, flat, answer_ids=ids, pad_token_id=tokenizer.pad_token_id, side=side,
-                                         max_tokens=max_tokens, n_pairs=len(seqs)) for side in ("left", "right"))
+    left, right = (
+        judge.score_sequences(
+            model,
+            flat,
+            answer_ids=ids,
+            pad_token_id=tokenizer.pad_token_id,
+            side=side,
+            max_tokens=max_tokens,
+            n_pairs=len(seqs),
+        )
+        for side in ("left", "right")
+    )
     np.testing.assert_allclose(left, right, atol=1e-5)
     alone = np.stack([full_next_token_logits(model, s)[list(ids)].numpy() for s in flat])
     np.testing.assert_allclose(left, alone, atol=1e-5)
@@ -169,10 +205,12 @@ def test_the_swapped_order_is_the_direct_score_of_the_swapped_texts(causal_dir):
     model = judge_model()
     raw = judge.score_rows(model="j", parsed=ROWS, backbone=causal_dir, settings=model.scoring, both_orders=True)
     swapped_rows = ROWS.rename(columns={"response_a": "response_b", "response_b": "response_a"})
-    direct = judge.score_rows(model="j", parsed=swapped_rows, backbone=causal_dir, settings=model.scoring,
-                              both_orders=False)
-    np.testing.assert_allclose(raw[calibration.BA_COLUMNS].to_numpy(), direct[calibration.AB_COLUMNS].to_numpy(),
-                               atol=1e-5)
+    direct = judge.score_rows(
+        model="j", parsed=swapped_rows, backbone=causal_dir, settings=model.scoring, both_orders=False
+    )
+    np.testing.assert_allclose(
+        raw[calibration.BA_COLUMNS].to_numpy(), direct[calibration.AB_COLUMNS].to_numpy(), atol=1e-5
+    )
     # mapped back, the swapped order's "A" column is the original B's
     frame = calibration.predict_frame(calibration.IDENTITY, raw, tta=True)
     ab = calibration.apply(calibration.IDENTITY, raw[calibration.AB_COLUMNS])
@@ -183,8 +221,9 @@ def test_the_swapped_order_is_the_direct_score_of_the_swapped_texts(causal_dir):
 
 
 def test_test_rows_without_tta_are_scored_in_one_order(causal_dir):
-    raw = judge.score_rows(model="j", parsed=ROWS, backbone=causal_dir, settings=judge_model().scoring,
-                           both_orders=False)
+    raw = judge.score_rows(
+        model="j", parsed=ROWS, backbone=causal_dir, settings=judge_model().scoring, both_orders=False
+    )
     assert list(raw.columns) == ["id", *calibration.AB_COLUMNS]
     with pytest.raises(InputError, match="TTA needs the swapped order"):
         calibration.predict_frame(calibration.IDENTITY, raw, tta=True)
@@ -247,8 +286,11 @@ def test_a_saved_calibration_loads_and_a_broken_one_is_named(tmp_path):
     fitted = calibration.Calibration(2.0, (0.5, -0.25, 0.0))
     (tmp_path / "ok.json").write_text(json.dumps({"model": "j", "fold": 0, **fitted.to_json()}))
     assert calibration.load(tmp_path / "ok.json") == fitted
-    for name, text in (("bad.json", "{"), ("keys.json", '{"temperature": 1.0}'),
-                       ("zero.json", '{"temperature": 0, "bias": [0, 0, 0]}')):
+    for name, text in (
+        ("bad.json", "{"),
+        ("keys.json", '{"temperature": 1.0}'),
+        ("zero.json", '{"temperature": 0, "bias": [0, 0, 0]}'),
+    ):
         (tmp_path / name).write_text(text)
         with pytest.raises(InputError, match=rf"file '.*{name}': .*(calibration|temperature)"):
             calibration.load(tmp_path / name)
@@ -310,10 +352,20 @@ def test_the_vllm_backend_builds_restricted_one_token_requests_and_maps_answers_
     seqs = judge_prompt.judge_sequences(ROWS, tokenizer, layout, model.scoring.prompt)
     expected = [list(map(int, s)) for s in list(seqs["input_ids"]) + list(seqs["input_ids_swap"])]
     assert [p["prompt_token_ids"] for p in calls["prompts"]] == expected
-    assert calls["sampling"] == {"max_tokens": 1, "temperature": 1.0, "logprobs": 3,
-                                 "allowed_token_ids": list(layout.answer_ids)}
-    assert calls["engine"] == {"model": str(causal_dir), "dtype": "bfloat16", "max_model_len": 160, "seed": 0,
-                               "logprobs_mode": "processed_logprobs", "quantization": "bitsandbytes"}
+    assert calls["sampling"] == {
+        "max_tokens": 1,
+        "temperature": 1.0,
+        "logprobs": 3,
+        "allowed_token_ids": list(layout.answer_ids),
+    }
+    assert calls["engine"] == {
+        "model": str(causal_dir),
+        "dtype": "bfloat16",
+        "max_model_len": 160,
+        "seed": 0,
+        "logprobs_mode": "processed_logprobs",
+        "quantization": "bitsandbytes",
+    }
     n = len(ROWS)
     request = np.arange(2 * n)[:, None]
     want = -(request + 1) * 10.0 - np.arange(3)[None]  # the stand-in's value of request i, answer k
@@ -335,8 +387,11 @@ def test_backend_vllm_without_vllm_is_a_config_error(monkeypatch):
     from arena_pref import backbones
 
     monkeypatch.setattr("importlib.util.find_spec", lambda name: None if name == "vllm" else object())
-    with pytest.raises(InputError, match=r"config models\.model\.backend: vllm is not installed: install it .* or "
-                                         r"use backend: transformers"):
+    with pytest.raises(
+        InputError,
+        match=r"config models\.model\.backend: vllm is not installed: install it .* or "
+        r"use backend: transformers",
+    ):
         backbones.check_judge(judge_model(backend="vllm"))
 
 
@@ -347,8 +402,11 @@ def test_a_judge_is_validated_and_filled():
     model = settings.model_config({"kind": "judge", "backbone": {"kind": "tiny"}})
     assert isinstance(model, settings.JudgeModelConfig) and model.kind == "judge"
     assert model.scoring.prompt.answers == {"a": "A", "b": "B", "tie": "tie"}
-    assert (model.scoring.backend, model.scoring.quantization, model.scoring.dtype) == ("transformers", "4bit",
-                                                                                         "bfloat16")
+    assert (model.scoring.backend, model.scoring.quantization, model.scoring.dtype) == (
+        "transformers",
+        "4bit",
+        "bfloat16",
+    )
     assert model.tta and model.folds is None and model.options == settings.JudgeOptions(False)
     params = settings.to_params(model.scoring)
     assert settings.from_params(settings.JudgeSettings, params) == model.scoring
@@ -356,25 +414,37 @@ def test_a_judge_is_validated_and_filled():
 
 
 def test_judge_params_do_not_depend_on_key_order():
-    written = {"kind": "judge", "backbone": {"kind": "tiny", "arch": "llama", "num_layers": 1},
-               "answers": {"a": "first", "b": "second", "tie": "same"}, "max_length": 512,
-               "predict": {"tta": False, "folds": [0]}, "quantization": "none"}
-    reordered = {k: (dict(reversed(list(v.items()))) if isinstance(v, dict) else v)
-                 for k, v in reversed(list(written.items()))}
+    written = {
+        "kind": "judge",
+        "backbone": {"kind": "tiny", "arch": "llama", "num_layers": 1},
+        "answers": {"a": "first", "b": "second", "tie": "same"},
+        "max_length": 512,
+        "predict": {"tta": False, "folds": [0]},
+        "quantization": "none",
+    }
+    reordered = {
+        k: (dict(reversed(list(v.items()))) if isinstance(v, dict) else v) for k, v in reversed(list(written.items()))
+    }
     a, b = settings.model_config(written), settings.model_config(reordered)
     assert repr(settings.to_params(a.scoring)) == repr(settings.to_params(b.scoring))
     assert settings.canonical(a.backbone) == settings.canonical(b.backbone)
     assert (a.tta, a.folds) == (b.tta, b.folds) == (False, (0,))
 
 
-@pytest.mark.parametrize("changes,message", [
-    ({"template": "{prompt} {response_a}"}, r"config models\.model\.template: must hold each of .*"
-                                            r"\{response_b\} 0 times"),
-    ({"answers": {"a": "X", "b": "X"}}, r"config models\.model\.answers: the three answers must differ"),
-    ({"backend": "vllm", "quantization": "8bit"}, r"config models\.model\.quantization: backend vllm runs 4bit"),
-    ({"answers": {"yes": "A"}}, r"unknown key 'yes'"),
-    ({"lora": {"r": 4}}, r"unknown key 'lora'"),
-])
+@pytest.mark.parametrize(
+    "changes,message",
+    [
+        (
+            {"template": "{prompt} {response_a}"},
+            r"config models\.model\.template: must hold each of .*"
+            r"\{response_b\} 0 times",
+        ),
+        ({"answers": {"a": "X", "b": "X"}}, r"config models\.model\.answers: the three answers must differ"),
+        ({"backend": "vllm", "quantization": "8bit"}, r"config models\.model\.quantization: backend vllm runs 4bit"),
+        ({"answers": {"yes": "A"}}, r"unknown key 'yes'"),
+        ({"lora": {"r": 4}}, r"unknown key 'lora'"),
+    ],
+)
 def test_judge_config_errors_name_the_key(changes, message):
     with pytest.raises(InputError, match=message):
         settings.model_config({"kind": "judge", "backbone": {"kind": "tiny"}, **changes})
@@ -385,10 +455,18 @@ def predict_only(tmp_path, **judge):
     for k in (0, 1):
         (tmp_path / "jj" / f"fold{k}").mkdir(parents=True, exist_ok=True)
         (tmp_path / "jj" / f"fold{k}" / "calibration.json").write_text("{}")
-    model = {"kind": "judge", "backbone": {"kind": "path", "path": "models/llm"}, "trained": str(tmp_path / "jj"),
-             **judge}
-    return {"data": {"test_csv": "test.csv"}, "cv": {"n_folds": 2}, "models": {"jj": model},
-            "blend": {"method": "weights", "weights": {"jj": 1.0}}}
+    model = {
+        "kind": "judge",
+        "backbone": {"kind": "path", "path": "models/llm"},
+        "trained": str(tmp_path / "jj"),
+        **judge,
+    }
+    return {
+        "data": {"test_csv": "test.csv"},
+        "cv": {"n_folds": 2},
+        "models": {"jj": model},
+        "blend": {"method": "weights", "weights": {"jj": 1.0}},
+    }
 
 
 def test_a_run_from_trained_models_applies_a_judges_saved_calibrations(tmp_path):
@@ -403,11 +481,17 @@ def test_a_run_from_trained_models_applies_a_judges_saved_calibrations(tmp_path)
         trained.check(config)
 
 
-@pytest.mark.parametrize("change,message", [
-    (lambda m: m.pop("trained"), r"config models\.jj: without data\.train_csv every model predicts from a trained"),
-    (lambda m: m.update(backbone={"kind": "tiny"}), r"config models\.jj\.backbone: a tiny backbone is built from "
-                                                     r"the training texts"),
-])
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        (lambda m: m.pop("trained"), r"config models\.jj: without data\.train_csv every model predicts from a trained"),
+        (
+            lambda m: m.update(backbone={"kind": "tiny"}),
+            r"config models\.jj\.backbone: a tiny backbone is built from "
+            r"the training texts",
+        ),
+    ],
+)
 def test_a_judge_without_training_data_needs_its_trained_calibrations(tmp_path, change, message):
     config = predict_only(tmp_path)
     change(config["models"]["jj"])
@@ -420,27 +504,50 @@ def test_the_kaggle_bundle_refuses_a_judge_in_the_dry_run(tmp_path):
     that is a teacher only (member: false) is left out of the bundle and does not stop it."""
     from workflow_helpers import snakemake, write_config
 
-    write_config(tmp_path, models={"jj": JUDGE, "pf": {"kind": "features", "learner": "logreg"}},
-                 blend={"method": "stack"})
+    write_config(
+        tmp_path, models={"jj": JUDGE, "pf": {"kind": "features", "learner": "logreg"}}, blend={"method": "stack"}
+    )
     proc = snakemake(tmp_path, "-n", "results/kaggle_bundle", check=False)
     assert proc.returncode != 0
     assert "model 'jj': a judge (kind: judge) cannot go into a Kaggle bundle yet" in proc.stdout + proc.stderr
     from arena_pref import bundle
 
-    teacher_only = {"models": {"jj": {**JUDGE, "member": False},
-                               "s": {"backbone": {"kind": "tiny"}, "lora": {"r": 2, "alpha": 4, "target_modules": ["q"]},
-                                     "distill": {"teacher": "jj"}}},
-                    "data": {"train_csv": "t.csv", "test_csv": "u.csv"}, "blend": {"method": "stack"}}
+    teacher_only = {
+        "models": {
+            "jj": {**JUDGE, "member": False},
+            "s": {
+                "backbone": {"kind": "tiny"},
+                "lora": {"r": 2, "alpha": 4, "target_modules": ["q"]},
+                "distill": {"teacher": "jj"},
+            },
+        },
+        "data": {"train_csv": "t.csv", "test_csv": "u.csv"},
+        "blend": {"method": "stack"},
+    }
     bundle.check_bundle(settings.load_config(teacher_only))
 
 
 # ------------------------------------------------------------------------------ the workflow
 
 
-JUDGE = {"kind": "judge", "backbone": {"kind": "tiny", "arch": "llama", "vocab_size": 500, "hidden_size": 64,
-                                       "num_layers": 1, "num_heads": 4, "intermediate_size": 128, "seed": 0},
-         "quantization": "4bit", "dtype": "float32", "max_length": 320, "max_tokens_per_batch": 4096,
-         "predict": {"tta": True}}
+JUDGE = {
+    "kind": "judge",
+    "backbone": {
+        "kind": "tiny",
+        "arch": "llama",
+        "vocab_size": 500,
+        "hidden_size": 64,
+        "num_layers": 1,
+        "num_heads": 4,
+        "intermediate_size": 128,
+        "seed": 0,
+    },
+    "quantization": "4bit",
+    "dtype": "float32",
+    "max_length": 320,
+    "max_tokens_per_batch": 4096,
+    "predict": {"tta": True},
+}
 
 
 @pytest.mark.slow
@@ -477,8 +584,11 @@ def test_a_judge_runs_beside_a_feature_member_to_the_submission(tmp_path):
     from workflow_helpers import planned_jobs
 
     def plan(**judge):
-        cfg = write_config(tmp_path / f"cfg{len(judge)}{sorted(judge)}",
-                           models={"pair_features": features, "judge": {**JUDGE, **judge}}, blend={"method": "stack"})
+        cfg = write_config(
+            tmp_path / f"cfg{len(judge)}{sorted(judge)}",
+            models={"pair_features": features, "judge": {**JUDGE, **judge}},
+            blend={"method": "stack"},
+        )
         return planned_jobs(snakemake(tmp_path, "-n", "results/submission.csv", config=cfg))
 
     assert plan() == {}
@@ -492,18 +602,43 @@ def test_a_judge_runs_beside_a_feature_member_to_the_submission(tmp_path):
     home, away = tmp_path, tmp_path / "away"
     away.mkdir()
     shutil.copy(home / "results/demo/test.csv", away / "test.csv")
-    trained_models = {"judge": {**JUDGE, "backbone": {"kind": "path", "path": str(home / "results/backbones/judge")},
-                                "trained": str(home / "results/models/judge")},
-                      "pair_features": {**features, "trained": str(home / "results/models/pair_features")}}
-    (away / "config.yaml").write_text(yaml.safe_dump({
-        "data": {"test_csv": "test.csv"}, "cv": {"n_folds": 2}, "models": trained_models,
-        "blend": {"from": str(home / "results/blender.json")}}, sort_keys=False))
+    trained_models = {
+        "judge": {
+            **JUDGE,
+            "backbone": {"kind": "path", "path": str(home / "results/backbones/judge")},
+            "trained": str(home / "results/models/judge"),
+        },
+        "pair_features": {**features, "trained": str(home / "results/models/pair_features")},
+    }
+    (away / "config.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "data": {"test_csv": "test.csv"},
+                "cv": {"n_folds": 2},
+                "models": trained_models,
+                "blend": {"from": str(home / "results/blender.json")},
+            },
+            sort_keys=False,
+        )
+    )
     assert planned_jobs(snakemake(away, "-n", "results/submission.csv")) == {
-        "parse": 1, "judge_score": 1, "judge_predict": 2, "features": 1, "features_predict": 1, "average_test": 2,
-        "submit": 1}
+        "parse": 1,
+        "judge_score": 1,
+        "judge_predict": 2,
+        "features": 1,
+        "features_predict": 1,
+        "average_test": 2,
+        "submit": 1,
+    }
     snakemake(away, "-j2", "results/submission.csv")
     for k in (0, 1):
-        pd.testing.assert_frame_equal(pd.read_parquet(away / f"results/test/judge/fold{k}.parquet"),
-                                      pd.read_parquet(home / f"results/test/judge/fold{k}.parquet"), atol=1e-6)
-    np.testing.assert_allclose(pd.read_csv(away / "results/submission.csv").drop(columns="id").to_numpy(),
-                               sub.drop(columns="id").to_numpy(), atol=1e-5)
+        pd.testing.assert_frame_equal(
+            pd.read_parquet(away / f"results/test/judge/fold{k}.parquet"),
+            pd.read_parquet(home / f"results/test/judge/fold{k}.parquet"),
+            atol=1e-6,
+        )
+    np.testing.assert_allclose(
+        pd.read_csv(away / "results/submission.csv").drop(columns="id").to_numpy(),
+        sub.drop(columns="id").to_numpy(),
+        atol=1e-5,
+    )

@@ -35,8 +35,17 @@ def bundle(run_a, tmp_path_factory):
 
 def test_the_bundle_holds_what_a_run_needs_and_no_backbone_it_should_not(bundle):
     out = bundle / "results" / "kaggle_bundle"
-    for part in ("run.py", "submit.ipynb", "config.yaml", "bundle.json", "blender.json", "Snakefile",
-                 "workflow/rules/predict.smk", "workflow/arena_pref/blend.py", "wheels/requirements.txt"):
+    for part in (
+        "run.py",
+        "submit.ipynb",
+        "config.yaml",
+        "bundle.json",
+        "blender.json",
+        "Snakefile",
+        "workflow/rules/predict.smk",
+        "workflow/arena_pref/blend.py",
+        "wheels/requirements.txt",
+    ):
         assert (out / part).exists(), part
     assert (out / "models/tiny_gemma2/fold1/adapter/adapter_config.json").exists()
     assert (out / "models/minilm/fold1/adapter").exists() and not (out / "models/minilm/fold0").exists()
@@ -48,7 +57,10 @@ def test_the_bundle_holds_what_a_run_needs_and_no_backbone_it_should_not(bundle)
     assert config["models"]["tiny_gemma2"]["trained"] == "/kaggle/input/my-bundle/models/tiny_gemma2"
     meta = json.loads((out / "bundle.json").read_text())
     assert meta["parts"]["total"] == sum(v for k, v in meta["parts"].items() if k != "total")
-    assert meta["backbones"]["tiny_gemma2"]["model_type"] == "gemma2" and meta["backbones"]["minilm"]["model_type"] == "bert"
+    assert (
+        meta["backbones"]["tiny_gemma2"]["model_type"] == "gemma2"
+        and meta["backbones"]["minilm"]["model_type"] == "bert"
+    )
     wheels = {line.split("==")[0] for line in (out / "wheels/requirements.txt").read_text().split()}
     assert {"snakemake", "peft", "bitsandbytes", "arena-pref"} <= wheels and "torch" not in wheels
     cell = json.loads((out / "submit.ipynb").read_text())["cells"][0]
@@ -61,9 +73,22 @@ def test_the_bundle_reproduces_the_submission_offline_from_another_directory(bun
     shutil.copytree(bundle / "results" / "kaggle_bundle", moved)
     shutil.copy(bundle / "results" / "demo" / "test.csv", tmp_path / "test.csv")
     env = {**os.environ, "PIP_NO_INDEX": "1", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, str(moved / "run.py"), "--test-csv", str(tmp_path / "test.csv"),
-                           "--out", str(tmp_path / "out") + "/", "--workdir", str(tmp_path / "work")],
-                          capture_output=True, text=True, env=env, timeout=1200)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(moved / "run.py"),
+            "--test-csv",
+            str(tmp_path / "test.csv"),
+            "--out",
+            str(tmp_path / "out") + "/",
+            "--workdir",
+            str(tmp_path / "work"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=1200,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "s for the test passes;" in proc.stdout and "h left (limit 9.00 h, margin 0.50 h, spent" in proc.stdout
     home = pd.read_csv(bundle / "results" / "submission.csv")
@@ -72,7 +97,8 @@ def test_the_bundle_reproduces_the_submission_offline_from_another_directory(bun
     np.testing.assert_allclose(here[PROBS].to_numpy(), home[PROBS].to_numpy(), atol=1e-5, rtol=0)
     # nothing was trained, and the paths pointed into the moved bundle
     assert not (tmp_path / "work" / "results" / "models").exists() or not list(
-        (tmp_path / "work" / "results" / "models").rglob("train_metrics.json"))
+        (tmp_path / "work" / "results" / "models").rglob("train_metrics.json")
+    )
     config = yaml.safe_load((tmp_path / "work" / "config.yaml").read_text())
     assert config["models"]["minilm"]["trained"] == f"{moved}/models/minilm"
 
@@ -80,31 +106,82 @@ def test_the_bundle_reproduces_the_submission_offline_from_another_directory(bun
 def test_a_missing_backbone_is_named_before_anything_runs(bundle, tmp_path):
     out = bundle / "results" / "kaggle_bundle"
     shutil.copy(bundle / "results" / "demo" / "test.csv", tmp_path / "test.csv")
-    proc = subprocess.run([sys.executable, str(out / "run.py"), "--test-csv", str(tmp_path / "test.csv"),
-                           "--workdir", str(tmp_path / "work"), "--no-install", "--backbone",
-                           f"tiny_gemma2={tmp_path / 'nowhere'}"], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(out / "run.py"),
+            "--test-csv",
+            str(tmp_path / "test.csv"),
+            "--workdir",
+            str(tmp_path / "work"),
+            "--no-install",
+            "--backbone",
+            f"tiny_gemma2={tmp_path / 'nowhere'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2
     assert "model 'tiny_gemma2': no backbone at" in proc.stdout and "--backbone tiny_gemma2=DIR" in proc.stdout
     # a backbone of another architecture would load under the adapters and predict nonsense
-    proc = subprocess.run([sys.executable, str(out / "run.py"), "--test-csv", str(tmp_path / "test.csv"),
-                           "--workdir", str(tmp_path / "work"), "--no-install", "--backbone",
-                           f"tiny_gemma2={out / 'backbones' / 'tiny_llama'}"], capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(out / "run.py"),
+            "--test-csv",
+            str(tmp_path / "test.csv"),
+            "--workdir",
+            str(tmp_path / "work"),
+            "--no-install",
+            "--backbone",
+            f"tiny_gemma2={out / 'backbones' / 'tiny_llama'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2
     assert "the backbone at" in proc.stdout and "model_type 'llama' (trained on 'gemma2')" in proc.stdout
     # only LoRA models have backbones
-    proc = subprocess.run([sys.executable, str(out / "run.py"), "--test-csv", str(tmp_path / "test.csv"),
-                           "--workdir", str(tmp_path / "work"), "--no-install", "--backbone", "pair_features=x"],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(out / "run.py"),
+            "--test-csv",
+            str(tmp_path / "test.csv"),
+            "--workdir",
+            str(tmp_path / "work"),
+            "--no-install",
+            "--backbone",
+            "pair_features=x",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2 and "with MODEL one of minilm, tiny_gemma2, tiny_llama" in proc.stdout
 
 
 def test_a_run_that_cannot_fit_the_time_limit_stops_before_the_test_passes(bundle, tmp_path):
     out = bundle / "results" / "kaggle_bundle"
     shutil.copy(bundle / "results" / "demo" / "test.csv", tmp_path / "test.csv")
-    proc = subprocess.run([sys.executable, str(out / "run.py"), "--test-csv", str(tmp_path / "test.csv"),
-                           "--workdir", str(tmp_path / "work"), "--no-install", "--time-limit-h", "0.001"],
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(out / "run.py"),
+            "--test-csv",
+            str(tmp_path / "test.csv"),
+            "--workdir",
+            str(tmp_path / "work"),
+            "--no-install",
+            "--time-limit-h",
+            "0.001",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "the run would not fit the time limit; averaging every model's fold adapters would take" in proc.stdout
     assert "average each model's fold adapters (predict.average_adapters)" in proc.stdout
@@ -120,12 +197,28 @@ def test_the_wheels_install_offline_in_a_fresh_environment(bundle, tmp_path):
     venv.create(tmp_path / "venv", with_pip=True)
     python = tmp_path / "venv" / "bin" / "python"
     env = {**os.environ, "PIP_CONFIG_FILE": os.devnull}
-    install = subprocess.run([str(python), "-m", "pip", "install", "--no-index", "--no-deps", "--quiet",
-                              *map(str, sorted(wheels.glob("*.whl")))], capture_output=True, text=True, env=env)
+    install = subprocess.run(
+        [
+            str(python),
+            "-m",
+            "pip",
+            "install",
+            "--no-index",
+            "--no-deps",
+            "--quiet",
+            *map(str, sorted(wheels.glob("*.whl"))),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert install.returncode == 0, install.stderr[-3000:]
     check = subprocess.run([str(python), "-m", "pip", "check"], capture_output=True, text=True, env=env)
-    missing = {line.split(" requires ")[1].split(",")[0].strip().lower().replace("_", "-")
-               for line in check.stdout.splitlines() if " requires " in line and "not installed" in line}
+    missing = {
+        line.split(" requires ")[1].split(",")[0].strip().lower().replace("_", "-")
+        for line in check.stdout.splitlines()
+        if " requires " in line and "not installed" in line
+    }
     excluded = image_exclude()
     from arena_pref.wheels import _excluder
 

@@ -11,21 +11,23 @@ from arena_pref.predict import run_batches
 from arena_pref.tokenize import tokenize_frame
 from workflow_helpers import model_settings
 
-LORA = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"],
-        "layers_to_transform": [1]}
+LORA = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"], "layers_to_transform": [1]}
 
 
 def frame(n=6):
-    return pd.DataFrame({
-        "id": np.arange(n) + 100,
-        "prompt": [[f"what is rust {i}?"] for i in range(n)],
-        "response_a": [["the answer about rust is long " * (1 + i % 3)] for i in range(n)],
-        "response_b": [["stars", None] if i % 2 else ["tea is complete"] for i in range(n)],
-    })
+    return pd.DataFrame(
+        {
+            "id": np.arange(n) + 100,
+            "prompt": [[f"what is rust {i}?"] for i in range(n)],
+            "response_a": [["the answer about rust is long " * (1 + i % 3)] for i in range(n)],
+            "response_b": [["stars", None] if i % 2 else ["tea is complete"] for i in range(n)],
+        }
+    )
 
 
-@pytest.mark.parametrize("quantization,layer_type", [("4bit", "Linear4bit"), ("8bit", "Linear8bitLt"),
-                                                     ("none", "Linear")])
+@pytest.mark.parametrize(
+    "quantization,layer_type", [("4bit", "Linear4bit"), ("8bit", "Linear8bitLt"), ("none", "Linear")]
+)
 def test_load_quantized(tiny_backbone_dir, quantization, layer_type):
     tok = modeling.load_tokenizer(tiny_backbone_dir)
     model = modeling.load_model(tiny_backbone_dir, quantization=quantization, pad_token_id=tok.pad_token_id)
@@ -55,8 +57,9 @@ def test_lora_adapter_round_trip(tiny_backbone_dir, tmp_path):
     with torch.no_grad():
         before = model(input_ids=ids).logits
     model.save_pretrained(tmp_path / "adapter")
-    loaded = modeling.load_for_inference(tiny_backbone_dir, tmp_path / "adapter", quantization="4bit",
-                                         dtype="float32", pad_token_id=tok.pad_token_id)
+    loaded = modeling.load_for_inference(
+        tiny_backbone_dir, tmp_path / "adapter", quantization="4bit", dtype="float32", pad_token_id=tok.pad_token_id
+    )
     with torch.no_grad():
         after = loaded(input_ids=ids).logits
     torch.testing.assert_close(after, before, rtol=0, atol=1e-5)
@@ -71,10 +74,12 @@ def test_dynamic_padding_matches_one_row_batches(tiny_backbone_dir):
     seqs = list(cache["input_ids"])
     assert len({len(s) for s in seqs}) > 1
     lengths = [len(s) for s in seqs]
-    batched = run_batches(model, seqs, plan_batches(lengths, method="sorted_dynamic", batch_size=4),
-                          pad_token_id=tok.pad_token_id)
-    single = run_batches(model, seqs, plan_batches(lengths, method="sorted_dynamic", batch_size=1),
-                         pad_token_id=tok.pad_token_id)
+    batched = run_batches(
+        model, seqs, plan_batches(lengths, method="sorted_dynamic", batch_size=4), pad_token_id=tok.pad_token_id
+    )
+    single = run_batches(
+        model, seqs, plan_batches(lengths, method="sorted_dynamic", batch_size=1), pad_token_id=tok.pad_token_id
+    )
     np.testing.assert_allclose(batched, single, atol=1e-5)
     np.testing.assert_allclose(batched.sum(axis=1), 1, atol=1e-6)
 
@@ -87,8 +92,7 @@ def order_forward(model, sequences, batch, **kw):
 
 @pytest.mark.parametrize("method", ["fixed", "sorted_dynamic", "token_budget", "packed"])
 def test_tta_maps_swapped_prediction_back(method):
-    tokens = pd.DataFrame({"id": [5, 6], "input_ids": [[0, 1], [1, 0, 1]],
-                           "input_ids_swap": [[1, 0], [0, 1, 1]]})
+    tokens = pd.DataFrame({"id": [5, 6], "input_ids": [[0, 1], [1, 0, 1]], "input_ids_swap": [[1, 0], [0, 1, 1]]})
     seqs = predict.sequences_of(tokens, tta=True)
     batches = batching.plan_batches([len(s) for s in seqs], method=method, batch_size=2, max_tokens=4, n_pairs=2)
     probs = predict.run_batches(None, seqs, batches, pad_token_id=9, forward=order_forward)
@@ -198,8 +202,7 @@ def test_liger_kernels_apply_on_a_gpu_where_installed(tiny_backbone_dir, monkeyp
     monkeypatch.setitem(sys.modules, "liger_kernel", types.ModuleType("liger_kernel"))
     monkeypatch.setitem(sys.modules, "liger_kernel.transformers", stand_in)
     modeling.apply_liger(model, "cuda:0")
-    assert calls == [dict(rope=True, rms_norm=True, cross_entropy=False, fused_linear_cross_entropy=False,
-                          model=model)]
+    assert calls == [dict(rope=True, rms_norm=True, cross_entropy=False, fused_linear_cross_entropy=False, model=model)]
     model.config.model_type = "unknown_family"
     assert "no kernels for unknown_family" in modeling.liger_unavailable(model, "cuda:0")
     monkeypatch.setitem(sys.modules, "liger_kernel.transformers", None)

@@ -85,8 +85,9 @@ def test_gemma2_9b_over_two_16gb_gpus(quantization):
 
 def test_a_model_too_large_for_its_gpus_stops_naming_the_setting():
     with pytest.raises(InputError) as err:
-        placement.device_map(gemma2_9b_config(), quantization="none", dtype="float16",
-                             limits={0: 8 * GIB, 1: 8 * GIB}, key=KEY)
+        placement.device_map(
+            gemma2_9b_config(), quantization="none", dtype="float16", limits={0: 8 * GIB, 1: 8 * GIB}, key=KEY
+        )
     message = str(err.value)
     assert message.startswith(f"config {KEY}: the weights of this model need 17.") and "\n" not in message
     assert "2 GPUs hold 8.0 + 8.0 GiB" in message and "max_memory_gib" in message
@@ -98,8 +99,9 @@ def test_whole_layers_that_do_not_fit_are_refused_not_offloaded():
     model, _ = placement.skeleton(config, quantization="none", dtype="float16")
     total = placement.module_bytes(model, None)[""]
     with pytest.raises(InputError, match=r"do not fit 2 GPUs in whole layers \(GPU \d would hold"):
-        placement.device_map(config, quantization="none", dtype="float16", key=KEY,
-                             limits={0: int(total * 0.9), 1: int(total * 0.1) + 1})
+        placement.device_map(
+            config, quantization="none", dtype="float16", key=KEY, limits={0: int(total * 0.9), 1: int(total * 0.1) + 1}
+        )
 
 
 def test_pieces_are_cut_in_forward_order_by_their_share():
@@ -137,19 +139,27 @@ def test_a_job_splits_over_its_gpus_by_their_memory(tmp_path, monkeypatch, caplo
     caplog.set_level("INFO", logger="arena_pref.placement")
     gemma2_9b_config().save_pretrained(tmp_path)  # config.json: all the map reads of a backbone
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: SimpleNamespace(total_memory=15 * GIB))
-    placed = placement.job_device_map(tmp_path, parallel(), quantization="none", dtype="float16",
-                                      devices=["cuda:0", "cuda:1", "cuda:2"])
+    placed = placement.job_device_map(
+        tmp_path, parallel(), quantization="none", dtype="float16", devices=["cuda:0", "cuda:1", "cuda:2"]
+    )
     assert placed["model.embed_tokens"] == "cuda:0" and placed["score"] == "cuda:1"
     assert set(placed.values()) == {"cuda:0", "cuda:1"}
-    assert (f"{KEY}: layers placed on cuda:0 layers 0-18 (+ model.embed_tokens); cuda:1 layers 19-41 "
-            "(+ model.norm, model.rotary_emb, score)") in caplog.text
-    with pytest.raises(InputError, match=rf"config {KEY}: the weights of this model need 17\.2 GiB \(float16\) and "
-                                         r"2 GPUs hold 5\.0 \+ 5\.0 GiB"):
-        placement.job_device_map(tmp_path, parallel(reserve_gib=10.0), quantization="none", dtype="float16",
-                                 devices=["cuda:0", "cuda:1"])
+    assert (
+        f"{KEY}: layers placed on cuda:0 layers 0-18 (+ model.embed_tokens); cuda:1 layers 19-41 "
+        "(+ model.norm, model.rotary_emb, score)"
+    ) in caplog.text
+    with pytest.raises(
+        InputError,
+        match=rf"config {KEY}: the weights of this model need 17\.2 GiB \(float16\) and "
+        r"2 GPUs hold 5\.0 \+ 5\.0 GiB",
+    ):
+        placement.job_device_map(
+            tmp_path, parallel(reserve_gib=10.0), quantization="none", dtype="float16", devices=["cuda:0", "cuda:1"]
+        )
 
 
 # --------------------------------------------------------------------------- a tiny model, split
+
 
 def tiny_parallel(backbone, quantization):
     """A model-parallel setting that splits the tiny backbone over two devices: each may hold a
@@ -168,8 +178,14 @@ def modeling_config(backbone):
 
 def split_map(backbone, quantization):
     """The map the GPU path computes (placement.split_map), over two CPU devices."""
-    return placement.split_map(backbone, tiny_parallel(backbone, quantization), quantization=quantization,
-                               dtype="float32", devices=TWO_CPUS, totals=[0, 0])
+    return placement.split_map(
+        backbone,
+        tiny_parallel(backbone, quantization),
+        quantization=quantization,
+        dtype="float32",
+        devices=TWO_CPUS,
+        totals=[0, 0],
+    )
 
 
 @pytest.mark.parametrize("quantization", ["none", "4bit"])
@@ -186,8 +202,10 @@ def test_a_split_tiny_model_gives_the_unsplit_logits(tiny_backbone_dir, quantiza
     ids, mask = padded_inputs(seqs, 6, 0)
     packed, positions, lengths = packed_inputs(seqs)
     with torch.no_grad():
-        for kw in (dict(input_ids=ids, attention_mask=mask),
-                   dict(input_ids=packed, position_ids=positions, lengths=lengths)):
+        for kw in (
+            dict(input_ids=ids, attention_mask=mask),
+            dict(input_ids=packed, position_ids=positions, lengths=lengths),
+        ):
             torch.testing.assert_close(classify(split, **kw), classify(whole, **kw), rtol=0, atol=1e-5)
 
 
@@ -198,9 +216,17 @@ def train_settings(quantization, split):
 
 def run_training(backbone, tokens, out, model):
     cache, rows = tokens
-    return train.train_fold(backbone=backbone, tokens=cache, targets=rows, settings=model.training,
-                            options=model.options, ckpt_dir=out / "ckpt", adapter_dir=out / "adapter",
-                            metrics_path=out / "metrics.json", threads=1)
+    return train.train_fold(
+        backbone=backbone,
+        tokens=cache,
+        targets=rows,
+        settings=model.training,
+        options=model.options,
+        ckpt_dir=out / "ckpt",
+        adapter_dir=out / "adapter",
+        metrics_path=out / "metrics.json",
+        threads=1,
+    )
 
 
 @pytest.fixture
@@ -234,8 +260,9 @@ def trainers(monkeypatch):
 
 
 @pytest.mark.parametrize("quantization", ["none", "4bit"])
-def test_lora_training_of_a_split_model_matches_the_unsplit(tiny_backbone_dir, tmp_path, split_on_two_cpus,
-                                                            trainers, quantization):
+def test_lora_training_of_a_split_model_matches_the_unsplit(
+    tiny_backbone_dir, tmp_path, split_on_two_cpus, trainers, quantization
+):
     """Two SGD steps of LoRA (packed rows, gradient checkpointing) on the split model: the Trainer
     leaves the dispatched model where it is, and the step losses and the trained adapter (a
     function of the gradients) are the unsplit model's."""
@@ -250,21 +277,32 @@ def test_lora_training_of_a_split_model_matches_the_unsplit(tiny_backbone_dir, t
 
 
 @pytest.mark.parametrize("method", ["packed", "sorted_dynamic"])
-def test_prediction_of_a_split_model_runs_in_one_process(tiny_backbone_dir, tmp_path, split_on_two_cpus,
-                                                         monkeypatch, method):
+def test_prediction_of_a_split_model_runs_in_one_process(
+    tiny_backbone_dir, tmp_path, split_on_two_cpus, monkeypatch, method
+):
     """A model-parallel job predicts every batch in its own process with the split model (no
     worker per device), and gets the unsplit model's probabilities."""
     tokens = arch_tokens(tiny_backbone_dir)
     run_training(tiny_backbone_dir, tokens, tmp_path / "whole", train_settings("none", False))
-    model = model_settings(quantization="none", dtype="float32", compute={"model_parallel": {"gpus": 2}},
-                           predict={"method": method, "max_tokens_per_batch": 64, "batch_size": 3})
+    model = model_settings(
+        quantization="none",
+        dtype="float32",
+        compute={"model_parallel": {"gpus": 2}},
+        predict={"method": method, "max_tokens_per_batch": 64, "batch_size": 3},
+    )
 
     def no_workers(*args, **kw):
         raise AssertionError("a split model must not be shared out to worker processes")
 
     monkeypatch.setattr(predict, "_predict_in_workers", no_workers)
-    kw = dict(backbone=tiny_backbone_dir, adapter_dir=tmp_path / "whole/adapter", tokens=tokens[0],
-              settings=model.prediction, tta=True, devices=["cpu", "cpu"])
+    kw = dict(
+        backbone=tiny_backbone_dir,
+        adapter_dir=tmp_path / "whole/adapter",
+        tokens=tokens[0],
+        settings=model.prediction,
+        tta=True,
+        devices=["cpu", "cpu"],
+    )
     split = predict.predict_on_devices(**kw, model_parallel=model.options.model_parallel)
     assert len(split_on_two_cpus) == 1
     whole = predict.predict_on_devices(**{**kw, "devices": ["cpu"]})
@@ -273,20 +311,25 @@ def test_prediction_of_a_split_model_runs_in_one_process(tiny_backbone_dir, tmp_
 
 # --------------------------------------------------------------------------- jobs and GPUs
 
+
 def test_jobs_of_a_split_model_claim_its_gpus(tmp_path):
     """Every train, oof and infer job of a model-parallel model declares its GPUs (resources gpu=2,
     so ``-j2 --resources gpu=2`` runs one such job at a time), as does the time estimate, which
     times it split; the other models' jobs keep one GPU for training and compute.predict_gpus
     for prediction."""
     write_config(tmp_path, **{"models.tiny_gemma2.compute": {"model_parallel": {"gpus": 2}}})
-    proc = snakemake(tmp_path, "-j2", "results/submission.csv", "results/time_estimate.json",
-                     "--resources", "gpu=2", "-n")
+    proc = snakemake(
+        tmp_path, "-j2", "results/submission.csv", "results/time_estimate.json", "--resources", "gpu=2", "-n"
+    )
     gpu = {}
     for rule, wildcards, resources in planned_resources(proc):
         if "gpu" in resources:
             gpu.setdefault((rule, wildcards.get("model")), set()).add(int(resources["gpu"]))
     assert {k: v for k, v in gpu.items() if k[1] == "tiny_gemma2"} == {
-        ("train", "tiny_gemma2"): {2}, ("oof", "tiny_gemma2"): {2}, ("infer", "tiny_gemma2"): {2}}
+        ("train", "tiny_gemma2"): {2},
+        ("oof", "tiny_gemma2"): {2},
+        ("infer", "tiny_gemma2"): {2},
+    }
     assert gpu[("train", "tiny_llama")] == gpu[("oof", "minilm")] == gpu[("infer", "minilm")] == {1}
     assert gpu[("time_estimate", None)] == {2}
 

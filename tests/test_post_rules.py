@@ -7,13 +7,31 @@ from arena_pref.post_rules import PRIOR_ROWS, PostRulePlan, kind_probs, row_kind
 
 
 def parsed(rows):
-    return pd.DataFrame({"id": np.arange(len(rows), dtype=np.int64), "prompt": [["q"]] * len(rows),
-                         "response_a": [r[0] for r in rows], "response_b": [r[1] for r in rows]})
+    return pd.DataFrame(
+        {
+            "id": np.arange(len(rows), dtype=np.int64),
+            "prompt": [["q"]] * len(rows),
+            "response_a": [r[0] for r in rows],
+            "response_b": [r[1] for r in rows],
+        }
+    )
 
 
 def test_row_kinds():
-    kinds = row_kinds(parsed([(["x"], ["x"]), (["x", None], ["x", None]), ([None], ["y"]), (["y"], ["  "]),
-                              (["x", ""], ["y", "z"]), ([""], [None]), (["x"], ["y"]), (["x", "z"], ["y", "z"])]))
+    kinds = row_kinds(
+        parsed(
+            [
+                (["x"], ["x"]),
+                (["x", None], ["x", None]),
+                ([None], ["y"]),
+                (["y"], ["  "]),
+                (["x", ""], ["y", "z"]),
+                ([""], [None]),
+                (["x"], ["y"]),
+                (["x", "z"], ["y", "z"]),
+            ]
+        )
+    )
     assert kinds.tolist() == ["identical", "identical", "a_empty", "b_empty", "a_empty", "identical", "", ""]
 
 
@@ -36,13 +54,36 @@ def _run(post_rules, y, kinds_train, kinds_test, folds):
     n, n_test = len(y), len(kinds_test)
     ids, test_ids = np.arange(n), np.arange(1000, 1000 + n_test)
     flat = np.full((n, 3), 1 / 3)
-    oof = {"m": pd.DataFrame({"id": ids, "fold": folds, "a": flat[:, 0], "b": flat[:, 1], "tie": flat[:, 2],
-                              "a_tta": flat[:, 0], "b_tta": flat[:, 1], "tie_tta": flat[:, 2]})}
+    oof = {
+        "m": pd.DataFrame(
+            {
+                "id": ids,
+                "fold": folds,
+                "a": flat[:, 0],
+                "b": flat[:, 1],
+                "tie": flat[:, 2],
+                "a_tta": flat[:, 0],
+                "b_tta": flat[:, 1],
+                "tie_tta": flat[:, 2],
+            }
+        )
+    }
     test = {"m": pd.DataFrame({"id": test_ids, "a": 0.4, "b": 0.4, "tie": 0.2})}
-    plan = None if post_rules is None else PostRulePlan(post_rules, pd.Series(kinds_train, index=ids),
-                                                     pd.Series(kinds_test, index=test_ids))
-    return blend_run(oof, test, pd.Series(y, index=ids), pd.Series(folds, index=ids), use_tta={"m": False},
-                     method="weights", guard=False, post_rules=plan)
+    plan = (
+        None
+        if post_rules is None
+        else PostRulePlan(post_rules, pd.Series(kinds_train, index=ids), pd.Series(kinds_test, index=test_ids))
+    )
+    return blend_run(
+        oof,
+        test,
+        pd.Series(y, index=ids),
+        pd.Series(folds, index=ids),
+        use_tta={"m": False},
+        method="weights",
+        guard=False,
+        post_rules=plan,
+    )
 
 
 def test_post_rules_set_their_rows_from_the_other_folds_and_the_test_rows_from_all():
@@ -50,8 +91,9 @@ def test_post_rules_set_their_rows_from_the_other_folds_and_the_test_rows_from_a
     n = 400
     kinds = rng.choice(["identical", "a_empty", "b_empty", ""], size=n, p=[0.1, 0.1, 0.1, 0.7])
     # identical answers mostly tie; an empty answer mostly loses
-    y = np.where(kinds == "identical", 2, np.where(kinds == "a_empty", 1, np.where(kinds == "b_empty", 0,
-                                                                                    rng.integers(0, 3, n))))
+    y = np.where(
+        kinds == "identical", 2, np.where(kinds == "a_empty", 1, np.where(kinds == "b_empty", 0, rng.integers(0, 3, n)))
+    )
     y = np.where(rng.random(n) < 0.2, rng.integers(0, 3, n), y)
     folds = np.arange(n) % 4
     kinds_test = np.array(["identical", "a_empty", "b_empty", ""])
@@ -85,27 +127,48 @@ def test_a_rule_that_does_not_help_is_left_out_and_logged(caplog):
     ids = np.arange(n)
     good = np.full((n, 3), 0.05)
     good[ids, y] = 0.9
-    oof = {"m": pd.DataFrame({"id": ids, "fold": folds, "a": good[:, 0], "b": good[:, 1], "tie": good[:, 2],
-                              "a_tta": good[:, 0], "b_tta": good[:, 1], "tie_tta": good[:, 2]})}
+    oof = {
+        "m": pd.DataFrame(
+            {
+                "id": ids,
+                "fold": folds,
+                "a": good[:, 0],
+                "b": good[:, 1],
+                "tie": good[:, 2],
+                "a_tta": good[:, 0],
+                "b_tta": good[:, 1],
+                "tie_tta": good[:, 2],
+            }
+        )
+    }
     test = {"m": pd.DataFrame({"id": [1000], "a": [0.4], "b": [0.4], "tie": [0.2]})}
     plan = PostRulePlan(("identical",), pd.Series(kinds, index=ids), pd.Series(["identical"], index=[1000]))
     with caplog.at_level("WARNING", logger="arena_pref"):
-        sub, m, oof_blend, _blender = blend_run(oof, test, pd.Series(y, index=ids), pd.Series(folds, index=ids),
-                                      use_tta={"m": False}, method="weights", guard=False, post_rules=plan)
+        sub, m, oof_blend, _blender = blend_run(
+            oof,
+            test,
+            pd.Series(y, index=ids),
+            pd.Series(folds, index=ids),
+            use_tta={"m": False},
+            method="weights",
+            guard=False,
+            post_rules=plan,
+        )
     report = m["blend"]["post_rules"]["identical"]
     assert not report["applied_to_test"] and report["oof_log_loss_after"] == report["oof_log_loss_before"]
     assert "post-rule identical: does not lower the OOF log loss" in caplog.text
-    np.testing.assert_allclose(sub[["winner_model_a", "winner_model_b", "winner_tie"]].to_numpy()[0], [0.4, 0.4, 0.2],
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        sub[["winner_model_a", "winner_model_b", "winner_tie"]].to_numpy()[0], [0.4, 0.4, 0.2], atol=1e-6
+    )
 
 
 def test_a_rule_without_training_rows_of_its_kind_leaves_the_blend():
     y = np.array([0, 1, 2, 0, 1, 2, 0, 1])
     sub, m, _, _blender = _run(("identical",), y, np.array([""] * 8), np.array(["identical"]), np.arange(8) % 2)
-    assert m["blend"]["post_rules"]["identical"] == {"n_train": 0, "n_test": 1, "probs": None,
-                                                     "applied_to_test": False}
-    np.testing.assert_allclose(sub[["winner_model_a", "winner_model_b", "winner_tie"]].to_numpy()[0],
-                               [0.4, 0.4, 0.2], atol=1e-6)
+    assert m["blend"]["post_rules"]["identical"] == {"n_train": 0, "n_test": 1, "probs": None, "applied_to_test": False}
+    np.testing.assert_allclose(
+        sub[["winner_model_a", "winner_model_b", "winner_tie"]].to_numpy()[0], [0.4, 0.4, 0.2], atol=1e-6
+    )
 
 
 def test_with_two_folds_no_rule_can_be_checked_so_none_is_used(caplog):
@@ -120,5 +183,6 @@ def test_with_two_folds_no_rule_can_be_checked_so_none_is_used(caplog):
     report = m["blend"]["post_rules"]["identical"]
     assert not report["applied_to_test"] and report["oof_log_loss_after"] == report["oof_log_loss_before"]
     assert "post-rules need at least 3 folds" in caplog.text
-    np.testing.assert_allclose(sub[["winner_model_a", "winner_model_b", "winner_tie"]].to_numpy()[0], [0.4, 0.4, 0.2],
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        sub[["winner_model_a", "winner_model_b", "winner_tie"]].to_numpy()[0], [0.4, 0.4, 0.2], atol=1e-6
+    )

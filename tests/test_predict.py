@@ -24,8 +24,9 @@ def arena_lengths(n, seed=0, cap=2048):
 @pytest.mark.parametrize("n_pairs", [0, 50])
 def test_every_sequence_planned_exactly_once(method, n_pairs):
     lengths = arena_lengths(100 if n_pairs == 0 else 2 * n_pairs)
-    batches = batching.plan_batches(lengths, method=method, batch_size=8, max_tokens=4096,
-                                   max_length=2048, n_pairs=n_pairs)
+    batches = batching.plan_batches(
+        lengths, method=method, batch_size=8, max_tokens=4096, max_length=2048, n_pairs=n_pairs
+    )
     rows = np.concatenate([b.rows for b in batches])
     assert sorted(rows.tolist()) == list(range(len(lengths)))
     for b in batches:
@@ -44,17 +45,19 @@ def test_every_sequence_planned_exactly_once(method, n_pairs):
 def test_tta_twins_go_together_or_adjacent(method):
     n = 60
     lengths = np.concatenate([arena_lengths(n, seed=1), arena_lengths(n, seed=2)])
-    batches = batching.plan_batches(lengths, method=method, batch_size=8, max_tokens=4096,
-                                   max_length=2048, n_pairs=n)
+    batches = batching.plan_batches(lengths, method=method, batch_size=8, max_tokens=4096, max_length=2048, n_pairs=n)
     where = {int(i): k for k, b in enumerate(batches) for i in b.rows}
     assert all(abs(where[i] - where[i + n]) <= 1 for i in range(n))
 
 
 def test_padding_efficiency_by_method():
     lengths = arena_lengths(400)
-    eff = {m: batching.padding_efficiency(
-        batching.plan_batches(lengths, method=m, batch_size=8, max_tokens=8192, max_length=2048), lengths)
-        for m in batching.METHODS}
+    eff = {
+        m: batching.padding_efficiency(
+            batching.plan_batches(lengths, method=m, batch_size=8, max_tokens=8192, max_length=2048), lengths
+        )
+        for m in batching.METHODS
+    }
     assert eff["packed"] == 1.0
     assert eff["fixed"] < eff["sorted_dynamic"] < 1.0
     assert eff["token_budget"] > 0.95
@@ -75,6 +78,7 @@ def test_shards_balanced_by_tokens():
 
 # --------------------------------------------------------------------------- real models
 
+
 def random_sequences(n, low, high, vocab=(5, 300), seed=0, first=None, last=None):
     rng = np.random.default_rng(seed)
     seqs = []
@@ -89,8 +93,8 @@ def padded(seqs, pad):
     ids = torch.full((len(seqs), width), pad)
     mask = torch.zeros_like(ids)
     for i, s in enumerate(seqs):
-        ids[i, :len(s)] = torch.tensor(s)
-        mask[i, :len(s)] = 1
+        ids[i, : len(s)] = torch.tensor(s)
+        mask[i, : len(s)] = 1
     return ids, mask
 
 
@@ -120,8 +124,8 @@ def test_cls_pooling_matches_stock_bert_head(minilm_dir):
 def _packed_vs_padded(model, seqs, pool):
     lengths = [len(s) for s in seqs]
     padded_probs = predict.run_batches(
-        model, seqs, batching.plan_batches(lengths, method="sorted_dynamic", batch_size=4),
-        pad_token_id=0, pooling=pool)
+        model, seqs, batching.plan_batches(lengths, method="sorted_dynamic", batch_size=4), pad_token_id=0, pooling=pool
+    )
     packed_batches = batching.plan_batches(lengths, method="packed", max_tokens=150)
     assert max(len(b.rows) for b in packed_batches) > 2  # several sequences share a pass
     packed_probs = predict.run_batches(model, seqs, packed_batches, pad_token_id=0, pooling=pool)
@@ -142,8 +146,7 @@ def test_packed_matches_padded_on_minilm(minilm_dir, pool):
     model = modeling.load_model(minilm_dir).eval()
     torch.manual_seed(0)
     torch.nn.init.normal_(model.classifier.weight, std=0.5)  # a fresh head says little: sharpen it
-    _packed_vs_padded(model, random_sequences(16, 3, 50, vocab=(1000, 20000), first=101, last=102, seed=4),
-                      pool)
+    _packed_vs_padded(model, random_sequences(16, 3, 50, vocab=(1000, 20000), first=101, last=102, seed=4), pool)
 
 
 def test_two_cpu_workers_match_one(tiny_backbone_dir, tmp_path):
@@ -155,10 +158,20 @@ def test_two_cpu_workers_match_one(tiny_backbone_dir, tmp_path):
     n = 24
     seqs = random_sequences(2 * n, 3, 50, seed=5)
     tokens = pd.DataFrame({"id": np.arange(n) + 1000, "input_ids": seqs[:n], "input_ids_swap": seqs[n:]})
-    settings = model_settings(quantization="none", dtype="float32", max_length=64,
-                              predict={"method": "packed", "batch_size": 4, "max_tokens_per_batch": 200}).prediction
-    kw = dict(backbone=str(tiny_backbone_dir), adapter_dir=tmp_path / "adapter", tokens=tokens,
-              settings=settings, tta=True, threads=1)
+    settings = model_settings(
+        quantization="none",
+        dtype="float32",
+        max_length=64,
+        predict={"method": "packed", "batch_size": 4, "max_tokens_per_batch": 200},
+    ).prediction
+    kw = dict(
+        backbone=str(tiny_backbone_dir),
+        adapter_dir=tmp_path / "adapter",
+        tokens=tokens,
+        settings=settings,
+        tta=True,
+        threads=1,
+    )
     one = predict.predict_on_devices(devices=["cpu"], **kw)
     import logging
 
@@ -171,8 +184,7 @@ def test_two_cpu_workers_match_one(tiny_backbone_dir, tmp_path):
     finally:
         logging.getLogger().handlers[:] = handlers
     assert two["id"].tolist() == tokens["id"].tolist()
-    np.testing.assert_allclose(two.drop(columns="id").to_numpy(), one.drop(columns="id").to_numpy(),
-                               rtol=0, atol=1e-6)
+    np.testing.assert_allclose(two.drop(columns="id").to_numpy(), one.drop(columns="id").to_numpy(), rtol=0, atol=1e-6)
     # the workers log into the job's log file too (what they loaded, their fallbacks, progress)
     log = (tmp_path / "job.log").read_text()
     assert log.count("loaded LlamaForSequenceClassification") + log.count("loaded Gemma2ForSequenceClassification") == 2
@@ -193,13 +205,16 @@ def test_packed_rows_attend_per_sequence_not_row_squared(request, which, monkeyp
         before = model(input_ids=ids, attention_mask=mask).logits
     seen = []
     real = varlen._segment_call
-    monkeypatch.setattr(varlen, "_segment_call", lambda module, base, **kw: seen.append(kw["length"]) or real(
-        module, base, **kw))
+    monkeypatch.setattr(
+        varlen, "_segment_call", lambda module, base, **kw: seen.append(kw["length"]) or real(module, base, **kw)
+    )
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS as masks
 
     built = []
     for impl in ("eager", "sdpa"):
-        monkeypatch.setitem(masks._global_mapping, impl, lambda *a, _f=masks[impl], **kw: built.append(kw) or _f(*a, **kw))
+        monkeypatch.setitem(
+            masks._global_mapping, impl, lambda *a, _f=masks[impl], **kw: built.append(kw) or _f(*a, **kw)
+        )
     seqs = random_sequences(5, 3, 30, vocab=vocab, seed=6)
     packed_ids, positions, lengths = pooling.packed_inputs(seqs)
     with torch.no_grad():
@@ -224,8 +239,13 @@ def test_pair_pooling_packed_matches_padded_and_needs_segments(minilm_dir):
     segs = [[0] * 3 + [1] * ((len(s) - 3) // 2) + [2] * (len(s) - 3 - (len(s) - 3) // 2) for s in seqs]
     lengths = [len(s) for s in seqs]
     run = lambda method, sg: predict.run_batches(  # noqa: E731
-        model, seqs, batching.plan_batches(lengths, method=method, batch_size=4, max_tokens=150),
-        pad_token_id=0, pooling="pair", segments=sg)
+        model,
+        seqs,
+        batching.plan_batches(lengths, method=method, batch_size=4, max_tokens=150),
+        pad_token_id=0,
+        pooling="pair",
+        segments=sg,
+    )
     by_padding, by_packing = run("sorted_dynamic", segs), run("packed", segs)
     np.testing.assert_allclose(by_packing, by_padding, rtol=0, atol=1e-4)
     mirrored = run("packed", [[{1: 2, 2: 1}.get(v, v) for v in s] for s in segs])
@@ -263,8 +283,9 @@ def test_merged_lora_predicts_what_the_adapter_does(request, tmp_path, quantizat
 def test_merge_lora_falls_back_when_memory_is_short(tiny_backbone_dir, tmp_path, monkeypatch, caplog):
     adapter = bench.random_adapter(tiny_backbone_dir, tmp_path / "adapter", quantization="4bit", **ADAPTER)
     monkeypatch.setattr(modeling, "free_memory_bytes", lambda device: 1024)
-    model = modeling.load_for_inference(tiny_backbone_dir, adapter, quantization="4bit", dtype="float32",
-                                        pad_token_id=0, merge_lora=True)
+    model = modeling.load_for_inference(
+        tiny_backbone_dir, adapter, quantization="4bit", dtype="float32", pad_token_id=0, merge_lora=True
+    )
     assert hasattr(model, "peft_config")  # the unmerged adapter on the 4-bit base
     assert any(type(m.weight).__name__ == "Params4bit" for m in model.modules() if hasattr(m, "weight"))
     assert "predicting with the unmerged adapter" in caplog.text
@@ -294,10 +315,12 @@ def test_packed_matches_fixed_padding_on_long_rows(tiny_backbone_dir):
     rng = np.random.default_rng(8)
     seqs = [[1] + rng.integers(5, 300, n - 1).tolist() for n in (2500, 1800, 1100, 300, 40, 700)]
     lengths = [len(s) for s in seqs]
-    fixed = predict.run_batches(model, seqs, batching.plan_batches(lengths, method="fixed", batch_size=3,
-                                                                  max_length=2600), pad_token_id=0)
-    packed = predict.run_batches(model, seqs, batching.plan_batches(lengths, method="packed", max_tokens=3000),
-                                 pad_token_id=0)
+    fixed = predict.run_batches(
+        model, seqs, batching.plan_batches(lengths, method="fixed", batch_size=3, max_length=2600), pad_token_id=0
+    )
+    packed = predict.run_batches(
+        model, seqs, batching.plan_batches(lengths, method="packed", max_tokens=3000), pad_token_id=0
+    )
     np.testing.assert_allclose(packed, fixed, rtol=0, atol=1e-5)
     assert np.abs(fixed - fixed.mean(0)).max() > 1e-3
 
@@ -334,8 +357,9 @@ def test_merge_lora_falls_back_when_the_base_cannot_be_merged(tiny_backbone_dir,
         raise NotImplementedError("no dequantize for this quantizer")
 
     monkeypatch.setattr(modeling, "_merge", no_dequantize)
-    model = modeling.load_for_inference(tiny_backbone_dir, adapter, quantization="4bit", dtype="float32",
-                                        pad_token_id=0, merge_lora=True)
+    model = modeling.load_for_inference(
+        tiny_backbone_dir, adapter, quantization="4bit", dtype="float32", pad_token_id=0, merge_lora=True
+    )
     assert hasattr(model, "peft_config")
     assert "cannot merge into the 4bit base" in caplog.text
 
@@ -348,7 +372,7 @@ def test_padded_pooling_finds_the_real_tokens_on_either_side(side):
     mask = torch.zeros((3, width), dtype=torch.long)
     for row, n in enumerate(lengths):
         if side == "left":
-            mask[row, width - n:] = 1
+            mask[row, width - n :] = 1
         else:
             mask[row, :n] = 1
     hidden = torch.arange(width, dtype=torch.float32)[None, :, None].expand(3, width, 2)  # position as value
@@ -370,8 +394,8 @@ def test_left_padded_batches_give_right_padded_logits(request, arch):
     right_ids, right_mask = padded(seqs, 0)
     left_ids, left_mask = torch.zeros_like(right_ids), torch.zeros_like(right_mask)
     for row, s in enumerate(seqs):
-        left_ids[row, right_ids.shape[1] - len(s):] = torch.tensor(s)
-        left_mask[row, right_ids.shape[1] - len(s):] = 1
+        left_ids[row, right_ids.shape[1] - len(s) :] = torch.tensor(s)
+        left_mask[row, right_ids.shape[1] - len(s) :] = 1
     with torch.no_grad():
         right = pooling.classify(model, input_ids=right_ids, attention_mask=right_mask)
         left = pooling.classify(model, input_ids=left_ids, attention_mask=left_mask)
@@ -418,8 +442,14 @@ def test_packed_sdpa_segments_run_causal_kernels_without_masks(tiny_llama_dir, m
     assert model.config._attn_implementation == "sdpa"
     seen = []
     real = ALL_ATTENTION_FUNCTIONS["sdpa"]
-    monkeypatch.setitem(ALL_ATTENTION_FUNCTIONS._global_mapping, "sdpa", lambda module, q, k, v, mask, **kw: (
-        seen.append((mask, kw.get("is_causal"))), real(module, q, k, v, mask, **kw))[1])
+    monkeypatch.setitem(
+        ALL_ATTENTION_FUNCTIONS._global_mapping,
+        "sdpa",
+        lambda module, q, k, v, mask, **kw: (
+            seen.append((mask, kw.get("is_causal"))),
+            real(module, q, k, v, mask, **kw),
+        )[1],
+    )
     seqs = random_sequences(5, 3, 30, seed=13)
     ids, positions, lengths = pooling.packed_inputs(seqs)
     with torch.no_grad():
@@ -449,8 +479,9 @@ def test_flash_attention_gets_the_packed_boundaries(request, which, monkeypatch)
     eager = sys.modules[type(model.model.layers[0].self_attn).__module__].eager_attention_forward
     calls = []
 
-    def flash_stand_in(module, q, k, v, mask, *, cu_seq_lens_q, cu_seq_lens_k, max_length_q, max_length_k,
-                       sliding_window=None, **kw):
+    def flash_stand_in(
+        module, q, k, v, mask, *, cu_seq_lens_q, cu_seq_lens_k, max_length_q, max_length_k, sliding_window=None, **kw
+    ):
         assert mask is None and cu_seq_lens_q.dtype == torch.int32 and torch.equal(cu_seq_lens_q, cu_seq_lens_k)
         bounds = cu_seq_lens_q.tolist()
         assert max_length_q == max_length_k == max(np.diff(bounds))
@@ -468,8 +499,9 @@ def test_flash_attention_gets_the_packed_boundaries(request, which, monkeypatch)
     lengths = [len(s) for s in seqs]
     batches = batching.plan_batches(lengths, method="packed", max_tokens=120)
     packed = predict.run_batches(model, seqs, batches, pad_token_id=0)
-    padded_probs = predict.run_batches(reference, seqs, batching.plan_batches(lengths, method="sorted_dynamic"),
-                                       pad_token_id=0)
+    padded_probs = predict.run_batches(
+        reference, seqs, batching.plan_batches(lengths, method="sorted_dynamic"), pad_token_id=0
+    )
     np.testing.assert_allclose(packed, padded_probs, rtol=0, atol=1e-5)
     assert len(calls) == len(batches) * model.config.num_hidden_layers
 
@@ -484,18 +516,35 @@ def test_float16_overflow_stops_with_the_model_and_fold_named(tiny_backbone_dir,
 
     adapter = bench.random_adapter(tiny_backbone_dir, tmp_path / "adapter", quantization="none", **ADAPTER)
     weights = load_file(str(adapter / "adapter_model.safetensors"))
-    save_file({k: v * 1e6 if "score" in k else v for k, v in weights.items()}, str(adapter / "adapter_model.safetensors"))
+    save_file(
+        {k: v * 1e6 if "score" in k else v for k, v in weights.items()}, str(adapter / "adapter_model.safetensors")
+    )
     n = 6
     seqs = random_sequences(2 * n, 3, 30, seed=15)
-    io.write_parquet(pd.DataFrame({"id": np.arange(n), "input_ids": seqs[:n], "input_ids_swap": seqs[n:]}),
-                     tmp_path / "test.parquet")
-    model = model_settings(quantization="none", dtype="float16", max_length=64,
-                           predict={"method": "packed", "max_tokens_per_batch": 128})
+    io.write_parquet(
+        pd.DataFrame({"id": np.arange(n), "input_ids": seqs[:n], "input_ids_swap": seqs[n:]}), tmp_path / "test.parquet"
+    )
+    model = model_settings(
+        quantization="none", dtype="float16", max_length=64, predict={"method": "packed", "max_tokens_per_batch": 128}
+    )
     out = tmp_path / "fold3.parquet"
-    with pytest.raises(InputError, match=r"model 'gemma_t4', fold3 \(test\): \d+ of 12 sequences got "
-                                         r"non-finite probabilities.*float16 overflows"):
-        steps.infer(model="gemma_t4", part="fold3", tokens_parquet=tmp_path / "test.parquet", backbone=tiny_backbone_dir,
-                    adapter=adapter, settings=model.prediction, options=model.options, tta=True, out=out, threads=1)
+    with pytest.raises(
+        InputError,
+        match=r"model 'gemma_t4', fold3 \(test\): \d+ of 12 sequences got "
+        r"non-finite probabilities.*float16 overflows",
+    ):
+        steps.infer(
+            model="gemma_t4",
+            part="fold3",
+            tokens_parquet=tmp_path / "test.parquet",
+            backbone=tiny_backbone_dir,
+            adapter=adapter,
+            settings=model.prediction,
+            options=model.options,
+            tta=True,
+            out=out,
+            threads=1,
+        )
     assert not out.exists()
 
 
@@ -530,8 +579,14 @@ def test_each_prediction_worker_sees_only_its_own_gpu(monkeypatch):
 
     seen = []
     monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", InProcessPool)
-    monkeypatch.setattr(predict, "_predict_share", lambda trained, dev, seqs, segs, shard, threads: (
-        seen.append((os.environ["CUDA_VISIBLE_DEVICES"], dev)), (np.array([], dtype=np.int64), np.zeros((0, 3)), 0.0))[1])
+    monkeypatch.setattr(
+        predict,
+        "_predict_share",
+        lambda trained, dev, seqs, segs, shard, threads: (
+            seen.append((os.environ["CUDA_VISIBLE_DEVICES"], dev)),
+            (np.array([], dtype=np.int64), np.zeros((0, 3)), 0.0),
+        )[1],
+    )
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,7")
     predict._predict_in_workers(None, ["cuda:0", "cuda:1"], [[], []], seqs=[], segs=None, threads=1)
     assert seen == [("4", "cuda:0"), ("7", "cuda:0")]
@@ -574,8 +629,9 @@ def test_failed_merge_frees_the_half_converted_model_before_reloading(tiny_backb
 
     monkeypatch.setattr(modeling, "load_model", load)
     monkeypatch.setattr(modeling, "_merge", failing_merge)
-    model = modeling.load_for_inference(tiny_backbone_dir, adapter, quantization="4bit", dtype="float32",
-                                        pad_token_id=0, merge_lora=True)
+    model = modeling.load_for_inference(
+        tiny_backbone_dir, adapter, quantization="4bit", dtype="float32", pad_token_id=0, merge_lora=True
+    )
     assert alive_at_reload == [False]
     assert any(type(m.weight).__name__ == "Params4bit" for m in model.modules() if hasattr(m, "weight"))
 
@@ -597,9 +653,15 @@ def test_workflow_scripts_let_spawned_workers_start(tmp_path):
             "from concurrent.futures import ProcessPoolExecutor\n"
             "if __name__ == '__main__':\n"
             "    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context('spawn')) as pool:\n"
-            "        print('worker', pool.submit(os.getpid).result())\n")
-        proc = subprocess.run([sys.executable, str(generated)], capture_output=True, text=True, timeout=120,
-                              env={**os.environ, "PYTHONPATH": str(REPO / "workflow")})
+            "        print('worker', pool.submit(os.getpid).result())\n"
+        )
+        proc = subprocess.run(
+            [sys.executable, str(generated)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "PYTHONPATH": str(REPO / "workflow")},
+        )
         assert proc.returncode == 0 and "worker" in proc.stdout, (script.name, proc.stderr[-2000:])
 
 

@@ -43,8 +43,15 @@ def test_every_preset_has_a_smoke_test():
 def preset_with_tiny_backbone(name):
     cfg = yaml.safe_load((PRESETS / name).read_text())
     for model in (m for m in cfg["models"].values() if m.get("kind", "llm") == "llm"):
-        model["backbone"] = {"kind": "tiny", "vocab_size": 600, "hidden_size": 64, "num_heads": 4,
-                             "intermediate_size": 128, "max_position": model["max_length"], **TINY[name]}
+        model["backbone"] = {
+            "kind": "tiny",
+            "vocab_size": 600,
+            "hidden_size": 64,
+            "num_heads": 4,
+            "intermediate_size": 128,
+            "max_position": model["max_length"],
+            **TINY[name],
+        }
     return cfg
 
 
@@ -52,8 +59,9 @@ def preset_with_tiny_backbone(name):
 @pytest.mark.parametrize("name", sorted(TINY))
 def test_preset_runs_on_cpu(tmp_path, name):
     cfg = preset_with_tiny_backbone(name)
-    write_demo_csvs(tmp_path / cfg["data"]["train_csv"], tmp_path / cfg["data"]["test_csv"], n_train=60, n_test=8,
-                    seed=5)
+    write_demo_csvs(
+        tmp_path / cfg["data"]["train_csv"], tmp_path / cfg["data"]["test_csv"], n_train=60, n_test=8, seed=5
+    )
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     snakemake(tmp_path, "-j2", "results/submission.csv", timeout=1500)
 
@@ -71,9 +79,11 @@ def test_preset_runs_on_cpu(tmp_path, name):
                 if not torch.cuda.is_available():  # the GPU check runs this test on CUDA too (gpu_check.py)
                     assert (line in log) == (setting in text), (setting, log)
             assert "instead" not in log  # packing ran as configured, no fallback to padded batches
-            expected = (f"{'packed' if train.get('packing') else 'padded'} batches",
-                        f"mixed precision {settings['dtype']}",
-                        f"gradient checkpointing {'on' if train.get('gradient_checkpointing') else 'off'}")
+            expected = (
+                f"{'packed' if train.get('packing') else 'padded'} batches",
+                f"mixed precision {settings['dtype']}",
+                f"gradient checkpointing {'on' if train.get('gradient_checkpointing') else 'off'}",
+            )
             assert all(e in log for e in expected), (expected, log)
             oof = pd.read_parquet(tmp_path / f"results/oof/{model}/fold{fold}.parquet")
             probs = oof[["a", "b", "tie", "a_tta", "b_tta", "tie_tta"]].to_numpy()

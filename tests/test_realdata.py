@@ -13,8 +13,13 @@ from arena_pref.demo import write_demo_csvs
 
 
 def test_length_regression_reads_the_last_answers_and_survives_empty_ones():
-    train = pd.DataFrame({"response_a": [["x" * 200], ["hi"], ["a", "x" * 300], ["no"]] * 10,
-                          "response_b": [["ok"], ["y" * 250], ["b"], []] * 10, "label": [0, 1, 0, 2] * 10})
+    train = pd.DataFrame(
+        {
+            "response_a": [["x" * 200], ["hi"], ["a", "x" * 300], ["no"]] * 10,
+            "response_b": [["ok"], ["y" * 250], ["b"], []] * 10,
+            "label": [0, 1, 0, 2] * 10,
+        }
+    )
     probs = realdata.length_lr(train, train)
     assert probs.shape == (40, 3) and np.allclose(probs.sum(axis=1), 1)
     assert probs[0, 0] > 0.5 and probs[1, 1] > 0.5  # the longer last answer wins
@@ -32,14 +37,20 @@ def scored_run(tmp_path):
     labels.insert(0, "id", test["id"])
     labels.iloc[::-1].to_csv(data_dir / "test_labels.csv", index=False)  # another row order
     member = rng.dirichlet([2, 2, 2], len(test))
-    io.write_parquet(pd.DataFrame({"id": test["id"], "a": member[:, 0], "b": member[:, 1], "tie": member[:, 2]}),
-                     workdir / "results/test/m.parquet")
+    io.write_parquet(
+        pd.DataFrame({"id": test["id"], "a": member[:, 0], "b": member[:, 1], "tie": member[:, 2]}),
+        workdir / "results/test/m.parquet",
+    )
     sub = pd.DataFrame(np.tile([0.5, 0.3, 0.2], (len(test), 1)), columns=list(LABELS))
     sub.insert(0, "id", test["id"])
     io.write_csv(sub, workdir / "results/submission.csv")
-    io.write_json({"models": {"m": {"log_loss_used": 0.9}},
-                   "blend": {"method": "stack", "log_loss": 0.8, "guard": {"prior_oof_log_loss": 1.09}}},
-                  workdir / "results/metrics.json")
+    io.write_json(
+        {
+            "models": {"m": {"log_loss_used": 0.9}},
+            "blend": {"method": "stack", "log_loss": 0.8, "guard": {"prior_oof_log_loss": 1.09}},
+        },
+        workdir / "results/metrics.json",
+    )
     return data_dir, workdir, y, member
 
 
@@ -50,7 +61,8 @@ def test_score_puts_each_test_figure_beside_its_oof_figure(scored_run):
     assert list(rows) == ["class prior", "length logistic regression", "m", "blend (stack)"]
     assert rows["m"] == {"test_log_loss": pytest.approx(sk_log_loss(y, member, labels=[0, 1, 2])), "oof_log_loss": 0.9}
     assert rows["blend (stack)"]["test_log_loss"] == pytest.approx(
-        sk_log_loss(y, np.tile([0.5, 0.3, 0.2], (len(y), 1)), labels=[0, 1, 2]))
+        sk_log_loss(y, np.tile([0.5, 0.3, 0.2], (len(y), 1)), labels=[0, 1, 2])
+    )
     assert result["n_test"] == len(y) and result["oof_prior"] == 1.09
     table = realdata.table(json.loads(json.dumps(result)))
     assert table.splitlines()[2].startswith("| class prior | ") and "| m | " in table

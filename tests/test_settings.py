@@ -20,8 +20,13 @@ def config_with(**models):
     return {**BASE, "models": {**BASE["models"], **models}}
 
 
-JUDGE = {"kind": "judge", "backbone": {"kind": "tiny", "arch": "llama"}, "answers": {"a": "1", "b": "2", "tie": "="},
-         "predict": {"tta": False, "folds": [1]}, "max_length": 512}
+JUDGE = {
+    "kind": "judge",
+    "backbone": {"kind": "tiny", "arch": "llama"},
+    "answers": {"a": "1", "b": "2", "tie": "="},
+    "predict": {"tta": False, "folds": [1]},
+    "max_length": 512,
+}
 PARTS = {"features": ("learner",), "judge": ("scoring",), "llm": ("tokens", "training", "prediction")}
 
 
@@ -42,7 +47,8 @@ def test_params_do_not_depend_on_key_order():
         parts = PARTS[a.models[name].kind]
         for part in parts:
             assert repr(settings.to_params(getattr(a.models[name], part))) == repr(
-                settings.to_params(getattr(b.models[name], part)))
+                settings.to_params(getattr(b.models[name], part))
+            )
 
 
 def test_numbers_are_canonical():
@@ -52,7 +58,8 @@ def test_numbers_are_canonical():
     as_float["blend"]["stack_C"] = 1  # the schema's default is 1.0
     a, b = settings.load_config(BASE), settings.load_config(as_float)
     assert repr(settings.to_params(a.models["tiny_gemma2"].training)) == repr(
-        settings.to_params(b.models["tiny_gemma2"].training))
+        settings.to_params(b.models["tiny_gemma2"].training)
+    )
     assert repr(settings.to_params(a.blend)) == repr(settings.to_params(b.blend))
 
 
@@ -66,34 +73,51 @@ def test_job_options_are_not_params():
 
 
 def test_a_feature_member_is_validated_and_filled():
-    cfg = {**config_with(pf={"predict": {"folds": [1]}, "C": 3, "kind": "features", "learner": "logreg"}),
-           "blend": {"method": "stack"}}
+    cfg = {
+        **config_with(pf={"predict": {"folds": [1]}, "C": 3, "kind": "features", "learner": "logreg"}),
+        "blend": {"method": "stack"},
+    }
     model = settings.load_config(cfg).models["pf"]
     assert model.kind == "features" and model.folds == (1,) and model.tta is True
     # the keys logreg does not read are None: changing them reruns nothing
-    assert model.learner == settings.FeatureLearner(learner="logreg", max_iter=200, learning_rate=None,
-                                                    max_leaf_nodes=None, min_samples_leaf=None, l2_regularization=None,
-                                                    C=3.0, seed=None)
+    assert model.learner == settings.FeatureLearner(
+        learner="logreg",
+        max_iter=200,
+        learning_rate=None,
+        max_leaf_nodes=None,
+        min_samples_leaf=None,
+        l2_regularization=None,
+        C=3.0,
+        seed=None,
+    )
     hgb = settings.load_config({**cfg, "models": {"pf": {"kind": "features", "learner": "hgb"}}}).models["pf"].learner
     assert hgb.C is None and hgb.learning_rate == 0.05 and hgb.seed == 0
     assert settings.load_config(cfg).names("features") == ["pair_features", "pf"]
 
 
-@pytest.mark.parametrize("model, message", [
-    ({"kind": "features", "max_length": 128}, r"config\.models\.pf: unknown key 'max_length'"),
-    ({"kind": "features", "learner": "forest"}, r"config\.models\.pf\.learner: 'forest' is not one of"),
-    ({"kind": "feature"}, r"config\.models\.pf\.kind: 'feature' is not one of \['llm', 'features', 'judge'\]"),
-])
+@pytest.mark.parametrize(
+    "model, message",
+    [
+        ({"kind": "features", "max_length": 128}, r"config\.models\.pf: unknown key 'max_length'"),
+        ({"kind": "features", "learner": "forest"}, r"config\.models\.pf\.learner: 'forest' is not one of"),
+        ({"kind": "feature"}, r"config\.models\.pf\.kind: 'feature' is not one of \['llm', 'features', 'judge'\]"),
+    ],
+)
 def test_feature_member_errors_name_the_key(model, message):
     with pytest.raises(InputError, match=message):
         settings.load_config({**config_with(pf=model), "blend": {"method": "stack"}})
 
 
-@pytest.mark.parametrize("model, message", [
-    ({"kind": "features", "learner": "hgb", "C": 0.1}, r"config\.models\.pf: learner 'hgb' does not read C "),
-    ({"kind": "features", "learning_rate": 0.1, "max_leaf_nodes": 7},
-     r"config\.models\.pf: learner 'logreg' does not read learning_rate, max_leaf_nodes \(it reads C, max_iter\)"),
-])
+@pytest.mark.parametrize(
+    "model, message",
+    [
+        ({"kind": "features", "learner": "hgb", "C": 0.1}, r"config\.models\.pf: learner 'hgb' does not read C "),
+        (
+            {"kind": "features", "learning_rate": 0.1, "max_leaf_nodes": 7},
+            r"config\.models\.pf: learner 'logreg' does not read learning_rate, max_leaf_nodes \(it reads C, max_iter\)",
+        ),
+    ],
+)
 def test_a_key_the_learner_does_not_read_is_an_error(model, message):
     with pytest.raises(InputError, match=message):
         settings.load_config({**config_with(pf=model), "blend": {"method": "stack"}})
@@ -109,14 +133,23 @@ def test_blend_weights_with_another_method_are_an_error():
 def test_blend_defaults_to_stacking_with_the_guard():
     cfg = {k: v for k, v in BASE.items() if k != "blend"}
     blend = settings.load_config(cfg).blend
-    assert blend == settings.BlendSettings(method="stack", weights={}, stack_C=1.0, calibrate=False, guard=True,
-                                           post_rules=settings.PostRules(identical=False, empty=False))
+    assert blend == settings.BlendSettings(
+        method="stack",
+        weights={},
+        stack_C=1.0,
+        calibrate=False,
+        guard=True,
+        post_rules=settings.PostRules(identical=False, empty=False),
+    )
 
 
 def test_params_round_trip_to_typed_settings():
     model = settings.load_config(BASE).models["tiny_gemma2"]
-    for cls, value in ((settings.TrainSettings, model.training), (settings.PredictSettings, model.prediction),
-                       (settings.TokenSettings, model.tokens)):
+    for cls, value in (
+        (settings.TrainSettings, model.training),
+        (settings.PredictSettings, model.prediction),
+        (settings.TokenSettings, model.tokens),
+    ):
         assert settings.from_params(cls, settings.to_params(value)) == value
     assert model.training.train.packing is True and model.training.lora.target_modules == ("q_proj", "v_proj")
     assert model.training.train.weight_decay == 0.0  # a default the schema filled
@@ -129,18 +162,36 @@ def test_oof_settings_do_not_hold_tta_or_folds():
     assert "tta" not in repr(params) and "folds" not in repr(params)
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"minilm": {**BASE["models"]["minilm"], "backbone": {"kind": "hubb", "name": "x"}}},
-     "config.models.minilm.backbone.kind: 'hubb' is not one of ['path', 'hub', 'package', 'tiny']"),
-    ({"tiny_gemma2": {**BASE["models"]["tiny_gemma2"],
-                      "backbone": {**BASE["models"]["tiny_gemma2"]["backbone"], "num_layer": 2}}},
-     "config.models.tiny_gemma2.backbone: unknown key 'num_layer' (did you mean 'num_layers'?)"),
-    ({"minilm": {**BASE["models"]["minilm"], "train": {**BASE["models"]["minilm"]["train"], "epoch": 2}}},
-     "config.models.minilm.train: unknown key 'epoch' (did you mean 'epochs'?)"),
-    ({"minilm": {**BASE["models"]["minilm"], "quantization": "3bit"}},
-     "config.models.minilm.quantization: '3bit' is not one of ['4bit', '8bit', 'none']"),
-    ({"fold.0": BASE["models"]["minilm"]}, "config.models: name 'fold.0' is not allowed: model names are identifiers"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            {"minilm": {**BASE["models"]["minilm"], "backbone": {"kind": "hubb", "name": "x"}}},
+            "config.models.minilm.backbone.kind: 'hubb' is not one of ['path', 'hub', 'package', 'tiny']",
+        ),
+        (
+            {
+                "tiny_gemma2": {
+                    **BASE["models"]["tiny_gemma2"],
+                    "backbone": {**BASE["models"]["tiny_gemma2"]["backbone"], "num_layer": 2},
+                }
+            },
+            "config.models.tiny_gemma2.backbone: unknown key 'num_layer' (did you mean 'num_layers'?)",
+        ),
+        (
+            {"minilm": {**BASE["models"]["minilm"], "train": {**BASE["models"]["minilm"]["train"], "epoch": 2}}},
+            "config.models.minilm.train: unknown key 'epoch' (did you mean 'epochs'?)",
+        ),
+        (
+            {"minilm": {**BASE["models"]["minilm"], "quantization": "3bit"}},
+            "config.models.minilm.quantization: '3bit' is not one of ['4bit', '8bit', 'none']",
+        ),
+        (
+            {"fold.0": BASE["models"]["minilm"]},
+            "config.models: name 'fold.0' is not allowed: model names are identifiers",
+        ),
+    ],
+)
 def test_config_errors_are_one_line_naming_the_key(change, message):
     with pytest.raises(InputError) as err:
         settings.load_config(config_with(**change))
@@ -150,8 +201,11 @@ def test_config_errors_are_one_line_naming_the_key(change, message):
 def test_model_names_that_read_like_paths_are_fine():
     """``test``, ``oof`` or ``fold0`` are identifiers: the blend is told model names, it never
     parses them out of paths."""
-    config = {**BASE, "models": {"test": BASE["models"]["minilm"], "fold0": BASE["models"]["tiny_gemma2"]},
-              "blend": {"method": "weights", "weights": {"test": 1, "fold0": 1}}}
+    config = {
+        **BASE,
+        "models": {"test": BASE["models"]["minilm"], "fold0": BASE["models"]["tiny_gemma2"]},
+        "blend": {"method": "weights", "weights": {"test": 1, "fold0": 1}},
+    }
     assert list(settings.load_config(config).models) == ["test", "fold0"]
 
 
@@ -165,18 +219,33 @@ def workdir(tmp_path, monkeypatch):
     return tmp_path
 
 
-@pytest.mark.parametrize("name, changes, message", [
-    ("minilm", {"max_length": 1024}, "models.minilm.max_length: 1024 is above the backbone's position limit (512"),
-    ("minilm", {"template": {"prompt": "question " * 60}}, "models.minilm.template: the template and special "
-                                                              "tokens take"),
-    ("minilm", {"lora": {"r": 4, "alpha": 8, "target_modules": ["query", "q_proj"]}},
-     "models.minilm.lora.target_modules: ['q_proj'] match no module of the backbone (its linear layers: "),
-    ("tiny_gemma2", {"lora": {"r": 4, "alpha": 8, "target_modules": ["q_proj"], "layers_to_transform": [0, 16]}},
-     "models.tiny_gemma2.lora.layers_to_transform: [16] beyond the backbone's 1 layers"),
-    ("tiny_gemma2", {"backbone": {**BASE["models"]["tiny_gemma2"]["backbone"], "num_heads": 5}},
-     "models.tiny_gemma2.backbone: cannot be used: Class validation error for validator 'validate_architecture': "
-     "ValueError: The hidden size (64) is not a multiple of the number of attention heads (5)."),
-])
+@pytest.mark.parametrize(
+    "name, changes, message",
+    [
+        ("minilm", {"max_length": 1024}, "models.minilm.max_length: 1024 is above the backbone's position limit (512"),
+        (
+            "minilm",
+            {"template": {"prompt": "question " * 60}},
+            "models.minilm.template: the template and special tokens take",
+        ),
+        (
+            "minilm",
+            {"lora": {"r": 4, "alpha": 8, "target_modules": ["query", "q_proj"]}},
+            "models.minilm.lora.target_modules: ['q_proj'] match no module of the backbone (its linear layers: ",
+        ),
+        (
+            "tiny_gemma2",
+            {"lora": {"r": 4, "alpha": 8, "target_modules": ["q_proj"], "layers_to_transform": [0, 16]}},
+            "models.tiny_gemma2.lora.layers_to_transform: [16] beyond the backbone's 1 layers",
+        ),
+        (
+            "tiny_gemma2",
+            {"backbone": {**BASE["models"]["tiny_gemma2"]["backbone"], "num_heads": 5}},
+            "models.tiny_gemma2.backbone: cannot be used: Class validation error for validator 'validate_architecture': "
+            "ValueError: The hidden size (64) is not a multiple of the number of attention heads (5).",
+        ),
+    ],
+)
 def test_backbone_checks_catch_what_would_fail_later(workdir, name, changes, message):
     with pytest.raises(InputError, match="^" + re.escape("config " + message)):
         backbones.check_model(model(name, **changes))
@@ -211,29 +280,43 @@ def with_parallel(name="tiny_gemma2", **model):
 def test_model_parallel_is_how_a_job_runs_and_sets_its_gpus():
     """compute.model_parallel changes where a model's jobs run, not what they make: it is a job
     option (no rerun, checkpoints resume), and it sets the GPUs its train, oof and infer jobs claim."""
-    config = settings.load_config({**with_parallel(compute={"model_parallel": {"gpus": 2, "max_memory_gib": 15}}),
-                                   "compute": {"predict_gpus": 3}})
+    config = settings.load_config(
+        {**with_parallel(compute={"model_parallel": {"gpus": 2, "max_memory_gib": 15}}), "compute": {"predict_gpus": 3}}
+    )
     model = config.models["tiny_gemma2"]
     assert model.options.model_parallel == settings.ModelParallel(
-        key="models.tiny_gemma2.compute.model_parallel", gpus=2, max_memory_gib=15.0, reserve_gib=3.0)
+        key="models.tiny_gemma2.compute.model_parallel", gpus=2, max_memory_gib=15.0, reserve_gib=3.0
+    )
     assert repr(settings.to_params(model.training)) == repr(
-        settings.to_params(settings.load_config(BASE).models["tiny_gemma2"].training))
+        settings.to_params(settings.load_config(BASE).models["tiny_gemma2"].training)
+    )
     assert (config.job_gpus("tiny_gemma2", "train"), config.job_gpus("tiny_gemma2", "predict")) == (2, 2)
     assert (config.job_gpus("tiny_llama", "train"), config.job_gpus("tiny_llama", "predict")) == (1, 3)
     assert settings.load_config(BASE).models["tiny_llama"].options.model_parallel is None  # off by default
 
 
-@pytest.mark.parametrize("model, message", [
-    ({"compute": {"model_parallel": {"gpus": 1}}},
-     "config.models.tiny_gemma2.compute.model_parallel.gpus: 1 is less than the minimum of 2"),
-    ({"compute": {"model_parallel": {"gpu": 2}}},
-     "config.models.tiny_gemma2.compute.model_parallel: unknown key 'gpu' (did you mean 'gpus'?)"),
-    ({"compute": {"model_parallel": {}}}, "config.models.tiny_gemma2.compute.model_parallel: 'gpus' is a required"),
-    ({"compute": {"model_parallel": {"gpus": 2, "max_memory": 15}}},
-     "config.models.tiny_gemma2.compute.model_parallel: unknown key 'max_memory' (did you mean 'max_memory_gib'?)"),
-    ({"compute": {"model_parallel": {"gpus": 2}}, "predict": {"merge_lora": True}},
-     "config models.tiny_gemma2.predict.merge_lora: merging into a 4bit base is checked against one GPU's memory"),
-])
+@pytest.mark.parametrize(
+    "model, message",
+    [
+        (
+            {"compute": {"model_parallel": {"gpus": 1}}},
+            "config.models.tiny_gemma2.compute.model_parallel.gpus: 1 is less than the minimum of 2",
+        ),
+        (
+            {"compute": {"model_parallel": {"gpu": 2}}},
+            "config.models.tiny_gemma2.compute.model_parallel: unknown key 'gpu' (did you mean 'gpus'?)",
+        ),
+        ({"compute": {"model_parallel": {}}}, "config.models.tiny_gemma2.compute.model_parallel: 'gpus' is a required"),
+        (
+            {"compute": {"model_parallel": {"gpus": 2, "max_memory": 15}}},
+            "config.models.tiny_gemma2.compute.model_parallel: unknown key 'max_memory' (did you mean 'max_memory_gib'?)",
+        ),
+        (
+            {"compute": {"model_parallel": {"gpus": 2}}, "predict": {"merge_lora": True}},
+            "config models.tiny_gemma2.predict.merge_lora: merging into a 4bit base is checked against one GPU's memory",
+        ),
+    ],
+)
 def test_model_parallel_mistakes_name_the_key(model, message):
     with pytest.raises(InputError) as err:
         settings.load_config(with_parallel(**model))
@@ -252,13 +335,19 @@ def test_the_schema_lists_every_setting_the_code_reads():
     train_keys = set(schema["$defs"]["train"]["properties"])
     assert train_keys == set(settings.TrainOptions.__dataclass_fields__) | {"save_steps", "logging_steps"}
     predict_keys = set(schema["$defs"]["predict"]["properties"])
-    assert predict_keys - {"tta", "folds", "average_adapters"} <= (set(settings.Batching.__dataclass_fields__)
-                                                                  | {"merge_lora", "compile"})
+    assert predict_keys - {"tta", "folds", "average_adapters"} <= (
+        set(settings.Batching.__dataclass_fields__) | {"merge_lora", "compile"}
+    )
     judge_keys = set(schema["$defs"]["judge_model"]["properties"])
-    read = (set(settings.JudgeSettings.__dataclass_fields__) - {"prompt"}) | set(settings.JudgePrompt.__dataclass_fields__)
+    read = (set(settings.JudgeSettings.__dataclass_fields__) - {"prompt"}) | set(
+        settings.JudgePrompt.__dataclass_fields__
+    )
     assert judge_keys == read | {"kind", "backbone", "trained", "member", "allow_bf16_emulation", "predict"}
-    assert all("description" in v for k, v in schema["$defs"]["judge_model"]["properties"].items()
-               if k not in ("kind", "backbone", "trained", "member", "predict"))
+    assert all(
+        "description" in v
+        for k, v in schema["$defs"]["judge_model"]["properties"].items()
+        if k not in ("kind", "backbone", "trained", "member", "predict")
+    )
     assert "description" in schema["$defs"]["member"]
 
 
@@ -268,8 +357,10 @@ def test_the_schema_lists_every_setting_the_code_reads():
 def predict_only(tmp_path, blend=None, **models):
     """A config as a user writes it for a run from trained models: no train_csv, each model's
     trained directory (made here with the folds it needs)."""
-    models = models or {"minilm": {**BASE["models"]["minilm"], "trained": str(tmp_path / "minilm")},
-                        "pair_features": {**BASE["models"]["pair_features"], "trained": str(tmp_path / "pf")}}
+    models = models or {
+        "minilm": {**BASE["models"]["minilm"], "trained": str(tmp_path / "minilm")},
+        "pair_features": {**BASE["models"]["pair_features"], "trained": str(tmp_path / "pf")},
+    }
     for k in (0, 1):
         (tmp_path / "minilm" / f"fold{k}" / "adapter").mkdir(parents=True, exist_ok=True)
         (tmp_path / "minilm" / f"fold{k}" / "adapter" / "adapter_config.json").write_text("{}")
@@ -277,10 +368,16 @@ def predict_only(tmp_path, blend=None, **models):
         (tmp_path / "pf" / f"fold{k}" / "learner.joblib").write_text("")
     from arena_pref.blend import weights_blender
 
-    io.write_json(weights_blender({m: 1.0 for m in models}, {m: models[m]["predict"]["tta"] for m in models}),
-                  tmp_path / "blender.json")
-    return {"data": {"test_csv": "test.csv"}, "cv": BASE["cv"], "models": models,
-            "blend": blend if blend is not None else {"from": str(tmp_path / "blender.json")}}
+    io.write_json(
+        weights_blender({m: 1.0 for m in models}, {m: models[m]["predict"]["tta"] for m in models}),
+        tmp_path / "blender.json",
+    )
+    return {
+        "data": {"test_csv": "test.csv"},
+        "cv": BASE["cv"],
+        "models": models,
+        "blend": blend if blend is not None else {"from": str(tmp_path / "blender.json")},
+    }
 
 
 def test_a_run_from_trained_models_needs_no_train_csv(tmp_path):
@@ -294,20 +391,35 @@ def test_a_run_from_trained_models_needs_no_train_csv(tmp_path):
     assert trained.learner_path(config, "pair_features", 0) == f"{tmp_path}/pf/fold0/learner.joblib"
 
 
-@pytest.mark.parametrize("change,message", [
-    (lambda c: c["models"]["minilm"].pop("trained"),
-     r"config models.minilm: without data.train_csv every model predicts from a trained directory"),
-    (lambda c: c["data"].update(train_csv="train.csv"),
-     r"config models.minilm.trained: a model predicts from trained folds only in a run without data.train_csv"),
-    (lambda c: c.update(blend={"method": "stack"}),
-     r"config blend: without data.train_csv there is nothing to fit a blend on"),
-    (lambda c: c["blend"].update(weights={"minilm": 1, "pair_features": 1}),
-     r"config blend: from is a fitted blender, used as it is: weights would be ignored"),
-    (lambda c: c["blend"].update(calibrate=True, stack_C=0.5),
-     r"config blend: from is a fitted blender, used as it is: calibrate, stack_C would be ignored"),
-    (lambda c: c["models"].update(tiny_gemma2={**BASE["models"]["tiny_gemma2"], "trained": "x"}),
-     r"config models.tiny_gemma2.backbone: a tiny backbone is built from the training texts"),
-])
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        (
+            lambda c: c["models"]["minilm"].pop("trained"),
+            r"config models.minilm: without data.train_csv every model predicts from a trained directory",
+        ),
+        (
+            lambda c: c["data"].update(train_csv="train.csv"),
+            r"config models.minilm.trained: a model predicts from trained folds only in a run without data.train_csv",
+        ),
+        (
+            lambda c: c.update(blend={"method": "stack"}),
+            r"config blend: without data.train_csv there is nothing to fit a blend on",
+        ),
+        (
+            lambda c: c["blend"].update(weights={"minilm": 1, "pair_features": 1}),
+            r"config blend: from is a fitted blender, used as it is: weights would be ignored",
+        ),
+        (
+            lambda c: c["blend"].update(calibrate=True, stack_C=0.5),
+            r"config blend: from is a fitted blender, used as it is: calibrate, stack_C would be ignored",
+        ),
+        (
+            lambda c: c["models"].update(tiny_gemma2={**BASE["models"]["tiny_gemma2"], "trained": "x"}),
+            r"config models.tiny_gemma2.backbone: a tiny backbone is built from the training texts",
+        ),
+    ],
+)
 def test_runs_from_trained_models_are_checked_at_start(tmp_path, change, message):
     config = predict_only(tmp_path)
     change(config)
@@ -315,15 +427,22 @@ def test_runs_from_trained_models_are_checked_at_start(tmp_path, change, message
         settings.load_config(config)
 
 
-@pytest.mark.parametrize("change,message", [
-    (lambda c, b: c["blend"].update({"from": "nowhere.json"}), r"config blend.from: no file 'nowhere.json'"),
-    (lambda c, b: b.write_text("{"), r"config blend.from: '.*blender.json' is not JSON"),
-    (lambda c, b: c["models"].pop("pair_features"),
-     r"config blend.from: '.*blender.json' was fitted on models minilm, pair_features: no model pair_features"),
-    (lambda c, b: c["models"]["minilm"]["predict"].update(tta=False),
-     r"config models.minilm.predict.tta is False, but config blend.from: '.*blender.json' was fitted on its "
-     r"predictions with tta True"),
-])
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        (lambda c, b: c["blend"].update({"from": "nowhere.json"}), r"config blend.from: no file 'nowhere.json'"),
+        (lambda c, b: b.write_text("{"), r"config blend.from: '.*blender.json' is not JSON"),
+        (
+            lambda c, b: c["models"].pop("pair_features"),
+            r"config blend.from: '.*blender.json' was fitted on models minilm, pair_features: no model pair_features",
+        ),
+        (
+            lambda c, b: c["models"]["minilm"]["predict"].update(tta=False),
+            r"config models.minilm.predict.tta is False, but config blend.from: '.*blender.json' was fitted on its "
+            r"predictions with tta True",
+        ),
+    ],
+)
 def test_a_blender_that_does_not_fit_the_run_is_named_at_start(tmp_path, change, message):
     """What the submit job would find hours later, said when the workflow starts."""
     from arena_pref import trained
@@ -341,8 +460,11 @@ def test_a_missing_trained_fold_is_named(tmp_path):
     config = predict_only(tmp_path)
     config["models"]["minilm"]["predict"] = {**config["models"]["minilm"]["predict"], "folds": [0, 1]}
     (tmp_path / "minilm" / "fold0" / "adapter" / "adapter_config.json").unlink()
-    with pytest.raises(InputError, match=r"models.minilm.trained: '.*/minilm/fold0/adapter/adapter_config.json' is "
-                                         r"missing \(predict.folds \[0, 1\]"):
+    with pytest.raises(
+        InputError,
+        match=r"models.minilm.trained: '.*/minilm/fold0/adapter/adapter_config.json' is "
+        r"missing \(predict.folds \[0, 1\]",
+    ):
         trained.check(settings.load_config(config))
 
 
@@ -374,7 +496,8 @@ def test_missing_inputs_of_a_run_from_trained_models(tmp_path, monkeypatch):
         f"config data.test_csv: no file 'test.csv' (relative paths start at the working directory, {tmp_path})",
         "config models.minilm.backbone: the package 'no_such_backbone_pkg' is not installed",
         f"config models.pair_features.trained: no directory 'gone' (relative paths start at the working "
-        f"directory, {tmp_path})"]
+        f"directory, {tmp_path})",
+    ]
     (tmp_path / "test.csv").write_text("id\n")
     (tmp_path / "gone").mkdir()
     raw["models"]["minilm"]["backbone"] = BASE["models"]["minilm"]["backbone"]

@@ -45,10 +45,12 @@ def on_cluster(cluster, workdir, *targets, timeout, env=None):
     try:
         return snakemake(workdir, "--workflow-profile", str(PROFILE), *targets, timeout=timeout, env=env)
     except subprocess.TimeoutExpired as err:
-        printed = "".join(x.decode(errors="replace") if isinstance(x, bytes) else x or ""
-                          for x in (err.stdout, err.stderr))
-        raise AssertionError(f"snakemake on SLURM ran past {timeout} s; it printed:\n{printed[-6000:]}\n"
-                             f"{cluster.diagnostics()}") from None
+        printed = "".join(
+            x.decode(errors="replace") if isinstance(x, bytes) else x or "" for x in (err.stdout, err.stderr)
+        )
+        raise AssertionError(
+            f"snakemake on SLURM ran past {timeout} s; it printed:\n{printed[-6000:]}\n{cluster.diagnostics()}"
+        ) from None
 
 
 @pytest.fixture(scope="module")
@@ -118,9 +120,13 @@ def test_cancelled_training_job_resumes_on_rerun(cluster, run_a, tmp_path):
     cmd = ["--workflow-profile", str(PROFILE), target]
     # the first attempt trains to checkpoint 3, then stalls there until cancelled
     env = {"ARENA_PREF_PAUSE_AFTER_CHECKPOINT": "3"}
-    first = subprocess.Popen([*SNAKEMAKE, "-s", str(SNAKEFILE), "-d", str(tmp_path), "--configfile",
-                              str(tmp_path / "config.yaml"), *cmd], env={**os.environ, **env},
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    first = subprocess.Popen(
+        [*SNAKEMAKE, "-s", str(SNAKEFILE), "-d", str(tmp_path), "--configfile", str(tmp_path / "config.yaml"), *cmd],
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         ckpt = tmp_path / "results/checkpoints/tiny_gemma2/fold0/checkpoint-3"
         _wait_for(lambda: ckpt.exists(), 600, "checkpoint 3")

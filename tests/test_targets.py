@@ -25,8 +25,18 @@ def written(tmp_path, *frames):
 def oof_frame(ids, fold, seed):
     rng = np.random.default_rng(seed)
     p, q = rng.dirichlet(np.ones(3), len(ids)), rng.dirichlet(np.ones(3), len(ids))
-    return pd.DataFrame({"id": ids, "fold": fold, "a": p[:, 0], "b": p[:, 1], "tie": p[:, 2],
-                         "a_tta": q[:, 0], "b_tta": q[:, 1], "tie_tta": q[:, 2]})
+    return pd.DataFrame(
+        {
+            "id": ids,
+            "fold": fold,
+            "a": p[:, 0],
+            "b": p[:, 1],
+            "tie": p[:, 2],
+            "a_tta": q[:, 0],
+            "b_tta": q[:, 1],
+            "tie_tta": q[:, 2],
+        }
+    )
 
 
 def test_each_row_distils_the_teacher_fold_that_held_it_out(tmp_path):
@@ -50,8 +60,9 @@ def test_a_row_the_teacher_files_lack_is_named(tmp_path):
 
 def test_a_row_in_two_teacher_files_or_not_a_distribution_is_an_error(tmp_path):
     with pytest.raises(InputError, match=r"teacher 't': row id 3 is in more than one of its files \(.*teacher_0"):
-        targets.teacher_probs(written(tmp_path, oof_frame(np.arange(5), 0, 0), oof_frame(np.arange(3, 6), 1, 1)),
-                              name="t")
+        targets.teacher_probs(
+            written(tmp_path, oof_frame(np.arange(5), 0, 0), oof_frame(np.arange(3, 6), 1, 1)), name="t"
+        )
     bad = oof_frame(np.arange(4), 0, 0)
     bad.loc[2, "b_tta"] = np.nan
     with pytest.raises(InputError, match=r"teacher_0.parquet: row id 2: columns a_tta, b_tta, tie_tta: teacher 't'"):
@@ -59,20 +70,27 @@ def test_a_row_in_two_teacher_files_or_not_a_distribution_is_an_error(tmp_path):
 
 
 def test_swapping_exchanges_labels_and_teacher_columns():
-    t = targets.Targets(np.array([0, 1, 2, targets.NO_LABEL]), np.array([[.6, .3, .1], [.2, .7, .1], [.1, .1, .8],
-                                                                       [.5, .2, .3]]), np.array([.5, .5, .5, 1]))
+    t = targets.Targets(
+        np.array([0, 1, 2, targets.NO_LABEL]),
+        np.array([[0.6, 0.3, 0.1], [0.2, 0.7, 0.1], [0.1, 0.1, 0.8], [0.5, 0.2, 0.3]]),
+        np.array([0.5, 0.5, 0.5, 1]),
+    )
     s = t.swapped()
     assert s.labels.tolist() == [1, 0, 2, targets.NO_LABEL]
     np.testing.assert_array_equal(s.soft, t.soft[:, [1, 0, 2]])
     both = t.concat(targets.hard(np.array([2])))
-    assert both.labels.tolist() == [0, 1, 2, -1, 2] and both.alpha.tolist() == [.5, .5, .5, 1, 0]
+    assert both.labels.tolist() == [0, 1, 2, -1, 2] and both.alpha.tolist() == [0.5, 0.5, 0.5, 1, 0]
 
 
 def test_training_rows_swap_the_teacher_probabilities_with_the_answers(tmp_path):
     cache = pd.DataFrame({"id": [1, 2], "input_ids": [[5, 6], [7]], "input_ids_swap": [[6, 5], [8]]})
-    t = targets.distilled(np.array([1, 2]), np.array([0, 2]),
-                          targets.teacher_probs(written(tmp_path, oof_frame(np.array([1, 2]), 0, 4)), name="t"),
-                          alpha=0.5, name="t")
+    t = targets.distilled(
+        np.array([1, 2]),
+        np.array([0, 2]),
+        targets.teacher_probs(written(tmp_path, oof_frame(np.array([1, 2]), 0, 4)), name="t"),
+        alpha=0.5,
+        name="t",
+    )
     seqs, rows, _ = training_rows(cache, t, swap_augment=True)
     assert seqs == [[5, 6], [7], [6, 5], [8]] and rows.labels.tolist() == [0, 2, 1, 2]
     np.testing.assert_array_equal(rows.soft[2:], t.soft[:, [1, 0, 2]])
@@ -97,8 +115,14 @@ def test_soft_target_loss_is_alpha_kl_plus_alpha_complement_ce():
 
 def test_extra_rows_drop_prompts_of_train_and_test_and_keep_their_own_ids(caplog):
     def table(ids, prompts):
-        return pd.DataFrame({"id": ids, "prompt": [[p] for p in prompts], "response_a": [["x"]] * len(ids),
-                             "response_b": [["y"]] * len(ids)})
+        return pd.DataFrame(
+            {
+                "id": ids,
+                "prompt": [[p] for p in prompts],
+                "response_a": [["x"]] * len(ids),
+                "response_b": [["y"]] * len(ids),
+            }
+        )
 
     train, test = table([1, 2], ["hi", "sum 2+2"]), table([3], ["a poem"])
     extra = table([10, 11, 12, 13], ["hi", "new question", "a poem", "another"])
@@ -126,8 +150,9 @@ def test_a_fold_trains_on_its_rows_teacher_oof_then_the_pseudo_rows(tmp_path, mo
     for name, df in (("tokens", tokens), ("extra", extra)):
         df.to_parquet(tmp_path / f"{name}.parquet")
     pd.DataFrame({"id": ids, "fold": ids % 3}).to_parquet(tmp_path / "folds.parquet")
-    pd.DataFrame({"id": ids, "prompt": [["p"]] * 9, "response_a": [["a"]] * 9, "response_b": [["b"]] * 9,
-                  "label": ids % 3}).to_parquet(tmp_path / "train.parquet")
+    pd.DataFrame(
+        {"id": ids, "prompt": [["p"]] * 9, "response_a": [["a"]] * 9, "response_b": [["b"]] * 9, "label": ids % 3}
+    ).to_parquet(tmp_path / "train.parquet")
     oof = {k: oof_frame(ids[ids % 3 == k], k, seed=k) for k in (0, 2)}
     pseudo = oof_frame(np.array([101, 100]), 0, 9).drop(columns=["fold", "a_tta", "b_tta", "tie_tta"])
     got = {}
@@ -135,12 +160,21 @@ def test_a_fold_trains_on_its_rows_teacher_oof_then_the_pseudo_rows(tmp_path, mo
     model = model_settings(lora={"r": 2, "alpha": 4, "target_modules": ["q_proj"]})
     teachers = Teachers(distill="big", alpha=0.25, pseudo="gem")
     (tmp_path / "pseudo").mkdir()
-    steps.train(tokens_parquet=tmp_path / "tokens.parquet", train_parquet=tmp_path / "train.parquet",
-                folds_parquet=tmp_path / "folds.parquet", fold=1, backbone="unused",
-                settings=dataclasses.replace(model.training, teachers=teachers),
-                options=model.options, checkpoints="c", adapter="a", metrics="m",
-                teacher_oof=written(tmp_path, oof[0], oof[2]), pseudo_labels=written(tmp_path / "pseudo", pseudo)[0],
-                extra_tokens=tmp_path / "extra.parquet")
+    steps.train(
+        tokens_parquet=tmp_path / "tokens.parquet",
+        train_parquet=tmp_path / "train.parquet",
+        folds_parquet=tmp_path / "folds.parquet",
+        fold=1,
+        backbone="unused",
+        settings=dataclasses.replace(model.training, teachers=teachers),
+        options=model.options,
+        checkpoints="c",
+        adapter="a",
+        metrics="m",
+        teacher_oof=written(tmp_path, oof[0], oof[2]),
+        pseudo_labels=written(tmp_path / "pseudo", pseudo)[0],
+        extra_tokens=tmp_path / "extra.parquet",
+    )
     rows, t = got["tokens"], got["targets"]
     assert rows["id"].tolist() == [0, 2, 3, 5, 6, 8, 100, 101]
     assert t.labels.tolist() == [0, 2, 0, 2, 0, 2, -1, -1] and t.alpha.tolist() == [0.25] * 6 + [1, 1]
@@ -181,13 +215,23 @@ def test_label_columns_in_the_extra_file_are_named_as_not_read(tmp_path, caplog)
     steps.parse(tmp_path / "train.csv", "train", tmp_path / "train.parquet")
     steps.parse(tmp_path / "test.csv", "test", tmp_path / "test.parquet")
     with caplog.at_level("WARNING"):
-        steps.parse(tmp_path / "extra.csv", "extra", tmp_path / "extra.parquet", train_parquet=tmp_path / "train.parquet",
-                    test_parquet=tmp_path / "test.parquet")
+        steps.parse(
+            tmp_path / "extra.csv",
+            "extra",
+            tmp_path / "extra.parquet",
+            train_parquet=tmp_path / "train.parquet",
+            test_parquet=tmp_path / "test.parquet",
+        )
     assert "columns winner_model_a, winner_model_b, winner_tie are not read" in caplog.text
     assert len(pd.read_parquet(tmp_path / "extra.parquet")) == 10
     caplog.clear()
     io.write_csv(extra.drop(columns=["winner_model_a", "winner_model_b", "winner_tie"]), tmp_path / "extra.csv")
     with caplog.at_level("WARNING"):
-        steps.parse(tmp_path / "extra.csv", "extra", tmp_path / "extra.parquet", train_parquet=tmp_path / "train.parquet",
-                    test_parquet=tmp_path / "test.parquet")
+        steps.parse(
+            tmp_path / "extra.csv",
+            "extra",
+            tmp_path / "extra.parquet",
+            train_parquet=tmp_path / "train.parquet",
+            test_parquet=tmp_path / "test.parquet",
+        )
     assert "are not read" not in caplog.text

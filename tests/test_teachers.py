@@ -16,8 +16,11 @@ from arena_pref.errors import InputError
 
 
 def config_with(models, **data):
-    base = {"data": {"train_csv": "train.csv", "test_csv": "test.csv", **data}, "models": models,
-            "blend": {"method": "stack"}}
+    base = {
+        "data": {"train_csv": "train.csv", "test_csv": "test.csv", **data},
+        "models": models,
+        "blend": {"method": "stack"},
+    }
     return settings.load_config(base)
 
 
@@ -25,28 +28,49 @@ LLM = {"backbone": {"kind": "tiny"}, "lora": {"r": 2, "alpha": 4, "target_module
 FEATURES = {"kind": "features", "learner": "logreg"}
 
 
-@pytest.mark.parametrize("models, data, error", [
-    ({"student": {**LLM, "distill": {"teacher": "techer"}}, "teacher": FEATURES}, {},
-     r"models.student.distill.teacher: no model named 'techer' in this config \(did you mean 'teacher'\?\)"),
-    ({"student": {**LLM, "distill": {"teacher": "student"}}}, {}, "cannot be its own teacher"),
-    ({"a": {**LLM, "distill": {"teacher": "b"}}, "b": {**LLM, "pseudo_labels": {"teacher": "a"}}},
-     {"extra_csv": "x.csv"}, r"the teachers form a cycle \(a -> b -> a\)"),
-    ({"student": {**LLM, "pseudo_labels": {"teacher": "f"}}, "f": FEATURES}, {"extra_csv": "x.csv"},
-     "'f' is a features model; pseudo-labels come from a LoRA model's fold adapters"),
-    ({"student": {**LLM, "pseudo_labels": {"teacher": "t"}}, "t": LLM}, {}, "pseudo_labels: needs data.extra_csv"),
-    ({"student": LLM}, {"extra_csv": "x.csv"}, "data.extra_csv: no model has pseudo_labels"),
-])
+@pytest.mark.parametrize(
+    "models, data, error",
+    [
+        (
+            {"student": {**LLM, "distill": {"teacher": "techer"}}, "teacher": FEATURES},
+            {},
+            r"models.student.distill.teacher: no model named 'techer' in this config \(did you mean 'teacher'\?\)",
+        ),
+        ({"student": {**LLM, "distill": {"teacher": "student"}}}, {}, "cannot be its own teacher"),
+        (
+            {"a": {**LLM, "distill": {"teacher": "b"}}, "b": {**LLM, "pseudo_labels": {"teacher": "a"}}},
+            {"extra_csv": "x.csv"},
+            r"the teachers form a cycle \(a -> b -> a\)",
+        ),
+        (
+            {"student": {**LLM, "pseudo_labels": {"teacher": "f"}}, "f": FEATURES},
+            {"extra_csv": "x.csv"},
+            "'f' is a features model; pseudo-labels come from a LoRA model's fold adapters",
+        ),
+        ({"student": {**LLM, "pseudo_labels": {"teacher": "t"}}, "t": LLM}, {}, "pseudo_labels: needs data.extra_csv"),
+        ({"student": LLM}, {"extra_csv": "x.csv"}, "data.extra_csv: no model has pseudo_labels"),
+    ],
+)
 def test_teacher_mistakes_are_one_line_naming_the_key(models, data, error):
     with pytest.raises(InputError, match=error):
         config_with(models, **data)
 
 
-@pytest.mark.parametrize("models, data, error", [
-    ({"student": LLM, "idle": {**FEATURES, "member": False}}, {},
-     "models.idle.member: false, and no model learns from it"),
-    ({"s": {**LLM, "member": False, "distill": {"teacher": "f"}}, "f": {**FEATURES, "member": False}}, {},
-     "every model has member: false"),
-])
+@pytest.mark.parametrize(
+    "models, data, error",
+    [
+        (
+            {"student": LLM, "idle": {**FEATURES, "member": False}},
+            {},
+            "models.idle.member: false, and no model learns from it",
+        ),
+        (
+            {"s": {**LLM, "member": False, "distill": {"teacher": "f"}}, "f": {**FEATURES, "member": False}},
+            {},
+            "every model has member: false",
+        ),
+    ],
+)
 def test_teacher_only_models_must_teach_and_leave_a_member(models, data, error):
     with pytest.raises(InputError, match=error):
         config_with(models, **data)
@@ -70,6 +94,7 @@ def test_teachers_reach_the_train_params_whatever_the_key_order():
 
 
 # --------------------------------------------------------------------------- through the workflow
+
 
 def write_run(workdir, alpha=0.5):
     """The small config's tiny Gemma-2 as the pseudo-label teacher, its tiny Llama as the student of
@@ -97,7 +122,8 @@ def job_inputs(dry_run, rule, **wildcards):
     """The input files a dry run lists for the job of ``rule`` with these wildcards."""
     for block in re.split(r"^\[.*\]$", dry_run.stdout, flags=re.M):  # each job follows its time stamp
         if re.search(rf"^\s*(local)?rule {rule}:", block, re.M) and all(
-                re.search(rf"wildcards:.*\b{k}={v}\b", block) for k, v in wildcards.items()):
+            re.search(rf"wildcards:.*\b{k}={v}\b", block) for k, v in wildcards.items()
+        ):
             return re.search(r"input: (.*)", block).group(1).split(", ")
     raise AssertionError(f"no {rule} job with {wildcards} in the dry run")
 
@@ -115,9 +141,12 @@ def test_a_student_learns_from_teacher_oof_and_pseudo_labels_without_leaks(tmp_p
     assert not any("oof/" in f or "pseudo/" in f for f in job_inputs(plan, "train", model="tiny_gemma2", fold=0))
     # the teacher's test passes over the extra rows, averaged as its test passes are
     assert sorted(job_inputs(plan, "average_test", scored="pseudo", model="tiny_gemma2")) == [
-        "results/pseudo/tiny_gemma2/fold0.parquet", "results/pseudo/tiny_gemma2/fold1.parquet"]
-    assert "results/tokens/tiny_gemma2/extra.parquet" in job_inputs(plan, "infer", scored="pseudo",
-                                                                    model="tiny_gemma2", part="fold0")
+        "results/pseudo/tiny_gemma2/fold0.parquet",
+        "results/pseudo/tiny_gemma2/fold1.parquet",
+    ]
+    assert "results/tokens/tiny_gemma2/extra.parquet" in job_inputs(
+        plan, "infer", scored="pseudo", model="tiny_gemma2", part="fold0"
+    )
 
     snakemake(tmp_path, "-j2", "results/submission.csv", timeout=1500)
     parse_log = (tmp_path / "results/logs/parse/extra.log").read_text()
@@ -149,7 +178,10 @@ def test_a_bundle_cannot_hold_a_model_split_over_more_gpus_than_kaggle_has():
 
     split = {**LLM, "compute": {"model_parallel": {"gpus": 4}}}
     cfg = config_with({"big": split, "features": FEATURES})
-    with pytest.raises(InputError, match=r"models.big.compute.model_parallel.gpus: 4 GPUs, and the Kaggle run has "
-                                         r"kaggle.gpus 2"):
+    with pytest.raises(
+        InputError,
+        match=r"models.big.compute.model_parallel.gpus: 4 GPUs, and the Kaggle run has "
+        r"kaggle.gpus 2",
+    ):
         bundle.check_bundle(cfg)
     bundle.check_bundle(config_with({"big": {**LLM, "compute": {"model_parallel": {"gpus": 2}}}, "features": FEATURES}))

@@ -15,14 +15,17 @@ def test_special_tokens_found_around_text(char_tokenizer):
     assert special_tokens(char_tokenizer) == ([1], [2])
 
 
-@pytest.mark.parametrize("lengths,budget,caps,expected", [
-    ([10, 10, 10], 9, None, [3, 3, 3]),
-    ([2, 10, 10], 12, None, [2, 5, 5]),  # room the short prompt leaves goes to the answers
-    ([2, 3, 40], 20, None, [2, 3, 15]),
-    ([50, 50, 50], 30, [4, None, None], [4, 13, 13]),
-    ([1, 1, 1], 30, None, [1, 1, 1]),
-    ([5, 5, 5], 2, None, [1, 1, 0]),
-])
+@pytest.mark.parametrize(
+    "lengths,budget,caps,expected",
+    [
+        ([10, 10, 10], 9, None, [3, 3, 3]),
+        ([2, 10, 10], 12, None, [2, 5, 5]),  # room the short prompt leaves goes to the answers
+        ([2, 3, 40], 20, None, [2, 3, 15]),
+        ([50, 50, 50], 30, [4, None, None], [4, 13, 13]),
+        ([1, 1, 1], 30, None, [1, 1, 1]),
+        ([5, 5, 5], 2, None, [1, 1, 0]),
+    ],
+)
 def test_waterfill(lengths, budget, caps, expected):
     assert waterfill(lengths, budget, caps) == expected
 
@@ -30,8 +33,9 @@ def test_waterfill(lengths, budget, caps, expected):
 def seq(strategy, tok, max_length, p, a, b, **kw):
     layout = make_layout(tok, TEMPLATE)
     enc = lambda s: [ord(c) for c in s]  # noqa: E731
-    ids, full = build_sequence(strategy, layout, max_length, enc(p), enc(a), enc(b),
-                               turns=[(enc(p), enc(a), enc(b))], **kw)
+    ids, full = build_sequence(
+        strategy, layout, max_length, enc(p), enc(a), enc(b), turns=[(enc(p), enc(a), enc(b))], **kw
+    )
     return decode(ids), full
 
 
@@ -76,8 +80,7 @@ def test_template_must_leave_room(char_tokenizer):
 
 
 def test_tokenize_frame_swaps_answers(char_tokenizer):
-    df = pd.DataFrame({"id": [7], "prompt": [["q"]], "response_a": [["first", None]],
-                       "response_b": [["second"]]})
+    df = pd.DataFrame({"id": [7], "prompt": [["q"]], "response_a": [["first", None]], "response_b": [["second"]]})
     for strategy in ("concat", "per_part", "tail"):
         cache = tokenize_frame(df, char_tokenizer, strategy=strategy, max_length=64, template=TEMPLATE)
         fwd, rev = decode(cache["input_ids"][0]), decode(cache["input_ids_swap"][0])
@@ -89,24 +92,28 @@ def test_tokenize_frame_swaps_answers(char_tokenizer):
 
 
 def test_tokenize_frame_flags_truncation(char_tokenizer):
-    df = pd.DataFrame({"id": [1, 2], "prompt": [["q"], ["q"]], "response_a": [["x" * 100], ["x"]],
-                       "response_b": [["y"], ["y"]]})
+    df = pd.DataFrame(
+        {"id": [1, 2], "prompt": [["q"], ["q"]], "response_a": [["x" * 100], ["x"]], "response_b": [["y"], ["y"]]}
+    )
     cache = tokenize_frame(df, char_tokenizer, strategy="per_part", max_length=40, template=TEMPLATE)
     assert cache["truncated"].tolist() == [True, False]
     assert cache["length"].max() <= 40
 
 
-@pytest.mark.parametrize("strategy,max_length", [("concat", 16), ("concat", 40), ("per_part", 20),
-                                                 ("tail", 14), ("tail", 40)])
+@pytest.mark.parametrize(
+    "strategy,max_length", [("concat", 16), ("concat", 40), ("per_part", 20), ("tail", 14), ("tail", 40)]
+)
 def test_segment_ids_mark_each_answers_tokens(char_tokenizer, strategy, max_length):
     """Segment 1 covers exactly the kept tokens of the answer shown first, 2 those of the second."""
     layout = make_layout(char_tokenizer, TEMPLATE)
     enc = lambda s: [ord(c) for c in s]  # noqa: E731
     p, a, b = "ppp", "a" * 12, "b" * 9
-    ids, full, segs = build_sequence(strategy, layout, max_length, enc(p), enc(a), enc(b),
-                                     turns=[(enc(p), enc(a), enc(b))], segments=True)
-    plain, plain_full = build_sequence(strategy, layout, max_length, enc(p), enc(a), enc(b),
-                                       turns=[(enc(p), enc(a), enc(b))])
+    ids, full, segs = build_sequence(
+        strategy, layout, max_length, enc(p), enc(a), enc(b), turns=[(enc(p), enc(a), enc(b))], segments=True
+    )
+    plain, plain_full = build_sequence(
+        strategy, layout, max_length, enc(p), enc(a), enc(b), turns=[(enc(p), enc(a), enc(b))]
+    )
     assert (ids, full) == (plain, plain_full) and len(segs) == len(ids)
     text = decode(ids)
     assert "".join(c for c, s in zip(text, segs) if s == 1) == "a" * text.count("a")

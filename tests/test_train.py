@@ -14,23 +14,33 @@ from workflow_helpers import model_settings
 SETTINGS = {
     "quantization": "4bit",
     "dtype": "float32",
-    "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"],
-             "layers_to_transform": None},
-    "train": {"epochs": 2, "batch_size": 4, "grad_accum": 1, "lr": 1e-3, "warmup_steps": 1,
-              "optimizer": "adamw_8bit", "save_steps": 2, "logging_steps": 1, "seed": 0,
-              "swap_augment": False},
+    "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"], "layers_to_transform": None},
+    "train": {
+        "epochs": 2,
+        "batch_size": 4,
+        "grad_accum": 1,
+        "lr": 1e-3,
+        "warmup_steps": 1,
+        "optimizer": "adamw_8bit",
+        "save_steps": 2,
+        "logging_steps": 1,
+        "seed": 0,
+        "swap_augment": False,
+    },
 }
 
 
 @pytest.fixture
 def tokens(tiny_backbone_dir):
     n = 12
-    df = pd.DataFrame({
-        "id": np.arange(n),
-        "prompt": [[f"what is rust {i}?"] for i in range(n)],
-        "response_a": [["the answer about rust is long " * (1 + i % 3)] for i in range(n)],
-        "response_b": [["stars"] for _ in range(n)],
-    })
+    df = pd.DataFrame(
+        {
+            "id": np.arange(n),
+            "prompt": [[f"what is rust {i}?"] for i in range(n)],
+            "response_a": [["the answer about rust is long " * (1 + i % 3)] for i in range(n)],
+            "response_b": [["stars"] for _ in range(n)],
+        }
+    )
     tok = modeling.load_tokenizer(tiny_backbone_dir)
     return tokenize_frame(df, tok, strategy="per_part", max_length=48), targets.hard(np.arange(n) % 3)
 
@@ -39,10 +49,17 @@ def run(tiny_backbone_dir, tokens, tmp_path, settings=SETTINGS, name="a"):
     """Train with ``settings``: a model's mapping as in a config file."""
     cache, rows = tokens
     model = model_settings(**settings)
-    return train.train_fold(backbone=tiny_backbone_dir, tokens=cache, targets=rows, settings=model.training,
-                            options=model.options,
-                            ckpt_dir=tmp_path / "ckpt", adapter_dir=tmp_path / name / "adapter",
-                            metrics_path=tmp_path / name / "metrics.json", threads=1)
+    return train.train_fold(
+        backbone=tiny_backbone_dir,
+        tokens=cache,
+        targets=rows,
+        settings=model.training,
+        options=model.options,
+        ckpt_dir=tmp_path / "ckpt",
+        adapter_dir=tmp_path / name / "adapter",
+        metrics_path=tmp_path / name / "metrics.json",
+        threads=1,
+    )
 
 
 def adapter_weights(path):
@@ -134,7 +151,10 @@ def test_checkpoints_of_other_tokens_are_not_resumed(tiny_backbone_dir, tmp_path
     run(tiny_backbone_dir, shorter, tmp_path / "fresh")
     assert_same_adapter(tmp_path / "rerun" / "b" / "adapter", adapter_weights(tmp_path / "fresh" / "a" / "adapter"))
     old = adapter_weights(tmp_path / "rerun" / "a" / "adapter")
-    assert any(not np.allclose(old[k].numpy(), v.numpy()) for k, v in adapter_weights(tmp_path / "fresh" / "a" / "adapter").items())
+    assert any(
+        not np.allclose(old[k].numpy(), v.numpy())
+        for k, v in adapter_weights(tmp_path / "fresh" / "a" / "adapter").items()
+    )
 
 
 def test_checkpoints_of_another_backbone_are_not_resumed(tiny_backbone_dir, tokens, tmp_path, caplog):
@@ -147,8 +167,9 @@ def test_checkpoints_of_another_backbone_are_not_resumed(tiny_backbone_dir, toke
     assert "were made from other backbone: starting afresh" in caplog.text
 
 
-def test_a_half_written_checkpoint_is_removed_and_the_last_complete_one_resumed(tiny_backbone_dir, tokens, tmp_path,
-                                                                                caplog):
+def test_a_half_written_checkpoint_is_removed_and_the_last_complete_one_resumed(
+    tiny_backbone_dir, tokens, tmp_path, caplog
+):
     """A job killed while saving checkpoint-6 leaves a directory without trainer_state.json: the
     rerun removes it (logged), resumes from checkpoint-4 and ends as an uninterrupted run."""
     run(tiny_backbone_dir, tokens, tmp_path / "full")
@@ -172,9 +193,16 @@ def test_a_second_trainer_on_the_same_checkpoints_stops(tiny_backbone_dir, token
     from arena_pref.errors import InputError
 
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'a+'); fcntl.flock(f, fcntl.LOCK_EX); "
-         "f.write('4242'); f.flush(); print('locked', flush=True); time.sleep(120)", str(tmp_path / "ckpt.lock")],
-        stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, sys, time; f = open(sys.argv[1], 'a+'); fcntl.flock(f, fcntl.LOCK_EX); "
+            "f.write('4242'); f.flush(); print('locked', flush=True); time.sleep(120)",
+            str(tmp_path / "ckpt.lock"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(InputError, match=r"another training job \(pid 4242\) is writing checkpoints to"):
@@ -207,7 +235,7 @@ def test_length_grouped_sampler_is_a_function_of_seed_and_epoch():
     assert list(s) == first
     # within each mega-batch of 8 rows, longest first
     for g in range(0, 40, 8):
-        chunk = lengths[first[g:g + 8]]
+        chunk = lengths[first[g : g + 8]]
         assert list(chunk) == sorted(chunk, reverse=True)
 
 
@@ -215,8 +243,11 @@ def test_gradient_accumulation_matches_one_big_batch(tiny_backbone_dir, tokens, 
     """batch 2 x accumulation 2 takes the same steps as batch 4: our loss (own pooling and head)
     is scaled by the rows of the whole accumulated step, not once per micro-batch."""
     # plain SGD without clipping: Adam would hide a wrongly scaled gradient
-    big = {**SETTINGS, "quantization": "none",
-           "train": {**SETTINGS["train"], "epochs": 1, "optimizer": "sgd", "lr": 0.5, "max_grad_norm": 1e9}}
+    big = {
+        **SETTINGS,
+        "quantization": "none",
+        "train": {**SETTINGS["train"], "epochs": 1, "optimizer": "sgd", "lr": 0.5, "max_grad_norm": 1e9},
+    }
     small = {**big, "train": {**big["train"], "batch_size": 2, "grad_accum": 2}}
     run(tiny_backbone_dir, tokens, tmp_path / "big", settings=big)
     run(tiny_backbone_dir, tokens, tmp_path / "small", settings=small)
@@ -251,9 +282,19 @@ def test_token_budget_sampler_covers_rows_within_budget():
 def test_token_budget_steps_weigh_rows_not_batches(tiny_backbone_dir, tokens, tmp_path):
     """One optimizer step over token-budget micro-batches of uneven row counts equals one step
     over all rows at once: the loss is scaled by the rows of the accumulated step."""
-    base = {**SETTINGS, "quantization": "none",
-            "train": {**SETTINGS["train"], "epochs": 1, "optimizer": "sgd", "lr": 0.5, "max_grad_norm": 1e9,
-                      "warmup_steps": 0, "batch_size": 12}}
+    base = {
+        **SETTINGS,
+        "quantization": "none",
+        "train": {
+            **SETTINGS["train"],
+            "epochs": 1,
+            "optimizer": "sgd",
+            "lr": 0.5,
+            "max_grad_norm": 1e9,
+            "warmup_steps": 0,
+            "batch_size": 12,
+        },
+    }
     seqs, _, _ = train.training_rows(tokens[0], tokens[1], False)
     budget = 3 * max(len(s) for s in seqs)
     n_batches = len(train.TokenBudgetBatchSampler([len(s) for s in seqs], budget, packed=False, seed=0))
@@ -266,11 +307,19 @@ def test_token_budget_steps_weigh_rows_not_batches(tiny_backbone_dir, tokens, tm
 
 
 def test_packed_training_falls_back_to_padded_batches(tiny_backbone_dir, tokens, tmp_path, monkeypatch, caplog):
-    padded = {**SETTINGS, "quantization": "none",
-              "train": {**SETTINGS["train"], "epochs": 1, "optimizer": "sgd", "lr": 0.5, "max_grad_norm": 1e9}}
+    padded = {
+        **SETTINGS,
+        "quantization": "none",
+        "train": {**SETTINGS["train"], "epochs": 1, "optimizer": "sgd", "lr": 0.5, "max_grad_norm": 1e9},
+    }
     run(tiny_backbone_dir, tokens, tmp_path / "padded", settings=padded)
     monkeypatch.setattr(train, "packing_unsupported", lambda model: "no attention interface")
-    run(tiny_backbone_dir, tokens, tmp_path / "fallback", settings={**padded, "train": {**padded["train"], "packing": True}})
+    run(
+        tiny_backbone_dir,
+        tokens,
+        tmp_path / "fallback",
+        settings={**padded, "train": {**padded["train"], "packing": True}},
+    )
     assert "padded batches instead" in caplog.text
     a, b = adapter_weights(tmp_path / "padded/a/adapter"), adapter_weights(tmp_path / "fallback/a/adapter")
     for k in a:
@@ -279,14 +328,17 @@ def test_packed_training_falls_back_to_padded_batches(tiny_backbone_dir, tokens,
 
 # --------------------------------------------------------------------------- GPU presets' settings on CPU
 
+
 def arch_tokens(path, n=12, max_length=48):
     """The tokens fixture's rows for any tiny backbone."""
-    df = pd.DataFrame({
-        "id": np.arange(n),
-        "prompt": [[f"what is rust {i}?"] for i in range(n)],
-        "response_a": [["the answer about rust is long " * (1 + i % 3)] for i in range(n)],
-        "response_b": [["stars " * (1 + i % 4)] for i in range(n)],
-    })
+    df = pd.DataFrame(
+        {
+            "id": np.arange(n),
+            "prompt": [[f"what is rust {i}?"] for i in range(n)],
+            "response_a": [["the answer about rust is long " * (1 + i % 3)] for i in range(n)],
+            "response_b": [["stars " * (1 + i % 4)] for i in range(n)],
+        }
+    )
     cache = tokenize_frame(df, modeling.load_tokenizer(path), strategy="per_part", max_length=max_length)
     return cache, targets.hard(np.arange(n) % 3)
 
@@ -294,10 +346,21 @@ def arch_tokens(path, n=12, max_length=48):
 def sgd_settings(quantization, **train_changes):
     """Two plain SGD steps (no clipping, no warm-up): the adapter after them is a function of the
     gradients, so equal adapters mean equal gradients. LoRA on attention and MLP."""
-    return {**SETTINGS, "quantization": quantization,
-            "lora": {**SETTINGS["lora"], "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "down_proj"]},
-            "train": {**SETTINGS["train"], "epochs": 1, "batch_size": 6, "optimizer": "sgd", "lr": 0.5,
-                      "max_grad_norm": 1e9, "warmup_steps": 0, **train_changes}}
+    return {
+        **SETTINGS,
+        "quantization": quantization,
+        "lora": {**SETTINGS["lora"], "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "down_proj"]},
+        "train": {
+            **SETTINGS["train"],
+            "epochs": 1,
+            "batch_size": 6,
+            "optimizer": "sgd",
+            "lr": 0.5,
+            "max_grad_norm": 1e9,
+            "warmup_steps": 0,
+            **train_changes,
+        },
+    }
 
 
 @pytest.mark.parametrize("arch", ["gemma2", "llama"])
@@ -317,8 +380,7 @@ def test_packed_training_with_gradient_checkpointing_matches_padded(request, tmp
 
 @pytest.mark.parametrize("quantization", ["4bit", "none"])
 @pytest.mark.parametrize("packing", [True, False])
-def test_bfloat16_training_runs_attention_in_bfloat16(tiny_backbone_dir, tmp_path, monkeypatch, quantization,
-                                                      packing):
+def test_bfloat16_training_runs_attention_in_bfloat16(tiny_backbone_dir, tmp_path, monkeypatch, quantization, packing):
     """dtype bfloat16 trains in mixed precision: attention gets bf16 queries under autocast, in the
     forward pass and in the gradient-checkpointing recompute (the body and head are called
     directly, outside the autocast accelerate wraps around ``model.forward``)."""
@@ -332,8 +394,12 @@ def test_bfloat16_training_runs_attention_in_bfloat16(tiny_backbone_dir, tmp_pat
         return real(module, query, *args, **kwargs)
 
     monkeypatch.setattr(modeling_gemma2, "eager_attention_forward", recording)
-    settings = {**SETTINGS, "quantization": quantization, "dtype": "bfloat16",
-                "train": {**SETTINGS["train"], "epochs": 1, "packing": packing, "gradient_checkpointing": True}}
+    settings = {
+        **SETTINGS,
+        "quantization": quantization,
+        "dtype": "bfloat16",
+        "train": {**SETTINGS["train"], "epochs": 1, "packing": packing, "gradient_checkpointing": True},
+    }
     metrics = run(tiny_backbone_dir, tokens=arch_tokens(tiny_backbone_dir), tmp_path=tmp_path, settings=settings)
     assert np.isfinite(metrics["train_loss"]) and metrics["steps"] == 3
     assert seen and all(dtype == torch.bfloat16 and autocast for dtype, autocast, _ in seen), set(seen)
@@ -352,8 +418,15 @@ def test_full_precision_base_trains_and_predicts_in_16_bit(tiny_backbone_dir, tm
     metrics = run(tiny_backbone_dir, (cache, labels), tmp_path, settings=settings)
     assert np.isfinite(metrics["train_loss"])
     prediction = model_settings(**settings, max_length=48, predict={"max_tokens_per_batch": 256}).prediction
-    pred = predict.predict_on_devices(backbone=tiny_backbone_dir, adapter_dir=tmp_path / "a" / "adapter", tokens=cache,
-                                      settings=prediction, tta=True, devices=["cpu"], threads=1)
+    pred = predict.predict_on_devices(
+        backbone=tiny_backbone_dir,
+        adapter_dir=tmp_path / "a" / "adapter",
+        tokens=cache,
+        settings=prediction,
+        tta=True,
+        devices=["cpu"],
+        threads=1,
+    )
     probs = pred[["a", "b", "tie", "a_tta", "b_tta", "tie_tta"]].to_numpy()
     assert np.isfinite(probs).all()
     np.testing.assert_allclose(probs[:, :3].sum(1), 1, atol=1e-5)
@@ -385,8 +458,9 @@ def test_packed_training_matches_padded(tiny_backbone_dir, tmp_path, pool, side)
     assert_same_trained_adapters(tmp_path / "padded/a/adapter", tmp_path / "packed/a/adapter")
 
 
-def test_distillation_trains_toward_the_teacher_and_the_labels_as_alpha_weighs_them(tiny_backbone_dir, tokens,
-                                                                                     tmp_path):
+def test_distillation_trains_toward_the_teacher_and_the_labels_as_alpha_weighs_them(
+    tiny_backbone_dir, tokens, tmp_path
+):
     """alpha 1: the labels do not matter (permuted, or none at all as on pseudo-labelled rows) and
     the teacher's probabilities do; alpha 0: the teacher does not matter (plain training)."""
     cache, rows = tokens

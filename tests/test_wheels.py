@@ -19,6 +19,7 @@ from arena_pref.errors import InputError
 def fake_metadata(monkeypatch, packages):
     """Replace the installed-metadata lookup by ``packages`` {canonical name: (version, requires)};
     the fake answers canonical names only, so a test fails where closure forgets to canonicalise."""
+
     def lookup(name):
         if name not in packages:
             return None
@@ -29,11 +30,24 @@ def fake_metadata(monkeypatch, packages):
 
 
 def test_markers_for_other_pythons_and_platforms_are_dropped(monkeypatch):
-    fake_metadata(monkeypatch, {
-        "app": ("1.0", ["lib>=1", 'old; python_version < "3.0"', 'win; sys_platform == "win32"',
-                        'posix; sys_platform != "win32"', 'new; python_version >= "3.8"']),
-        "lib": ("2.0", None), "posix": ("1.1", []), "new": ("0.3", []),
-    })
+    fake_metadata(
+        monkeypatch,
+        {
+            "app": (
+                "1.0",
+                [
+                    "lib>=1",
+                    'old; python_version < "3.0"',
+                    'win; sys_platform == "win32"',
+                    'posix; sys_platform != "win32"',
+                    'new; python_version >= "3.8"',
+                ],
+            ),
+            "lib": ("2.0", None),
+            "posix": ("1.1", []),
+            "new": ("0.3", []),
+        },
+    )
     # "old" and "win" are not installed: following them would be an error
     assert wheels.closure(["app"]) == {"app": "1.0", "lib": "2.0", "new": "0.3", "posix": "1.1"}
 
@@ -45,32 +59,46 @@ def test_marker_env_overrides_the_python_version(monkeypatch):
 
 
 def test_extras_are_followed_only_where_requested(monkeypatch):
-    fake_metadata(monkeypatch, {
-        "app": ("1", ["lib", "other"]),
-        "other": ("1", ["lib[Fast]"]),  # a later request adds an extra to an already seen lib
-        "lib": ("1", ['speedup; extra == "fast"', 'slowdown; extra == "slow"', 'base']),
-        "speedup": ("1", []), "base": ("1", []), "tool": ("1", ['plug; extra == "cli"']), "plug": ("1", []),
-    })
+    fake_metadata(
+        monkeypatch,
+        {
+            "app": ("1", ["lib", "other"]),
+            "other": ("1", ["lib[Fast]"]),  # a later request adds an extra to an already seen lib
+            "lib": ("1", ['speedup; extra == "fast"', 'slowdown; extra == "slow"', "base"]),
+            "speedup": ("1", []),
+            "base": ("1", []),
+            "tool": ("1", ['plug; extra == "cli"']),
+            "plug": ("1", []),
+        },
+    )
     assert set(wheels.closure(["app"])) == {"app", "other", "lib", "speedup", "base"}
     assert set(wheels.closure(["tool"])) == {"tool"}
     assert set(wheels.closure(["tool[cli]"])) == {"tool", "plug"}
 
 
 def test_exclusion_stops_the_traversal(monkeypatch):
-    fake_metadata(monkeypatch, {
-        "app": ("1", ["torch", "nvidia-cublas-cu12", "lib"]),
-        "torch": ("2", ["needs-cuda"]),  # needs-cuda is not installed: must not be looked at
-        "lib": ("1", []), "nvidia-cublas-cu12": ("12", ["needs-cuda"]),
-    })
+    fake_metadata(
+        monkeypatch,
+        {
+            "app": ("1", ["torch", "nvidia-cublas-cu12", "lib"]),
+            "torch": ("2", ["needs-cuda"]),  # needs-cuda is not installed: must not be looked at
+            "lib": ("1", []),
+            "nvidia-cublas-cu12": ("12", ["needs-cuda"]),
+        },
+    )
     assert wheels.closure(["app"], ["Torch", "nvidia-*"]) == {"app": "1", "lib": "1"}
     # a named distribution that is excluded is simply not bundled
     assert wheels.closure(["app", "torch"], ["torch", "nvidia-*"]) == {"app": "1", "lib": "1"}
 
 
 def test_names_are_canonicalised(monkeypatch):
-    fake_metadata(monkeypatch, {
-        "app": ("1", ["Foo_Bar>=1", "foo.bar", "Excluded_Pkg"]), "foo-bar": ("3", []),
-    })
+    fake_metadata(
+        monkeypatch,
+        {
+            "app": ("1", ["Foo_Bar>=1", "foo.bar", "Excluded_Pkg"]),
+            "foo-bar": ("3", []),
+        },
+    )
     assert wheels.closure(["App"], ["excluded.pkg"]) == {"app": "1", "foo-bar": "3"}
     assert wheels.image_requirements(["App"], ["EXCLUDED-pkg"]) == {"excluded-pkg": ["excluded-pkg (app)"]}
 
@@ -116,12 +144,37 @@ def test_real_snakemake_closure_without_the_image():
 
 def test_image_list_keeps_what_our_code_relies_on_bundled():
     excluded = wheels.image_exclude()
-    assert {"torch", "nvidia-*", "triton", "numpy", "pandas", "scipy", "scikit-learn", "pyarrow",
-            "pyyaml", "requests", "matplotlib", "jinja2", "markupsafe", "psutil", "packaging",
-            "tqdm"} <= set(excluded)
+    assert {
+        "torch",
+        "nvidia-*",
+        "triton",
+        "numpy",
+        "pandas",
+        "scipy",
+        "scikit-learn",
+        "pyarrow",
+        "pyyaml",
+        "requests",
+        "matplotlib",
+        "jinja2",
+        "markupsafe",
+        "psutil",
+        "packaging",
+        "tqdm",
+    } <= set(excluded)
     is_excluded = wheels._excluder(excluded)
-    for name in ["transformers", "peft", "accelerate", "tokenizers", "safetensors", "huggingface-hub",
-                 "bitsandbytes", "snakemake", "snakemake-interface-common", "arena-pref"]:
+    for name in [
+        "transformers",
+        "peft",
+        "accelerate",
+        "tokenizers",
+        "safetensors",
+        "huggingface-hub",
+        "bitsandbytes",
+        "snakemake",
+        "snakemake-interface-common",
+        "arena-pref",
+    ]:
         assert not is_excluded(name), name
     assert is_excluded("nvidia-cudnn-cu12") and not is_excluded("nvidia")
 
@@ -136,19 +189,23 @@ def test_default_closure_bundles_the_workflow_but_not_the_image():
 def test_platform_tags_include_older_manylinux():
     tags = wheels._platform_tags("manylinux_2_35_x86_64")
     assert tags[0] == "manylinux_2_35_x86_64"
-    assert {"manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64",
-            "manylinux1_x86_64"} <= set(tags)
+    assert {"manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64", "manylinux1_x86_64"} <= set(tags)
     assert "manylinux_2_36_x86_64" not in tags and not any("aarch64" in t for t in tags)
     assert wheels._platform_tags(["linux_x86_64"]) == ["linux_x86_64"]
     assert wheels._platform_tags(None) == []
     assert wheels._target_args("3.12", None) == ["--python-version", "3.12", "--implementation", "cp"]
     assert wheels._marker_env("3.12", "manylinux2014_aarch64") == {
-        "python_version": "3.12", "python_full_version": "3.12.0", "sys_platform": "linux",
-        "platform_system": "Linux", "platform_machine": "aarch64"}
+        "python_version": "3.12",
+        "python_full_version": "3.12.0",
+        "sys_platform": "linux",
+        "platform_system": "Linux",
+        "platform_machine": "aarch64",
+    }
 
 
 def _fake_pip(monkeypatch, calls, fail=None):
     """pip stand-in: download/wheel write empty wheel files named after the requirements."""
+
     def pip(args, what, names, check=True):
         calls.append(args)
         if fail:
@@ -163,8 +220,9 @@ def _fake_pip(monkeypatch, calls, fail=None):
 
 
 def test_collect_writes_pins_manifest_and_one_download_call(monkeypatch, tmp_path):
-    fake_metadata(monkeypatch, {"app": ("1.0", ["Foo_Bar", "torch", "own"]), "foo-bar": ("2.0", []),
-                                "own": ("0.1.0", [])})
+    fake_metadata(
+        monkeypatch, {"app": ("1.0", ["Foo_Bar", "torch", "own"]), "foo-bar": ("2.0", []), "own": ("0.1.0", [])}
+    )
     monkeypatch.setattr(wheels, "_local_source", lambda d: None)
     calls = []
     _fake_pip(monkeypatch, calls)
@@ -184,8 +242,14 @@ def test_collect_writes_pins_manifest_and_one_download_call(monkeypatch, tmp_pat
 def test_collect_builds_local_projects_and_keeps_the_old_bundle_on_failure(monkeypatch, tmp_path):
     fake_metadata(monkeypatch, {"app": ("1.0", ["arena-pref"]), "arena-pref": ("0.1.0", [])})
     monkeypatch.setattr(wheels, "_local_source", lambda d: None)
-    monkeypatch.setattr(wheels, "_build", lambda name, source, dest: calls.append(("build", name, source))
-                        or (Path(dest) / "arena_pref-0.1.0-py3-none-any.whl").write_bytes(b"x"))
+    monkeypatch.setattr(
+        wheels,
+        "_build",
+        lambda name, source, dest: (
+            calls.append(("build", name, source))
+            or (Path(dest) / "arena_pref-0.1.0-py3-none-any.whl").write_bytes(b"x")
+        ),
+    )
     calls = []
     _fake_pip(monkeypatch, calls)
     out = tmp_path / "wheels"
@@ -201,13 +265,19 @@ def test_collect_builds_local_projects_and_keeps_the_old_bundle_on_failure(monke
 
 def _sdist_only_pip(monkeypatch, calls, built_tag="py3-none-any"):
     """pip stand-in whose index has no wheel of b==1 (an sdist only) and fails on x==9."""
+
     def pip(args, what, names, check=True):
         calls.append(args)
         reqs = [a for a in args if "==" in a]
         if args[0] == "download" and ("b==1" in reqs or "x==9" in reqs):
             bad = "b==1" if "b==1" in reqs else "x==9"
-            return SimpleNamespace(returncode=1, stdout="", stderr=f"ERROR: No matching distribution found for {bad}\n"
-                                   if bad == "b==1" else "ERROR: HTTP error 503 while getting x\n")
+            return SimpleNamespace(
+                returncode=1,
+                stdout="",
+                stderr=f"ERROR: No matching distribution found for {bad}\n"
+                if bad == "b==1"
+                else "ERROR: HTTP error 503 while getting x\n",
+            )
         dest = Path(args[args.index("-d" if args[0] == "download" else "-w") + 1])
         for req in reqs:
             name, version = req.split("==")
@@ -238,9 +308,11 @@ def test_a_version_without_a_wheel_is_built_from_its_sdist(monkeypatch, tmp_path
 
 def test_pip_failure_names_the_package(monkeypatch):
     def run(cmd, **kwargs):
-        err = ("WARNING: Location 'file:///opt/x/simple/hf-xet/' is ignored: it is neither a file nor a directory.\n"
-               "ERROR: Could not find a version that satisfies the requirement huggingface_hub==9.9\n"
-               "ERROR: No matching distribution found for huggingface_hub==9.9\n")
+        err = (
+            "WARNING: Location 'file:///opt/x/simple/hf-xet/' is ignored: it is neither a file nor a directory.\n"
+            "ERROR: Could not find a version that satisfies the requirement huggingface_hub==9.9\n"
+            "ERROR: No matching distribution found for huggingface_hub==9.9\n"
+        )
         return SimpleNamespace(returncode=1, stdout="Collecting hf-xet==1.0\n", stderr=err)
 
     monkeypatch.setattr(wheels.subprocess, "run", run)
@@ -256,10 +328,13 @@ def test_local_source_reads_direct_url():
         return SimpleNamespace(read_text=lambda name: json.dumps(info) if info else None)
 
     assert wheels._local_source(dist(None)) is None
-    assert wheels._local_source(dist({"url": "file:///work/my%20proj", "dir_info": {"editable": True}})) \
-        == "/work/my proj"
-    assert wheels._local_source(dist({"url": "https://github.com/o/r", "vcs_info": {
-        "vcs": "git", "commit_id": "abc"}})) == "git+https://github.com/o/r@abc"
+    assert (
+        wheels._local_source(dist({"url": "file:///work/my%20proj", "dir_info": {"editable": True}})) == "/work/my proj"
+    )
+    assert (
+        wheels._local_source(dist({"url": "https://github.com/o/r", "vcs_info": {"vcs": "git", "commit_id": "abc"}}))
+        == "git+https://github.com/o/r@abc"
+    )
     real = wheels._local_source(wheels._distribution("arena-pref"))
     assert real and Path(real, "pyproject.toml").is_file()
 
@@ -278,7 +353,10 @@ def test_copy_project_takes_what_git_would_commit(tmp_path):
     (src / "build" / "lib" / "stale.py").write_text("d")
     wheels._copy_project(src, dst)
     assert sorted(p.relative_to(dst).as_posix() for p in dst.rglob("*") if p.is_file()) == [
-        ".gitignore", "pkg/new.py", "pkg/tracked.py"]
+        ".gitignore",
+        "pkg/new.py",
+        "pkg/tracked.py",
+    ]
 
 
 def _isolated_env():
@@ -310,17 +388,38 @@ def test_bundle_installs_offline_in_a_fresh_venv(tmp_path):
     names = ["snakemake-interface-common", "yte", "arena-pref"]
     manifest = wheels.collect(names, exclude, tmp_path / "wheels")
     bundled = {w["name"] for w in manifest["wheels"]}
-    assert {"snakemake-interface-common", "argparse-dataclass", "configargparse", "yte", "dpath",
-            "arena-pref"} <= bundled
+    assert {
+        "snakemake-interface-common",
+        "argparse-dataclass",
+        "configargparse",
+        "yte",
+        "dpath",
+        "arena-pref",
+    } <= bundled
     assert len(bundled) == len(list((tmp_path / "wheels").glob("*.whl")))
 
     venv.create(tmp_path / "venv", with_pip=True, system_site_packages=False)
     py = str(tmp_path / "venv" / "bin" / "python")
     env = _isolated_env()
     # --no-deps: arena-pref requires torch and the heavy ones; pip check below finds every gap
-    subprocess.run([py, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--find-links",
-                    str(tmp_path / "wheels"), "-r", str(tmp_path / "wheels" / "requirements.txt")],
-                   env=env, check=True, cwd=tmp_path)
+    subprocess.run(
+        [
+            py,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-index",
+            "--no-deps",
+            "--find-links",
+            str(tmp_path / "wheels"),
+            "-r",
+            str(tmp_path / "wheels" / "requirements.txt"),
+        ],
+        env=env,
+        check=True,
+        cwd=tmp_path,
+    )
     check = subprocess.run([py, "-m", "pip", "check"], env=env, cwd=tmp_path, capture_output=True, text=True)
     unmet = _unmet_requirements(check.stdout)
     is_excluded = wheels._excluder(exclude)
@@ -330,7 +429,17 @@ def test_bundle_installs_offline_in_a_fresh_venv(tmp_path):
     assert "torch" in unmet and "has requirement" not in check.stdout
 
     # our package came from its wheel (not the editable repo) and ships its data files
-    where = subprocess.run([py, "-c", "import arena_pref.errors, arena_pref, pathlib; d = pathlib.Path("
-                            "arena_pref.__file__).parent; print(d, (d / 'kaggle_image.yaml').is_file())"],
-                           env=env, cwd=tmp_path, capture_output=True, text=True, check=True).stdout.split()
+    where = subprocess.run(
+        [
+            py,
+            "-c",
+            "import arena_pref.errors, arena_pref, pathlib; d = pathlib.Path("
+            "arena_pref.__file__).parent; print(d, (d / 'kaggle_image.yaml').is_file())",
+        ],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     assert where[0].startswith(str(tmp_path / "venv")) and where[1] == "True"

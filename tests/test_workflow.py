@@ -9,8 +9,15 @@ import pandas as pd
 import pytest
 import yaml
 
-from workflow_helpers import (REPO, SNAKEFILE, SNAKEMAKE, assert_resumed_and_matches, planned_jobs,
-                              snakemake, write_config)
+from workflow_helpers import (
+    REPO,
+    SNAKEFILE,
+    SNAKEMAKE,
+    assert_resumed_and_matches,
+    planned_jobs,
+    snakemake,
+    write_config,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -102,21 +109,31 @@ def test_flipping_one_models_tta_touches_only_its_test_jobs(run_a, tmp_path):
     job, its average and the blend; its OOF jobs (both orders always) and other models stay."""
     changed = write_config(tmp_path / "cfg", **{"models.minilm.predict.tta": False})
     assert planned_jobs(snakemake(run_a, "-n", "results/submission.csv", config=changed)) == {
-        "infer": 1, "average_test": 1, "blend": 1}
+        "infer": 1,
+        "average_test": 1,
+        "blend": 1,
+    }
 
 
 def test_how_a_job_runs_reruns_nothing(run_a, tmp_path):
     """Save and log intervals and bf16 emulation change how jobs run, not what they make."""
-    changed = write_config(tmp_path / "cfg", **{"models.tiny_gemma2.train.save_steps": 7,
-                                                "models.tiny_gemma2.train.logging_steps": 1,
-                                                "models.tiny_llama.allow_bf16_emulation": True})
+    changed = write_config(
+        tmp_path / "cfg",
+        **{
+            "models.tiny_gemma2.train.save_steps": 7,
+            "models.tiny_gemma2.train.logging_steps": 1,
+            "models.tiny_llama.allow_bf16_emulation": True,
+        },
+    )
     assert planned_jobs(snakemake(run_a, "-n", "results/submission.csv", config=changed)) == {}
 
 
 def test_choosing_a_subset_of_folds_only_reaverages(run_a, tmp_path):
     changed = write_config(tmp_path / "cfg", **{"models.tiny_gemma2.predict.folds": [1]})
     assert planned_jobs(snakemake(run_a, "-n", "results/submission.csv", config=changed)) == {
-        "average_test": 1, "blend": 1}
+        "average_test": 1,
+        "blend": 1,
+    }
 
 
 def test_changing_the_feature_learner_reruns_its_folds_only(run_a, tmp_path):
@@ -124,7 +141,10 @@ def test_changing_the_feature_learner_reruns_its_folds_only(run_a, tmp_path):
     fold jobs, its average and the blend, and its TTA flag only the average and the blend."""
     changed = write_config(tmp_path / "cfg", **{"models.pair_features.C": 2.0})
     assert planned_jobs(snakemake(run_a, "-n", "results/submission.csv", config=changed)) == {
-        "features_fold": 2, "average_test": 1, "blend": 1}
+        "features_fold": 2,
+        "average_test": 1,
+        "blend": 1,
+    }
     # a setting the learner does not read would be ignored: it stops the workflow at start instead
     changed = write_config(tmp_path / "cfg1", **{"models.pair_features.learning_rate": 0.5})  # hgb only
     proc = snakemake(run_a, "-n", "results/submission.csv", config=changed, check=False)
@@ -132,7 +152,9 @@ def test_changing_the_feature_learner_reruns_its_folds_only(run_a, tmp_path):
     assert "config.models.pair_features: learner 'logreg' does not read learning_rate" in proc.stdout + proc.stderr
     changed = write_config(tmp_path / "cfg2", **{"models.pair_features.predict.tta": True})
     assert planned_jobs(snakemake(run_a, "-n", "results/submission.csv", config=changed)) == {
-        "average_test": 1, "blend": 1}
+        "average_test": 1,
+        "blend": 1,
+    }
 
 
 def test_changing_max_length_retokenizes_that_model_only(run_a, tmp_path):
@@ -171,7 +193,9 @@ def test_a_changed_model_is_retrained_not_resumed(run_a, tmp_path):
     assert "were made from other tokens: starting afresh" in log and "resuming" not in log
     write_config(tmp_path / "fresh", **{"models.tiny_gemma2.max_length": 80})
     snakemake(tmp_path / "fresh", "-j1", target)
-    old, new, fresh = (load_file(str(d / target / "adapter_model.safetensors")) for d in (run_a, rerun, tmp_path / "fresh"))
+    old, new, fresh = (
+        load_file(str(d / target / "adapter_model.safetensors")) for d in (run_a, rerun, tmp_path / "fresh")
+    )
     assert all((new[k] - fresh[k]).abs().max() < 1e-6 for k in fresh)
     assert any((new[k] - old[k]).abs().max() > 1e-4 for k in old)
 
@@ -181,7 +205,8 @@ def test_bad_input_fails_with_a_clear_message(tmp_path):
     (tmp_path / "bad.csv").write_text(
         "id,prompt,response_a,response_b,winner_model_a,winner_model_b,winner_tie\n"
         '11,"[""hi""]","[""a""]","[""b""]",1,0,0\n'
-        "12,\"['hi']\",\"[\"\"a\"\"]\",\"[\"\"b\"\"]\",0,1,0\n")
+        '12,"[\'hi\']","[""a""]","[""b""]",0,1,0\n'
+    )
     proc = snakemake(tmp_path, "-j1", "results/data/train.parquet", check=False)
     assert proc.returncode != 0
     line = "arena-pref: error: file 'bad.csv', row id 12, column 'prompt'"
@@ -196,8 +221,10 @@ def test_an_unexpected_failure_is_in_the_log_with_its_traceback(run_a, tmp_path)
     import shutil
 
     shutil.copytree(run_a, tmp_path / "w", symlinks=True)
-    checkpoints = sorted((tmp_path / "w" / "results/checkpoints/tiny_gemma2/fold0").glob("checkpoint-*"),
-                         key=lambda p: int(p.name.split("-")[1]))
+    checkpoints = sorted(
+        (tmp_path / "w" / "results/checkpoints/tiny_gemma2/fold0").glob("checkpoint-*"),
+        key=lambda p: int(p.name.split("-")[1]),
+    )
     shutil.rmtree(checkpoints[-1])  # resume from the one before, mid-training:
     (checkpoints[-2] / "optimizer.pt").write_bytes(b"damaged on disk")  # marked complete, but unreadable
     target = "results/models/tiny_gemma2/fold0/adapter"
@@ -210,18 +237,31 @@ def test_an_unexpected_failure_is_in_the_log_with_its_traceback(run_a, tmp_path)
     assert "Traceback" not in proc.stderr
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"models.tiny_gemma2.backbone.num_layer": 2},
-     "config.models.tiny_gemma2.backbone: unknown key 'num_layer' (did you mean 'num_layers'?)"),
-    ({"models.minilm.max_length": 1024},
-     "config models.minilm.max_length: 1024 is above the backbone's position limit (512 tokens)"),
-    ({"models.minilm.template": {"prompt": "question " * 60}},
-     "config models.minilm.template: the template and special tokens take"),
-    ({"models.tiny_llama.lora.target_modules": ["q_proj", "qkv_proj"]},
-     "config models.tiny_llama.lora.target_modules: ['qkv_proj'] match no module of the backbone"),
-    ({"models.tiny_gemma2.lora.layers_to_transform": [3]},
-     "config models.tiny_gemma2.lora.layers_to_transform: [3] beyond the backbone's 1 layers"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            {"models.tiny_gemma2.backbone.num_layer": 2},
+            "config.models.tiny_gemma2.backbone: unknown key 'num_layer' (did you mean 'num_layers'?)",
+        ),
+        (
+            {"models.minilm.max_length": 1024},
+            "config models.minilm.max_length: 1024 is above the backbone's position limit (512 tokens)",
+        ),
+        (
+            {"models.minilm.template": {"prompt": "question " * 60}},
+            "config models.minilm.template: the template and special tokens take",
+        ),
+        (
+            {"models.tiny_llama.lora.target_modules": ["q_proj", "qkv_proj"]},
+            "config models.tiny_llama.lora.target_modules: ['qkv_proj'] match no module of the backbone",
+        ),
+        (
+            {"models.tiny_gemma2.lora.layers_to_transform": [3]},
+            "config models.tiny_gemma2.lora.layers_to_transform: [3] beyond the backbone's 1 layers",
+        ),
+    ],
+)
 def test_config_errors_stop_the_workflow_at_start_in_one_line(tmp_path, change, message):
     write_config(tmp_path, **change)
     proc = snakemake(tmp_path, "-n", "results/submission.csv", check=False)
@@ -233,15 +273,23 @@ def test_config_errors_stop_the_workflow_at_start_in_one_line(tmp_path, change, 
 def test_every_missing_input_is_named_at_start_by_its_key(tmp_path):
     """Missing CSVs, backbone directories and packages, all in one error before any job runs, each
     by its config key (Snakemake alone names one missing file per run, by rule)."""
-    write_config(tmp_path, **{"data.train_csv": "data/train.csv", "data.test_csv": "data/test.csv",
-                              "models.minilm.backbone": {"kind": "path", "path": "models/minilm"}})
+    write_config(
+        tmp_path,
+        **{
+            "data.train_csv": "data/train.csv",
+            "data.test_csv": "data/test.csv",
+            "models.minilm.backbone": {"kind": "path", "path": "models/minilm"},
+        },
+    )
     (tmp_path / "models" / "minilm").mkdir(parents=True)
     proc = snakemake(tmp_path, "-n", "results/submission.csv", check=False)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0 and "3 missing input(s):" in out
-    for line in ("config data.train_csv: no file 'data/train.csv' (relative paths start at the working "
-                 f"directory, {tmp_path})", "config data.test_csv: no file 'data/test.csv'",
-                 "config models.minilm.backbone: 'models/minilm' has no config.json"):
+    for line in (
+        f"config data.train_csv: no file 'data/train.csv' (relative paths start at the working directory, {tmp_path})",
+        "config data.test_csv: no file 'data/test.csv'",
+        "config models.minilm.backbone: 'models/minilm' has no config.json",
+    ):
         assert line in out, out
     assert "MissingInputException" not in out and "Traceback" not in out
 
@@ -250,9 +298,23 @@ def test_an_error_in_merged_config_files_names_them(tmp_path):
     """--configfile A B merges B into A key by key (A's models stay): an error says so."""
     write_config(tmp_path)
     (tmp_path / "more.yaml").write_text("blend: {method: weights, weights: {minilm: 1.0}}\n")
-    proc = subprocess.run([*SNAKEMAKE, "-s", str(SNAKEFILE), "-d", str(tmp_path), "-n", "results/submission.csv",
-                           "--configfile", str(tmp_path / "config.yaml"), str(tmp_path / "more.yaml")],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            *SNAKEMAKE,
+            "-s",
+            str(SNAKEFILE),
+            "-d",
+            str(tmp_path),
+            "-n",
+            "results/submission.csv",
+            "--configfile",
+            str(tmp_path / "config.yaml"),
+            str(tmp_path / "more.yaml"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0 and "config blend.weights" in out
     assert f"merged from 2 files, later ones overriding earlier ones key by key: {tmp_path / 'config.yaml'}" in out
@@ -270,16 +332,27 @@ def test_outputs_are_readable_by_others(run_a):
 
 
 def test_lint_and_format():
-    proc = subprocess.run([*SNAKEMAKE, "-s", str(SNAKEFILE), "--lint"], capture_output=True,
-                          text=True, cwd=REPO)
+    proc = subprocess.run([*SNAKEMAKE, "-s", str(SNAKEFILE), "--lint"], capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 0 and "Congratulations" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
-    fmt = subprocess.run([str(Path(sys.executable).parent / "snakefmt"), "--check", "Snakefile", "workflow/rules"],
-                         capture_output=True, text=True, cwd=REPO)
+    fmt = subprocess.run(
+        [str(Path(sys.executable).parent / "snakefmt"), "--check", "Snakefile", "workflow/rules"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     assert fmt.returncode == 0, fmt.stderr
 
 
-LLAMA3_8B = dict(vocab_size=128256, hidden_size=4096, num_hidden_layers=32, num_attention_heads=32,
-                 num_key_value_heads=8, intermediate_size=14336, max_position_embeddings=8192, rope_theta=500000.0)
+LLAMA3_8B = dict(
+    vocab_size=128256,
+    hidden_size=4096,
+    num_hidden_layers=32,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    intermediate_size=14336,
+    max_position_embeddings=8192,
+    rope_theta=500000.0,
+)
 
 
 def real_shaped_backbone(directory, arch):
@@ -317,8 +390,11 @@ def test_preset_dry_run(preset, tmp_path):
 def test_profiles_name_existing_rules_and_local_2gpu_plans(tmp_path):
     """Profiles set resources of rules that exist (a typo would silently set nothing), and the
     two-GPU profile caps GPU jobs at two."""
-    rules = set(subprocess.run([*SNAKEMAKE, "-s", str(SNAKEFILE), "--list-rules"], capture_output=True,
-                               text=True, cwd=REPO, check=True).stdout.split())
+    rules = set(
+        subprocess.run(
+            [*SNAKEMAKE, "-s", str(SNAKEFILE), "--list-rules"], capture_output=True, text=True, cwd=REPO, check=True
+        ).stdout.split()
+    )
     assert {"train", "oof", "infer", "blend"} <= rules
     for profile in sorted((REPO / "workflow" / "profiles").glob("*/config.yaml")):
         cfg = yaml.safe_load(profile.read_text())
@@ -327,6 +403,7 @@ def test_profiles_name_existing_rules_and_local_2gpu_plans(tmp_path):
     local = yaml.safe_load((REPO / "workflow/profiles/local-2gpu/config.yaml").read_text())
     assert local["resources"] == {"gpu": 2}
     write_config(tmp_path)
-    proc = snakemake(tmp_path, "-n", "--workflow-profile", str(REPO / "workflow/profiles/local-2gpu"),
-                     "results/submission.csv")
+    proc = snakemake(
+        tmp_path, "-n", "--workflow-profile", str(REPO / "workflow/profiles/local-2gpu"), "results/submission.csv"
+    )
     assert "train" in planned_jobs(proc)

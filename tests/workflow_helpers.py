@@ -25,10 +25,17 @@ def model_settings(**model):
 
 
 def snakemake(workdir, *args, config=None, env=None, check=True, timeout=900):
-    cmd = [*SNAKEMAKE, "-s", str(SNAKEFILE), "-d", str(workdir), "--configfile",
-           str(config or workdir / "config.yaml"), *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+    cmd = [
+        *SNAKEMAKE,
+        "-s",
+        str(SNAKEFILE),
+        "-d",
+        str(workdir),
+        "--configfile",
+        str(config or workdir / "config.yaml"),
+        *args,
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
     return proc

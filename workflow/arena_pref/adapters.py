@@ -40,8 +40,10 @@ from .io import atomic_path, write_json
 CONFIG = "adapter_config.json"
 WEIGHTS = "adapter_model.safetensors"
 METADATA = "averaged_from.json"
-METHOD = ("exact weight-space mean of the fold models: LoRA factors concatenated to rank n*r "
-          "(B divided by n, lora_alpha multiplied by n), every other tensor averaged element-wise")
+METHOD = (
+    "exact weight-space mean of the fold models: LoRA factors concatenated to rank n*r "
+    "(B divided by n, lora_alpha multiplied by n), every other tensor averaged element-wise"
+)
 
 # adapter_config fields that may differ between folds without changing what the adapter computes
 IGNORED_FIELDS = ("base_model_name_or_path", "revision", "inference_mode", "peft_version")
@@ -89,10 +91,21 @@ def average_adapters(adapter_dirs, out_dir):
         else:
             save_file(average_tensors(states, config=configs[0]), tmp / WEIGHTS, metadata={"format": "pt"})
             write_json(config, tmp / CONFIG)
-        summary = {"n": n, "rank_before": configs[0]["r"], "rank_after": config["r"],
-                   "tensors": len(states[0]), "out_dir": str(out_dir)}
-        write_json({"sources": [str(d) for d in dirs], "method": METHOD,
-                     **{k: summary[k] for k in ("n", "rank_before", "rank_after")}}, tmp / METADATA)
+        summary = {
+            "n": n,
+            "rank_before": configs[0]["r"],
+            "rank_after": config["r"],
+            "tensors": len(states[0]),
+            "out_dir": str(out_dir),
+        }
+        write_json(
+            {
+                "sources": [str(d) for d in dirs],
+                "method": METHOD,
+                **{k: summary[k] for k in ("n", "rank_before", "rank_after")},
+            },
+            tmp / METADATA,
+        )
     return summary
 
 
@@ -107,12 +120,14 @@ def read_config(adapter_dir):
     except json.JSONDecodeError as err:
         raise InputError(f"'{path}' is not valid JSON: {err}") from None
     if config.get("peft_type") != "LORA":
-        raise InputError(f"adapter '{adapter_dir}' is peft_type {config.get('peft_type')!r}: only LORA "
-                         "adapters can be averaged")
+        raise InputError(
+            f"adapter '{adapter_dir}' is peft_type {config.get('peft_type')!r}: only LORA adapters can be averaged"
+        )
     for field, what in UNSUPPORTED.items():
         if config.get(field):
-            raise InputError(f"adapter '{adapter_dir}' uses {what} ({field} is set): such adapters cannot be "
-                             "averaged into one LoRA")
+            raise InputError(
+                f"adapter '{adapter_dir}' uses {what} ({field} is set): such adapters cannot be averaged into one LoRA"
+            )
     return config
 
 
@@ -124,8 +139,9 @@ def read_tensors(adapter_dir):
     state = load_file(path)
     for key in state:
         if _ANY_LORA.search(key) and not (_LORA_A.search(key) or _LORA_B.search(key) or _LORA_B_BIAS.search(key)):
-            raise InputError(f"adapter '{adapter_dir}' has a LoRA tensor of an unknown kind, '{key}': it "
-                             "cannot be averaged")
+            raise InputError(
+                f"adapter '{adapter_dir}' has a LoRA tensor of an unknown kind, '{key}': it cannot be averaged"
+            )
     return state
 
 
@@ -138,16 +154,20 @@ def check_compatible(dirs, configs, states):
         config = _comparable(config)
         for field in sorted(set(ref_config) | set(config)):
             if config.get(field) != ref_config.get(field):
-                raise InputError(f"{where}: adapter_config field '{field}' is {config.get(field)!r} there and "
-                                 f"{ref_config.get(field)!r} in '{dirs[0]}'")
+                raise InputError(
+                    f"{where}: adapter_config field '{field}' is {config.get(field)!r} there and "
+                    f"{ref_config.get(field)!r} in '{dirs[0]}'"
+                )
         odd = sorted(set(ref_state) ^ set(state))
         if odd:
             raise InputError(f"{where}: tensor '{odd[0]}' is only in '{d if odd[0] in state else dirs[0]}'")
         for key, ref in ref_state.items():
             got = state[key]
             if got.shape != ref.shape or got.dtype != ref.dtype:
-                raise InputError(f"{where}: tensor '{key}' is {tuple(got.shape)} {got.dtype} there and "
-                                 f"{tuple(ref.shape)} {ref.dtype} in '{dirs[0]}'")
+                raise InputError(
+                    f"{where}: tensor '{key}' is {tuple(got.shape)} {got.dtype} there and "
+                    f"{tuple(ref.shape)} {ref.dtype} in '{dirs[0]}'"
+                )
 
 
 def _comparable(config):
@@ -188,4 +208,3 @@ def average_tensors(states, *, config):
             merged = torch.stack(parts).mean(dim=0)
         out[key] = merged.to(ref.dtype).contiguous()
     return out
-

@@ -70,6 +70,7 @@ def backbone_dir(spec, built=None):
 
 # --------------------------------------------------------------------------- start-time checks
 
+
 def _files_key(directory):
     """What a check read from a backbone directory: config and tokenizer files, whole."""
     h = hashlib.sha256()
@@ -93,8 +94,9 @@ def _backbone_config(model):
     directory = Path(backbone_dir(spec))
     where = f"config models.{model.name}.backbone"
     if not (directory / "config.json").is_file():
-        raise InputError(f"{where}: {directory} has no config.json (a directory written by save_pretrained "
-                         "is expected)")
+        raise InputError(
+            f"{where}: {directory} has no config.json (a directory written by save_pretrained is expected)"
+        )
     from transformers import AutoConfig
 
     return AutoConfig.from_pretrained(directory)
@@ -104,8 +106,14 @@ def check_model(model):
     """Raise :class:`InputError` (one line naming the key) where ``model``'s settings cannot work
     with its backbone; a no-op for hub backbones. Passed checks are remembered."""
     spec = model.backbone
-    key_parts = [model.name, spec, model.tokens.max_length, model.tokens.template,
-                 list(model.training.lora.target_modules), model.training.lora.layers_to_transform]
+    key_parts = [
+        model.name,
+        spec,
+        model.tokens.max_length,
+        model.tokens.template,
+        list(model.training.lora.target_modules),
+        model.training.lora.layers_to_transform,
+    ]
     if spec["kind"] in ("path", "package"):
         directory = Path(backbone_dir(spec))
         key_parts.append(_files_key(directory) if directory.is_dir() else str(directory))
@@ -135,8 +143,10 @@ def _check_positions(model, config):
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     limit = getattr(text, "max_position_embeddings", None)
     if limit and model.tokens.max_length > limit:
-        raise InputError(f"config models.{model.name}.max_length: {model.tokens.max_length} is above the "
-                         f"backbone's position limit ({limit} tokens)")
+        raise InputError(
+            f"config models.{model.name}.max_length: {model.tokens.max_length} is above the "
+            f"backbone's position limit ({limit} tokens)"
+        )
 
 
 def _check_lora(model, config):
@@ -145,14 +155,18 @@ def _check_lora(model, config):
     layers = text.num_hidden_layers
     beyond = [i for i in (lora.layers_to_transform or ()) if i >= layers]
     if beyond:
-        raise InputError(f"config models.{model.name}.lora.layers_to_transform: {beyond} beyond the "
-                         f"backbone's {layers} layers (0 to {layers - 1})")
+        raise InputError(
+            f"config models.{model.name}.lora.layers_to_transform: {beyond} beyond the "
+            f"backbone's {layers} layers (0 to {layers - 1})"
+        )
     names = _module_names(config)
     unmatched = [t for t in lora.target_modules if not any(n == t or n.endswith("." + t) for n in names)]
     if unmatched:
         linear = sorted({n.rsplit(".", 1)[-1] for n, kind in names.items() if kind == "Linear"})
-        raise InputError(f"config models.{model.name}.lora.target_modules: {unmatched} match no module of the "
-                         f"backbone (its linear layers: {', '.join(linear)})")
+        raise InputError(
+            f"config models.{model.name}.lora.target_modules: {unmatched} match no module of the "
+            f"backbone (its linear layers: {', '.join(linear)})"
+        )
 
 
 def _module_names(config):
@@ -172,8 +186,10 @@ def check_template_room(name, tokenizer, tokens):
 
     fixed = make_layout(tokenizer, tokens.template).fixed_len
     if tokens.max_length - fixed < MIN_TEXT_TOKENS:
-        raise InputError(f"config models.{name}.template: the template and special tokens take {fixed} of "
-                         f"max_length {tokens.max_length} tokens, leaving no room for the conversation")
+        raise InputError(
+            f"config models.{name}.template: the template and special tokens take {fixed} of "
+            f"max_length {tokens.max_length} tokens, leaving no room for the conversation"
+        )
 
 
 def check_judge(model):
@@ -193,8 +209,10 @@ def check_judge(model):
         text = config.get_text_config() if hasattr(config, "get_text_config") else config
         limit = getattr(text, "max_position_embeddings", None)
         if limit and prompt.max_length > limit:
-            raise InputError(f"config models.{model.name}.max_length: {prompt.max_length} is above the backbone's "
-                             f"position limit ({limit} tokens)")
+            raise InputError(
+                f"config models.{model.name}.max_length: {prompt.max_length} is above the backbone's "
+                f"position limit ({limit} tokens)"
+            )
         if spec["kind"] != "tiny":  # a tiny backbone's tokenizer is built later: the judge_score step checks
             from .judge_prompt import check_room, make_layout
             from .modeling import load_tokenizer

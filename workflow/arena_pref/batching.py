@@ -25,8 +25,8 @@ METHODS = ("fixed", "sorted_dynamic", "token_budget", "packed")
 
 @dataclass
 class Batch:
-    rows: np.ndarray   # indices into the sequence list
-    width: int         # padded width (0 for a packed batch)
+    rows: np.ndarray  # indices into the sequence list
+    width: int  # padded width (0 for a packed batch)
 
     def slots(self, lengths):
         """Token positions computed for this batch (real tokens plus padding)."""
@@ -71,11 +71,13 @@ def plan_batches(lengths, *, method, batch_size=8, max_tokens=8192, max_length=N
             order = np.concatenate([order, np.arange(2 * n_pairs, len(lengths))])
         else:
             order = np.arange(len(lengths))
-        return [Batch(order[i:i + batch_size], width) for i in range(0, len(order), batch_size)]
+        return [Batch(order[i : i + batch_size], width) for i in range(0, len(order), batch_size)]
     order = np.concatenate(_sorted_units(lengths, n_pairs))
     if method == "sorted_dynamic":
-        return [Batch(b, int(lengths[b].max())) for b in
-                (order[i:i + batch_size] for i in range(0, len(order), batch_size))]
+        return [
+            Batch(b, int(lengths[b].max()))
+            for b in (order[i : i + batch_size] for i in range(0, len(order), batch_size))
+        ]
     batches, current, width, used = [], [], 0, 0
     for i in order:
         n = int(lengths[i])

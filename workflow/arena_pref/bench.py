@@ -53,15 +53,28 @@ def random_sequences(lengths, vocab, seed=0):
 
 def tiny_gemma(out_dir, max_position, hidden_size=64, num_layers=2):
     texts = [f"warm up text {i} " * 5 for i in range(200)]
-    modeling.build_tiny_backbone(out_dir, texts, arch="gemma2", vocab_size=1000, hidden_size=hidden_size,
-                                 num_layers=num_layers, num_heads=4, intermediate_size=2 * hidden_size,
-                                 max_position=max_position, seed=0)
+    modeling.build_tiny_backbone(
+        out_dir,
+        texts,
+        arch="gemma2",
+        vocab_size=1000,
+        hidden_size=hidden_size,
+        num_layers=num_layers,
+        num_heads=4,
+        intermediate_size=2 * hidden_size,
+        max_position=max_position,
+        seed=0,
+    )
     return out_dir
 
 
 def environment():
-    env = {"date": date.today().isoformat(), "torch": torch.__version__, "machine": platform.machine(),
-           "cpu_threads": torch.get_num_threads()}
+    env = {
+        "date": date.today().isoformat(),
+        "torch": torch.__version__,
+        "machine": platform.machine(),
+        "cpu_threads": torch.get_num_threads(),
+    }
     if torch.cuda.is_available():
         env["gpu"] = torch.cuda.get_device_name(0)
     return env
@@ -84,11 +97,13 @@ def time_method(model, seqs, batches, *, pad_token_id, repeats=1, pack_to=None):
 
 def is_out_of_memory(err):
     return isinstance(err, torch.cuda.OutOfMemoryError) or (
-        isinstance(err, RuntimeError) and ("out of memory" in str(err) or "can't allocate memory" in str(err)))
+        isinstance(err, RuntimeError) and ("out of memory" in str(err) or "can't allocate memory" in str(err))
+    )
 
 
-def compare_methods(models, lengths, seqs, plans, *, pad_token_id, repeats=1, flops_per_token=None,
-                    peak_flops=None, reference=None):
+def compare_methods(
+    models, lengths, seqs, plans, *, pad_token_id, repeats=1, flops_per_token=None, peak_flops=None, reference=None
+):
     """The same rows through each ``plans`` entry (name -> (model name, plan_batches kwargs)):
     tokens/s, padding efficiency, passes; with ``flops_per_token`` and ``peak_flops`` the fraction
     of the device's peak reached. Every entry's probabilities are compared with ``reference`` (by
@@ -97,14 +112,18 @@ def compare_methods(models, lengths, seqs, plans, *, pad_token_id, repeats=1, fl
     real = int(np.sum(lengths))
     # warm-up: first calls allocate, pick kernels (and repack 4-bit CPU weights)
     for model in models.values():
-        predict.run_batches(model, seqs[:4], batching.plan_batches(lengths[:4], method="packed"),
-                            pad_token_id=pad_token_id)
+        predict.run_batches(
+            model, seqs[:4], batching.plan_batches(lengths[:4], method="packed"), pad_token_id=pad_token_id
+        )
     methods = {}
     for name, (model_name, plan) in plans.items():
         model = models[model_name]
         batches = batching.plan_batches(lengths, **plan)
-        entry = {"padding_efficiency": batching.padding_efficiency(batches, lengths), "passes": len(batches),
-                 **{k: v for k, v in plan.items() if k != "method"}}
+        entry = {
+            "padding_efficiency": batching.padding_efficiency(batches, lengths),
+            "passes": len(batches),
+            **{k: v for k, v in plan.items() if k != "method"},
+        }
         if model_name != "model":
             entry["model"] = model_name
         methods[name] = entry
@@ -124,9 +143,15 @@ def compare_methods(models, lengths, seqs, plans, *, pad_token_id, repeats=1, fl
             reference = probs
         else:
             entry["max_abs_diff_vs_first"] = float(np.abs(probs - reference).max())
-        log.info("%-15s %9.0f tokens/s  padding efficiency %.3f  (%d passes, %.1f s)%s", name,
-                 entry["tokens_per_s"], entry["padding_efficiency"], len(batches), seconds,
-                 f"  {entry['fraction_of_bf16_peak']:.1%} of bf16 peak" if "fraction_of_bf16_peak" in entry else "")
+        log.info(
+            "%-15s %9.0f tokens/s  padding efficiency %.3f  (%d passes, %.1f s)%s",
+            name,
+            entry["tokens_per_s"],
+            entry["padding_efficiency"],
+            len(batches),
+            seconds,
+            f"  {entry['fraction_of_bf16_peak']:.1%} of bf16 peak" if "fraction_of_bf16_peak" in entry else "",
+        )
     return methods, reference
 
 
@@ -148,8 +173,17 @@ def method_plans(*, batch_size, max_length, budget, pack_budget, model="model"):
     }
 
 
-def random_adapter(backbone, out_dir, *, quantization, targets=("q_proj", "k_proj", "v_proj", "o_proj"), r=16,
-                   std=0.02, seed=0, dtype="float32"):
+def random_adapter(
+    backbone,
+    out_dir,
+    *,
+    quantization,
+    targets=("q_proj", "k_proj", "v_proj", "o_proj"),
+    r=16,
+    std=0.02,
+    seed=0,
+    dtype="float32",
+):
     """A LoRA adapter with random, non-zero weights (a trained adapter is not the zero update peft
     starts from), saved as training saves one."""
     model = modeling.load_model(backbone, quantization=quantization, dtype=dtype, pad_token_id=0)
@@ -165,8 +199,18 @@ def random_adapter(backbone, out_dir, *, quantization, targets=("q_proj", "k_pro
     return out_dir
 
 
-def bench_inference(*, rows=96, max_length=4096, batch_size=8, budget=16384, pack_budget=4096,
-                    quantization="4bit", threads=2, repeats=1, backbone=None):
+def bench_inference(
+    *,
+    rows=96,
+    max_length=4096,
+    batch_size=8,
+    budget=16384,
+    pack_budget=4096,
+    quantization="4bit",
+    threads=2,
+    repeats=1,
+    backbone=None,
+):
     """The same rows through the four prediction methods, with a trained-like LoRA adapter on the
     base as the workflow predicts; then packed batches again with the adapter merged into the
     dequantized base (``predict.merge_lora``). Tokens/s and padding efficiency."""
@@ -176,19 +220,30 @@ def bench_inference(*, rows=96, max_length=4096, batch_size=8, budget=16384, pac
         tok = modeling.load_tokenizer(path)
         adapter = random_adapter(path, Path(tmp) / "adapter", quantization=quantization)
         kw = dict(quantization=quantization, dtype="float32", pad_token_id=tok.pad_token_id)
-        models = {"model": modeling.load_for_inference(path, adapter, **kw),
-                  "merged": modeling.load_for_inference(path, adapter, merge_lora=True, **kw)}
+        models = {
+            "model": modeling.load_for_inference(path, adapter, **kw),
+            "merged": modeling.load_for_inference(path, adapter, merge_lora=True, **kw),
+        }
         lengths = arena_lengths(rows, cap=max_length)
         seqs = random_sequences(lengths, models["model"].config.vocab_size)
         plans = method_plans(batch_size=batch_size, max_length=max_length, budget=budget, pack_budget=pack_budget)
         plans["packed_merged"] = ("merged", dict(method="packed", max_tokens=pack_budget))
         methods, _ = compare_methods(models, lengths, seqs, plans, pad_token_id=tok.pad_token_id, repeats=repeats)
-    return {"methods": methods, "best": best_of(methods),
-            "setup": {"model": "tiny Gemma-2 (random, hidden 64, 2 layers)" if backbone is None else str(backbone),
-                      "adapter": "LoRA r 16 on q, k, v, o (random weights)",
-                      "quantization": quantization, "rows": rows, "real_tokens": int(lengths.sum()),
-                      "median_length": float(np.median(lengths)), "max_length": max_length,
-                      "rows_over_4000": int((lengths > 4000).sum()), **environment()}}
+    return {
+        "methods": methods,
+        "best": best_of(methods),
+        "setup": {
+            "model": "tiny Gemma-2 (random, hidden 64, 2 layers)" if backbone is None else str(backbone),
+            "adapter": "LoRA r 16 on q, k, v, o (random weights)",
+            "quantization": quantization,
+            "rows": rows,
+            "real_tokens": int(lengths.sum()),
+            "median_length": float(np.median(lengths)),
+            "max_length": max_length,
+            "rows_over_4000": int((lengths > 4000).sum()),
+            **environment(),
+        },
+    }
 
 
 def bench_compile(*, rows=64, max_length=1024, budget=8192, pack_budget=2048, threads=2):
@@ -220,22 +275,47 @@ def bench_compile(*, rows=64, max_length=1024, budget=8192, pack_budget=2048, th
                     entry[label]["max_abs_diff_vs_eager"] = float(np.abs(probs - reference).max())
                 log.info("%-13s %-21s %6.1f s", method, label, seconds)
             out[method] = entry
-    return {"methods": out, "setup": {"model": "tiny Gemma-2 (random, hidden 64, 2 layers), fp32", "rows": rows,
-                                      "real_tokens": int(lengths.sum()), "max_length": max_length, **environment()}}
+    return {
+        "methods": out,
+        "setup": {
+            "model": "tiny Gemma-2 (random, hidden 64, 2 layers), fp32",
+            "rows": rows,
+            "real_tokens": int(lengths.sum()),
+            "max_length": max_length,
+            **environment(),
+        },
+    }
 
 
 # --------------------------------------------------------------------------- GPU, 9B shape
 
 # Gemma-2-9B's shape (its config.json): speed depends on shapes, not on trained weights
-GEMMA2_9B = dict(vocab_size=256000, hidden_size=3584, num_hidden_layers=42, num_attention_heads=16,
-                 num_key_value_heads=8, head_dim=256, intermediate_size=14336, sliding_window=4096,
-                 query_pre_attn_scalar=256, attn_logit_softcapping=50.0, final_logit_softcapping=30.0,
-                 max_position_embeddings=8192)
+GEMMA2_9B = dict(
+    vocab_size=256000,
+    hidden_size=3584,
+    num_hidden_layers=42,
+    num_attention_heads=16,
+    num_key_value_heads=8,
+    head_dim=256,
+    intermediate_size=14336,
+    sliding_window=4096,
+    query_pre_attn_scalar=256,
+    attn_logit_softcapping=50.0,
+    final_logit_softcapping=30.0,
+    max_position_embeddings=8192,
+)
 
 # dense bf16 tensor-core peak, TFLOP/s, by (a substring of) torch.cuda.get_device_name(); the
 # more specific names first. From the vendors' data sheets (without sparsity).
-PEAK_BF16_TFLOPS = [("H100 PCIe", 756), ("H100 NVL", 835), ("H100", 989), ("H200", 989), ("A100", 312),
-                    ("L40S", 362), ("L4", 121)]
+PEAK_BF16_TFLOPS = [
+    ("H100 PCIe", 756),
+    ("H100 NVL", 835),
+    ("H100", 989),
+    ("H200", 989),
+    ("A100", 312),
+    ("L40S", 362),
+    ("L4", 121),
+]
 
 
 def peak_bf16_flops(device_name):
@@ -252,8 +332,9 @@ def random_gemma2(out_dir, *, shape=None, dtype=torch.bfloat16, seed=0, max_shar
     saving a 9B model from the GPU needs a few GB of RAM, not the model's 18."""
     from transformers import Gemma2Config, Gemma2ForSequenceClassification
 
-    config = Gemma2Config(**(shape or GEMMA2_9B), num_labels=modeling.NUM_LABELS, pad_token_id=0,
-                          bos_token_id=2, eos_token_id=1)
+    config = Gemma2Config(
+        **(shape or GEMMA2_9B), num_labels=modeling.NUM_LABELS, pad_token_id=0, bos_token_id=2, eos_token_id=1
+    )
     torch.manual_seed(seed)
     init_device = "cuda" if torch.cuda.is_available() else "cpu"
     with torch.device(init_device):  # on the GPU: initialising 9B parameters on a CPU takes minutes
@@ -266,9 +347,21 @@ def random_gemma2(out_dir, *, shape=None, dtype=torch.bfloat16, seed=0, max_shar
     return n_params, n_embed
 
 
-def bench_gpu(*, rows=256, max_length=4096, batch_size=8, budget=32768, pack_budget=16384,
-              quantizations=("none", "4bit"), dtype="bfloat16", shape=None, peak_tflops=None, threads=None,
-              attn_implementation="flash_attention_2", max_shard_size="2GB"):
+def bench_gpu(
+    *,
+    rows=256,
+    max_length=4096,
+    batch_size=8,
+    budget=32768,
+    pack_budget=16384,
+    quantizations=("none", "4bit"),
+    dtype="bfloat16",
+    shape=None,
+    peak_tflops=None,
+    threads=None,
+    attn_implementation="flash_attention_2",
+    max_shard_size="2GB",
+):
     """The workflow's prediction path on a randomly initialised model of Gemma-2-9B's shape: the
     base in 16-bit and 4-bit with a random LoRA adapter attached (as a trained fold's adapter is),
     flash-attention where it runs (else the model's default, logged), through the four batching
@@ -284,31 +377,52 @@ def bench_gpu(*, rows=256, max_length=4096, batch_size=8, budget=32768, pack_bud
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "gemma2_9b_shape"
         t0 = time.perf_counter()
-        n_params, n_embed = random_gemma2(path, shape=shape, dtype=modeling.torch_dtype(dtype),
-                                          max_shard_size=max_shard_size)
+        n_params, n_embed = random_gemma2(
+            path, shape=shape, dtype=modeling.torch_dtype(dtype), max_shard_size=max_shard_size
+        )
         log.info("random model of %.2fB parameters saved in %.0f s", n_params / 1e9, time.perf_counter() - t0)
         lengths = arena_lengths(rows, cap=max_length)
         seqs = random_sequences(lengths, (shape or GEMMA2_9B)["vocab_size"])
         results = {}
         for quantization in quantizations:
-            adapter = random_adapter(path, Path(tmp) / f"adapter_{quantization}", quantization=quantization,
-                                     dtype=dtype)
+            adapter = random_adapter(
+                path, Path(tmp) / f"adapter_{quantization}", quantization=quantization, dtype=dtype
+            )
             kw = dict(quantization=quantization, dtype=dtype, pad_token_id=0, attn_implementation=attn_implementation)
             label = dtype if quantization == "none" else quantization
-            results[label] = _bench_precision(path, adapter, kw, lengths, seqs, n_params - n_embed, peak,
-                                              batch_size=batch_size, max_length=max_length, budget=budget,
-                                              pack_budget=pack_budget)
-    return {"by_precision": results,
-            "setup": {"model": "random Gemma-2-9B shape" if shape is None else f"random Gemma-2, {shape}",
-                      "adapter": "LoRA r 16 on q, k, v, o (random weights)",
-                      "parameters": n_params, "non_embedding_parameters": n_params - n_embed,
-                      "peak_bf16_tflops": peak / 1e12 if peak else None, "rows": rows,
-                      "real_tokens": int(lengths.sum()), "median_length": float(np.median(lengths)),
-                      "max_length": max_length, **environment()}}
+            results[label] = _bench_precision(
+                path,
+                adapter,
+                kw,
+                lengths,
+                seqs,
+                n_params - n_embed,
+                peak,
+                batch_size=batch_size,
+                max_length=max_length,
+                budget=budget,
+                pack_budget=pack_budget,
+            )
+    return {
+        "by_precision": results,
+        "setup": {
+            "model": "random Gemma-2-9B shape" if shape is None else f"random Gemma-2, {shape}",
+            "adapter": "LoRA r 16 on q, k, v, o (random weights)",
+            "parameters": n_params,
+            "non_embedding_parameters": n_params - n_embed,
+            "peak_bf16_tflops": peak / 1e12 if peak else None,
+            "rows": rows,
+            "real_tokens": int(lengths.sum()),
+            "median_length": float(np.median(lengths)),
+            "max_length": max_length,
+            **environment(),
+        },
+    }
 
 
-def _bench_precision(path, adapter, load_kw, lengths, seqs, non_embedding, peak, *, batch_size, max_length, budget,
-                     pack_budget):
+def _bench_precision(
+    path, adapter, load_kw, lengths, seqs, non_embedding, peak, *, batch_size, max_length, budget, pack_budget
+):
     """One precision of :func:`bench_gpu`: the unmerged adapter through the four methods, then
     packed batches with the adapter merged, one model in memory at a time."""
     timing = dict(pad_token_id=0, flops_per_token=2 * non_embedding, peak_flops=peak)
@@ -318,8 +432,9 @@ def _bench_precision(path, adapter, load_kw, lengths, seqs, non_embedding, peak,
     methods, reference = compare_methods({"model": model}, lengths, seqs, plans, **timing)
     del model
     modeling.release_memory()
-    merged = modeling.load_for_inference(path, adapter, merge_lora=True, batch_tokens=pack_budget,
-                                         longest=max_length, **load_kw)
+    merged = modeling.load_for_inference(
+        path, adapter, merge_lora=True, batch_tokens=pack_budget, longest=max_length, **load_kw
+    )
     is_merged = not hasattr(merged, "peft_config")
     merged_plan = {"packed_merged": ("merged", dict(method="packed", max_tokens=pack_budget))}
     methods.update(compare_methods({"merged": merged}, lengths, seqs, merged_plan, reference=reference, **timing)[0])
@@ -338,10 +453,14 @@ BENCH_LORA = {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": ["q_proj",
 
 def bench_model(*, quantization, batch_size, dtype="float32", attn_implementation="auto", **train):
     """The :class:`~arena_pref.settings.ModelConfig` a config with these values gives."""
-    model = {"backbone": {"kind": "tiny"}, "quantization": quantization, "dtype": dtype,
-             "attn_implementation": attn_implementation, "lora": BENCH_LORA,
-             "train": {"epochs": 1, "batch_size": batch_size, "lr": 2e-4, "warmup_steps": 2, "save_steps": 10_000,
-                       **train}}
+    model = {
+        "backbone": {"kind": "tiny"},
+        "quantization": quantization,
+        "dtype": dtype,
+        "attn_implementation": attn_implementation,
+        "lora": BENCH_LORA,
+        "train": {"epochs": 1, "batch_size": batch_size, "lr": 2e-4, "warmup_steps": 2, "save_steps": 10_000, **train},
+    }
     return settings.model_config(model)
 
 
@@ -352,9 +471,19 @@ OUR_TRAINING = {  # name -> (packing, a token budget holding a fixed-row batch's
 }
 
 
-def bench_training(*, rows=256, max_length=1024, batch_size=8, quantization="4bit", threads=2, backbone=None,
-                   dtype="float32", gradient_checkpointing=False, attn_implementation="auto",
-                   variants=tuple(OUR_TRAINING)):
+def bench_training(
+    *,
+    rows=256,
+    max_length=1024,
+    batch_size=8,
+    quantization="4bit",
+    threads=2,
+    backbone=None,
+    dtype="float32",
+    gradient_checkpointing=False,
+    attn_implementation="auto",
+    variants=tuple(OUR_TRAINING),
+):
     """Tokens/s of our train step against the public baseline's setup (HF Trainer, stock head,
     ``DataCollatorWithPadding``, random order, the model's default attention), same model, rows,
     batch size, dtype and gradient checkpointing, one epoch each. ``attn_implementation`` is
@@ -368,30 +497,58 @@ def bench_training(*, rows=256, max_length=1024, batch_size=8, quantization="4bi
         tmp = Path(tmp)
         path = backbone or tiny_gemma(tmp / "tiny_gemma2", max_position=max_length)
         seqs = random_sequences(lengths, AutoConfig.from_pretrained(path).vocab_size)
-        out = {"hf_trainer_padded": _baseline_training(path, seqs, labels, tmp / "baseline", quantization=quantization,
-                                                       batch_size=batch_size, dtype=dtype,
-                                                       gradient_checkpointing=gradient_checkpointing)}
+        out = {
+            "hf_trainer_padded": _baseline_training(
+                path,
+                seqs,
+                labels,
+                tmp / "baseline",
+                quantization=quantization,
+                batch_size=batch_size,
+                dtype=dtype,
+                gradient_checkpointing=gradient_checkpointing,
+            )
+        }
         budget = int(np.ceil(lengths.mean() * batch_size))
         for name in variants:
             packing, use_budget = OUR_TRAINING[name]
-            ours = bench_model(quantization=quantization, batch_size=batch_size, packing=packing,
-                               max_tokens_per_batch=budget if use_budget else None, dtype=dtype,
-                               attn_implementation=attn_implementation, gradient_checkpointing=gradient_checkpointing)
+            ours = bench_model(
+                quantization=quantization,
+                batch_size=batch_size,
+                packing=packing,
+                max_tokens_per_batch=budget if use_budget else None,
+                dtype=dtype,
+                attn_implementation=attn_implementation,
+                gradient_checkpointing=gradient_checkpointing,
+            )
             out[name] = _our_training(path, seqs, labels, tmp / name, ours, threads=threads)
     for k, v in out.items():
         log.info("%-25s %8.0f tokens/s (%.1f s)", k, v["tokens_per_s"], v["seconds"])
     best = max(out, key=lambda m: out[m]["tokens_per_s"])
-    return {"methods": out,
-            "best": {"method": best,
-                     "speedup_vs_hf_trainer": out[best]["tokens_per_s"] / out["hf_trainer_padded"]["tokens_per_s"]},
-            "setup": {"model": "tiny Gemma-2 (random, hidden 64, 2 layers)" if backbone is None else str(backbone),
-                      "quantization": quantization, "dtype": dtype, "gradient_checkpointing": gradient_checkpointing,
-                      "attn_implementation": attn_implementation, "rows": rows, "batch_size": batch_size,
-                      "real_tokens": int(lengths.sum()), "max_length": max_length, **environment()}}
+    return {
+        "methods": out,
+        "best": {
+            "method": best,
+            "speedup_vs_hf_trainer": out[best]["tokens_per_s"] / out["hf_trainer_padded"]["tokens_per_s"],
+        },
+        "setup": {
+            "model": "tiny Gemma-2 (random, hidden 64, 2 layers)" if backbone is None else str(backbone),
+            "quantization": quantization,
+            "dtype": dtype,
+            "gradient_checkpointing": gradient_checkpointing,
+            "attn_implementation": attn_implementation,
+            "rows": rows,
+            "batch_size": batch_size,
+            "real_tokens": int(lengths.sum()),
+            "max_length": max_length,
+            **environment(),
+        },
+    }
 
 
-GPU_TRAINING = dict(quantization="4bit", gradient_checkpointing=True, attn_implementation="fastest",
-                    variants=("ours_packed",))
+GPU_TRAINING = dict(
+    quantization="4bit", gradient_checkpointing=True, attn_implementation="fastest", variants=("ours_packed",)
+)
 """The QLoRA comparison on a GPU: the public baseline's step against ours (packed, the fastest
 attention), both in 4-bit with gradient checkpointing."""
 
@@ -402,12 +559,20 @@ def bench_gpu_training(*, rows=64, max_length=1024, batch_size=4, threads=8):
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "gemma2_9b_shape"
         random_gemma2(path)
-        return bench_training(rows=rows, max_length=max_length, batch_size=batch_size, threads=threads,
-                              backbone=path, dtype="bfloat16", **GPU_TRAINING)
+        return bench_training(
+            rows=rows,
+            max_length=max_length,
+            batch_size=batch_size,
+            threads=threads,
+            backbone=path,
+            dtype="bfloat16",
+            **GPU_TRAINING,
+        )
 
 
-def _baseline_training(path, seqs, labels, workdir, *, quantization, batch_size, dtype="float32",
-                       gradient_checkpointing=False):
+def _baseline_training(
+    path, seqs, labels, workdir, *, quantization, batch_size, dtype="float32", gradient_checkpointing=False
+):
     """The public baseline: stock model forward and loss, padded batches in random order."""
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
@@ -416,41 +581,78 @@ def _baseline_training(path, seqs, labels, workdir, *, quantization, batch_size,
     tok = modeling.load_tokenizer(path)
     os.environ[modeling.LIGER_SWITCH] = "0"  # the baseline's own layers (it runs before ours patch them)
     try:
-        model = modeling.load_model(path, quantization=quantization, dtype=dtype, pad_token_id=tok.pad_token_id,
-                                    training=True)
+        model = modeling.load_model(
+            path, quantization=quantization, dtype=dtype, pad_token_id=tok.pad_token_id, training=True
+        )
     finally:
         del os.environ[modeling.LIGER_SWITCH]
-    model = modeling.attach_lora(model, settings.build(settings.Lora, {**BENCH_LORA, "layers_to_transform": None}),
-                                 gradient_checkpointing=gradient_checkpointing)
-    args = TrainingArguments(output_dir=str(workdir), per_device_train_batch_size=batch_size, learning_rate=2e-4,
-                             warmup_steps=2, num_train_epochs=1, report_to="none", save_strategy="no",
-                             disable_tqdm=True, use_cpu=not torch.cuda.is_available(),
-                             optim=train.optimizer_name("adamw_8bit"), seed=0, logging_steps=10,
-                             bf16=dtype == "bfloat16", fp16=dtype == "float16")
-    trainer = Trainer(model=model, args=args, train_dataset=train.RowDataset(seqs, targets.hard(labels)),
-                      data_collator=DataCollatorWithPadding(tok))
+    model = modeling.attach_lora(
+        model,
+        settings.build(settings.Lora, {**BENCH_LORA, "layers_to_transform": None}),
+        gradient_checkpointing=gradient_checkpointing,
+    )
+    args = TrainingArguments(
+        output_dir=str(workdir),
+        per_device_train_batch_size=batch_size,
+        learning_rate=2e-4,
+        warmup_steps=2,
+        num_train_epochs=1,
+        report_to="none",
+        save_strategy="no",
+        disable_tqdm=True,
+        use_cpu=not torch.cuda.is_available(),
+        optim=train.optimizer_name("adamw_8bit"),
+        seed=0,
+        logging_steps=10,
+        bf16=dtype == "bfloat16",
+        fp16=dtype == "float16",
+    )
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=train.RowDataset(seqs, targets.hard(labels)),
+        data_collator=DataCollatorWithPadding(tok),
+    )
     t0 = time.perf_counter()
     result = trainer.train()
     seconds = time.perf_counter() - t0
-    return {"tokens_per_s": int(sum(map(len, seqs))) / seconds, "seconds": seconds,
-            "train_loss": result.training_loss, "attention": model.config._attn_implementation}
+    return {
+        "tokens_per_s": int(sum(map(len, seqs))) / seconds,
+        "seconds": seconds,
+        "train_loss": result.training_loss,
+        "attention": model.config._attn_implementation,
+    }
 
 
 def _our_training(path, seqs, labels, workdir, model, *, threads):
     from . import targets, train
 
     tokens = {"id": np.arange(len(seqs)), "input_ids": seqs, "input_ids_swap": seqs}
-    metrics = train.train_fold(backbone=path, tokens=tokens, targets=targets.hard(labels), settings=model.training,
-                               options=model.options, ckpt_dir=workdir / "checkpoints",
-                               adapter_dir=workdir / "adapter", metrics_path=workdir / "metrics.json", threads=threads)
+    metrics = train.train_fold(
+        backbone=path,
+        tokens=tokens,
+        targets=targets.hard(labels),
+        settings=model.training,
+        options=model.options,
+        ckpt_dir=workdir / "checkpoints",
+        adapter_dir=workdir / "adapter",
+        metrics_path=workdir / "metrics.json",
+        threads=threads,
+    )
     max_tokens = model.training.train.max_tokens_per_batch
-    return {"tokens_per_s": metrics["tokens_per_s_this_run"], "seconds": metrics["runtime_s_this_run"],
-            "steps": metrics["steps"], "peak_memory_mb": metrics["peak_memory_mb"],
-            "train_loss": metrics["train_loss"], "attention": metrics["attention"],
-            **({"max_tokens_per_batch": max_tokens} if max_tokens else {})}
+    return {
+        "tokens_per_s": metrics["tokens_per_s_this_run"],
+        "seconds": metrics["runtime_s_this_run"],
+        "steps": metrics["steps"],
+        "peak_memory_mb": metrics["peak_memory_mb"],
+        "train_loss": metrics["train_loss"],
+        "attention": metrics["attention"],
+        **({"max_tokens_per_batch": max_tokens} if max_tokens else {}),
+    }
 
 
 # --------------------------------------------------------------------------- pair features
+
 
 def synthetic_answer(rng, words, chars):
     """An answer of about ``chars`` characters: sentences of random ``words``, with markdown
@@ -466,8 +668,9 @@ def synthetic_answer(rng, words, chars):
     if rng.random() < 0.2:
         parts.append("```python\nresult = model.fit(data)\nprint(result)\n```")
     if rng.random() < 0.1:
-        parts.append("| name | value |\n|---|---|\n" + "\n".join(f"| {w} | {i} |" for i, w in
-                                                                  enumerate(rng.choice(words, 3))))
+        parts.append(
+            "| name | value |\n|---|---|\n" + "\n".join(f"| {w} | {i} |" for i, w in enumerate(rng.choice(words, 3)))
+        )
     if rng.random() < 0.1:
         parts.append("See https://example.org/docs or [the guide](https://example.org/guide).")
     return "\n\n".join(parts)
@@ -480,8 +683,7 @@ def synthetic_pairs(rows, *, median_chars=1000, sigma=0.6, seed=0):
     and 5% with three, 3% null answer turns; the longer answer usually wins, similar lengths
     tie. Words are the demo data's (:mod:`arena_pref.demo`)."""
     rng = np.random.default_rng(seed)
-    words = np.array(sorted({w.strip(".,").lower() for _, _, facts in demo.TOPICS for f in facts
-                             for w in f.split()}))
+    words = np.array(sorted({w.strip(".,").lower() for _, _, facts in demo.TOPICS for f in facts for w in f.split()}))
     turns = rng.choice([1, 2, 3], size=rows, p=[0.8, 0.15, 0.05])
     table = {"id": np.arange(rows, dtype=np.int64), "prompt": [], "response_a": [], "response_b": []}
     for n in turns:
@@ -510,13 +712,21 @@ def bench_features(*, rows=57_000, threads=2):
         stats_s = time.perf_counter() - t0
         learners = {name: _bench_learner(name, stats, parsed["label"], stats_s) for name in features.LEARNERS}
     answers = [sum(len(t or "") for t in r) for side in ("response_a", "response_b") for r in parsed[side]]
-    return {"pair_stats_s": stats_s, "pair_stats_rows_per_s": rows / stats_s, "learners": learners,
-            "prior_log_loss": metrics.prior_log_loss(parsed["label"]),
-            "setup": {"rows": rows, "threads": threads,
-                      "stat_columns": len(features.stat_columns(stats)),
-                      "design_columns": features.design_matrix(stats.head(1)).shape[1],
-                      "mean_answer_chars": float(np.mean(answers)),
-                      "multi_turn_rows": int((stats["n_turns"] > 1).sum()), **environment()}}
+    return {
+        "pair_stats_s": stats_s,
+        "pair_stats_rows_per_s": rows / stats_s,
+        "learners": learners,
+        "prior_log_loss": metrics.prior_log_loss(parsed["label"]),
+        "setup": {
+            "rows": rows,
+            "threads": threads,
+            "stat_columns": len(features.stat_columns(stats)),
+            "design_columns": features.design_matrix(stats.head(1)).shape[1],
+            "mean_answer_chars": float(np.mean(answers)),
+            "multi_turn_rows": int((stats["n_turns"] > 1).sum()),
+            **environment(),
+        },
+    }
 
 
 def _bench_learner(name, stats, labels, stats_s):
@@ -529,10 +739,19 @@ def _bench_learner(name, stats, labels, stats_s):
     probs = metrics.tta_average(features.predict(fitted, stats), features.predict(fitted, stats, swap=True))
     seconds["predict"] = time.perf_counter() - t0
     seconds["total_with_stats"] = stats_s + seconds["fit"] + seconds["predict"]
-    log.info("%s: fit %.1f s, predict %.1f s, with the statistics %.1f s", name, seconds["fit"], seconds["predict"],
-             seconds["total_with_stats"])
-    return {"seconds": seconds, "rows_per_s": {k: len(stats) / v for k, v in seconds.items()},
-            "log_loss_in_sample": metrics.log_loss(labels, probs), "settings": dataclasses.asdict(learner)}
+    log.info(
+        "%s: fit %.1f s, predict %.1f s, with the statistics %.1f s",
+        name,
+        seconds["fit"],
+        seconds["predict"],
+        seconds["total_with_stats"],
+    )
+    return {
+        "seconds": seconds,
+        "rows_per_s": {k: len(stats) / v for k, v in seconds.items()},
+        "log_loss_in_sample": metrics.log_loss(labels, probs),
+        "settings": dataclasses.asdict(learner),
+    }
 
 
 def bench_averaging(*, home, workdir, jobs=2):
@@ -557,12 +776,32 @@ def bench_averaging(*, home, workdir, jobs=2):
             raw["models"][m]["predict"]["average_adapters"] = variant == "averaged"
         run = workdir / variant
         run.mkdir(parents=True, exist_ok=True)
-        config = predict_config(raw, models_dir=home / "results/models", blender=home / "results/blender.json",
-                                test_csv=home / raw["data"]["test_csv"], backbones=tiny)
+        config = predict_config(
+            raw,
+            models_dir=home / "results/models",
+            blender=home / "results/blender.json",
+            test_csv=home / raw["data"]["test_csv"],
+            backbones=tiny,
+        )
         (run / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-        subprocess.run([sys.executable, "-m", "snakemake", "-s", str(Path(__file__).resolve().parents[2] / "Snakefile"),
-                        "-d", str(run), "--configfile", str(run / "config.yaml"), "-j", str(jobs),
-                        "results/submission.csv"], check=True, capture_output=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "snakemake",
+                "-s",
+                str(Path(__file__).resolve().parents[2] / "Snakefile"),
+                "-d",
+                str(run),
+                "--configfile",
+                str(run / "config.yaml"),
+                "-j",
+                str(jobs),
+                "results/submission.csv",
+            ],
+            check=True,
+            capture_output=True,
+        )
         result[variant] = _scored_run(run, llm, y, ids)
         log.info("%s: %s", variant, result[variant])
     return result
@@ -576,23 +815,31 @@ def _scored_run(run, models, y, ids):
         scores[m] = metrics.log_loss(y, frame[PROB_COLUMNS].to_numpy())
     sub = pd.read_csv(run / "results/submission.csv").set_index("id").loc[ids]
     benchmarks = list((run / "results/benchmarks/infer").rglob("*.tsv"))
-    return {"test_log_loss": scores, "submission_test_log_loss": metrics.log_loss(y, sub[list(LABELS)].to_numpy()),
-            "infer_jobs": len(benchmarks),
-            "infer_seconds": float(sum(pd.read_csv(f, sep="\t")["s"].iloc[0] for f in benchmarks))}
+    return {
+        "test_log_loss": scores,
+        "submission_test_log_loss": metrics.log_loss(y, sub[list(LABELS)].to_numpy()),
+        "infer_jobs": len(benchmarks),
+        "infer_seconds": float(sum(pd.read_csv(f, sep="\t")["s"].iloc[0] for f in benchmarks)),
+    }
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m arena_pref.bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("what", choices=["inference", "training", "compile", "gpu", "gpu-train", "features",
-                                         "averaging"])
+    parser.add_argument(
+        "what", choices=["inference", "training", "compile", "gpu", "gpu-train", "features", "averaging"]
+    )
     parser.add_argument("--home", help="averaging: the working directory of a trained run (the demo's)")
     parser.add_argument("--out", required=True)
     parser.add_argument("--rows", type=int)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--quantization", choices=["4bit", "8bit", "none"],
-                        help="base weights (inference, training: default 4bit; gpu: default none and 4bit)")
-    parser.add_argument("--peak-tflops", type=float, help="gpu: the device's dense bf16 peak, where the "
-                        "built-in table does not know it")
+    parser.add_argument(
+        "--quantization",
+        choices=["4bit", "8bit", "none"],
+        help="base weights (inference, training: default 4bit; gpu: default none and 4bit)",
+    )
+    parser.add_argument(
+        "--peak-tflops", type=float, help="gpu: the device's dense bf16 peak, where the built-in table does not know it"
+    )
     args = parser.parse_args(argv)
     setup_logging(None)
     rows = {"rows": args.rows} if args.rows else {}

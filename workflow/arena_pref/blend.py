@@ -15,8 +15,18 @@ from scipy.optimize import minimize, minimize_scalar
 
 from . import LABELS, PROB_COLUMNS, TTA_COLUMNS
 from .errors import InputError
-from .metrics import (EPS, MIRROR, accuracy, class_frequencies, clip_probs, fold_scores, log_loss, prior_log_loss,
-                      tta_average, with_all_classes)
+from .metrics import (
+    EPS,
+    MIRROR,
+    accuracy,
+    class_frequencies,
+    clip_probs,
+    fold_scores,
+    log_loss,
+    prior_log_loss,
+    tta_average,
+    with_all_classes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -176,8 +186,20 @@ def _aligned(frame, name, kind, ids, columns):
     return out
 
 
-def blend_run(oof, test, y_by_id, folds_by_id, *, use_tta, method, weights=None, stack_C=1.0, calibrate=False,
-              guard=True, post_rules=None):
+def blend_run(
+    oof,
+    test,
+    y_by_id,
+    folds_by_id,
+    *,
+    use_tta,
+    method,
+    weights=None,
+    stack_C=1.0,
+    calibrate=False,
+    guard=True,
+    post_rules=None,
+):
     """The blend step: score each model, fit the blender on OOF (:func:`fit_blend`) and apply it to
     the test predictions (:func:`apply_blender`, the same function a run from trained models uses).
 
@@ -188,16 +210,36 @@ def blend_run(oof, test, y_by_id, folds_by_id, *, use_tta, method, weights=None,
     blender dict)``.
     """
     _check_members(oof, test, use_tta, method)
-    blender, metrics, oof_frame = fit_blend(oof, y_by_id, folds_by_id, use_tta=use_tta, method=method,
-                                            weights=weights, stack_C=stack_C, calibrate=calibrate, guard=guard,
-                                            post_rules=post_rules)
+    blender, metrics, oof_frame = fit_blend(
+        oof,
+        y_by_id,
+        folds_by_id,
+        use_tta=use_tta,
+        method=method,
+        weights=weights,
+        stack_C=stack_C,
+        calibrate=calibrate,
+        guard=guard,
+        post_rules=post_rules,
+    )
     submission = apply_blender(blender, test, post_rules.kinds_test if post_rules is not None else None)
     metrics["n_test"] = int(len(submission))
     return submission, metrics, oof_frame, blender
 
 
-def fit_blend(oof, y_by_id, folds_by_id, *, use_tta, method, weights=None, stack_C=1.0, calibrate=False,
-              guard=True, post_rules=None):
+def fit_blend(
+    oof,
+    y_by_id,
+    folds_by_id,
+    *,
+    use_tta,
+    method,
+    weights=None,
+    stack_C=1.0,
+    calibrate=False,
+    guard=True,
+    post_rules=None,
+):
     """Score each model on OOF, fit the blend, optionally calibrate, apply the post-rules, and guard
     against doing worse than the class prior.
 
@@ -228,8 +270,7 @@ def fit_blend(oof, y_by_id, folds_by_id, *, use_tta, method, weights=None, stack
     summary = {"method": method, "temperature": None, **combiner.describe(params)}
     estimates = {}
     if post_rules is not None:
-        oof_blend, estimates, summary["post_rules"] = post_rules.apply(oof_blend, y=y, folds=folds,
-                                                                       train_ids=train_ids)
+        oof_blend, estimates, summary["post_rules"] = post_rules.apply(oof_blend, y=y, folds=folds, train_ids=train_ids)
     summary["guard"], prior_oof = _prior_check(models, oof_blend, y, folds)
     fell_back = bool(guard and not summary["guard"]["beats_prior"])
     if fell_back:
@@ -237,11 +278,18 @@ def fit_blend(oof, y_by_id, folds_by_id, *, use_tta, method, weights=None, stack
         log.warning("submitting the class prior instead (blend.guard)")
     summary["guard"]["fell_back"] = fell_back
 
-    blender = {"format": BLENDER_FORMAT, "members": names, "tta": {m: bool(use_tta[m]) for m in names},
-               "method": method, "calibrate": bool(calibrate), "params": params,
-               "post_rules": {kind: p.tolist() for kind, p in estimates.items()},
-               "class_prior": class_frequencies(y).tolist() if fell_back else None,
-               "oof_log_loss": log_loss(y, oof_blend), "n_train": int(len(train_ids))}
+    blender = {
+        "format": BLENDER_FORMAT,
+        "members": names,
+        "tta": {m: bool(use_tta[m]) for m in names},
+        "method": method,
+        "calibrate": bool(calibrate),
+        "params": params,
+        "post_rules": {kind: p.tolist() for kind, p in estimates.items()},
+        "class_prior": class_frequencies(y).tolist() if fell_back else None,
+        "oof_log_loss": log_loss(y, oof_blend),
+        "n_train": int(len(train_ids)),
+    }
     metrics = {
         "prior_log_loss": prior_log_loss(y),
         "models": models,
@@ -271,8 +319,10 @@ def apply_blender(blender, test, kinds_test=None):
     if blender["class_prior"] is not None:
         probs = np.tile(np.asarray(blender["class_prior"], dtype=np.float64), (len(test_ids), 1))
     else:
-        probs_by_member = {m: _aligned(test[m], m, "test", test_ids, PROB_COLUMNS)[PROB_COLUMNS]
-                           .to_numpy(dtype=np.float64) for m in names}
+        probs_by_member = {
+            m: _aligned(test[m], m, "test", test_ids, PROB_COLUMNS)[PROB_COLUMNS].to_numpy(dtype=np.float64)
+            for m in names
+        }
         combiner = _combiner(blender["method"], None, None, blender["calibrate"])
         probs = combiner.apply(blender["params"], probs_by_member)
         if blender["post_rules"]:
@@ -280,8 +330,11 @@ def apply_blender(blender, test, kinds_test=None):
 
             if kinds_test is None:
                 raise InputError("the blender carries post-rules: the test rows' kinds are needed")
-            probs = set_kinds(probs, kinds_test.loc[test_ids].to_numpy(),
-                              {k: np.asarray(p, dtype=np.float64) for k, p in blender["post_rules"].items()})
+            probs = set_kinds(
+                probs,
+                kinds_test.loc[test_ids].to_numpy(),
+                {k: np.asarray(p, dtype=np.float64) for k, p in blender["post_rules"].items()},
+            )
     submission = make_submission(test_ids, probs)
     validate_submission(submission, test_ids)
     return submission
@@ -290,9 +343,18 @@ def apply_blender(blender, test, kinds_test=None):
 def weights_blender(weights, tta):
     """A blender from given weights alone (a run from trained models without a fitted blender):
     no stacker, temperature or post-rules, since nothing here has labels to fit them on."""
-    return {"format": BLENDER_FORMAT, "members": sorted(weights), "tta": {m: bool(tta[m]) for m in sorted(weights)},
-            "method": "weights", "calibrate": False, "params": {m: float(w) for m, w in weights.items()},
-            "post_rules": {}, "class_prior": None, "oof_log_loss": None, "n_train": None}
+    return {
+        "format": BLENDER_FORMAT,
+        "members": sorted(weights),
+        "tta": {m: bool(tta[m]) for m in sorted(weights)},
+        "method": "weights",
+        "calibrate": False,
+        "params": {m: float(w) for m, w in weights.items()},
+        "post_rules": {},
+        "class_prior": None,
+        "oof_log_loss": None,
+        "n_train": None,
+    }
 
 
 def _check_blender(blender, test):
@@ -307,12 +369,17 @@ def check_blender(blender, tta, source="the blender"):
     each fitted with the same TTA setting. ``source`` names it (its file) in the message."""
     fmt = blender.get("format") if isinstance(blender, dict) else None
     if fmt != BLENDER_FORMAT:
-        raise InputError(f"{source}: \"format\" is {fmt!r}, this version reads {BLENDER_FORMAT}: fit it again "
-                         "(the blend rule writes results/blender.json)")
-    absent = [k for k in ("members", "tta", "method", "calibrate", "params", "post_rules", "class_prior")
-              if k not in blender]
+        raise InputError(
+            f'{source}: "format" is {fmt!r}, this version reads {BLENDER_FORMAT}: fit it again '
+            "(the blend rule writes results/blender.json)"
+        )
+    absent = [
+        k for k in ("members", "tta", "method", "calibrate", "params", "post_rules", "class_prior") if k not in blender
+    ]
     if absent:
-        raise InputError(f"{source} lacks {', '.join(absent)}: was it edited? The blend rule writes results/blender.json")
+        raise InputError(
+            f"{source} lacks {', '.join(absent)}: was it edited? The blend rule writes results/blender.json"
+        )
     names = list(blender["members"])
     missing, extra = sorted(set(names) - set(tta)), sorted(set(tta) - set(names))
     if missing or extra:
@@ -321,11 +388,14 @@ def check_blender(blender, tta, source="the blender"):
         raise InputError(f"{source} was fitted on models {', '.join(names)}: {'; '.join(parts)}")
     for m in names:
         if tta[m] is not None and bool(tta[m]) != blender["tta"].get(m):
-            raise InputError(f"config models.{m}.predict.tta is {tta[m]}, but {source} was fitted on its predictions "
-                             f"with tta {blender['tta'].get(m)}: set it back, or fit a blender for this setting")
+            raise InputError(
+                f"config models.{m}.predict.tta is {tta[m]}, but {source} was fitted on its predictions "
+                f"with tta {blender['tta'].get(m)}: set it back, or fit a blender for this setting"
+            )
 
 
 # --------------------------------------------------------------------------- combiners
+
 
 @dataclass(frozen=True)
 class Combiner:
@@ -340,14 +410,21 @@ class Combiner:
 def _combiner(method, weights, stack_C, calibrate):
     """The :class:`Combiner` of a blend method, followed by a temperature when ``calibrate``."""
     if method == "stack":
-        combiner = Combiner(fit=lambda probs, y, folds: fit_stacker(probs, y, C=stack_C), apply=apply_stacker,
-                            describe=lambda params: {"stack_C": float(stack_C), **describe_stacker(params)})
+        combiner = Combiner(
+            fit=lambda probs, y, folds: fit_stacker(probs, y, C=stack_C),
+            apply=apply_stacker,
+            describe=lambda params: {"stack_C": float(stack_C), **describe_stacker(params)},
+        )
     elif method == "optimize":
-        combiner = Combiner(fit=lambda probs, y, folds: optimize_weights(probs, y), apply=_weighted,
-                            describe=_normalised)
+        combiner = Combiner(
+            fit=lambda probs, y, folds: optimize_weights(probs, y), apply=_weighted, describe=_normalised
+        )
     else:
-        combiner = Combiner(fit=lambda probs, y, folds: dict(weights) if weights is not None else {m: 1.0 for m in probs},
-                            apply=_weighted, describe=_normalised)
+        combiner = Combiner(
+            fit=lambda probs, y, folds: dict(weights) if weights is not None else {m: 1.0 for m in probs},
+            apply=_weighted,
+            describe=_normalised,
+        )
     return _calibrated(combiner) if calibrate else combiner
 
 
@@ -372,9 +449,11 @@ def _calibrated(combiner):
     def apply(params, probs):
         return apply_temperature(combiner.apply(params["combined"], probs), params["temperature"])
 
-    return Combiner(fit=fit, apply=apply,
-                    describe=lambda params: {**combiner.describe(params["combined"]),
-                                             "temperature": float(params["temperature"])})
+    return Combiner(
+        fit=fit,
+        apply=apply,
+        describe=lambda params: {**combiner.describe(params["combined"]), "temperature": float(params["temperature"])},
+    )
 
 
 def cross_fit(combiner, probs, y, folds):
@@ -418,8 +497,13 @@ def fit_stacker(probs, y, *, C):
         coef, intercept = model.coef_, model.intercept_
     else:
         coef, intercept = np.zeros((1, x.shape[1])), np.zeros(1)
-    return {"members": names, "classes": classes.tolist(), "coef": coef.tolist(), "intercept": intercept.tolist(),
-            "spread": x.std(axis=0).tolist()}
+    return {
+        "members": names,
+        "classes": classes.tolist(),
+        "coef": coef.tolist(),
+        "intercept": intercept.tolist(),
+        "spread": x.std(axis=0).tolist(),
+    }
 
 
 def _stacker_proba(params, x):
@@ -451,10 +535,11 @@ def describe_stacker(params):
     log-probabilities (coefficient times the input's spread: a member that hardly moves from the
     prior weighs little however large its coefficients)."""
     weight = np.abs(np.asarray(params["coef"])) * np.asarray(params["spread"])
-    return {"stack_reliance": {m: float(weight[:, 3 * i:3 * i + 3].mean()) for i, m in enumerate(params["members"])}}
+    return {"stack_reliance": {m: float(weight[:, 3 * i : 3 * i + 3].mean()) for i, m in enumerate(params["members"])}}
 
 
 # --------------------------------------------------------------------------- the prior guard
+
 
 def _prior_check(models, oof_blend, y, folds):
     """The class prior's OOF log loss (each fold predicted with the other folds' frequencies) beside
@@ -467,12 +552,17 @@ def _prior_check(models, oof_blend, y, folds):
     for m, scores in models.items():
         scores["beats_prior"] = bool(scores["log_loss_used"] < prior_loss)
         if not scores["beats_prior"]:
-            log.warning("model '%s' does not beat the class prior on OOF: log loss %.4f, prior %.4f", m,
-                        scores["log_loss_used"], prior_loss)
+            log.warning(
+                "model '%s' does not beat the class prior on OOF: log loss %.4f, prior %.4f",
+                m,
+                scores["log_loss_used"],
+                prior_loss,
+            )
     beats = bool(blend_loss < prior_loss)
     if not beats:
-        log.warning("the blend does not beat the class prior on OOF (log loss %.4f, prior %.4f)", blend_loss,
-                    prior_loss)
+        log.warning(
+            "the blend does not beat the class prior on OOF (log loss %.4f, prior %.4f)", blend_loss, prior_loss
+        )
     return {"prior_oof_log_loss": prior_loss, "blend_log_loss": blend_loss, "beats_prior": beats}, prior_oof
 
 
@@ -514,6 +604,11 @@ def _member(m, oof, train_ids, y, folds, use_tta):
     plain = frame[PROB_COLUMNS].to_numpy(dtype=np.float64)
     tta = frame[TTA_COLUMNS].to_numpy(dtype=np.float64)
     used = tta if use_tta else plain
-    scores = {"log_loss": log_loss(y, plain), "log_loss_tta": log_loss(y, tta), "log_loss_used": log_loss(y, used),
-              "accuracy": accuracy(y, used), "folds": fold_scores(y, used, folds)}
+    scores = {
+        "log_loss": log_loss(y, plain),
+        "log_loss_tta": log_loss(y, tta),
+        "log_loss_used": log_loss(y, used),
+        "accuracy": accuracy(y, used),
+        "folds": fold_scores(y, used, folds),
+    }
     return used, scores

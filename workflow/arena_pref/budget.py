@@ -38,8 +38,18 @@ def sample_rows(tokens, n, seed=0):
     return tokens.iloc[np.sort(np.random.default_rng(seed).choice(len(tokens), n, replace=False))]
 
 
-def calibrate(*, backbone, adapter_dir, tokens, settings, tta, allow_bf16_emulation=False, device=None, threads=None,
-              model_parallel=None):
+def calibrate(
+    *,
+    backbone,
+    adapter_dir,
+    tokens,
+    settings,
+    tta,
+    allow_bf16_emulation=False,
+    device=None,
+    threads=None,
+    model_parallel=None,
+):
     """Seconds to load, and the tokens per second of prediction on ``tokens`` (a sample of the test
     token cache), on one device (with ``threads`` CPU threads, as the prediction jobs), or split
     over the job's devices as its jobs run it (``model_parallel``:
@@ -60,11 +70,16 @@ def calibrate(*, backbone, adapter_dir, tokens, settings, tta, allow_bf16_emulat
     load = time.perf_counter() - t0
     seqs, segs = sequences_of(tokens, tta), sequences_of(tokens, tta, "segments")
     lengths = [len(s) for s in seqs]
-    batches = batches_for_model(model, plan_for(settings.batching, np.array(lengths), len(tokens) if tta else 0),
-                                lengths, settings.batching.max_tokens_per_batch)
+    batches = batches_for_model(
+        model,
+        plan_for(settings.batching, np.array(lengths), len(tokens) if tta else 0),
+        lengths,
+        settings.batching.max_tokens_per_batch,
+    )
     pooling, pack_to = settings.loading.pooling, settings.batching.max_tokens_per_batch
-    run_batches(model, seqs, batches[:WARMUP_BATCHES], pad_token_id=pad, pooling=pooling, segments=segs,
-                pack_to=pack_to)
+    run_batches(
+        model, seqs, batches[:WARMUP_BATCHES], pad_token_id=pad, pooling=pooling, segments=segs, pack_to=pack_to
+    )
     timed = batches[WARMUP_BATCHES:] or batches
     t0 = time.perf_counter()
     run_batches(model, seqs, timed, pad_token_id=pad, pooling=pooling, segments=segs, pack_to=pack_to)
@@ -73,8 +88,12 @@ def calibrate(*, backbone, adapter_dir, tokens, settings, tta, allow_bf16_emulat
             torch.cuda.synchronize(dev)
     seconds = time.perf_counter() - t0
     n_tokens = int(sum(sum(lengths[i] for i in b.rows) for b in timed))
-    return {"device": "+".join(map(str, devices)), "load_s": load, "tokens_per_s": n_tokens / max(seconds, 1e-9),
-            "timed_tokens": n_tokens}
+    return {
+        "device": "+".join(map(str, devices)),
+        "load_s": load,
+        "tokens_per_s": n_tokens / max(seconds, 1e-9),
+        "timed_tokens": n_tokens,
+    }
 
 
 def model_copies(gpus, model_parallel):
@@ -99,7 +118,15 @@ def verdict(models, *, limit_h, margin_h):
     fits = total <= (limit_h - margin_h) * 3600
     advice = None
     if not fits:
-        advice = ("average each model's fold adapters (predict.average_adapters), predict with fewer folds "
-                  "(predict.folds), turn TTA off, or lower max_length")
-    return {"estimate_s": total, "estimate_h": total / 3600, "limit_h": limit_h, "margin_h": margin_h, "fits": fits,
-            "advice": advice}
+        advice = (
+            "average each model's fold adapters (predict.average_adapters), predict with fewer folds "
+            "(predict.folds), turn TTA off, or lower max_length"
+        )
+    return {
+        "estimate_s": total,
+        "estimate_h": total / 3600,
+        "limit_h": limit_h,
+        "margin_h": margin_h,
+        "fits": fits,
+        "advice": advice,
+    }

@@ -48,7 +48,9 @@ def predict_config(raw, *, models_dir, blender, test_csv, backbones=None):
             if name in backbones:
                 model["backbone"] = {"kind": "path", "path": str(backbones[name])}
             elif model["backbone"]["kind"] == "tiny":
-                raise InputError(f"model '{name}': a tiny backbone needs its built directory (results/backbones/{name})")
+                raise InputError(
+                    f"model '{name}': a tiny backbone needs its built directory (results/backbones/{name})"
+                )
         models[name] = model
     config = {key: copy.deepcopy(value) for key, value in raw.items() if key not in ("data", "demo", "blend")}
     return {**config, "data": {"test_csv": str(test_csv)}, "models": models, "blend": {"from": str(blender)}}
@@ -57,8 +59,15 @@ def predict_config(raw, *, models_dir, blender, test_csv, backbones=None):
 # --------------------------------------------------------------------------- the bundle
 
 REPO = Path(__file__).resolve().parents[2]  # this checkout: workflow/arena_pref/bundle.py
-WORKFLOW_PARTS = ("Snakefile", "envs/arena-pref.yaml", "workflow/rules", "workflow/scripts", "workflow/schemas",
-                  "workflow/report", "workflow/arena_pref")
+WORKFLOW_PARTS = (
+    "Snakefile",
+    "envs/arena-pref.yaml",
+    "workflow/rules",
+    "workflow/scripts",
+    "workflow/schemas",
+    "workflow/report",
+    "workflow/arena_pref",
+)
 """What of the repository the bundle carries: enough to run the workflow (no presets, profiles or tests)."""
 IGNORED = ("__pycache__", "*.pyc", "*.egg-info")
 
@@ -70,13 +79,17 @@ def check_bundle(config):
     for name in config.members:
         model = config.models[name]
         if model.kind == "judge":
-            raise InputError(f"model '{name}': a judge (kind: judge) cannot go into a Kaggle bundle yet (run.py does "
-                             "not place a judge's backbone): remove it from models:, or give it member: false to keep "
-                             "it as a teacher only")
+            raise InputError(
+                f"model '{name}': a judge (kind: judge) cannot go into a Kaggle bundle yet (run.py does "
+                "not place a judge's backbone): remove it from models:, or give it member: false to keep "
+                "it as a teacher only"
+            )
         parallel = model.options.model_parallel if model.kind == "llm" else None
         if parallel is not None and parallel.gpus > config.kaggle.gpus:
-            raise InputError(f"config {parallel.key}.gpus: {parallel.gpus} GPUs, and the Kaggle run has kaggle.gpus "
-                             f"{config.kaggle.gpus}: the bundle could not predict with it")
+            raise InputError(
+                f"config {parallel.key}.gpus: {parallel.gpus} GPUs, and the Kaggle run has kaggle.gpus "
+                f"{config.kaggle.gpus}: the bundle could not predict with it"
+            )
 
 
 def bundle_files(config):
@@ -139,8 +152,13 @@ def bundle_config(config, kaggle):
             backbones[name] = f"{input_dir}/backbones/{name}"
         else:
             backbones[name] = kaggle["backbones"].get(name, f"/kaggle/input/{name}")
-    bundled = predict_config(config.raw, models_dir=f"{input_dir}/models", blender=f"{input_dir}/blender.json",
-                             test_csv=kaggle["test_csv"], backbones=backbones)
+    bundled = predict_config(
+        config.raw,
+        models_dir=f"{input_dir}/models",
+        blender=f"{input_dir}/blender.json",
+        test_csv=kaggle["test_csv"],
+        backbones=backbones,
+    )
     return on_kaggle_gpus(bundled, kaggle)
 
 
@@ -179,13 +197,22 @@ def build_bundle(*, files, config, kaggle, out, backbones=None, repo=REPO):
         _copy_workflow(Path(repo), tmp)
         for dest, source in files.items():
             _copy(Path(source), tmp / dest)
-        wheels.collect(kaggle["wheels"], wheels.image_exclude(), tmp / "wheels",
-                       python_version=kaggle["python_version"], platform=kaggle["platform"], project_dir=repo)
+        wheels.collect(
+            kaggle["wheels"],
+            wheels.image_exclude(),
+            tmp / "wheels",
+            python_version=kaggle["python_version"],
+            platform=kaggle["platform"],
+            project_dir=repo,
+        )
         (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
         shutil.copy(Path(repo) / "workflow" / "kaggle" / "run.py", tmp / "run.py")
         _write_notebook(tmp / "submit.ipynb", kaggle)
-        meta = {"input_dir": kaggle["input_dir"].rstrip("/"), "backbones": backbone_facts(backbones or {}),
-                "parts": _sizes(tmp)}
+        meta = {
+            "input_dir": kaggle["input_dir"].rstrip("/"),
+            "backbones": backbone_facts(backbones or {}),
+            "parts": _sizes(tmp),
+        }
         (tmp / "bundle.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     log.info("bundle %s: %s", out, ", ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in meta["parts"].items()))
     return meta
@@ -202,8 +229,12 @@ def code_fingerprint(repo=REPO):
 
     digest = hashlib.sha256()
     parts = [repo / p for p in (*WORKFLOW_PARTS, "workflow/kaggle/run.py")]
-    files = sorted(f for part in parts for f in ([part] if part.is_file() else part.rglob("*"))
-                   if f.is_file() and "__pycache__" not in f.parts and f.suffix != ".pyc")
+    files = sorted(
+        f
+        for part in parts
+        for f in ([part] if part.is_file() else part.rglob("*"))
+        if f.is_file() and "__pycache__" not in f.parts and f.suffix != ".pyc"
+    )
     for f in files:
         digest.update(str(f.relative_to(repo)).encode() + b"\0" + f.read_bytes())
     return digest.hexdigest()
@@ -235,10 +266,15 @@ def _sizes(root):
 def _write_notebook(path, kaggle):
     """A one-cell notebook that calls run.py (offline: the bundle is attached as a dataset)."""
     backbones = " ".join(f"--backbone {m}={d}" for m, d in sorted(kaggle["backbones"].items()))
-    command = (f"!python {kaggle['input_dir'].rstrip('/')}/run.py --test-csv {kaggle['test_csv']} "
-               f"--out /kaggle/working/submission.csv {backbones}").rstrip()
+    command = (
+        f"!python {kaggle['input_dir'].rstrip('/')}/run.py --test-csv {kaggle['test_csv']} "
+        f"--out /kaggle/working/submission.csv {backbones}"
+    ).rstrip()
     cell = {"cell_type": "code", "execution_count": None, "metadata": {}, "outputs": [], "source": [command]}
-    notebook = {"cells": [cell], "metadata": {"kernelspec": {"display_name": "Python 3", "language": "python",
-                                                             "name": "python3"}},
-                "nbformat": 4, "nbformat_minor": 5}
+    notebook = {
+        "cells": [cell],
+        "metadata": {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"}},
+        "nbformat": 4,
+        "nbformat_minor": 5,
+    }
     path.write_text(json.dumps(notebook, indent=1) + "\n", encoding="utf-8")

@@ -57,8 +57,10 @@ def load(path):
         with open(path, encoding="utf-8") as fh:
             fitted = Calibration.from_json(json.load(fh))
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as err:
-        raise InputError(f"file '{path}': not a judge calibration (temperature, bias) written by judge_fold "
-                         f"({type(err).__name__}: {err})") from None
+        raise InputError(
+            f"file '{path}': not a judge calibration (temperature, bias) written by judge_fold "
+            f"({type(err).__name__}: {err})"
+        ) from None
     if not fitted.temperature > 0 or len(fitted.bias) != 3:
         raise InputError(f"file '{path}': a calibration needs a temperature > 0 and three biases")
     return fitted
@@ -98,8 +100,15 @@ def fit(logits, y):
     logits = logits - logits.mean(axis=1, keepdims=True)  # softmax does not see a row's offset
     onehot = np.eye(3)[np.asarray(y, dtype=np.int64)]
     bounds = [(np.log(MIN_T), np.log(MAX_T)), (None, None), (None, None)]
-    res = minimize(_loss_and_grad, np.zeros(3), args=(logits, onehot), jac=True, method="L-BFGS-B", bounds=bounds,
-                   options={"maxiter": 500, "gtol": 1e-9, "ftol": 1e-13})
+    res = minimize(
+        _loss_and_grad,
+        np.zeros(3),
+        args=(logits, onehot),
+        jac=True,
+        method="L-BFGS-B",
+        bounds=bounds,
+        options={"maxiter": 500, "gtol": 1e-9, "ftol": 1e-13},
+    )
     t, b_a, b_b = float(np.exp(res.x[0])), float(res.x[1]), float(res.x[2])
     return Calibration(temperature=t, bias=(b_a, b_b, 0.0))
 
@@ -135,8 +144,9 @@ def calibrate_fold(train_raw, test_raw, labels, assignment, fold, tta):
     the raw and the calibrated probabilities (as given, not TTA)."""
     folds = train_raw["id"].map(assignment)
     if folds.isna().any():
-        raise InputError(f"judge scores of training rows without a fold: ids "
-                         f"{train_raw['id'][folds.isna()].head().tolist()}")
+        raise InputError(
+            f"judge scores of training rows without a fold: ids {train_raw['id'][folds.isna()].head().tolist()}"
+        )
     fit_rows, held = train_raw[folds != fold], train_raw[folds == fold].reset_index(drop=True)
     if fit_rows.empty or held.empty:
         raise InputError(f"fold {fold} has no {'training' if fit_rows.empty else 'validation'} rows")
@@ -144,6 +154,8 @@ def calibrate_fold(train_raw, test_raw, labels, assignment, fold, tta):
     oof = predict_frame(calibration, held, tta=True)
     oof.insert(1, "fold", np.int64(fold))
     y_held = held["id"].map(labels).to_numpy()
-    scores = {"raw": log_loss(y_held, apply(IDENTITY, held[AB_COLUMNS])),
-              "calibrated": log_loss(y_held, oof[["a", "b", "tie"]].to_numpy())}
+    scores = {
+        "raw": log_loss(y_held, apply(IDENTITY, held[AB_COLUMNS])),
+        "calibrated": log_loss(y_held, oof[["a", "b", "tie"]].to_numpy()),
+    }
     return oof, predict_frame(calibration, test_raw, tta), calibration, scores

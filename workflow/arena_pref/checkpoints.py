@@ -77,23 +77,30 @@ def fingerprint(*, settings, ids, targets, sequences, backbone):
     ``targets`` (:class:`~arena_pref.targets.Targets`) with the teachers' probabilities."""
     lengths = np.array([len(s) for s in sequences], dtype=np.int64)
     tokens = np.concatenate([np.asarray(s, dtype=np.int64) for s in sequences]) if sequences else lengths
-    soft = () if targets.soft is None else (np.asarray(targets.soft, dtype=np.float64).tobytes(),
-                                            np.asarray(targets.alpha, dtype=np.float64).tobytes())
+    soft = (
+        ()
+        if targets.soft is None
+        else (
+            np.asarray(targets.soft, dtype=np.float64).tobytes(),
+            np.asarray(targets.alpha, dtype=np.float64).tobytes(),
+        )
+    )
     return {
         "settings": _sha(settings, __version__),
-        "rows": _sha(np.asarray(ids, dtype=np.int64).tobytes(), np.asarray(targets.labels, dtype=np.int64).tobytes(),
-                     *soft),
+        "rows": _sha(
+            np.asarray(ids, dtype=np.int64).tobytes(), np.asarray(targets.labels, dtype=np.int64).tobytes(), *soft
+        ),
         "tokens": _sha(lengths.tobytes(), tokens.tobytes()),
         "backbone": backbone_identity(backbone),
     }
 
 
 def _step(path):
-    return int(path.name[len(PREFIX):])
+    return int(path.name[len(PREFIX) :])
 
 
 def _checkpoints(ckpt_dir):
-    return sorted((p for p in Path(ckpt_dir).glob(f"{PREFIX}*") if p.name[len(PREFIX):].isdigit()), key=_step)
+    return sorted((p for p in Path(ckpt_dir).glob(f"{PREFIX}*") if p.name[len(PREFIX) :].isdigit()), key=_step)
 
 
 def prepare(ckpt_dir, fp):
@@ -127,8 +134,7 @@ def prepare(ckpt_dir, fp):
 
 def mark_complete(checkpoint, fp, step_losses):
     """Written last into a saved checkpoint: from now on it counts."""
-    write_json({"fingerprint": fp, "step": len(step_losses), "step_losses": step_losses},
-               Path(checkpoint) / MARK)
+    write_json({"fingerprint": fp, "step": len(step_losses), "step_losses": step_losses}, Path(checkpoint) / MARK)
 
 
 @contextlib.contextmanager
@@ -143,8 +149,10 @@ def exclusive(ckpt_dir):
         except BlockingIOError:
             fh.seek(0)
             holder = fh.read().strip() or "unknown"
-            raise InputError(f"another training job (pid {holder}) is writing checkpoints to {ckpt_dir}: wait for "
-                             "it to end or stop it (a killed snakemake can leave its jobs running)") from None
+            raise InputError(
+                f"another training job (pid {holder}) is writing checkpoints to {ckpt_dir}: wait for "
+                "it to end or stop it (a killed snakemake can leave its jobs running)"
+            ) from None
         fh.seek(0)
         fh.truncate()
         fh.write(f"{os.getpid()}\n")

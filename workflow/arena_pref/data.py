@@ -81,16 +81,22 @@ def check_training_labels(df, path):
     counts = np.bincount(df["label"], minlength=len(LABELS))
     if (counts > 0).sum() < 2:
         only = LABELS[int(np.argmax(counts))]
-        raise InputError(f"{describe(path)}: every one of the {len(df)} rows has {only} = 1: training needs "
-                         "rows of at least two classes")
+        raise InputError(
+            f"{describe(path)}: every one of the {len(df)} rows has {only} = 1: training needs "
+            "rows of at least two classes"
+        )
 
 
 def warn_shared_ids(train, test, path):
     """Ids in both train and test are usually a mix-up of files (or leaked rows): say so."""
     shared = np.intersect1d(train["id"].to_numpy(), test["id"].to_numpy())
     if len(shared):
-        log.warning("%s: %d test id(s) also appear in the training data (e.g. %s): check that the files are "
-                    "the ones you meant", describe(path), len(shared), ", ".join(map(str, shared[:5])))
+        log.warning(
+            "%s: %d test id(s) also appear in the training data (e.g. %s): check that the files are the ones you meant",
+            describe(path),
+            len(shared),
+            ", ".join(map(str, shared[:5])),
+        )
 
 
 def unseen_extra_rows(extra, seen, path):
@@ -103,15 +109,24 @@ def unseen_extra_rows(extra, seen, path):
     for table in seen:
         shared = np.intersect1d(extra["id"].to_numpy(), table["id"].to_numpy())
         if len(shared):
-            raise InputError(f"{describe(path)}: row id {shared[0]}: column id: {len(shared)} id(s) are also train or "
-                             "test ids; give the extra rows ids of their own")
+            raise InputError(
+                f"{describe(path)}: row id {shared[0]}: column id: {len(shared)} id(s) are also train or "
+                "test ids; give the extra rows ids of their own"
+            )
     known = {prompt_key(p) for table in seen for p in table["prompt"]}
     keep = np.array([prompt_key(p) not in known for p in extra["prompt"]], dtype=bool)
-    log.info("%s: %d of %d rows dropped: their prompt is also in the training or test data; %d rows kept",
-             describe(path), int((~keep).sum()), len(extra), int(keep.sum()))
+    log.info(
+        "%s: %d of %d rows dropped: their prompt is also in the training or test data; %d rows kept",
+        describe(path),
+        int((~keep).sum()),
+        len(extra),
+        int(keep.sum()),
+    )
     if not keep.any():
-        raise InputError(f"{describe(path)}: every row's prompt is also in the training or test data: nothing is "
-                         "left to pseudo-label")
+        raise InputError(
+            f"{describe(path)}: every row's prompt is also in the training or test data: nothing is "
+            "left to pseudo-label"
+        )
     return extra[keep].reset_index(drop=True)
 
 
@@ -121,8 +136,12 @@ def warn_unread_labels(path):
     # the header alone: read_kaggle_csv has read and checked the whole file already
     columns = [c for c in LABELS if c in pd.read_csv(path, nrows=0, encoding="utf-8-sig").columns]
     if columns:
-        log.warning("%s: columns %s are not read: extra rows train on a teacher's pseudo-labels. Rows with human "
-                    "labels belong in data.train_csv", describe(path), ", ".join(columns))
+        log.warning(
+            "%s: columns %s are not read: extra rows train on a teacher's pseudo-labels. Rows with human "
+            "labels belong in data.train_csv",
+            describe(path),
+            ", ".join(columns),
+        )
 
 
 def write_parsed(df, path):
@@ -164,9 +183,7 @@ def _read_table(path):
         # ("null", "NA", "" stay strings) so the checks below see the real content
         df = pd.read_csv(StringIO(text), dtype=str, keep_default_na=False)
     except pd.errors.ParserError as e:
-        raise InputError(
-            f"{describe(path)}: not a valid CSV file ({str(e).strip()})"
-        ) from None
+        raise InputError(f"{describe(path)}: not a valid CSV file ({str(e).strip()})") from None
     if df.empty:
         raise InputError(f"{describe(path)}: no data rows (only a header)")
     # cells missing from short rows come back as NaN; make them empty so they are reported
@@ -182,15 +199,17 @@ def _parse_ids(path, column):
         if not _ID.fullmatch(cell):
             # int() would also take ' +0077 ', '1_000' and non-ASCII digits, and the submission
             # would then carry an id other than the one written here
-            problem = ("id is empty" if not cell.strip() else
-                       f"id {cell!r} is not a plain integer (ASCII digits, a minus sign at most; no plus sign, "
-                       "spaces, separators or leading zeros)")
+            problem = (
+                "id is empty"
+                if not cell.strip()
+                else f"id {cell!r} is not a plain integer (ASCII digits, a minus sign at most; no plus sign, "
+                "spaces, separators or leading zeros)"
+            )
             raise InputError(f"{describe(path, column='id')}: data row {n}: {problem}")
         value = int(cell)
         if not _INT64.min <= value <= _INT64.max:
             raise InputError(
-                f"{describe(path, column='id')}: data row {n}: "
-                f"id {cell!r} is out of the 64-bit integer range"
+                f"{describe(path, column='id')}: data row {n}: id {cell!r} is out of the 64-bit integer range"
             )
         ids.append(value)
     ids = np.array(ids, dtype=np.int64)
@@ -200,8 +219,7 @@ def _parse_ids(path, column):
         first = ids[np.isin(ids, dup)][0]  # the first repeated id in file order
         n = int(counts[values == first][0])
         raise InputError(
-            f"{describe(path, row_id=first, column='id')}: duplicate id "
-            f"(appears {n} times; ids must be unique)"
+            f"{describe(path, row_id=first, column='id')}: duplicate id (appears {n} times; ids must be unique)"
         )
     return ids
 
@@ -216,17 +234,12 @@ def _parse_turns(path, row_id, column, cell):
     except json.JSONDecodeError as e:
         raise InputError(f"{where}: invalid JSON ({e})") from None
     if not isinstance(turns, list):
-        raise InputError(
-            f"{where}: expected a JSON list of turns, found a JSON {_json_type(turns)}"
-        )
+        raise InputError(f"{where}: expected a JSON list of turns, found a JSON {_json_type(turns)}")
     for k, turn in enumerate(turns):
         if turn is None:
             continue
         if not isinstance(turn, str):
-            raise InputError(
-                f"{where}: turn {k} is a JSON {_json_type(turn)}; "
-                "turns must be strings or null"
-            )
+            raise InputError(f"{where}: turn {k} is a JSON {_json_type(turn)}; turns must be strings or null")
         if _SURROGATE.search(turn):
             turns[k] = _fix_surrogates(turn)
     return turns
@@ -243,16 +256,12 @@ def _json_type(value):
         return "boolean"
     if isinstance(value, (int, float)):
         return "number"
-    return {dict: "object", list: "list", str: "string", type(None): "null"}[
-        type(value)
-    ]
+    return {dict: "object", list: "list", str: "string", type(None): "null"}[type(value)]
 
 
 def _parse_labels(path, ids, raw):
     """Turn the one-hot winner columns into one label per row (index into LABELS)."""
-    onehot = np.column_stack(
-        [_parse_label_column(path, ids, raw[col]) for col in LABELS]
-    )
+    onehot = np.column_stack([_parse_label_column(path, ids, raw[col]) for col in LABELS])
     bad = np.flatnonzero(onehot.sum(axis=1) != 1)
     if len(bad):
         n = bad[0]
@@ -275,9 +284,7 @@ def _parse_label_column(path, ids, column):
         try:
             value = int(cell)
         except ValueError:
-            raise InputError(
-                f"{where}: label {cell!r} is not an integer (expected 0 or 1)"
-            ) from None
+            raise InputError(f"{where}: label {cell!r} is not an integer (expected 0 or 1)") from None
         if value not in (0, 1):
             raise InputError(f"{where}: label {cell!r} is not 0 or 1")
         values.iloc[n] = value

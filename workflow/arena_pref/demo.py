@@ -28,6 +28,7 @@ import yaml
 from . import LABELS
 from . import io
 
+
 def _texts():
     # the text tables live in a data file of the package (demo_texts.yaml)
     with open(Path(__file__).with_name("demo_texts.yaml"), encoding="utf-8") as fh:
@@ -86,18 +87,14 @@ def make_demo_data(n_train, n_test, seed, *, with_test_labels=False):
             "model_a": [r["model_a"] for r in rows[:n_train]],
             "model_b": [r["model_b"] for r in rows[:n_train]],
             **_turn_cells(rows[:n_train]),
-            **{
-                col: [int(r["label"] == k) for r in rows[:n_train]]
-                for k, col in enumerate(LABELS)
-            },
+            **{col: [int(r["label"] == k) for r in rows[:n_train]] for k, col in enumerate(LABELS)},
         }
     )
-    test = pd.DataFrame(
-        {"id": [r["id"] for r in rows[n_train:]], **_turn_cells(rows[n_train:])}
-    )
+    test = pd.DataFrame({"id": [r["id"] for r in rows[n_train:]], **_turn_cells(rows[n_train:])})
     if with_test_labels:
-        labels = pd.DataFrame({"id": test["id"], **{col: [int(r["label"] == k) for r in rows[n_train:]]
-                                                     for k, col in enumerate(LABELS)}})
+        labels = pd.DataFrame(
+            {"id": test["id"], **{col: [int(r["label"] == k) for r in rows[n_train:]] for k, col in enumerate(LABELS)}}
+        )
         return train, test, labels
     return train, test
 
@@ -121,10 +118,7 @@ def _new_prompt(rng, seen):
         topic = _pick(rng, TOPICS)
         turns = [_pick(rng, PHRASINGS).format(topic[0]) + _pick(rng, CONTEXTS)]
         n_turns = TURN_COUNTS[rng.choice(len(TURN_COUNTS), p=TURN_WEIGHTS)]
-        turns += [
-            _pick(rng, FOLLOW_UPS).format(_pick(rng, topic[1]))
-            for _ in range(n_turns - 1)
-        ]
+        turns += [_pick(rng, FOLLOW_UPS).format(_pick(rng, topic[1])) for _ in range(n_turns - 1)]
         if tuple(turns) not in seen:
             break
     seen.add(tuple(turns))
@@ -138,10 +132,7 @@ def _answers_and_label(rng, topic, n_turns):
         answer_a = _answer(rng, gen_a, topic, n_turns)
         answer_b = [_perturb(rng, t) for t in answer_a]
     else:
-        gen_a, gen_b = (
-            GENERATORS[g]
-            for g in rng.choice(len(GENERATORS), size=2, p=GENERATOR_WEIGHTS)
-        )
+        gen_a, gen_b = (GENERATORS[g] for g in rng.choice(len(GENERATORS), size=2, p=GENERATOR_WEIGHTS))
         answer_a = _answer(rng, gen_a, topic, n_turns)
         answer_b = _answer(rng, gen_b, topic, n_turns)
     quality_a, quality_b = GENERATORS.index(gen_a), GENERATORS.index(gen_b)
@@ -192,16 +183,10 @@ def _perturb(rng, text):
     """A near-identical copy of ``text``: one small change of wording or punctuation."""
     change = rng.integers(3)
     if change == 0:
-        return (
-            "Sure! " + text if not text.startswith("Sure! ") else text[len("Sure! ") :]
-        )
+        return "Sure! " + text if not text.startswith("Sure! ") else text[len("Sure! ") :]
     if change == 1:
         return text[:-1] + "!" if text.endswith(".") else text + "."
-    return (
-        text.replace(" and ", " & ", 1)
-        if " and " in text
-        else text + " Hope this helps."
-    )
+    return text.replace(" and ", " & ", 1) if " and " in text else text + " Hope this helps."
 
 
 def _quirks(rng, answer):
@@ -221,6 +206,5 @@ def _turn_cells(rows):
     # ensure_ascii=True writes non-ASCII text as \u escapes (astral characters as
     # surrogate pairs), exactly as the Kaggle CSVs do
     return {
-        col: [json.dumps(r[col], ensure_ascii=True) for r in rows]
-        for col in ("prompt", "response_a", "response_b")
+        col: [json.dumps(r[col], ensure_ascii=True) for r in rows] for col in ("prompt", "response_a", "response_b")
     }

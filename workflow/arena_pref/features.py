@@ -64,14 +64,19 @@ _TABLE_ROW = re.compile(r"\n[ \t]*\|[^\n]*\|[ \t]*(?=\n)")
 _BOLD = (re.compile(r"\*\*[^\s*](?:[^*\n]*[^\s*])?\*\*"), re.compile(r"__[^\s_](?:[^_\n]*[^\s_])?__"))
 # a markdown link to an http(s) address is counted once, by its address
 _LINKS = (re.compile(r"https?://\S+"), re.compile(r"\[[^\]\n]+\]\((?!https?://)[^)\s]+\)"))
-_MARKDOWN = {"list_items": (_LIST_ITEM,), "headers": (_HEADER,), "bold": _BOLD, "table_rows": (_TABLE_ROW,),
-             "links": _LINKS}
+_MARKDOWN = {
+    "list_items": (_LIST_ITEM,),
+    "headers": (_HEADER,),
+    "bold": _BOLD,
+    "table_rows": (_TABLE_ROW,),
+    "links": _LINKS,
+}
 
 # Words, for word counts, phrases and overlaps: lower-cased, ASCII punctuation taken as space,
 # apostrophes kept inside words ("can't") with the curly ones made straight, so "I can’t" is
 # "i can't". They are UTF-8 bytes: bytes.translate is a table look-up per byte, while
 # str.translate on text with any non-ASCII character made the word split 4 times slower.
-_PUNCTUATION = b"!\"#$%&()*+,-./:;<=>?@[\\]^_`{|}~"
+_PUNCTUATION = b'!"#$%&()*+,-./:;<=>?@[\\]^_`{|}~'
 _PUNCTUATION_TO_SPACE = bytes.maketrans(_PUNCTUATION, b" " * len(_PUNCTUATION))
 
 
@@ -93,16 +98,32 @@ def _load_phrases(path=PHRASES_FILE):
     with open(path, encoding="utf-8") as fh:
         lists = yaml.safe_load(fh)
     if not isinstance(lists, dict) or not all(
-            isinstance(v, list) and v and all(isinstance(p, str) and _words(p) for p in v) for v in lists.values()):
+        isinstance(v, list) and v and all(isinstance(p, str) and _words(p) for p in v) for v in lists.values()
+    ):
         raise ValueError(f"{path}: expected a mapping of names to non-empty lists of phrases")
-    return {name: tuple((_haystack(words), frozenset(words)) for words in map(_words, phrases))
-            for name, phrases in lists.items()}
+    return {
+        name: tuple((_haystack(words), frozenset(words)) for words in map(_words, phrases))
+        for name, phrases in lists.items()
+    }
 
 
 PHRASES = _load_phrases()
 
-SIDE_STATS = ("turns", "empty_turns", "last_chars", "last_words", "last_lines", "chars", "words", "lines",
-              *_MARKDOWN, "code_blocks", *PHRASES, "prompt_jaccard", "prompt_coverage")
+SIDE_STATS = (
+    "turns",
+    "empty_turns",
+    "last_chars",
+    "last_words",
+    "last_lines",
+    "chars",
+    "words",
+    "lines",
+    *_MARKDOWN,
+    "code_blocks",
+    *PHRASES,
+    "prompt_jaccard",
+    "prompt_coverage",
+)
 """Per-answer statistics: columns ``a_<stat>`` and ``b_<stat>`` of :func:`pair_stats`."""
 SHARED_STATS = ("n_turns", "prompt_chars", "prompt_words", "identical", "near_identical", "any_last_empty")
 """Statistics of the pair, symmetric in the two answers."""
@@ -136,9 +157,14 @@ def _answer_stats(turns, prompt_words):
     word_set = set(words)
     full = "\n" + "\n".join(texts) + "\n"
     return (
-        len(turns), sum(1 for t in turns if not t or t.isspace()),
-        len(last), len(turn_words[-1]) if last else 0, _lines(last),
-        sum(map(len, texts)), len(words), sum(map(_lines, texts)),
+        len(turns),
+        sum(1 for t in turns if not t or t.isspace()),
+        len(last),
+        len(turn_words[-1]) if last else 0,
+        _lines(last),
+        sum(map(len, texts)),
+        len(words),
+        sum(map(_lines, texts)),
         *(sum(len(p.findall(full)) for p in patterns) for patterns in _MARKDOWN.values()),
         # an unclosed fence still opens a block
         math.ceil(len(_FENCE.findall(full)) / 2),
@@ -156,8 +182,14 @@ def _row_stats(prompt, response_a, response_b):
     a, words_a = _answer_stats(response_a, prompt_set)
     b, words_b = _answer_stats(response_b, prompt_set)
     empty_last = [last_turn_empty(r) for r in (response_a, response_b)]
-    shared = (len(prompt), sum(map(len, prompt_texts)), len(prompt_words),
-              float(response_a == response_b), _jaccard(words_a, words_b), float(any(empty_last)))
+    shared = (
+        len(prompt),
+        sum(map(len, prompt_texts)),
+        len(prompt_words),
+        float(response_a == response_b),
+        _jaccard(words_a, words_b),
+        float(any(empty_last)),
+    )
     return a, b, shared
 
 
@@ -173,8 +205,10 @@ def pair_stats(parsed):
     """
     rows = [_row_stats(*cells) for cells in zip(parsed["prompt"], parsed["response_a"], parsed["response_b"])]
     n = len(rows)
-    blocks = [np.array([r[k] for r in rows], dtype=np.float64).reshape(n, width)
-              for k, width in enumerate((len(SIDE_STATS), len(SIDE_STATS), len(SHARED_STATS)))]
+    blocks = [
+        np.array([r[k] for r in rows], dtype=np.float64).reshape(n, width)
+        for k, width in enumerate((len(SIDE_STATS), len(SIDE_STATS), len(SHARED_STATS)))
+    ]
     columns = [f"a_{s}" for s in SIDE_STATS] + [f"b_{s}" for s in SIDE_STATS] + list(SHARED_STATS)
     out = pd.DataFrame(np.hstack(blocks), columns=columns)
     out.insert(0, "id", parsed["id"].to_numpy(dtype=np.int64))
@@ -192,8 +226,7 @@ def _split_columns(stats):
     side = [c[2:] for c in columns if c.startswith("a_")]
     b_side = [c[2:] for c in columns if c.startswith("b_")]
     if side != b_side:
-        raise ValueError(f"per-answer statistics must come in a_/b_ pairs in the same order; a_: {side}, "
-                         f"b_: {b_side}")
+        raise ValueError(f"per-answer statistics must come in a_/b_ pairs in the same order; a_: {side}, b_: {b_side}")
     return side, [c for c in columns if not c.startswith(("a_", "b_"))]
 
 
@@ -236,9 +269,14 @@ def _learner(settings):
     if settings.learner == "hgb":
         # early stopping would hold out a random validation split: off, so a seed gives one model
         return HistGradientBoostingClassifier(
-            max_iter=settings.max_iter, learning_rate=settings.learning_rate, max_leaf_nodes=settings.max_leaf_nodes,
-            min_samples_leaf=settings.min_samples_leaf, l2_regularization=settings.l2_regularization,
-            early_stopping=False, random_state=settings.seed)
+            max_iter=settings.max_iter,
+            learning_rate=settings.learning_rate,
+            max_leaf_nodes=settings.max_leaf_nodes,
+            min_samples_leaf=settings.min_samples_leaf,
+            l2_regularization=settings.l2_regularization,
+            early_stopping=False,
+            random_state=settings.seed,
+        )
     if settings.learner == "logreg":
         # lbfgs fits the multinomial model for three classes; counts span orders of magnitude,
         # so the features are standardised first
@@ -265,9 +303,11 @@ def _check_columns(fitted, stats):
     if columns != fitted.columns:
         missing = [c for c in fitted.columns if c not in columns]
         extra = [c for c in columns if c not in fitted.columns]
-        problem = (f"missing {missing}, unexpected {extra}" if missing or extra else "same columns in another order")
-        raise ValueError(f"statistics do not match the {len(fitted.columns)} columns the pair-feature model was "
-                         f"fitted on ({problem}): compute them again with this version of arena_pref.features")
+        problem = f"missing {missing}, unexpected {extra}" if missing or extra else "same columns in another order"
+        raise ValueError(
+            f"statistics do not match the {len(fitted.columns)} columns the pair-feature model was "
+            f"fitted on ({problem}): compute them again with this version of arena_pref.features"
+        )
 
 
 def predict(fitted, stats, *, swap=False):
@@ -302,7 +342,9 @@ def load(path):
     if not isinstance(saved, dict) or not isinstance(saved.get("model"), PairModel):
         raise InputError(f"{path}: not a pair-feature learner written by arena-pref")
     if saved["sklearn"] != sklearn.__version__:
-        raise InputError(f"{path} was fitted with scikit-learn {saved['sklearn']}, and this is scikit-learn "
-                         f"{sklearn.__version__}: install {saved['sklearn']} (add scikit-learn to kaggle.wheels "
-                         "and remove it from the image list) or refit the learner")
+        raise InputError(
+            f"{path} was fitted with scikit-learn {saved['sklearn']}, and this is scikit-learn "
+            f"{sklearn.__version__}: install {saved['sklearn']} (add scikit-learn to kaggle.wheels "
+            "and remove it from the image list) or refit the learner"
+        )
     return saved["model"]

@@ -46,9 +46,9 @@ def token_bounds(bounds, size, *, causal=True, window=None):
     ends = torch.tensor(bounds[1:], dtype=torch.long)
     position = torch.arange(size)
     lo, hi = position.clone(), position.clone()
-    lo[:bounds[-1]] = torch.repeat_interleave(starts, ends - starts)
+    lo[: bounds[-1]] = torch.repeat_interleave(starts, ends - starts)
     if not causal:
-        hi[:bounds[-1]] = torch.repeat_interleave(ends - 1, ends - starts)
+        hi[: bounds[-1]] = torch.repeat_interleave(ends - 1, ends - starts)
     if window:
         lo = torch.maximum(lo, position - window + 1)
     return lo, hi
@@ -76,7 +76,7 @@ def block_tables(lo, hi):
     q1 = torch.searchsorted(lo, last, right=True) - 1  # per key block: the last query reaching back to it
     q0 = torch.searchsorted(hi, first)  # per key block: the first query reaching forward to it
     a, b = first[:, None], last[:, None]
-    some = (torch.maximum(a, q0[None]) <= torch.minimum(b, q1[None]))
+    some = torch.maximum(a, q0[None]) <= torch.minimum(b, q1[None])
     every = (lo[last][:, None] <= first[None]) & (hi[first][:, None] >= last[None])
     return some, every
 
@@ -94,9 +94,15 @@ def block_mask(lo, hi, device):
         return (kv >= lo_dev[q]) & (kv <= hi_dev[q])
 
     size = len(lo)
-    return BlockMask.from_kv_blocks(partial_num.to(device), partial_idx.to(device), full_num.to(device),
-                                    full_idx.to(device), BLOCK_SIZE=BLOCK, mask_mod=within_interval,
-                                    seq_lengths=(size, size))
+    return BlockMask.from_kv_blocks(
+        partial_num.to(device),
+        partial_idx.to(device),
+        full_num.to(device),
+        full_idx.to(device),
+        BLOCK_SIZE=BLOCK,
+        mask_mod=within_interval,
+        seq_lengths=(size, size),
+    )
 
 
 def packed_masks(config, bounds, size, device, *, causal=True):

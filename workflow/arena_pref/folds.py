@@ -49,8 +49,7 @@ def assign_folds(df, n_folds, seed):
     if largest < n_folds:
         # sklearn refuses this case; say why in the user's terms
         raise InputError(
-            f"cannot make {n_folds} folds: no label occurs {n_folds} or more times "
-            f"(largest class has {largest} rows)"
+            f"cannot make {n_folds} folds: no label occurs {n_folds} or more times (largest class has {largest} rows)"
         )
     fold = np.full(len(df), -1, dtype=np.int64)
     splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
@@ -65,6 +64,9 @@ def assign_folds(df, n_folds, seed):
             f"({n_prompts} distinct prompts, {n_folds} folds): use fewer folds"
         )
     if sizes.min() < UNEVEN * sizes.mean():
-        log.warning("fold sizes are very uneven (%s rows): a few prompts hold most rows, and the OOF scores of "
-                    "small folds are noise; consider fewer folds", ", ".join(map(str, sizes)))
+        log.warning(
+            "fold sizes are very uneven (%s rows): a few prompts hold most rows, and the OOF scores of "
+            "small folds are noise; consider fewer folds",
+            ", ".join(map(str, sizes)),
+        )
     return pd.DataFrame({"id": df["id"].to_numpy(dtype=np.int64), "fold": fold})

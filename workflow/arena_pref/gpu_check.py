@@ -59,13 +59,25 @@ PARTS = {  # name -> share of the budget (what a part may use of the time left w
 }
 PART_TESTS = {
     "presets": ["tests/test_presets.py::test_preset_runs_on_cpu"],
-    "tiny": ["tests/test_judge.py::test_a_judge_runs_beside_a_feature_member_to_the_submission",
-             "tests/test_teachers.py::test_a_student_learns_from_teacher_oof_and_pseudo_labels_without_leaks",
-             "tests/test_predict.py::test_two_cpu_workers_match_one"],
+    "tiny": [
+        "tests/test_judge.py::test_a_judge_runs_beside_a_feature_member_to_the_submission",
+        "tests/test_teachers.py::test_a_student_learns_from_teacher_oof_and_pseudo_labels_without_leaks",
+        "tests/test_predict.py::test_two_cpu_workers_match_one",
+    ],
 }
-TINY_SHAPE = dict(vocab_size=1000, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                  num_key_value_heads=2, head_dim=16, intermediate_size=128, sliding_window=64,
-                  query_pre_attn_scalar=16, attn_logit_softcapping=50.0, max_position_embeddings=1024)
+TINY_SHAPE = dict(
+    vocab_size=1000,
+    hidden_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+    intermediate_size=128,
+    sliding_window=64,
+    query_pre_attn_scalar=16,
+    attn_logit_softcapping=50.0,
+    max_position_embeddings=1024,
+)
 AGREEMENT = {"float32": 1e-4, "bfloat16": 0.05}
 """Largest probability difference from the padded eager reference counted as agreement: fp32
 rounding, or bf16 rounding on a random model (0.02-0.035 between methods on the 2026-11-26 H100)."""
@@ -76,12 +88,12 @@ DEVICE_OPTIONAL = ("liger-kernel==0.8.5",)
 flash-attn-4, whose nvidia-cutlass-dsl-libs-cu13 wheel alone is 92 MB; the check measures
 FlashAttention-4 only where the image has it."""
 DEVICE_CUDA = "130"  # the device image's torch is built for CUDA 13.0 (KINDS.md)
-DEVICE_PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_24_x86_64", "manylinux_2_17_x86_64",
-                    "manylinux2014_x86_64")
+DEVICE_PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_24_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")
 WHEELS_LIMIT_MIB = 60
 
 
 # --------------------------------------------------------------------------- the orchestration
+
 
 def out_name(device_name, day=None):
     """``<date>_<gpu>.json``, e.g. ``2026-12-03_nvidia-h200.json``."""
@@ -115,8 +127,7 @@ def run_check(*, budget_s, out_path, cpu, parts=tuple(PARTS)):
             report["parts"][name] = _run_part(name, timeout=left * PARTS[name], workdir=Path(workdir), cpu=cpu)
             report["elapsed_s"] = time.perf_counter() - t0
             write_json(report, out_path)
-            log.info("part %s: %s in %.0f s", name, report["parts"][name]["status"],
-                     report["parts"][name]["seconds"])
+            log.info("part %s: %s in %.0f s", name, report["parts"][name]["status"], report["parts"][name]["seconds"])
     return report
 
 
@@ -124,8 +135,17 @@ def _run_part(name, *, timeout, workdir, cpu):
     """One part in a subprocess: its own JSON (rewritten as it measures) is read back whatever
     happens, so a part cut off by its time limit still reports its finished entries."""
     result_path = workdir / f"{name}.json"
-    cmd = [sys.executable, "-m", "arena_pref.gpu_check", "part", name, "--result", str(result_path),
-           "--workdir", str(workdir)] + (["--cpu"] if cpu else [])
+    cmd = [
+        sys.executable,
+        "-m",
+        "arena_pref.gpu_check",
+        "part",
+        name,
+        "--result",
+        str(result_path),
+        "--workdir",
+        str(workdir),
+    ] + (["--cpu"] if cpu else [])
     t0 = time.perf_counter()
     entry = {}
     try:
@@ -142,6 +162,7 @@ def _run_part(name, *, timeout, workdir, cpu):
 
 
 # --------------------------------------------------------------------------- the parts
+
 
 class Results(dict):
     """A part's entries, written to its JSON after every entry."""
@@ -166,8 +187,9 @@ def _random_backbone(workdir, cpu, dtype):
     path = workdir / ("tiny_gemma2" if cpu else "gemma2_9b_shape")
     facts = workdir / f"{path.name}.json"
     if not facts.exists():
-        n_params, n_embed = bench.random_gemma2(path, shape=TINY_SHAPE if cpu else None,
-                                                dtype=modeling.torch_dtype(dtype))
+        n_params, n_embed = bench.random_gemma2(
+            path, shape=TINY_SHAPE if cpu else None, dtype=modeling.torch_dtype(dtype)
+        )
         facts.write_text(json.dumps({"parameters": n_params, "non_embedding": n_params - n_embed}))
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -187,18 +209,29 @@ def predict_part(results_path, workdir, cpu):
     path, facts = _random_backbone(workdir, cpu, dtype)
     lengths, seqs = _check_rows(cpu, (TINY_SHAPE if cpu else bench.GEMMA2_9B)["vocab_size"])
     peak = None if cpu else bench.peak_bf16_flops(torch.cuda.get_device_name(0))
-    out = Results(results_path, rows=rows, real_tokens=int(lengths.sum()), median_length=float(np.median(lengths)),
-                  max_length=max_length, pack_budget=budget, dtype=dtype, tolerance=AGREEMENT[dtype],
-                  peak_bf16_tflops=peak / 1e12 if peak else None, by_precision={})
+    out = Results(
+        results_path,
+        rows=rows,
+        real_tokens=int(lengths.sum()),
+        median_length=float(np.median(lengths)),
+        max_length=max_length,
+        pack_budget=budget,
+        dtype=dtype,
+        tolerance=AGREEMENT[dtype],
+        peak_bf16_tflops=peak / 1e12 if peak else None,
+        by_precision={},
+    )
     timing = Timing(seqs, lengths, 2 * facts["non_embedding"], peak, AGREEMENT[dtype])
     for quantization in ("none",) if cpu else ("none", "4bit"):
         label = dtype if quantization == "none" else quantization
         entries = out["by_precision"][label] = {}
-        adapter = bench.random_adapter(path, workdir / f"adapter_{quantization}", quantization=quantization,
-                                       dtype=dtype)
+        adapter = bench.random_adapter(
+            path, workdir / f"adapter_{quantization}", quantization=quantization, dtype=dtype
+        )
         load = dict(quantization=quantization, dtype=dtype, pad_token_id=0, device=device)
-        for name, entry in _prediction_entries(path, adapter, load, timing, batch_size=batch_size, budget=budget,
-                                               device=device):
+        for name, entry in _prediction_entries(
+            path, adapter, load, timing, batch_size=batch_size, budget=budget, device=device
+        ):
             entries[name] = entry
             out.save()
             log.info("%s %-28s %s", label, name, entry)
@@ -237,9 +270,13 @@ class Timing:
             predict.run_batches(model, self.seqs, batches[:1], pad_token_id=0, pack_to=budget)
         seconds, probs = bench.time_method(model, self.seqs, batches, pad_token_id=0, pack_to=budget)
         tokens_per_s = float(self.lengths.sum() / seconds)
-        entry = {"tokens_per_s": tokens_per_s, "seconds": seconds, "passes": len(batches),
-                 "padding_efficiency": batching.padding_efficiency(batches, self.lengths),
-                 "attention": varlen.base_implementation(model.config)}
+        entry = {
+            "tokens_per_s": tokens_per_s,
+            "seconds": seconds,
+            "passes": len(batches),
+            "padding_efficiency": batching.padding_efficiency(batches, self.lengths),
+            "attention": varlen.base_implementation(model.config),
+        }
         if self.peak:
             entry["fraction_of_bf16_peak"] = self.flops * tokens_per_s / self.peak
         if self.reference is None:
@@ -270,10 +307,13 @@ def _prediction_entries(path, adapter, load, timing, *, batch_size, budget, devi
     del model
     modeling.release_memory()
     attention = "flex_attention" if flex_ok else None
-    merged = modeling.load_for_inference(path, adapter, merge_lora=True, batch_tokens=budget, longest=budget,
-                                         attn_implementation=attention, **load)
-    yield "packed_merged", {**timing(merged, "packed", budget, batch_size),
-                            "merged": not hasattr(merged, "peft_config")}
+    merged = modeling.load_for_inference(
+        path, adapter, merge_lora=True, batch_tokens=budget, longest=budget, attn_implementation=attention, **load
+    )
+    yield (
+        "packed_merged",
+        {**timing(merged, "packed", budget, batch_size), "merged": not hasattr(merged, "peft_config")},
+    )
     modeling.compile_backbone(merged, packed=True)
     t0 = time.perf_counter()
     entry = timing(merged, "packed", budget, batch_size)
@@ -281,8 +321,15 @@ def _prediction_entries(path, adapter, load, timing, *, batch_size, budget, devi
     del merged
     modeling.release_memory()
     if modeling.flash_attention_4_unavailable(device) is None:
-        fa4 = modeling.load_for_inference(path, adapter, merge_lora=True, batch_tokens=budget, longest=budget,
-                                          attn_implementation="flash_attention_4", **load)
+        fa4 = modeling.load_for_inference(
+            path,
+            adapter,
+            merge_lora=True,
+            batch_tokens=budget,
+            longest=budget,
+            attn_implementation="flash_attention_4",
+            **load,
+        )
         yield "packed_merged_fa4", timing(fa4, "packed", budget, batch_size)
         del fa4
         modeling.release_memory()
@@ -303,12 +350,26 @@ def liger_part(results_path, workdir, cpu):
         return out
     path, facts = _random_backbone(workdir, cpu, dtype)
     lengths, seqs = _check_rows(cpu, bench.GEMMA2_9B["vocab_size"])
-    timing = Timing(seqs, lengths, 2 * facts["non_embedding"], bench.peak_bf16_flops(torch.cuda.get_device_name(0)),
-                    AGREEMENT[dtype])
+    timing = Timing(
+        seqs,
+        lengths,
+        2 * facts["non_embedding"],
+        bench.peak_bf16_flops(torch.cuda.get_device_name(0)),
+        AGREEMENT[dtype],
+    )
     timing.reference = np.load(workdir / "reference_none.npy")
-    model = modeling.load_for_inference(path, workdir / "adapter_none", quantization="none", dtype=dtype,
-                                        pad_token_id=0, device=device, merge_lora=True, batch_tokens=budget,
-                                        longest=budget, attn_implementation="flex_attention")
+    model = modeling.load_for_inference(
+        path,
+        workdir / "adapter_none",
+        quantization="none",
+        dtype=dtype,
+        pad_token_id=0,
+        device=device,
+        merge_lora=True,
+        batch_tokens=budget,
+        longest=budget,
+        attn_implementation="flex_attention",
+    )
     out.update(packed_merged_liger=timing(model, "packed", budget, batch_size))
     out.save()
     return out
@@ -344,15 +405,17 @@ def grads_part(results_path, workdir, cpu):
 
     device, impl = ("cpu", "eager") if cpu else ("cuda:0", "flex_attention")
     out = Results(results_path, attention=impl, tolerance=AGREEMENT["float32"], entries={})
-    lora = Lora(r=4, alpha=8, dropout=0.0, target_modules=("q_proj", "k_proj", "v_proj", "o_proj"),
-                layers_to_transform=None)
+    lora = Lora(
+        r=4, alpha=8, dropout=0.0, target_modules=("q_proj", "k_proj", "v_proj", "o_proj"), layers_to_transform=None
+    )
     rng = np.random.default_rng(1)
     seqs = [rng.integers(3, 300, int(n)).tolist() for n in rng.integers(2, 60, 9)]
     targets = torch.arange(len(seqs), device=device) % 3
 
     def gradients(checkpointing, packed):
-        model = modeling.attach_lora(sharp_tiny_model("gemma2").to(device), lora,
-                                     gradient_checkpointing=checkpointing).train()
+        model = modeling.attach_lora(
+            sharp_tiny_model("gemma2").to(device), lora, gradient_checkpointing=checkpointing
+        ).train()
         with torch.no_grad():  # a non-zero B, so that every LoRA factor gets a gradient
             for name, param in model.named_parameters():
                 if "lora_B" in name:
@@ -362,8 +425,16 @@ def grads_part(results_path, workdir, cpu):
             ids, positions, lengths = pooling.packed_inputs(seqs, device)
             logits = pooling.classify(model, input_ids=ids, position_ids=positions, lengths=lengths, pack_to=512)
         else:
-            logits = torch.cat([pooling.classify(model, input_ids=torch.tensor([s], device=device),
-                                                 attention_mask=torch.ones(1, len(s), device=device)) for s in seqs])
+            logits = torch.cat(
+                [
+                    pooling.classify(
+                        model,
+                        input_ids=torch.tensor([s], device=device),
+                        attention_mask=torch.ones(1, len(s), device=device),
+                    )
+                    for s in seqs
+                ]
+            )
         torch.nn.functional.cross_entropy(logits.float(), targets).backward()
         return {n: p.grad.detach().float().cpu() for n, p in model.named_parameters() if p.requires_grad}
 
@@ -371,8 +442,11 @@ def grads_part(results_path, workdir, cpu):
     for name, checkpointing in (("packed", False), ("packed_checkpointed", True)):
         got = gradients(checkpointing, packed=True)
         diff = max(float((got[n] - reference[n]).abs().max()) for n in reference)
-        out["entries"][name] = {"max_abs_grad_diff": diff, "agrees": diff <= AGREEMENT["float32"],
-                                "largest_grad": max(float(g.abs().max()) for g in reference.values())}
+        out["entries"][name] = {
+            "max_abs_grad_diff": diff,
+            "agrees": diff <= AGREEMENT["float32"],
+            "largest_grad": max(float(g.abs().max()) for g in reference.values()),
+        }
         out.save()
     return out
 
@@ -384,10 +458,18 @@ def train_part(results_path, workdir, cpu):
     dtype = "float32" if cpu else "bfloat16"
     path, _ = _random_backbone(workdir, cpu, dtype)
     rows, max_length, batch_size = (16, 128, 4) if cpu else (32, 1024, 4)
-    out = Results(results_path, rows=rows, max_length=max_length, batch_size=batch_size, dtype=dtype,
-                  quantization="4bit")
-    result = bench.bench_training(rows=rows, max_length=max_length, batch_size=batch_size, threads=2 if cpu else 8,
-                                  backbone=path, dtype=dtype, **bench.GPU_TRAINING)
+    out = Results(
+        results_path, rows=rows, max_length=max_length, batch_size=batch_size, dtype=dtype, quantization="4bit"
+    )
+    result = bench.bench_training(
+        rows=rows,
+        max_length=max_length,
+        batch_size=batch_size,
+        threads=2 if cpu else 8,
+        backbone=path,
+        dtype=dtype,
+        **bench.GPU_TRAINING,
+    )
     out.update(result)
     out.save()
     return out
@@ -400,8 +482,12 @@ def tests_part(name, results_path, cpu):
     if cpu:
         cmd.append("--collect-only")
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
-    out.update(returncode=proc.returncode, collected_only=cpu, summary=proc.stdout.strip().splitlines()[-1:],
-               tail=(proc.stdout[-2000:] + proc.stderr[-2000:]) if proc.returncode else "")
+    out.update(
+        returncode=proc.returncode,
+        collected_only=cpu,
+        summary=proc.stdout.strip().splitlines()[-1:],
+        tail=(proc.stdout[-2000:] + proc.stderr[-2000:]) if proc.returncode else "",
+    )
     out.save()
     if proc.returncode:
         raise SystemExit(f"{name}: pytest exited {proc.returncode}")
@@ -413,23 +499,47 @@ MEASURING = {"predict": predict_part, "grads": grads_part, "train": train_part, 
 
 # --------------------------------------------------------------------------- wheels for the device
 
+
 def collect_device_wheels(out_dir):
     """The wheels the device image lacks (``device_image.yaml``) for :data:`DEVICE_WHEEL_NAMES`,
     for its Python 3.12, with bitsandbytes cut down to the CUDA build the device's torch uses:
     its wheel carries one 4-22 MB library per CUDA release (43 MB), one of which is loaded."""
     from . import wheels
 
-    manifest = wheels.collect(DEVICE_WHEEL_NAMES, wheels.image_exclude(DEVICE_IMAGE), out_dir, python_version="3.12",
-                              platform=list(DEVICE_PLATFORMS))
+    manifest = wheels.collect(
+        DEVICE_WHEEL_NAMES,
+        wheels.image_exclude(DEVICE_IMAGE),
+        out_dir,
+        python_version="3.12",
+        platform=list(DEVICE_PLATFORMS),
+    )
     for wheel in Path(out_dir).glob("bitsandbytes-*.whl"):
         keep_one_cuda_library(wheel, DEVICE_CUDA)
     platforms = [arg for p in DEVICE_PLATFORMS for arg in ("--platform", p)]
-    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
-                    "--python-version", "3.12", *platforms, "-d", str(out_dir), *DEVICE_OPTIONAL], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "-q",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--python-version",
+            "3.12",
+            *platforms,
+            "-d",
+            str(out_dir),
+            *DEVICE_OPTIONAL,
+        ],
+        check=True,
+    )
     size = sum(p.stat().st_size for p in Path(out_dir).glob("*.whl"))
     if size > WHEELS_LIMIT_MIB * 2**20:
-        raise SystemExit(f"{out_dir}: {size / 2**20:.1f} MiB of wheels, more than the {WHEELS_LIMIT_MIB} MiB "
-                         "a device run can carry beside the working tree")
+        raise SystemExit(
+            f"{out_dir}: {size / 2**20:.1f} MiB of wheels, more than the {WHEELS_LIMIT_MIB} MiB "
+            "a device run can carry beside the working tree"
+        )
     log.info("%s: %d wheels, %.1f MiB", out_dir, len(manifest["wheels"]), size / 2**20)
     return size
 
@@ -446,13 +556,17 @@ def keep_one_cuda_library(wheel, cuda):
                 continue
             data = src.read(item)
             if item.filename.endswith(".dist-info/RECORD"):
-                data = "".join(line for line in data.decode().splitlines(keepends=True)
-                               if not (pattern.search(line) and keep not in line)).encode()
+                data = "".join(
+                    line
+                    for line in data.decode().splitlines(keepends=True)
+                    if not (pattern.search(line) and keep not in line)
+                ).encode()
             dst.writestr(item, data)
     os.replace(tmp, wheel)
 
 
 # --------------------------------------------------------------------------- command line
+
 
 def main(argv=None):
     from .logs import run_main, setup_logging

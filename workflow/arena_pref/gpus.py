@@ -38,8 +38,13 @@ def machine_gpus():
         listed = os.environ["CUDA_VISIBLE_DEVICES"]
     else:
         try:
-            out = subprocess.run(["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
-                                 capture_output=True, text=True, timeout=30, check=True).stdout
+            out = subprocess.run(
+                ["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=True,
+            ).stdout
         except (OSError, subprocess.SubprocessError):
             return []
         listed = ",".join(out.split())
@@ -59,15 +64,19 @@ def claim_gpus(n, *, wait_s=None, poll_s=2.0):
     if n <= 0:
         return []
     if os.environ.get("SLURM_JOB_ID"):
-        log.info("SLURM job: using the GPUs it was given (CUDA_VISIBLE_DEVICES=%s)",
-                 os.environ.get("CUDA_VISIBLE_DEVICES", ""))
+        log.info(
+            "SLURM job: using the GPUs it was given (CUDA_VISIBLE_DEVICES=%s)",
+            os.environ.get("CUDA_VISIBLE_DEVICES", ""),
+        )
         return []
     candidates = machine_gpus()
     if not candidates:
         return []
     if n > len(candidates):
-        raise InputError(f"a job asks for {n} GPUs but the machine has {len(candidates)}: "
-                         "lower compute.predict_gpus, or the model's compute.model_parallel.gpus")
+        raise InputError(
+            f"a job asks for {n} GPUs but the machine has {len(candidates)}: "
+            "lower compute.predict_gpus, or the model's compute.model_parallel.gpus"
+        )
     directory = lock_dir()
     directory.mkdir(parents=True, exist_ok=True)
     start, announced = time.monotonic(), False
@@ -103,4 +112,3 @@ def claim_gpus(n, *, wait_s=None, poll_s=2.0):
     os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(devices)
     log.info("claimed GPU %s (CUDA_VISIBLE_DEVICES set)", ",".join(devices))
     return devices
-

@@ -21,8 +21,7 @@ def missing_inputs(config):
     from outside the workflow that is not there; empty when all are."""
     where = f"relative paths start at the working directory, {os.getcwd()}"
     problems = []
-    data = {"train_csv": config.train_csv, "test_csv": config.raw["data"]["test_csv"],
-            "extra_csv": config.extra_csv}
+    data = {"train_csv": config.train_csv, "test_csv": config.raw["data"]["test_csv"], "extra_csv": config.extra_csv}
     for key, path in data.items():
         if path and path not in DEMO_CSVS.values() and not Path(path).is_file():
             problems.append(f"config data.{key}: no file '{path}' ({where})")
@@ -30,8 +29,10 @@ def missing_inputs(config):
         spec = getattr(model, "backbone", None) or {}
         if spec.get("kind") == "path" and not (Path(spec["path"]) / "config.json").is_file():
             what = "has no config.json" if Path(spec["path"]).is_dir() else "is not a directory"
-            problems.append(f"config models.{name}.backbone: '{spec['path']}' {what} (a directory written by "
-                            f"save_pretrained is expected; {where})")
+            problems.append(
+                f"config models.{name}.backbone: '{spec['path']}' {what} (a directory written by "
+                f"save_pretrained is expected; {where})"
+            )
         if spec.get("kind") == "package" and importlib.util.find_spec(spec["package"]) is None:
             problems.append(f"config models.{name}.backbone: the package '{spec['package']}' is not installed")
         if model.trained and not Path(model.trained).is_dir():

@@ -39,8 +39,8 @@ def padded(sequences, width, pad_token_id, side):
     last = torch.zeros(n, dtype=torch.long)
     for row, seq in enumerate(sequences):
         start = width - len(seq) if side == "left" else 0
-        ids[row, start:start + len(seq)] = torch.as_tensor(np.asarray(seq), dtype=torch.long)
-        mask[row, start:start + len(seq)] = 1
+        ids[row, start : start + len(seq)] = torch.as_tensor(np.asarray(seq), dtype=torch.long)
+        mask[row, start : start + len(seq)] = 1
         last[row] = start + len(seq) - 1
     positions = (mask.cumsum(1) - 1).clamp(min=0)
     return ids, mask, positions, last
@@ -51,8 +51,13 @@ def answer_logits(model, sequences, *, answer_ids, pad_token_id, side):
     dev = next(model.parameters()).device
     width = max(len(s) for s in sequences)
     ids, mask, positions, last = padded(sequences, width, pad_token_id, side)
-    out = model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=positions.to(dev),
-                logits_to_keep=last[:, None].to(dev), use_cache=False)
+    out = model(
+        input_ids=ids.to(dev),
+        attention_mask=mask.to(dev),
+        position_ids=positions.to(dev),
+        logits_to_keep=last[:, None].to(dev),
+        use_cache=False,
+    )
     return out.logits[:, 0, list(answer_ids)].float()
 
 
@@ -63,13 +68,23 @@ def score_sequences(model, sequences, *, answer_ids, pad_token_id, side, max_tok
     orders, kept in the same batch); logs progress with token rates."""
     lengths = np.array([len(s) for s in sequences])
     batches = plan_batches(lengths, method="token_budget", max_tokens=max_tokens, n_pairs=n_pairs)
-    log.info("%d sequences in %d batches, padding efficiency %.3f (%s padding)", len(sequences), len(batches),
-             padding_efficiency(batches, lengths), side)
+    log.info(
+        "%d sequences in %d batches, padding efficiency %.3f (%s padding)",
+        len(sequences),
+        len(batches),
+        padding_efficiency(batches, lengths),
+        side,
+    )
     logits = np.zeros((len(sequences), 3), dtype=np.float64)
     rate = Rate(int(lengths.sum()), what="tokens")
     for batch in batches:
-        logits[batch.rows] = answer_logits(model, [sequences[i] for i in batch.rows], answer_ids=answer_ids,
-                                           pad_token_id=pad_token_id, side=side).cpu().numpy()
+        logits[batch.rows] = (
+            answer_logits(
+                model, [sequences[i] for i in batch.rows], answer_ids=answer_ids, pad_token_id=pad_token_id, side=side
+            )
+            .cpu()
+            .numpy()
+        )
         rate.update(int(lengths[batch.rows].sum()))
     return logits
 
@@ -89,8 +104,10 @@ def check_finite(logits, *, label, dtype):
     """Stop on non-finite answer logits (float16 overflow) before they reach a file."""
     bad = ~np.isfinite(logits).all(axis=1)
     if bad.any():
-        raise InputError(f"{label}: {int(bad.sum())} of {len(logits)} sequences got non-finite answer logits "
-                         f"(dtype {dtype}; float16 overflows past 65504: use bfloat16 or float32)")
+        raise InputError(
+            f"{label}: {int(bad.sum())} of {len(logits)} sequences got non-finite answer logits "
+            f"(dtype {dtype}; float16 overflows past 65504: use bfloat16 or float32)"
+        )
 
 
 def score_rows(*, model, parsed, backbone, settings, both_orders, allow_bf16_emulation=False, device=None):
@@ -104,22 +121,41 @@ def score_rows(*, model, parsed, backbone, settings, both_orders, allow_bf16_emu
     check_room(layout, settings.prompt, model)
     t0 = time.perf_counter()
     seqs = judge_sequences(parsed, tokenizer, layout, settings.prompt)
-    log.info("%d rows as judged sequences in %.1f s (%s, template %d tokens, answers %s = tokens %s); mean length "
-             "%.0f, %.1f%% with a text cut at max_length %d", len(seqs), time.perf_counter() - t0,
-             "chat template" if layout.chat else "plain text", layout.fixed_len, dict(settings.prompt.answers),
-             list(layout.answer_ids), seqs["length"].mean() if len(seqs) else 0,
-             100 * seqs["truncated"].mean() if len(seqs) else 0, settings.prompt.max_length)
+    log.info(
+        "%d rows as judged sequences in %.1f s (%s, template %d tokens, answers %s = tokens %s); mean length "
+        "%.0f, %.1f%% with a text cut at max_length %d",
+        len(seqs),
+        time.perf_counter() - t0,
+        "chat template" if layout.chat else "plain text",
+        layout.fixed_len,
+        dict(settings.prompt.answers),
+        list(layout.answer_ids),
+        seqs["length"].mean() if len(seqs) else 0,
+        100 * seqs["truncated"].mean() if len(seqs) else 0,
+        settings.prompt.max_length,
+    )
     flat = list(seqs["input_ids"]) + (list(seqs["input_ids_swap"]) if both_orders else [])
     if settings.backend == "vllm":
         from .judge_vllm import score_vllm
 
         logits = score_vllm(backbone, flat, answer_ids=layout.answer_ids, settings=settings)
     else:
-        lm = load_causal_lm(backbone, quantization=settings.quantization, dtype=settings.dtype,
-                            attn_implementation=settings.attn_implementation, device=device,
-                            allow_bf16_emulation=allow_bf16_emulation)
-        logits = score_sequences(lm, flat, answer_ids=layout.answer_ids, pad_token_id=tokenizer.pad_token_id,
-                                 side=tokenizer.padding_side, max_tokens=settings.max_tokens_per_batch,
-                                 n_pairs=len(seqs) if both_orders else 0)
+        lm = load_causal_lm(
+            backbone,
+            quantization=settings.quantization,
+            dtype=settings.dtype,
+            attn_implementation=settings.attn_implementation,
+            device=device,
+            allow_bf16_emulation=allow_bf16_emulation,
+        )
+        logits = score_sequences(
+            lm,
+            flat,
+            answer_ids=layout.answer_ids,
+            pad_token_id=tokenizer.pad_token_id,
+            side=tokenizer.padding_side,
+            max_tokens=settings.max_tokens_per_batch,
+            n_pairs=len(seqs) if both_orders else 0,
+        )
     check_finite(logits, label=f"model '{model}'", dtype=settings.dtype)
     return score_frame(seqs, logits, both_orders)

@@ -59,8 +59,9 @@ def split_template(template):
     pieces = _PLACEHOLDER.split(template)
     texts, order = pieces[0::2], tuple(pieces[1::2])
     if sorted(order) != sorted(PARTS):
-        raise InputError(f"judge template must hold {{prompt}}, {{response_a}} and {{response_b}} once each "
-                         f"(found {list(order)})")
+        raise InputError(
+            f"judge template must hold {{prompt}}, {{response_a}} and {{response_b}} once each (found {list(order)})"
+        )
     return texts, order
 
 
@@ -69,12 +70,15 @@ def chat_wrapper(tokenizer, model="judge"):
     with its generation prompt; None where the tokenizer has no chat template."""
     if not getattr(tokenizer, "chat_template", None):
         return None
-    rendered = tokenizer.apply_chat_template([{"role": "user", "content": _SENTINEL}], add_generation_prompt=True,
-                                             tokenize=False)
+    rendered = tokenizer.apply_chat_template(
+        [{"role": "user", "content": _SENTINEL}], add_generation_prompt=True, tokenize=False
+    )
     before, sentinel, after = rendered.partition(_SENTINEL)
     if not sentinel:
-        raise InputError(f"config models.{model}.backbone: the tokenizer's chat template does not show the user's "
-                         "message as given, so the judge's question cannot be placed in it")
+        raise InputError(
+            f"config models.{model}.backbone: the tokenizer's chat template does not show the user's "
+            "message as given, so the judge's question cannot be placed in it"
+        )
     return before, after
 
 
@@ -91,8 +95,12 @@ def make_layout(tokenizer, prompt, *, model="judge"):
     enc = tokenizer(texts, add_special_tokens=False)["input_ids"]
     fixed = (prefix + list(enc[0]), *(list(e) for e in enc[1:]))
     answers = [prompt.answers[k] for k in ANSWER_KEYS]
-    return PromptLayout(fixed=fixed, order=order, answer_ids=answer_token_ids(tokenizer, texts[-1], answers, model),
-                        chat=wrapper is not None)
+    return PromptLayout(
+        fixed=fixed,
+        order=order,
+        answer_ids=answer_token_ids(tokenizer, texts[-1], answers, model),
+        chat=wrapper is not None,
+    )
 
 
 def answer_token_ids(tokenizer, cue, answers, model):
@@ -101,22 +109,28 @@ def answer_token_ids(tokenizer, cue, answers, model):
     ids = []
     for answer in answers:
         full = tokenizer(cue + answer, add_special_tokens=False)["input_ids"]
-        if len(full) <= len(base) or list(full[:len(base)]) != list(base):
-            raise InputError(f"config models.{model}.answers: {answer!r} merges with the end of the prompt into one "
-                             f"token: end the template (plain_suffix) with a new line or choose another answer")
+        if len(full) <= len(base) or list(full[: len(base)]) != list(base):
+            raise InputError(
+                f"config models.{model}.answers: {answer!r} merges with the end of the prompt into one "
+                f"token: end the template (plain_suffix) with a new line or choose another answer"
+            )
         ids.append(int(full[len(base)]))
     if len(set(ids)) < len(ids):
         shown = ", ".join(f"{a!r} -> {tokenizer.convert_ids_to_tokens(i)!r}" for a, i in zip(answers, ids))
-        raise InputError(f"config models.{model}.answers: the answers must start with different tokens, and "
-                         f"{shown} do not: choose answers that start differently")
+        raise InputError(
+            f"config models.{model}.answers: the answers must start with different tokens, and "
+            f"{shown} do not: choose answers that start differently"
+        )
     return tuple(ids)
 
 
 def check_room(layout, prompt, model):
     """``max_length`` must leave room for the texts after the template."""
     if prompt.max_length - layout.fixed_len < MIN_TEXT_TOKENS:
-        raise InputError(f"config models.{model}.max_length: the judge template takes {layout.fixed_len} tokens of "
-                         f"max_length {prompt.max_length}, leaving no room for the conversation")
+        raise InputError(
+            f"config models.{model}.max_length: the judge template takes {layout.fixed_len} tokens of "
+            f"max_length {prompt.max_length}, leaving no room for the conversation"
+        )
 
 
 def build_sequence(layout, texts, max_length, prompt_max_frac):
@@ -129,7 +143,7 @@ def build_sequence(layout, texts, max_length, prompt_max_frac):
     keep = dict(zip(PARTS, kept))
     ids = list(layout.fixed[0])
     for part, after in zip(layout.order, layout.fixed[1:]):
-        ids += list(texts[part][:keep[part]]) + list(after)
+        ids += list(texts[part][: keep[part]]) + list(after)
     return ids, sum(kept) < sum(lengths)
 
 
@@ -140,17 +154,25 @@ def judge_sequences(df, tokenizer, layout, prompt):
     joined = [join_turns(t) for part in PARTS for t in df[part]]
     enc = []
     for start in range(0, len(joined), 2048):
-        enc += tokenizer(joined[start:start + 2048], add_special_tokens=False)["input_ids"]
+        enc += tokenizer(joined[start : start + 2048], add_special_tokens=False)["input_ids"]
     ids, ids_swap, cut = [], [], []
     for r in range(n):
         p, a, b = enc[r], enc[n + r], enc[2 * n + r]
-        fwd, cut_fwd = build_sequence(layout, {"prompt": p, "response_a": a, "response_b": b}, prompt.max_length,
-                                      prompt.prompt_max_frac)
-        rev, cut_rev = build_sequence(layout, {"prompt": p, "response_a": b, "response_b": a}, prompt.max_length,
-                                      prompt.prompt_max_frac)
+        fwd, cut_fwd = build_sequence(
+            layout, {"prompt": p, "response_a": a, "response_b": b}, prompt.max_length, prompt.prompt_max_frac
+        )
+        rev, cut_rev = build_sequence(
+            layout, {"prompt": p, "response_a": b, "response_b": a}, prompt.max_length, prompt.prompt_max_frac
+        )
         ids.append(np.asarray(fwd, dtype=np.int64))
         ids_swap.append(np.asarray(rev, dtype=np.int64))
         cut.append(cut_fwd or cut_rev)
-    return pd.DataFrame({"id": df["id"].to_numpy(dtype=np.int64), "input_ids": ids, "input_ids_swap": ids_swap,
-                         "length": np.array([len(x) for x in ids], dtype=np.int64),
-                         "truncated": np.array(cut, dtype=bool)})
+    return pd.DataFrame(
+        {
+            "id": df["id"].to_numpy(dtype=np.int64),
+            "input_ids": ids,
+            "input_ids_swap": ids_swap,
+            "length": np.array([len(x) for x in ids], dtype=np.int64),
+            "truncated": np.array(cut, dtype=bool),
+        }
+    )

@@ -32,15 +32,22 @@ def missing_vllm(model):
     import importlib.util
 
     if importlib.util.find_spec("vllm") is None:
-        return (f"config models.{model}.backend: vllm is not installed: install it (pip install vllm, on a GPU "
-                "machine) or use backend: transformers")
+        return (
+            f"config models.{model}.backend: vllm is not installed: install it (pip install vllm, on a GPU "
+            "machine) or use backend: transformers"
+        )
     return None
 
 
 def engine_args(backbone, settings):
     """The keyword arguments of ``vllm.LLM`` for a judge's settings."""
-    args = {"model": str(backbone), "dtype": settings.dtype, "max_model_len": settings.prompt.max_length,
-            "seed": 0, "logprobs_mode": "processed_logprobs"}
+    args = {
+        "model": str(backbone),
+        "dtype": settings.dtype,
+        "max_model_len": settings.prompt.max_length,
+        "seed": 0,
+        "logprobs_mode": "processed_logprobs",
+    }
     quantization = VLLM_QUANTIZATION[settings.quantization]
     if quantization:
         args["quantization"] = quantization
@@ -52,14 +59,19 @@ def score_vllm(backbone, sequences, *, answer_ids, settings):
     import vllm
 
     llm = vllm.LLM(**engine_args(backbone, settings))
-    params = vllm.SamplingParams(max_tokens=1, temperature=1.0, logprobs=len(answer_ids),
-                                 allowed_token_ids=[int(i) for i in answer_ids])
+    params = vllm.SamplingParams(
+        max_tokens=1, temperature=1.0, logprobs=len(answer_ids), allowed_token_ids=[int(i) for i in answer_ids]
+    )
     prompts = [{"prompt_token_ids": [int(t) for t in seq]} for seq in sequences]
     t0 = time.perf_counter()
     outputs = llm.generate(prompts, params, use_tqdm=False)
     seconds = time.perf_counter() - t0
-    log.info("vLLM judged %d sequences in %.1f s (%.0f tokens/s)", len(prompts), seconds,
-             sum(len(p["prompt_token_ids"]) for p in prompts) / max(seconds, 1e-9))
+    log.info(
+        "vLLM judged %d sequences in %.1f s (%.0f tokens/s)",
+        len(prompts),
+        seconds,
+        sum(len(p["prompt_token_ids"]) for p in prompts) / max(seconds, 1e-9),
+    )
     return answer_logprobs(outputs, answer_ids)
 
 
@@ -70,7 +82,9 @@ def answer_logprobs(outputs, answer_ids):
         first = output.outputs[0].logprobs[0]  # token id -> Logprob of the one generated position
         missing = [int(t) for t in answer_ids if int(t) not in first]
         if missing:
-            raise InputError(f"vLLM returned no log-probability for answer token(s) {missing} of request {row} "
-                             "(it needs logprobs_mode processed_logprobs, vLLM 0.10.2 or newer)")
+            raise InputError(
+                f"vLLM returned no log-probability for answer token(s) {missing} of request {row} "
+                "(it needs logprobs_mode processed_logprobs, vLLM 0.10.2 or newer)"
+            )
         logits[row] = [first[int(t)].logprob for t in answer_ids]
     return logits

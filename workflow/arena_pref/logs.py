@@ -86,5 +86,12 @@ class Rate:
         if now - self.last >= self.every or self.done >= self.total:
             self.last = now
             rate = self.done / max(now - self.start, 1e-9)
-            self.logger.info("%d/%d %s (%.1f %s/s)%s", self.done, self.total, self.what,
-                             rate, self.what, f" {extra}" if extra else "")
+            self.logger.info(
+                "%d/%d %s (%.1f %s/s)%s",
+                self.done,
+                self.total,
+                self.what,
+                rate,
+                self.what,
+                f" {extra}" if extra else "",
+            )

@@ -46,9 +46,12 @@ def quantization_config(quantization, compute_dtype):
     from transformers import BitsAndBytesConfig
 
     if quantization == "4bit":
-        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                  bnb_4bit_use_double_quant=True,
-                                  bnb_4bit_compute_dtype=compute_dtype)
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=compute_dtype,
+        )
     if quantization == "8bit":
         return BitsAndBytesConfig(load_in_8bit=True)
     if quantization == "none":
@@ -56,9 +59,19 @@ def quantization_config(quantization, compute_dtype):
     raise InputError(f"unknown quantization {quantization!r}; choose one of {QUANTIZATIONS}")
 
 
-def load_model(backbone, *, quantization="none", dtype="float32", pad_token_id=None,
-               attn_implementation=None, device=None, allow_bf16_emulation=False, device_map=None,
-               training=False, attention_softcap=True):
+def load_model(
+    backbone,
+    *,
+    quantization="none",
+    dtype="float32",
+    pad_token_id=None,
+    attn_implementation=None,
+    device=None,
+    allow_bf16_emulation=False,
+    device_map=None,
+    training=False,
+    attention_softcap=True,
+):
     """``AutoModelForSequenceClassification`` with 3 labels, quantized through bitsandbytes,
     on ``device`` (default: the first GPU, else the CPU), or split over the devices of
     ``device_map`` (module -> device, :func:`arena_pref.placement.job_device_map`).
@@ -66,28 +79,56 @@ def load_model(backbone, *, quantization="none", dtype="float32", pad_token_id=N
     would otherwise run eager attention (:func:`drop_softcap`)."""
     from transformers import AutoModelForSequenceClassification
 
-    model = _from_pretrained(AutoModelForSequenceClassification, backbone, quantization=quantization, dtype=dtype,
-                             attn_implementation=attn_implementation, device=device,
-                             allow_bf16_emulation=allow_bf16_emulation, device_map=device_map, training=training,
-                             attention_softcap=attention_softcap, num_labels=NUM_LABELS)
+    model = _from_pretrained(
+        AutoModelForSequenceClassification,
+        backbone,
+        quantization=quantization,
+        dtype=dtype,
+        attn_implementation=attn_implementation,
+        device=device,
+        allow_bf16_emulation=allow_bf16_emulation,
+        device_map=device_map,
+        training=training,
+        attention_softcap=attention_softcap,
+        num_labels=NUM_LABELS,
+    )
     if pad_token_id is not None:
         model.config.pad_token_id = pad_token_id
     return model
 
 
-def load_causal_lm(backbone, *, quantization="none", dtype="float32", attn_implementation=None, device=None,
-                   allow_bf16_emulation=False):
+def load_causal_lm(
+    backbone, *, quantization="none", dtype="float32", attn_implementation=None, device=None, allow_bf16_emulation=False
+):
     """``AutoModelForCausalLM`` (a judge, :mod:`arena_pref.judge`), loaded as :func:`load_model`
     loads a classifier: quantized through bitsandbytes, on ``device``, in eval mode."""
     from transformers import AutoModelForCausalLM
 
-    return _from_pretrained(AutoModelForCausalLM, backbone, quantization=quantization, dtype=dtype,
-                            attn_implementation=attn_implementation, device=device,
-                            allow_bf16_emulation=allow_bf16_emulation).eval()
+    return _from_pretrained(
+        AutoModelForCausalLM,
+        backbone,
+        quantization=quantization,
+        dtype=dtype,
+        attn_implementation=attn_implementation,
+        device=device,
+        allow_bf16_emulation=allow_bf16_emulation,
+    ).eval()
 
 
-def _from_pretrained(auto_class, backbone, *, quantization, dtype, attn_implementation, device,
-                     allow_bf16_emulation, device_map=None, training=False, attention_softcap=True, **extra):
+def _from_pretrained(
+    auto_class,
+    backbone,
+    *,
+    quantization,
+    dtype,
+    attn_implementation,
+    device,
+    allow_bf16_emulation,
+    device_map=None,
+    training=False,
+    attention_softcap=True,
+    **extra,
+):
     from transformers import AutoConfig
 
     compute_dtype = torch_dtype(dtype)
@@ -111,15 +152,22 @@ def _from_pretrained(auto_class, backbone, *, quantization, dtype, attn_implemen
     if qconf is not None:
         kwargs["quantization_config"] = qconf
     model = auto_class.from_pretrained(
-        backbone, dtype=compute_dtype,
+        backbone,
+        dtype=compute_dtype,
         device_map=device_map or {"": dev.index if dev.type == "cuda" and dev.index is not None else dev.type},
-        **kwargs)
+        **kwargs,
+    )
     if drop_cap:
         drop_softcap(model, to_sdpa=to_sdpa)
     apply_liger(model, dev)
-    log.info("loaded %s (%s, %s) on %s with %s attention", type(model).__name__, quantization, dtype,
-             ", ".join(dict.fromkeys(map(str, device_map.values()))) if device_map else dev,
-             model.config._attn_implementation)
+    log.info(
+        "loaded %s (%s, %s) on %s with %s attention",
+        type(model).__name__,
+        quantization,
+        dtype,
+        ", ".join(dict.fromkeys(map(str, device_map.values()))) if device_map else dev,
+        model.config._attn_implementation,
+    )
     return model
 
 
@@ -161,7 +209,8 @@ def apply_liger(model, device):
     import liger_kernel.transformers as liger
 
     getattr(liger, f"apply_liger_kernel_to_{model.config.model_type}")(
-        rope=True, rms_norm=True, cross_entropy=False, fused_linear_cross_entropy=False, model=model)
+        rope=True, rms_norm=True, cross_entropy=False, fused_linear_cross_entropy=False, model=model
+    )
     log.info("liger-kernel: fused RMSNorm, RoPE and gated MLP activation in %s", model.config.model_type)
     return model
 
@@ -187,7 +236,8 @@ def check_dtype_supported(dtype, device, *, allow_emulation=False):
         raise InputError(
             f"dtype bfloat16 on {torch.cuda.get_device_name(device)} (compute capability {major}.{minor}), which "
             "has no bf16 tensor cores and emulates it several times slower than float16: set the model's dtype "
-            "to float16 (as workflow/presets/gemma2-9b-t4.yaml does), or allow_bf16_emulation: true to run anyway")
+            "to float16 (as workflow/presets/gemma2-9b-t4.yaml does), or allow_bf16_emulation: true to run anyway"
+        )
 
 
 FLASH_ATTENTION_SOFTCAP = "2.6"  # the first flash-attn release with logit softcapping (Gemma-2)
@@ -219,10 +269,14 @@ def flash_attention_unavailable(config, device):
         return "the flash-attn package is not installed"
     major, minor = _capability(device)
     if (major, minor) < (8, 0):
-        return (f"{torch.cuda.get_device_name(device)} has compute capability {major}.{minor} and flash-attn "
-                "needs 8.0 (Ampere) or newer")
+        return (
+            f"{torch.cuda.get_device_name(device)} has compute capability {major}.{minor} and flash-attn "
+            "needs 8.0 (Ampere) or newer"
+        )
     if getattr(config, "attn_logit_softcapping", None) and Version(installed) < Version(FLASH_ATTENTION_SOFTCAP):
-        return f"flash-attn {installed} has no logit softcapping ({config.model_type} needs >= {FLASH_ATTENTION_SOFTCAP})"
+        return (
+            f"flash-attn {installed} has no logit softcapping ({config.model_type} needs >= {FLASH_ATTENTION_SOFTCAP})"
+        )
     return None
 
 
@@ -235,8 +289,10 @@ def flash_attention_4_unavailable(device):
         return "the flash-attn-4 package is not installed"
     major, minor = _capability(device)
     if major < 9:
-        return (f"{torch.cuda.get_device_name(device)} has compute capability {major}.{minor} and "
-                "FlashAttention-4 needs 9.0 (Hopper) or newer")
+        return (
+            f"{torch.cuda.get_device_name(device)} has compute capability {major}.{minor} and "
+            "FlashAttention-4 needs 9.0 (Hopper) or newer"
+        )
     return None
 
 
@@ -269,8 +325,10 @@ def _fastest(config, device, *, training, split):
         return "flash_attention_2", f"flash-attention 2 (FlashAttention-4: {why_fa4})"
     tried = f"FlashAttention-4: {why_fa4}; flash-attention 2: {why_fa2}"
     if training:
-        return None, (f"the model's default attention ({tried}; flex_attention's backward is unverified on a "
-                      "GPU: name it to train with it)")
+        return None, (
+            f"the model's default attention ({tried}; flex_attention's backward is unverified on a "
+            "GPU: name it to train with it)"
+        )
     major, minor = _capability(device)
     if (major, minor) < (8, 0):
         # Gemma-2's head size 256 under flex_attention on a T4's smaller shared memory is unverified
@@ -299,8 +357,9 @@ def attention_implementation(requested, config, device, *, training=False, split
     elif requested == "flex_attention":
         why = flex_attention_unavailable(device, training=training, split=split)
     if why:
-        log.warning("attn_implementation %s is not used: %s; falling back to the model's default attention",
-                    requested, why)
+        log.warning(
+            "attn_implementation %s is not used: %s; falling back to the model's default attention", requested, why
+        )
         return None
     return requested
 
@@ -325,9 +384,14 @@ def attach_lora(model, lora, *, gradient_checkpointing=False):
     if gradient_checkpointing:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     config = LoraConfig(
-        task_type="SEQ_CLS", r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+        task_type="SEQ_CLS",
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
         target_modules=list(lora.target_modules),
-        layers_to_transform=list(lora.layers_to_transform) if lora.layers_to_transform else None, bias="none")
+        layers_to_transform=list(lora.layers_to_transform) if lora.layers_to_transform else None,
+        bias="none",
+    )
     model = get_peft_model(model, config)
     # fp32 master weights for the adapters and the head's trained copy
     for param in model.parameters():
@@ -336,9 +400,22 @@ def attach_lora(model, lora, *, gradient_checkpointing=False):
     return model
 
 
-def load_for_inference(backbone, adapter_dir, *, quantization, dtype, pad_token_id, device=None,
-                       attn_implementation=None, merge_lora=False, allow_bf16_emulation=False,
-                       batch_tokens=0, longest=0, device_map=None, attention_softcap=True):
+def load_for_inference(
+    backbone,
+    adapter_dir,
+    *,
+    quantization,
+    dtype,
+    pad_token_id,
+    device=None,
+    attn_implementation=None,
+    merge_lora=False,
+    allow_bf16_emulation=False,
+    batch_tokens=0,
+    longest=0,
+    device_map=None,
+    attention_softcap=True,
+):
     """The trained model for prediction: the base as trained (quantized or not) with the adapter.
 
     ``merge_lora``: dequantize the base to ``dtype`` and fold the LoRA weights into it, so each
@@ -354,15 +431,26 @@ def load_for_inference(backbone, adapter_dir, *, quantization, dtype, pad_token_
     from peft import PeftModel
 
     def load():
-        return load_model(backbone, quantization=quantization, dtype=dtype, pad_token_id=pad_token_id,
-                          device=device, attn_implementation=attn_implementation,
-                          allow_bf16_emulation=allow_bf16_emulation, device_map=device_map,
-                          attention_softcap=attention_softcap)
+        return load_model(
+            backbone,
+            quantization=quantization,
+            dtype=dtype,
+            pad_token_id=pad_token_id,
+            device=device,
+            attn_implementation=attn_implementation,
+            allow_bf16_emulation=allow_bf16_emulation,
+            device_map=device_map,
+            attention_softcap=attention_softcap,
+        )
 
     model = load()
     if merge_lora:
-        why, half_converted = _memory_short_for_merge(model, quantization=quantization, dtype=dtype,
-                                                      batch_tokens=batch_tokens, longest=longest), False
+        why, half_converted = (
+            _memory_short_for_merge(
+                model, quantization=quantization, dtype=dtype, batch_tokens=batch_tokens, longest=longest
+            ),
+            False,
+        )
         if why is None:
             try:
                 merged = _merge(model, adapter_dir, quantization=quantization)
@@ -416,8 +504,10 @@ def compile_backbone(model, *, packed=False):
     body = model_parts(model).body
     static = packed and body.config._attn_implementation == FLEX
     body.compile(dynamic=not static)
-    log.info("backbone compiled with torch.compile (%s); the first batches include compile time",
-             "static shapes: fixed-size flex_attention passes" if static else "dynamic shapes")
+    log.info(
+        "backbone compiled with torch.compile (%s); the first batches include compile time",
+        "static shapes: fixed-size flex_attention passes" if static else "dynamic shapes",
+    )
     return model
 
 
@@ -430,9 +520,11 @@ def _memory_short_for_merge(model, *, quantization, dtype, batch_tokens, longest
     activations = activation_bytes(model.config, tokens=batch_tokens, longest=longest, dtype=dtype)
     free = free_memory_bytes(next(model.parameters()).device)
     if free is not None and weights + activations > 0.9 * free:
-        return (f"a {quantization} base needs {weights / 2**30:.1f} GiB more to dequantize, plus "
-                f"{activations / 2**30:.1f} GiB for the activations of {batch_tokens} tokens per pass, and "
-                f"{free / 2**30:.1f} GiB is free")
+        return (
+            f"a {quantization} base needs {weights / 2**30:.1f} GiB more to dequantize, plus "
+            f"{activations / 2**30:.1f} GiB for the activations of {batch_tokens} tokens per pass, and "
+            f"{free / 2**30:.1f} GiB is free"
+        )
     return None
 
 
@@ -487,11 +579,18 @@ def free_memory_bytes(device):
 # GemmaTokenizer and LlamaTokenizer default to. Llama-3 has no pad token (load_tokenizer pads with
 # eos). A code path that pools or pads on the wrong side then fails on a CPU test, not on a GPU.
 TOKENIZER_FAMILIES = {
-    "gemma2": {"specials": ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"],
-               "bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>", "unk_token": "<unk>"},
-    "llama": {"specials": ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
-                           "<|eot_id|>"],
-              "bos_token": "<|begin_of_text|>", "eos_token": "<|end_of_text|>"},
+    "gemma2": {
+        "specials": ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"],
+        "bos_token": "<bos>",
+        "eos_token": "<eos>",
+        "pad_token": "<pad>",
+        "unk_token": "<unk>",
+    },
+    "llama": {
+        "specials": ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
+        "bos_token": "<|begin_of_text|>",
+        "eos_token": "<|end_of_text|>",
+    },
 }
 
 
@@ -507,26 +606,51 @@ def _tiny_tokenizer(texts, arch, vocab_size, max_position):
     tok = Tokenizer(models.BPE(unk_token=family.get("unk_token")))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(texts, trainer=trainer)
     bos = family["bos_token"]
-    tok.post_processor = TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A $B",
-                                            special_tokens=[(bos, tok.token_to_id(bos))])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=max_position, padding_side="left",
-                                   additional_special_tokens=[t for t in specials if t not in family.values()],
-                                   **family)
+    tok.post_processor = TemplateProcessing(
+        single=f"{bos} $A", pair=f"{bos} $A $B", special_tokens=[(bos, tok.token_to_id(bos))]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        model_max_length=max_position,
+        padding_side="left",
+        additional_special_tokens=[t for t in specials if t not in family.values()],
+        **family,
+    )
 
 
-def tiny_config(*, arch="gemma2", vocab_size=1000, hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128,
-                max_position=1024, **token_ids):
+def tiny_config(
+    *,
+    arch="gemma2",
+    vocab_size=1000,
+    hidden_size=64,
+    num_layers=2,
+    num_heads=4,
+    intermediate_size=128,
+    max_position=1024,
+    **token_ids,
+):
     """The transformers config of a tiny backbone (``token_ids``: pad/bos/eos token ids)."""
     from transformers import Gemma2Config, LlamaConfig
 
-    common = dict(vocab_size=vocab_size, hidden_size=hidden_size, num_hidden_layers=num_layers,
-                  num_attention_heads=num_heads, num_key_value_heads=max(1, num_heads // 2),
-                  intermediate_size=intermediate_size, max_position_embeddings=max_position,
-                  num_labels=NUM_LABELS, **token_ids)
+    common = dict(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=max(1, num_heads // 2),
+        intermediate_size=intermediate_size,
+        max_position_embeddings=max_position,
+        num_labels=NUM_LABELS,
+        **token_ids,
+    )
     if arch == "gemma2":
         return Gemma2Config(head_dim=hidden_size // num_heads, sliding_window=max_position, **common)
     if arch == "llama":
@@ -538,8 +662,9 @@ HEADS = ("seq_cls", "causal_lm")
 """What a tiny backbone is saved as: a 3-label classifier (LoRA members) or a causal LM (judges)."""
 
 
-def build_tiny_backbone(out_dir, texts, *, arch="gemma2", vocab_size=1000, max_position=1024, seed=0,
-                        head="seq_cls", **shape):
+def build_tiny_backbone(
+    out_dir, texts, *, arch="gemma2", vocab_size=1000, max_position=1024, seed=0, head="seq_cls", **shape
+):
     """Tokenizer trained on ``texts`` and a randomly initialised model, saved to ``out_dir``: a
     seq-cls model, or with ``head="causal_lm"`` a causal LM (its LM head over the tokenizer's
     vocabulary).
@@ -554,13 +679,26 @@ def build_tiny_backbone(out_dir, texts, *, arch="gemma2", vocab_size=1000, max_p
     if arch not in TOKENIZER_FAMILIES:
         raise InputError(f"unknown tiny arch {arch!r}; choose one of {sorted(TOKENIZER_FAMILIES)}")
     fast = _tiny_tokenizer(texts, arch, vocab_size, max_position)
-    config = tiny_config(arch=arch, vocab_size=len(fast), max_position=max_position, pad_token_id=fast.pad_token_id,
-                         bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id, **shape)
+    config = tiny_config(
+        arch=arch,
+        vocab_size=len(fast),
+        max_position=max_position,
+        pad_token_id=fast.pad_token_id,
+        bos_token_id=fast.bos_token_id,
+        eos_token_id=fast.eos_token_id,
+        **shape,
+    )
     torch.manual_seed(seed)
     model = (AutoModelForCausalLM if head == "causal_lm" else AutoModelForSequenceClassification).from_config(config)
     with atomic_path(out_dir, directory=True) as tmp:
         model.save_pretrained(tmp)
         fast.save_pretrained(tmp)
-    log.info("built tiny %s backbone (%s): %d parameters, vocab %d -> %s", arch, head,
-             sum(p.numel() for p in model.parameters()), config.vocab_size, os.fspath(out_dir))
+    log.info(
+        "built tiny %s backbone (%s): %d parameters, vocab %d -> %s",
+        arch,
+        head,
+        sum(p.numel() for p in model.parameters()),
+        config.vocab_size,
+        os.fspath(out_dir),
+    )
     return out_dir

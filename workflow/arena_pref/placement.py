@@ -55,8 +55,9 @@ def skeleton(config, *, quantization, dtype):
     quantizer = None
     if qconf is not None:
         quantizer = AutoHfQuantizer.from_config(qconf, pre_quantized=False)
-        quantizer.preprocess_model(model=model, dtype=compute_dtype, device_map=None, checkpoint_files=None,
-                                   use_kernels=False)
+        quantizer.preprocess_model(
+            model=model, dtype=compute_dtype, device_map=None, checkpoint_files=None, use_kernels=False
+        )
     return model, quantizer
 
 
@@ -96,7 +97,7 @@ def partition(sizes, limits):
     so each device's bytes are within half a piece (one decoder layer at most) of its share."""
     devices = sorted(limits)
     total, room = sum(sizes.values()), sum(limits.values())
-    ends = [total * sum(limits[e] for e in devices[:i + 1]) / room for i in range(len(devices))]
+    ends = [total * sum(limits[e] for e in devices[: i + 1]) / room for i in range(len(devices))]
     placed, before = {}, 0
     for name, size in sizes.items():
         middle = before + size / 2
@@ -119,10 +120,12 @@ def device_map(config, *, quantization, dtype, limits, key):
     used = device_bytes(placed, sizes)
     over = [d for d in used if used[d] > limits[d]]
     if over:  # the weights fit in sum, but not in whole layers: never offload to the CPU or disk
-        raise InputError(f"config {key}: the weights of this model ({_gib(sizes[''])} GiB, "
-                         f"{_what(quantization, dtype)}) do not fit {len(limits)} GPUs in whole layers (GPU {over[0]} "
-                         f"would hold {_gib(used[over[0]])} GiB of {_gib(limits[over[0]])}): raise gpus or "
-                         "max_memory_gib")
+        raise InputError(
+            f"config {key}: the weights of this model ({_gib(sizes[''])} GiB, "
+            f"{_what(quantization, dtype)}) do not fit {len(limits)} GPUs in whole layers (GPU {over[0]} "
+            f"would hold {_gib(used[over[0]])} GiB of {_gib(limits[over[0]])}): raise gpus or "
+            "max_memory_gib"
+        )
     return placed
 
 
@@ -139,7 +142,8 @@ def check_fits(total, limits, *, quantization, dtype, key):
         raise InputError(
             f"config {key}: the weights of this model need {_gib(total)} GiB ({_what(quantization, dtype)}) and "
             f"{len(limits)} GPUs hold {' + '.join(_gib(v) for v in limits.values())} GiB: raise gpus or "
-            "max_memory_gib, or quantize the model (quantization: 4bit)")
+            "max_memory_gib, or quantize the model (quantization: 4bit)"
+        )
 
 
 def _gib(n):
@@ -158,8 +162,10 @@ def device_limits(parallel, totals):
         return {i: int(parallel.max_memory_gib * GIB) for i in range(len(totals))}
     limits = {i: int(t - parallel.reserve_gib * GIB) for i, t in enumerate(totals)}
     if min(limits.values()) <= 0:
-        raise InputError(f"config {parallel.key}.reserve_gib: {parallel.reserve_gib} GiB is more than a GPU's "
-                         f"{_gib(min(totals))} GiB")
+        raise InputError(
+            f"config {parallel.key}.reserve_gib: {parallel.reserve_gib} GiB is more than a GPU's "
+            f"{_gib(min(totals))} GiB"
+        )
     return limits
 
 
@@ -180,9 +186,10 @@ def job_device_map(backbone, parallel, *, quantization, dtype, devices):
         log.warning("%s: no GPU in this job: the model is loaded whole on %s", parallel.key, devices[0])
         return None
     if len(gpus) < parallel.gpus:
-        raise InputError(f"config {parallel.key}.gpus: {parallel.gpus} GPUs, and this job sees {len(gpus)} "
-                         f"({', '.join(gpus)})")
-    gpus = gpus[:parallel.gpus]
+        raise InputError(
+            f"config {parallel.key}.gpus: {parallel.gpus} GPUs, and this job sees {len(gpus)} ({', '.join(gpus)})"
+        )
+    gpus = gpus[: parallel.gpus]
     totals = [torch.cuda.get_device_properties(torch.device(g)).total_memory for g in gpus]
     return split_map(backbone, parallel, quantization=quantization, dtype=dtype, devices=gpus, totals=totals)
 
@@ -195,8 +202,9 @@ def split_map(backbone, parallel, *, quantization, dtype, devices, totals):
     from .modeling import NUM_LABELS
 
     config = AutoConfig.from_pretrained(backbone, num_labels=NUM_LABELS)
-    placed = device_map(config, quantization=quantization, dtype=dtype, limits=device_limits(parallel, totals),
-                        key=parallel.key)
+    placed = device_map(
+        config, quantization=quantization, dtype=dtype, limits=device_limits(parallel, totals), key=parallel.key
+    )
     log.info("%s: layers placed on %s", parallel.key, describe(placed, devices))
     return on_devices(placed, devices)
 

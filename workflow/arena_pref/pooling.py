@@ -32,8 +32,8 @@ POOLINGS = ("auto", "last", "mean", "cls", "pair")
 
 @dataclass
 class Parts:
-    body: torch.nn.Module        # the transformer: token ids -> hidden states
-    head: torch.nn.Module        # hidden -> 3 logits (peft's saved copy when wrapped)
+    body: torch.nn.Module  # the transformer: token ids -> hidden states
+    head: torch.nn.Module  # hidden -> 3 logits (peft's saved copy when wrapped)
     dropout: torch.nn.Module | None
     pooler: torch.nn.Module | None
     decoder: bool
@@ -43,11 +43,12 @@ def model_parts(model):
     """Body, head and kind of a (peft-wrapped or plain) ``*ForSequenceClassification``."""
     seqcls = model.get_base_model() if hasattr(model, "get_base_model") else model
     body = getattr(seqcls, seqcls.base_model_prefix)
-    if hasattr(seqcls, "score"):      # Llama, Gemma2, Mistral, Qwen2 ...
+    if hasattr(seqcls, "score"):  # Llama, Gemma2, Mistral, Qwen2 ...
         return Parts(body, seqcls.score, None, None, decoder=True)
     if hasattr(seqcls, "classifier"):  # BERT-like encoders
-        return Parts(body, seqcls.classifier, getattr(seqcls, "dropout", None),
-                     getattr(body, "pooler", None), decoder=False)
+        return Parts(
+            body, seqcls.classifier, getattr(seqcls, "dropout", None), getattr(body, "pooler", None), decoder=False
+        )
     raise TypeError(f"{type(seqcls).__name__}: no score or classifier head to pool into")
 
 
@@ -61,8 +62,7 @@ def resolve_pooling(pooling, parts):
     return pooling
 
 
-PACKING_ATTENTION = ("eager", "sdpa", "flex_attention", "flash_attention_2", "flash_attention_3",
-                     "flash_attention_4")
+PACKING_ATTENTION = ("eager", "sdpa", "flex_attention", "flash_attention_2", "flash_attention_3", "flash_attention_4")
 
 
 def packing_unsupported(model):
@@ -106,7 +106,7 @@ def pad_rows(arrays, width, value=0):
     to ``width``, as (n, width)."""
     out = torch.full((len(arrays), width), value, dtype=torch.long)
     for row, a in enumerate(arrays):
-        out[row, :len(a)] = torch.tensor(np.asarray(a), dtype=torch.long)
+        out[row, : len(a)] = torch.tensor(np.asarray(a), dtype=torch.long)
     return out
 
 
@@ -174,8 +174,18 @@ def _pool_packed(hidden, lengths, pooling, segments=None):
     return h[ends - lengths]
 
 
-def classify(model, *, input_ids, attention_mask=None, lengths=None, position_ids=None, bounds=None,
-             pooling="auto", segments=None, pack_to=None):
+def classify(
+    model,
+    *,
+    input_ids,
+    attention_mask=None,
+    lengths=None,
+    position_ids=None,
+    bounds=None,
+    pooling="auto",
+    segments=None,
+    pack_to=None,
+):
     """Logits (n, 3) for a padded batch (``attention_mask``, padded on either side) or for one
     packed row (``input_ids`` of shape (1, T) holding sequences of ``lengths``, with
     ``position_ids``; ``bounds``: the sequences' boundaries as host ints, read from ``lengths``
@@ -214,10 +224,9 @@ def _packed_body(parts, input_ids, position_ids, bounds, pack_to=None):
         # one flex_attention call per layer over a pass of one of a few sizes, block masks made once
         size = flexmask.pass_size(bounds[-1], pack_to)
         ids, kwargs["position_ids"] = flexmask.pad_pass(input_ids, position_ids, size)
-        kwargs["attention_mask"] = flexmask.packed_masks(config, bounds, size, input_ids.device,
-                                                         causal=parts.decoder)
+        kwargs["attention_mask"] = flexmask.packed_masks(config, bounds, size, input_ids.device, causal=parts.decoder)
         with flexmask.static_shapes():
-            return parts.body(input_ids=ids, **kwargs).last_hidden_state[:, :bounds[-1]]
+            return parts.body(input_ids=ids, **kwargs).last_hidden_state[:, : bounds[-1]]
     if varlen.install(config):
         # eager / SDPA: attention per sequence from host boundaries (varlen.py)
         kwargs["arena_bounds"] = bounds

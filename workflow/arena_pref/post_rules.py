@@ -116,8 +116,10 @@ class PostRulePlan:
         choice would rest on one fold's rows estimated from none: no rule is used.)"""
         kinds = self.kinds_train.loc[train_ids].to_numpy()
         if len(np.unique(folds)) < 3:
-            log.warning("post-rules need at least 3 folds to be checked on OOF (cv.n_folds is %d): none is used",
-                        len(np.unique(folds)))
+            log.warning(
+                "post-rules need at least 3 folds to be checked on OOF (cv.n_folds is %d): none is used",
+                len(np.unique(folds)),
+            )
         oof = oof_blend.copy()
         for k in np.unique(folds):
             rows, other = folds == k, folds != k
@@ -131,17 +133,32 @@ class PostRulePlan:
         rows = np.isin(kinds, RULES[rule])
         estimate = self._estimate(kinds, y, (rule,))
         n_test = None if self.kinds_test is None else int(self.kinds_test.isin(RULES[rule]).sum())
-        out = {"n_train": int(rows.sum()), "n_test": n_test,
-               "probs": estimate[RULES[rule][0]].tolist() if estimate else None, "applied_to_test": applied}
+        out = {
+            "n_train": int(rows.sum()),
+            "n_test": n_test,
+            "probs": estimate[RULES[rule][0]].tolist() if estimate else None,
+            "applied_to_test": applied,
+        }
         if rows.any():
             out["oof_log_loss_before"] = log_loss(y[rows], before[rows])
             out["oof_log_loss_after"] = log_loss(y[rows], after[rows])
         if applied:
-            log.info("post-rule %s: %d training rows (OOF log loss on them %.4f -> %.4f); sets %s test rows", rule,
-                     out["n_train"], out["oof_log_loss_before"], out["oof_log_loss_after"], out["n_test"])
+            log.info(
+                "post-rule %s: %d training rows (OOF log loss on them %.4f -> %.4f); sets %s test rows",
+                rule,
+                out["n_train"],
+                out["oof_log_loss_before"],
+                out["oof_log_loss_after"],
+                out["n_test"],
+            )
         elif not rows.any():
             log.info("post-rule %s: no training rows of its kind; its %s test rows keep the blend", rule, out["n_test"])
         else:
-            log.warning("post-rule %s: does not lower the OOF log loss of its %d training rows; its %s test rows "
-                        "keep the blend", rule, out["n_train"], out["n_test"])
+            log.warning(
+                "post-rule %s: does not lower the OOF log loss of its %d training rows; its %s test rows "
+                "keep the blend",
+                rule,
+                out["n_train"],
+                out["n_test"],
+            )
         return out

@@ -38,24 +38,38 @@ def forward_batch(model, sequences, batch, *, pad_token_id, pooling, segments=No
     segs = [segments[i] for i in batch.rows] if segments is not None else None
     if batch.width == 0:
         ids, positions, lengths = packed_inputs(seqs, dev)
-        return classify(model, input_ids=ids, position_ids=positions, lengths=lengths, pooling=pooling,
-                        segments=concat_row(segs, dev) if segs is not None else None, pack_to=pack_to)
+        return classify(
+            model,
+            input_ids=ids,
+            position_ids=positions,
+            lengths=lengths,
+            pooling=pooling,
+            segments=concat_row(segs, dev) if segs is not None else None,
+            pack_to=pack_to,
+        )
     ids, mask = padded_inputs(seqs, batch.width, pad_token_id)
-    return classify(model, input_ids=ids.to(dev), attention_mask=mask.to(dev), pooling=pooling,
-                    segments=pad_rows(segs, batch.width).to(dev) if segs is not None else None)
+    return classify(
+        model,
+        input_ids=ids.to(dev),
+        attention_mask=mask.to(dev),
+        pooling=pooling,
+        segments=pad_rows(segs, batch.width).to(dev) if segs is not None else None,
+    )
 
 
 @torch.inference_mode()
-def run_batches(model, sequences, batches, *, pad_token_id, pooling="auto", forward=forward_batch,
-                segments=None, pack_to=None):
+def run_batches(
+    model, sequences, batches, *, pad_token_id, pooling="auto", forward=forward_batch, segments=None, pack_to=None
+):
     """Probabilities (n, 3) for ``sequences``, row i of the result for sequence i (rows not in any
     batch stay 0); logs progress with token rates. ``pack_to``: as :func:`forward_batch`'s."""
     lengths = np.array([len(s) for s in sequences])
     probs = np.zeros((len(sequences), 3), dtype=np.float64)
     rate = Rate(int(sum(lengths[b.rows].sum() for b in batches)), what="tokens")
     for batch in batches:
-        logits = forward(model, sequences, batch, pad_token_id=pad_token_id, pooling=pooling,
-                         segments=segments, pack_to=pack_to)
+        logits = forward(
+            model, sequences, batch, pad_token_id=pad_token_id, pooling=pooling, segments=segments, pack_to=pack_to
+        )
         probs[batch.rows] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
         rate.update(int(lengths[batch.rows].sum()))
     return probs
@@ -70,15 +84,20 @@ def batches_for_model(model, batches, lengths, max_tokens):
     if why is None:
         return batches
     log.warning("packed prediction is not supported for this model (%s): token-budget batches instead", why)
-    return plan_rows(lengths, np.concatenate([b.rows for b in batches]), method="token_budget",
-                     max_tokens=max_tokens)
+    return plan_rows(lengths, np.concatenate([b.rows for b in batches]), method="token_budget", max_tokens=max_tokens)
 
 
 def plan_for(batching, lengths, n_pairs):
     """Batches by a model's :class:`~arena_pref.settings.Batching` (``fixed`` pads to its
     ``max_length``)."""
-    return plan_batches(lengths, method=batching.method, batch_size=batching.batch_size,
-                        max_tokens=batching.max_tokens_per_batch, max_length=batching.max_length, n_pairs=n_pairs)
+    return plan_batches(
+        lengths,
+        method=batching.method,
+        batch_size=batching.batch_size,
+        max_tokens=batching.max_tokens_per_batch,
+        max_length=batching.max_length,
+        n_pairs=n_pairs,
+    )
 
 
 def sequences_of(tokens, tta, column="input_ids"):
@@ -93,6 +112,7 @@ def sequences_of(tokens, tta, column="input_ids"):
 
 
 # --------------------------------------------------------------------------- several devices
+
 
 @dataclass(frozen=True)
 class Trained:
@@ -114,14 +134,24 @@ class Trained:
         tokenizer = load_tokenizer(self.backbone)
         loading, batching = self.settings.loading, self.settings.batching
         devices = dev if isinstance(dev, (list, tuple)) else [dev]
-        split = job_device_map(self.backbone, self.model_parallel, quantization=loading.quantization,
-                               dtype=loading.dtype, devices=devices)
-        model = load_for_inference(self.backbone, self.adapter_dir, quantization=loading.quantization,
-                                   dtype=loading.dtype, pad_token_id=tokenizer.pad_token_id, device=devices[0],
-                                   attn_implementation=loading.attn_implementation,
-                                   attention_softcap=loading.attention_softcap,
-                                   allow_bf16_emulation=self.allow_bf16_emulation, merge_lora=self.settings.merge_lora,
-                                   batch_tokens=pass_tokens(batching), longest=batching.max_length, device_map=split)
+        split = job_device_map(
+            self.backbone, self.model_parallel, quantization=loading.quantization, dtype=loading.dtype, devices=devices
+        )
+        model = load_for_inference(
+            self.backbone,
+            self.adapter_dir,
+            quantization=loading.quantization,
+            dtype=loading.dtype,
+            pad_token_id=tokenizer.pad_token_id,
+            device=devices[0],
+            attn_implementation=loading.attn_implementation,
+            attention_softcap=loading.attention_softcap,
+            allow_bf16_emulation=self.allow_bf16_emulation,
+            merge_lora=self.settings.merge_lora,
+            batch_tokens=pass_tokens(batching),
+            longest=batching.max_length,
+            device_map=split,
+        )
         if self.settings.compile:
             compile_backbone(model, packed=batching.method == "packed")
         return model, tokenizer.pad_token_id
@@ -137,11 +167,19 @@ def _predict_share(trained, dev, sequences, segments, batches, threads):
     if torch.device(first).type == "cuda":
         torch.cuda.set_device(first)  # kernels and allocations without an explicit device land here too
     model, pad = trained.load(dev)
-    batches = batches_for_model(model, batches, [len(s) for s in sequences],
-                                trained.settings.batching.max_tokens_per_batch)
+    batches = batches_for_model(
+        model, batches, [len(s) for s in sequences], trained.settings.batching.max_tokens_per_batch
+    )
     t0 = time.perf_counter()
-    probs = run_batches(model, sequences, batches, pad_token_id=pad, pooling=trained.settings.loading.pooling,
-                        segments=segments, pack_to=trained.settings.batching.max_tokens_per_batch)
+    probs = run_batches(
+        model,
+        sequences,
+        batches,
+        pad_token_id=pad,
+        pooling=trained.settings.loading.pooling,
+        segments=segments,
+        pack_to=trained.settings.batching.max_tokens_per_batch,
+    )
     rows = np.concatenate([b.rows for b in batches]) if batches else np.array([], dtype=np.int64)
     return rows, probs[rows], time.perf_counter() - t0
 
@@ -182,8 +220,9 @@ def _predict_in_workers(trained, devices, shards, *, seqs, segs, threads):
     try:
         for dev, shard in zip(devices, shards):
             visible, local = worker_device(dev, os.environ.get("CUDA_VISIBLE_DEVICES"))
-            pool = ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"), initializer=_init_worker,
-                                       initargs=(visible, current_log_path()))
+            pool = ProcessPoolExecutor(
+                1, mp_context=mp.get_context("spawn"), initializer=_init_worker, initargs=(visible, current_log_path())
+            )
             pools.append(pool)
             futures.append(pool.submit(_predict_share, trained, local, seqs, segs, shard, threads))
         return [f.result() for f in futures]
@@ -192,8 +231,19 @@ def _predict_in_workers(trained, devices, shards, *, seqs, segs, threads):
             pool.shutdown(cancel_futures=True)
 
 
-def predict_on_devices(*, backbone, adapter_dir, tokens, settings, tta, devices=None, threads=None,
-                       label="the model", allow_bf16_emulation=False, model_parallel=None):
+def predict_on_devices(
+    *,
+    backbone,
+    adapter_dir,
+    tokens,
+    settings,
+    tta,
+    devices=None,
+    threads=None,
+    label="the model",
+    allow_bf16_emulation=False,
+    model_parallel=None,
+):
     """Probabilities for a token cache with :class:`~arena_pref.settings.PredictSettings`, the
     batches shared over ``devices`` (default: all this job may use; one worker process per device
     when there are several), merged back in row order; with ``model_parallel``
@@ -208,9 +258,15 @@ def predict_on_devices(*, backbone, adapter_dir, tokens, settings, tta, devices=
     segs = sequences_of(tokens, tta, "segments")
     lengths = np.array([len(s) for s in seqs])
     batches = plan_for(settings.batching, lengths, len(tokens) if tta else 0)
-    log.info("predicting %d rows%s on %s: %d batches by %s, padding efficiency %.3f", len(tokens),
-             " x 2 orders (TTA)" if tta else "", ", ".join(map(str, devices)), len(batches),
-             settings.batching.method, padding_efficiency(batches, lengths))
+    log.info(
+        "predicting %d rows%s on %s: %d batches by %s, padding efficiency %.3f",
+        len(tokens),
+        " x 2 orders (TTA)" if tta else "",
+        ", ".join(map(str, devices)),
+        len(batches),
+        settings.batching.method,
+        padding_efficiency(batches, lengths),
+    )
     probs = np.zeros((len(seqs), 3))
     if model_parallel is not None:
         results = [_predict_share(trained, list(devices), seqs, segs, batches, threads)]
@@ -233,7 +289,12 @@ def check_finite(probs, *, label, dtype):
     file: one line naming the model and fold, never a NaN in the submission."""
     bad = ~np.isfinite(probs).all(axis=1)
     if bad.any():
-        hint = (" float16 overflows past 65504: predict in bfloat16 on a GPU with bf16 tensor cores, or in"
-                " float32" if dtype == "float16" else "")
-        raise InputError(f"{label}: {int(bad.sum())} of {len(probs)} sequences got non-finite probabilities "
-                         f"(the logits overflowed or became NaN, dtype {dtype}).{hint}")
+        hint = (
+            " float16 overflows past 65504: predict in bfloat16 on a GPU with bf16 tensor cores, or in float32"
+            if dtype == "float16"
+            else ""
+        )
+        raise InputError(
+            f"{label}: {int(bad.sum())} of {len(probs)} sequences got non-finite probabilities "
+            f"(the logits overflowed or became NaN, dtype {dtype}).{hint}"
+        )

@@ -34,13 +34,27 @@ REPO = Path(__file__).resolve().parents[2]
 def run_workflow(data_dir, workdir, configfile, jobs):
     """Snakemake on ``data_dir``'s CSVs in ``workdir``; returns the wall seconds."""
     config = yaml.safe_load(Path(configfile).read_text())
-    config["data"] = {"train_csv": str((data_dir / "train.csv").resolve()),
-                      "test_csv": str((data_dir / "test.csv").resolve())}
+    config["data"] = {
+        "train_csv": str((data_dir / "train.csv").resolve()),
+        "test_csv": str((data_dir / "test.csv").resolve()),
+    }
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     t0 = time.monotonic()
-    subprocess.run([str(Path(sys.executable).parent / "snakemake"), "-s", str(REPO / "Snakefile"), "-d", str(workdir),
-                    "--configfile", str(workdir / "config.yaml"), f"-j{jobs}", "results/submission.csv"], check=True)
+    subprocess.run(
+        [
+            str(Path(sys.executable).parent / "snakemake"),
+            "-s",
+            str(REPO / "Snakefile"),
+            "-d",
+            str(workdir),
+            "--configfile",
+            str(workdir / "config.yaml"),
+            f"-j{jobs}",
+            "results/submission.csv",
+        ],
+        check=True,
+    )
     return time.monotonic() - t0
 
 
@@ -49,8 +63,9 @@ def length_lr(train, test):
     from sklearn.linear_model import LogisticRegression
 
     def x(df):
-        return np.column_stack([np.log1p([len(t[-1] or "") if len(t) else 0 for t in df[c]])
-                                for c in ("response_a", "response_b")])
+        return np.column_stack(
+            [np.log1p([len(t[-1] or "") if len(t) else 0 for t in df[c]]) for c in ("response_a", "response_b")]
+        )
 
     model = LogisticRegression(max_iter=1000).fit(x(train), train["label"])
     return with_all_classes(model.classes_, model.predict_proba(x(test)))
@@ -68,15 +83,21 @@ def score(data_dir, workdir):
     y, ids = read_test_labels(data_dir / "test_labels.csv")
     test = test.set_index("id").loc[ids].reset_index()
     metrics = read_json(workdir / "results/metrics.json")
-    rows = {"class prior": (log_loss(y, np.tile(class_frequencies(train["label"]), (len(y), 1))), None),
-            "length logistic regression": (log_loss(y, length_lr(train, test)), None)}
+    rows = {
+        "class prior": (log_loss(y, np.tile(class_frequencies(train["label"]), (len(y), 1))), None),
+        "length logistic regression": (log_loss(y, length_lr(train, test)), None),
+    }
     for m, scores in metrics["models"].items():
         pred = pd.read_parquet(workdir / f"results/test/{m}.parquet").set_index("id").loc[ids, PROB_COLUMNS]
         rows[m] = (log_loss(y, pred.to_numpy()), scores["log_loss_used"])
     sub = pd.read_csv(workdir / "results/submission.csv").set_index("id").loc[ids, list(LABELS)]
     rows[f"blend ({metrics['blend']['method']})"] = (log_loss(y, sub.to_numpy()), metrics["blend"]["log_loss"])
-    return {"n_train": len(train), "n_test": len(y), "oof_prior": metrics["blend"]["guard"]["prior_oof_log_loss"],
-            "rows": {name: {"test_log_loss": t, "oof_log_loss": o} for name, (t, o) in rows.items()}}
+    return {
+        "n_train": len(train),
+        "n_test": len(y),
+        "oof_prior": metrics["blend"]["guard"]["prior_oof_log_loss"],
+        "rows": {name: {"test_log_loss": t, "oof_log_loss": o} for name, (t, o) in rows.items()},
+    }
 
 
 def table(result):
@@ -96,8 +117,12 @@ def main(argv=None):
     parser.add_argument("--jobs", type=int, default=2)
     args = parser.parse_args(argv)
     seconds = run_workflow(args.data, args.workdir, args.configfile, args.jobs)
-    result = {"data": str(args.data), "config": str(args.configfile), "workflow_seconds": round(seconds, 1),
-              **score(args.data, args.workdir)}
+    result = {
+        "data": str(args.data),
+        "config": str(args.configfile),
+        "workflow_seconds": round(seconds, 1),
+        **score(args.data, args.workdir),
+    }
     write_json(result, args.out)
     print(table(result))
 

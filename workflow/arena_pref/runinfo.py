@@ -9,8 +9,21 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-PACKAGES = ("arena-pref", "torch", "transformers", "peft", "accelerate", "bitsandbytes",
-            "tokenizers", "pandas", "pyarrow", "numpy", "scikit-learn", "scipy", "snakemake")
+PACKAGES = (
+    "arena-pref",
+    "torch",
+    "transformers",
+    "peft",
+    "accelerate",
+    "bitsandbytes",
+    "tokenizers",
+    "pandas",
+    "pyarrow",
+    "numpy",
+    "scikit-learn",
+    "scipy",
+    "snakemake",
+)
 
 
 def package_versions(names=PACKAGES):
@@ -27,10 +40,16 @@ def git_commit(directory=None):
     """Commit of the workflow's checkout (with ``-dirty`` if it has changes), or None."""
     directory = directory or Path(__file__).resolve().parent
     try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=directory, capture_output=True,
-                              text=True, check=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=directory, capture_output=True, text=True, timeout=10).stdout.strip()
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=directory, capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=directory,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
     return head + ("-dirty" if dirty else "")

@@ -27,6 +27,7 @@ SCHEMA = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
 
 # --------------------------------------------------------------------------- typed settings
 
+
 @dataclass(frozen=True)
 class Loading:
     """How a model's backbone is loaded and pooled: shared by training and prediction."""
@@ -172,8 +173,10 @@ class FeatureLearner:
     seed: int | None  # hgb (logreg's solver is deterministic)
 
 
-LEARNER_READS = {"hgb": {"max_iter", "learning_rate", "max_leaf_nodes", "min_samples_leaf", "l2_regularization", "seed"},
-                 "logreg": {"max_iter", "C"}}
+LEARNER_READS = {
+    "hgb": {"max_iter", "learning_rate", "max_leaf_nodes", "min_samples_leaf", "l2_regularization", "seed"},
+    "logreg": {"max_iter", "C"},
+}
 """The settings each learner reads: only those reach its jobs' params (changing another reruns nothing)."""
 
 
@@ -343,8 +346,11 @@ def _folds(predict):
 
 def _teachers(m):
     distill, pseudo = m["distill"], m["pseudo_labels"]
-    return Teachers(distill=distill and distill["teacher"], alpha=float(distill["alpha"]) if distill else 0.0,
-                    pseudo=pseudo and pseudo["teacher"])
+    return Teachers(
+        distill=distill and distill["teacher"],
+        alpha=float(distill["alpha"]) if distill else 0.0,
+        pseudo=pseudo and pseudo["teacher"],
+    )
 
 
 def _model_parallel(name, m):
@@ -353,21 +359,40 @@ def _model_parallel(name, m):
         return None
     key = f"models.{name}.compute.model_parallel"
     if m["predict"]["merge_lora"] and m["quantization"] != "none":
-        raise InputError(f"config models.{name}.predict.merge_lora: merging into a {m['quantization']} base is checked "
-                         f"against one GPU's memory and this model is split ({key}): set merge_lora: false, or "
-                         "quantization: none (merged in place)")
+        raise InputError(
+            f"config models.{name}.predict.merge_lora: merging into a {m['quantization']} base is checked "
+            f"against one GPU's memory and this model is split ({key}): set merge_lora: false, or "
+            "quantization: none (merged in place)"
+        )
     return build(ModelParallel, {"key": key, **parallel})
 
 
 def _judge_config(name, m):
-    prompt = JudgePrompt(template=m["template"], plain_suffix=m["plain_suffix"], answers=dict(m["answers"]),
-                         max_length=m["max_length"], prompt_max_frac=float(m["prompt_max_frac"]))
-    scoring = JudgeSettings(backend=m["backend"], quantization=m["quantization"], dtype=m["dtype"],
-                            attn_implementation=m["attn_implementation"],
-                            max_tokens_per_batch=m["max_tokens_per_batch"], prompt=prompt)
-    return JudgeModelConfig(name=name, backbone=m["backbone"], scoring=scoring, tta=m["predict"]["tta"],
-                            folds=_folds(m["predict"]), options=JudgeOptions(m["allow_bf16_emulation"]),
-                            trained=m.get("trained"), member=m["member"])
+    prompt = JudgePrompt(
+        template=m["template"],
+        plain_suffix=m["plain_suffix"],
+        answers=dict(m["answers"]),
+        max_length=m["max_length"],
+        prompt_max_frac=float(m["prompt_max_frac"]),
+    )
+    scoring = JudgeSettings(
+        backend=m["backend"],
+        quantization=m["quantization"],
+        dtype=m["dtype"],
+        attn_implementation=m["attn_implementation"],
+        max_tokens_per_batch=m["max_tokens_per_batch"],
+        prompt=prompt,
+    )
+    return JudgeModelConfig(
+        name=name,
+        backbone=m["backbone"],
+        scoring=scoring,
+        tta=m["predict"]["tta"],
+        folds=_folds(m["predict"]),
+        options=JudgeOptions(m["allow_bf16_emulation"]),
+        trained=m.get("trained"),
+        member=m["member"],
+    )
 
 
 def _model_config(name, m):
@@ -375,29 +400,58 @@ def _model_config(name, m):
         return _judge_config(name, m)
     if m["kind"] == "features":
         reads = LEARNER_READS[m["learner"]]
-        learner = build(FeatureLearner, {k: (v if k in reads | {"learner"} else None) for k, v in m.items()
-                                         if k not in ("kind", "predict", "trained", "member")})
-        return FeatureModelConfig(name=name, learner=learner, tta=m["predict"]["tta"], folds=_folds(m["predict"]),
-                                  trained=m.get("trained"), member=m["member"])
+        learner = build(
+            FeatureLearner,
+            {
+                k: (v if k in reads | {"learner"} else None)
+                for k, v in m.items()
+                if k not in ("kind", "predict", "trained", "member")
+            },
+        )
+        return FeatureModelConfig(
+            name=name,
+            learner=learner,
+            tta=m["predict"]["tta"],
+            folds=_folds(m["predict"]),
+            trained=m.get("trained"),
+            member=m["member"],
+        )
     loading = Loading(**{f.name: m[f.name] for f in dataclasses.fields(Loading)})
     p, t = m["predict"], m["train"]
     return ModelConfig(
         name=name,
         backbone=m["backbone"],
-        tokens=TokenSettings(max_length=m["max_length"], truncation=m["truncation"],
-                             prompt_max_frac=float(m["prompt_max_frac"]), template=m["template"]),
-        training=TrainSettings(loading=loading, lora=build(Lora, m["lora"]),
-                               train=build(TrainOptions, {k: v for k, v in t.items() if k not in _OPERATIONAL}),
-                               teachers=_teachers(m)),
+        tokens=TokenSettings(
+            max_length=m["max_length"],
+            truncation=m["truncation"],
+            prompt_max_frac=float(m["prompt_max_frac"]),
+            template=m["template"],
+        ),
+        training=TrainSettings(
+            loading=loading,
+            lora=build(Lora, m["lora"]),
+            train=build(TrainOptions, {k: v for k, v in t.items() if k not in _OPERATIONAL}),
+            teachers=_teachers(m),
+        ),
         prediction=PredictSettings(
             loading=loading,
-            batching=Batching(method=p["method"], batch_size=p["batch_size"],
-                              max_tokens_per_batch=p["max_tokens_per_batch"], max_length=m["max_length"]),
-            merge_lora=p["merge_lora"], compile=p["compile"]),
+            batching=Batching(
+                method=p["method"],
+                batch_size=p["batch_size"],
+                max_tokens_per_batch=p["max_tokens_per_batch"],
+                max_length=m["max_length"],
+            ),
+            merge_lora=p["merge_lora"],
+            compile=p["compile"],
+        ),
         tta=p["tta"],
         folds=_folds(p),
-        options=JobOptions(allow_bf16_emulation=m["allow_bf16_emulation"], save_steps=t["save_steps"],
-                           logging_steps=t["logging_steps"], model_parallel=_model_parallel(name, m)),
+        options=JobOptions(
+            allow_bf16_emulation=m["allow_bf16_emulation"],
+            save_steps=t["save_steps"],
+            logging_steps=t["logging_steps"],
+            model_parallel=_model_parallel(name, m),
+        ),
         average_adapters=p["average_adapters"],
         trained=m.get("trained"),
         member=m["member"],
@@ -405,6 +459,7 @@ def _model_config(name, m):
 
 
 # --------------------------------------------------------------------------- params <-> objects
+
 
 def canonical(value):
     """``value`` as plain data with dict keys sorted at every level (tuples become lists)."""
@@ -451,6 +506,7 @@ def from_params(cls, params):
 
 # --------------------------------------------------------------------------- validation
 
+
 def _schema():
     return yaml.safe_load(SCHEMA.read_text(encoding="utf-8"))
 
@@ -481,15 +537,20 @@ def _one_line(error):
 
     error = best_match([error])
     if error.validator == "pattern" and "propertyNames" in error.relative_schema_path:
-        return (f"{_where(error.absolute_path)}: name {error.instance!r} is not allowed: "
-                f"{' '.join(error.schema.get('description', error.message).split())}")
+        return (
+            f"{_where(error.absolute_path)}: name {error.instance!r} is not allowed: "
+            f"{' '.join(error.schema.get('description', error.message).split())}"
+        )
     if error.validator in ("additionalProperties", "unevaluatedProperties") and isinstance(error.instance, dict):
         known = set(error.schema.get("properties", {}))
         for branch in error.schema.get("allOf", []):
             known |= set(branch.get("then", {}).get("properties", {}))
         unknown = [k for k in error.instance if k not in known]
-        hints = [f"unknown key '{k}'" + (f" (did you mean '{m[0]}'?)" if (m := difflib.get_close_matches(k, known, 1))
-                                         else "") for k in unknown]
+        hints = [
+            f"unknown key '{k}'"
+            + (f" (did you mean '{m[0]}'?)" if (m := difflib.get_close_matches(k, known, 1)) else "")
+            for k in unknown
+        ]
         if hints:
             return f"{_where(error.absolute_path)}: {'; '.join(hints)}"
     return f"{_where(error.absolute_path)}: {error.message}"
@@ -518,48 +579,66 @@ def _check_trained(config, models):
     trained = [m for m in models if config["models"][m].get("trained")]
     if train_csv is not None:
         if trained:
-            raise InputError(f"config models.{trained[0]}.trained: a model predicts from trained folds only in a run "
-                             "without data.train_csv (its OOF rows may have been in their training folds): remove "
-                             "data.train_csv to predict from trained models, or trained to train here")
+            raise InputError(
+                f"config models.{trained[0]}.trained: a model predicts from trained folds only in a run "
+                "without data.train_csv (its OOF rows may have been in their training folds): remove "
+                "data.train_csv to predict from trained models, or trained to train here"
+            )
         if "from" in config["blend"]:
-            raise InputError("config blend.from: a fitted blender is used only in a run without data.train_csv; "
-                             "with training data the blend rule fits one")
+            raise InputError(
+                "config blend.from: a fitted blender is used only in a run without data.train_csv; "
+                "with training data the blend rule fits one"
+            )
         return
     written = config["_written_blend"]
     if "from" in written and written - {"from"}:
-        raise InputError(f"config blend: from is a fitted blender, used as it is: "
-                         f"{', '.join(sorted(written - {'from'}))} would be ignored; keep from alone")
+        raise InputError(
+            f"config blend: from is a fitted blender, used as it is: "
+            f"{', '.join(sorted(written - {'from'}))} would be ignored; keep from alone"
+        )
     tiny = [m for m in models if config["models"][m].get("backbone", {}).get("kind") == "tiny"]
     if tiny:
-        raise InputError(f"config models.{tiny[0]}.backbone: a tiny backbone is built from the training texts; a run "
-                         "from trained models loads the one it was trained with: kind: path, path: the earlier run's "
-                         f"results/backbones/{tiny[0]}")
+        raise InputError(
+            f"config models.{tiny[0]}.backbone: a tiny backbone is built from the training texts; a run "
+            "from trained models loads the one it was trained with: kind: path, path: the earlier run's "
+            f"results/backbones/{tiny[0]}"
+        )
     teachers_only = [m for m in models if not config["models"][m]["member"]]
     if teachers_only:
-        raise InputError(f"config models.{teachers_only[0]}.member: false: a run from trained models trains nothing, so "
-                         "a teacher has nothing to do there: remove the model")
+        raise InputError(
+            f"config models.{teachers_only[0]}.member: false: a run from trained models trains nothing, so "
+            "a teacher has nothing to do there: remove the model"
+        )
     untrained = [m for m in models if m not in trained]
     if untrained:
-        raise InputError(f"config models.{untrained[0]}: without data.train_csv every model predicts from a trained "
-                         "directory: set its trained: to a directory of its fold<k>/ (an earlier run's "
-                         f"results/models/{untrained[0]})")
+        raise InputError(
+            f"config models.{untrained[0]}: without data.train_csv every model predicts from a trained "
+            "directory: set its trained: to a directory of its fold<k>/ (an earlier run's "
+            f"results/models/{untrained[0]})"
+        )
     if "from" not in config["blend"] and config["blend"]["method"] != "weights":
-        raise InputError("config blend: without data.train_csv there is nothing to fit a blend on: set blend.from to "
-                         "the earlier run's results/blender.json, or method: weights with weights")
+        raise InputError(
+            "config blend: without data.train_csv there is nothing to fit a blend on: set blend.from to "
+            "the earlier run's results/blender.json, or method: weights with weights"
+        )
 
 
 def _check_blend(config, models):
     blend = config["blend"]
     if blend["weights"] and blend["method"] != "weights":
-        raise InputError(f"config blend.weights: only blend.method 'weights' reads them (the method is "
-                         f"'{blend['method']}'): set method: weights, or remove the weights")
+        raise InputError(
+            f"config blend.weights: only blend.method 'weights' reads them (the method is "
+            f"'{blend['method']}'): set method: weights, or remove the weights"
+        )
     if blend["method"] == "weights":
         missing = [m for m in models if m not in blend["weights"]]
         unknown = [m for m in blend["weights"] if m not in models]
         teachers = [m for m in unknown if m in config["models"]]
         if teachers:
-            raise InputError(f"config blend.weights.{teachers[0]}: that model has member: false (a teacher only), so "
-                             "it is not blended: remove its weight")
+            raise InputError(
+                f"config blend.weights.{teachers[0]}: that model has member: false (a teacher only), so "
+                "it is not blended: remove its weight"
+            )
         if missing or unknown:
             raise InputError(f"config blend.weights must name every model: missing {missing}, unknown {unknown}")
         if sum(blend["weights"].values()) <= 0:
@@ -583,28 +662,37 @@ def _check_teachers(config):
             where = f"config models.{name}.{role}.teacher"
             if teacher not in models:
                 hint = difflib.get_close_matches(teacher, models, 1)
-                raise InputError(f"{where}: no model named {teacher!r} in this config"
-                                 + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+                raise InputError(
+                    f"{where}: no model named {teacher!r} in this config"
+                    + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                )
             if teacher == name:
                 raise InputError(f"{where}: a model cannot be its own teacher")
             if role == "pseudo_labels" and models[teacher]["kind"] != "llm":
-                raise InputError(f"{where}: {teacher!r} is a {models[teacher]['kind']} model; pseudo-labels come "
-                                 "from a LoRA model's fold adapters (kind llm)")
+                raise InputError(
+                    f"{where}: {teacher!r} is a {models[teacher]['kind']} model; pseudo-labels come "
+                    "from a LoRA model's fold adapters (kind llm)"
+                )
     _check_no_teacher_cycle(models)
     if not any(m["member"] for m in models.values()):
         raise InputError("config models: every model has member: false: nothing would be submitted")
     taught_by = {_teacher_of(m, role) for m in models.values() for role in ("distill", "pseudo_labels")}
     idle = [n for n, m in models.items() if not m["member"] and n not in taught_by]
     if idle:
-        raise InputError(f"config models.{idle[0]}.member: false, and no model learns from it (distill or "
-                         "pseudo_labels): it would be trained for nothing")
+        raise InputError(
+            f"config models.{idle[0]}.member: false, and no model learns from it (distill or "
+            "pseudo_labels): it would be trained for nothing"
+        )
     readers = [n for n, m in models.items() if _teacher_of(m, "pseudo_labels")]
     if readers and not config["data"].get("extra_csv"):
-        raise InputError(f"config models.{readers[0]}.pseudo_labels: needs data.extra_csv, the unlabelled pairs to "
-                         "label")
+        raise InputError(
+            f"config models.{readers[0]}.pseudo_labels: needs data.extra_csv, the unlabelled pairs to label"
+        )
     if config["data"].get("extra_csv") and not readers:
-        raise InputError("config data.extra_csv: no model has pseudo_labels, so nothing would read it: give a model "
-                         "pseudo_labels: {teacher: ...}, or remove extra_csv")
+        raise InputError(
+            "config data.extra_csv: no model has pseudo_labels, so nothing would read it: give a model "
+            "pseudo_labels: {teacher: ...}, or remove extra_csv"
+        )
 
 
 def _check_no_teacher_cycle(models):
@@ -612,9 +700,11 @@ def _check_no_teacher_cycle(models):
         for role in ("distill", "pseudo_labels"):
             teacher = _teacher_of(models[name], role)
             if teacher in path:
-                cycle = " -> ".join(path[path.index(teacher):] + [teacher])
-                raise InputError(f"config models: the teachers form a cycle ({cycle}): a teacher's predictions "
-                                 "must exist before its student trains")
+                cycle = " -> ".join(path[path.index(teacher) :] + [teacher])
+                raise InputError(
+                    f"config models: the teachers form a cycle ({cycle}): a teacher's predictions "
+                    "must exist before its student trains"
+                )
             if teacher in models:
                 visit(teacher, [*path, teacher])
 
@@ -631,8 +721,10 @@ def _check_learner_keys(config):
         written = config["_written_keys"][name]
         ignored = sorted(written & (set().union(*LEARNER_READS.values()) - LEARNER_READS[m["learner"]]))
         if ignored:
-            raise InputError(f"config.models.{name}: learner '{m['learner']}' does not read {', '.join(ignored)} "
-                             f"(it reads {', '.join(sorted(LEARNER_READS[m['learner']]))})")
+            raise InputError(
+                f"config.models.{name}: learner '{m['learner']}' does not read {', '.join(ignored)} "
+                f"(it reads {', '.join(sorted(LEARNER_READS[m['learner']]))})"
+            )
 
 
 def _check_judges(config):
@@ -644,14 +736,18 @@ def _check_judges(config):
         counts = {p: m["template"].count(p) for p in JUDGE_PLACEHOLDERS}
         wrong = [f"{p} {n} times" for p, n in counts.items() if n != 1]
         if wrong:
-            raise InputError(f"config models.{name}.template: must hold each of {', '.join(JUDGE_PLACEHOLDERS)} "
-                             f"exactly once ({', '.join(wrong)})")
+            raise InputError(
+                f"config models.{name}.template: must hold each of {', '.join(JUDGE_PLACEHOLDERS)} "
+                f"exactly once ({', '.join(wrong)})"
+            )
         answers = m["answers"]
         if len(set(answers.values())) < len(answers):
             raise InputError(f"config models.{name}.answers: the three answers must differ ({answers})")
         if m["backend"] == "vllm" and m["quantization"] == "8bit":
-            raise InputError(f"config models.{name}.quantization: backend vllm runs 4bit (bitsandbytes) or none, "
-                             "not 8bit: choose one of those, or backend: transformers")
+            raise InputError(
+                f"config models.{name}.quantization: backend vllm runs 4bit (bitsandbytes) or none, "
+                "not 8bit: choose one of those, or backend: transformers"
+            )
 
 
 def load_config(config):
@@ -669,20 +765,32 @@ def load_config(config):
     models = {name: _model_config(name, m) for name, m in config["models"].items()}
     for m in models.values():
         if m.folds is not None and any(f >= n_folds for f in m.folds):
-            raise InputError(f"config models.{m.name}.predict.folds: {list(m.folds)} names a fold >= cv.n_folds "
-                             f"({n_folds})")
+            raise InputError(
+                f"config models.{m.name}.predict.folds: {list(m.folds)} names a fold >= cv.n_folds ({n_folds})"
+            )
     blend = {**config["blend"], "weights": {k: float(v) for k, v in config["blend"]["weights"].items()}}
     source = blend.pop("from", None)
-    return Config(raw=config, models=models, blend=build(BlendSettings, blend), n_folds=n_folds,
-                  cv_seed=config["cv"]["seed"], threads=config["compute"]["threads"],
-                  predict_gpus=config["compute"]["predict_gpus"], kaggle=build(KaggleSettings, config["kaggle"]),
-                  train_csv=config["data"].get("train_csv"),
-                  blender_source=source, extra_csv=config["data"].get("extra_csv"))
+    return Config(
+        raw=config,
+        models=models,
+        blend=build(BlendSettings, blend),
+        n_folds=n_folds,
+        cv_seed=config["cv"]["seed"],
+        threads=config["compute"]["threads"],
+        predict_gpus=config["compute"]["predict_gpus"],
+        kaggle=build(KaggleSettings, config["kaggle"]),
+        train_csv=config["data"].get("train_csv"),
+        blender_source=source,
+        extra_csv=config["data"].get("extra_csv"),
+    )
 
 
 def model_config(model, name="model", **config):
     """One :class:`ModelConfig` (or :class:`FeatureModelConfig`) from a model's config mapping, validated and filled as the workflow
     does (for tests and benchmarks: the same path as a user's config)."""
-    base = {"data": {"train_csv": "train.csv", "test_csv": "test.csv"}, "models": {name: model},
-            "blend": {"method": "weights", "weights": {name: 1.0}}}
+    base = {
+        "data": {"train_csv": "train.csv", "test_csv": "test.csv"},
+        "models": {name: model},
+        "blend": {"method": "weights", "weights": {name: 1.0}},
+    }
     return load_config({**base, **config}).models[name]

@@ -25,8 +25,14 @@ def demo_data(train_csv, test_csv, test_labels_csv, *, n_train, n_test, seed):
     from .demo import write_demo_csvs
 
     write_demo_csvs(train_csv, test_csv, n_train, n_test, seed, test_labels_path=test_labels_csv)
-    log.info("wrote %d synthetic training rows to %s and %d test rows to %s (their labels: %s)",
-             n_train, train_csv, n_test, test_csv, test_labels_csv)
+    log.info(
+        "wrote %d synthetic training rows to %s and %d test rows to %s (their labels: %s)",
+        n_train,
+        train_csv,
+        n_test,
+        test_csv,
+        test_labels_csv,
+    )
 
 
 def parse(csv, split, out, *, train_parquet=None, test_parquet=None):
@@ -82,12 +88,25 @@ def judge_score(*, model, split, parsed, backbone, settings, both_orders, option
         torch.set_num_threads(threads)
     rows = data.read_parsed(parsed)
     t0 = time.monotonic()
-    scores = score_rows(model=model, parsed=rows, backbone=backbone, settings=settings, both_orders=both_orders,
-                        allow_bf16_emulation=options.allow_bf16_emulation)
+    scores = score_rows(
+        model=model,
+        parsed=rows,
+        backbone=backbone,
+        settings=settings,
+        both_orders=both_orders,
+        allow_bf16_emulation=options.allow_bf16_emulation,
+    )
     io.write_parquet(scores, out)
     seconds = time.monotonic() - t0
-    log.info("model '%s': %d %s rows judged%s in %.1f s (%.1f rows/s)", model, len(rows), split,
-             " in both orders" if both_orders else "", seconds, len(rows) / max(seconds, 1e-9))
+    log.info(
+        "model '%s': %d %s rows judged%s in %.1f s (%.1f rows/s)",
+        model,
+        len(rows),
+        split,
+        " in both orders" if both_orders else "",
+        seconds,
+        len(rows) / max(seconds, 1e-9),
+    )
 
 
 def judge_predict(*, model, fold, test_scores, calibration, tta, test_out):
@@ -97,12 +116,20 @@ def judge_predict(*, model, fold, test_scores, calibration, tta, test_out):
 
     fitted = load(calibration)
     io.write_parquet(predict_frame(fitted, pd.read_parquet(test_scores), tta), test_out)
-    log.info("model '%s', fold %d: test rows calibrated by %s (temperature %.3f, biases A %+.3f B %+.3f)", model,
-             fold, calibration, fitted.temperature, fitted.bias[0], fitted.bias[1])
+    log.info(
+        "model '%s', fold %d: test rows calibrated by %s (temperature %.3f, biases A %+.3f B %+.3f)",
+        model,
+        fold,
+        calibration,
+        fitted.temperature,
+        fitted.bias[0],
+        fitted.bias[1],
+    )
 
 
-def judge_fold(*, model, fold, train_scores, test_scores, train_parquet, folds_parquet, tta, oof_out, test_out,
-               calibration_out):
+def judge_fold(
+    *, model, fold, train_scores, test_scores, train_parquet, folds_parquet, tta, oof_out, test_out, calibration_out
+):
     """One fold of a judge: its calibration fitted on the training rows outside the fold
     (:func:`arena_pref.calibration.calibrate_fold`), the held-out rows' OOF file and the test
     rows' file, written like any member's, and the calibration as JSON."""
@@ -112,17 +139,31 @@ def judge_fold(*, model, fold, train_scores, test_scores, train_parquet, folds_p
     labels = data.read_parsed(train_parquet).set_index("id")["label"]
     assignment = pd.read_parquet(folds_parquet).set_index("id")["fold"]
     oof_frame, test_frame, calibration, scores = calibrate_fold(
-        pd.read_parquet(train_scores), pd.read_parquet(test_scores), labels, assignment, fold, tta)
+        pd.read_parquet(train_scores), pd.read_parquet(test_scores), labels, assignment, fold, tta
+    )
     io.write_json({"model": model, "fold": fold, **calibration.to_json()}, calibration_out)
     io.write_parquet(oof_frame, oof_out)
     io.write_parquet(test_frame, test_out)
-    log.info("model '%s', fold %d: temperature %.3f, biases A %+.3f B %+.3f (tie 0); held-out log loss raw %.4f, "
-             "calibrated %.4f, with TTA %.4f", model, fold, calibration.temperature, calibration.bias[0],
-             calibration.bias[1], scores["raw"], scores["calibrated"],
-             log_loss(oof_frame["id"].map(labels).to_numpy(), oof_frame[TTA_COLUMNS]))
+    log.info(
+        "model '%s', fold %d: temperature %.3f, biases A %+.3f B %+.3f (tie 0); held-out log loss raw %.4f, "
+        "calibrated %.4f, with TTA %.4f",
+        model,
+        fold,
+        calibration.temperature,
+        calibration.bias[0],
+        calibration.bias[1],
+        scores["raw"],
+        scores["calibrated"],
+        log_loss(oof_frame["id"].map(labels).to_numpy(), oof_frame[TTA_COLUMNS]),
+    )
     if calibration.temperature >= MAX_T * 0.999:
-        log.warning("model '%s', fold %d: the temperature reached its bound (%g): the judge's answer logits carry "
-                    "no signal on these rows, and its probabilities are the fitted biases alone", model, fold, MAX_T)
+        log.warning(
+            "model '%s', fold %d: the temperature reached its bound (%g): the judge's answer logits carry "
+            "no signal on these rows, and its probabilities are the fitted biases alone",
+            model,
+            fold,
+            MAX_T,
+        )
 
 
 def tokenize(parsed, backbone, out, settings, *, model):
@@ -133,9 +174,14 @@ def tokenize(parsed, backbone, out, settings, *, model):
 
     tokenizer = load_tokenizer(backbone)
     check_template_room(model, tokenizer, settings)
-    cache = tokenize_frame(data.read_parsed(parsed), tokenizer, strategy=settings.truncation,
-                           max_length=settings.max_length, template=settings.template,
-                           prompt_max_frac=settings.prompt_max_frac)
+    cache = tokenize_frame(
+        data.read_parsed(parsed),
+        tokenizer,
+        strategy=settings.truncation,
+        max_length=settings.max_length,
+        template=settings.template,
+        prompt_max_frac=settings.prompt_max_frac,
+    )
     io.write_parquet(cache, out)
 
 
@@ -161,12 +207,29 @@ def features(parsed, out):
     stats = pair_stats(data.read_parsed(parsed))
     io.write_parquet(stats, out)
     seconds = time.monotonic() - t0
-    log.info("%d pair statistics of %d rows in %.1f s (%.0f rows/s)", stats.shape[1] - 1, len(stats), seconds,
-             len(stats) / max(seconds, 1e-9))
+    log.info(
+        "%d pair statistics of %d rows in %.1f s (%.0f rows/s)",
+        stats.shape[1] - 1,
+        len(stats),
+        seconds,
+        len(stats) / max(seconds, 1e-9),
+    )
 
 
-def features_fold(*, model, fold, train_stats, test_stats, train_parquet, folds_parquet, settings, oof_out, test_out,
-                  learner_out, threads=None):
+def features_fold(
+    *,
+    model,
+    fold,
+    train_stats,
+    test_stats,
+    train_parquet,
+    folds_parquet,
+    settings,
+    oof_out,
+    test_out,
+    learner_out,
+    threads=None,
+):
     """One fold's pair-feature learner (:class:`~arena_pref.settings.FeatureLearner`): fitted on
     the other folds' rows in both answer orders; its held-out rows and the test rows predicted in
     both orders, written as an OOF file and a fold test file like any member's."""
@@ -189,10 +252,17 @@ def features_fold(*, model, fold, train_stats, test_stats, train_parquet, folds_
     io.write_parquet(oof_frame, oof_out)
     io.write_parquet(test_frame, test_out)
     y_held = held["id"].map(labels).to_numpy()
-    log.info("model '%s', fold %d: %s learner fitted on %d rows (both orders); held-out log loss %.4f, with TTA "
-             "%.4f (class prior %.4f)", model, fold, settings.learner, len(fit_rows),
-             log_loss(y_held, oof_frame[PROB_COLUMNS]), log_loss(y_held, oof_frame[TTA_COLUMNS]),
-             prior_log_loss(y_held))
+    log.info(
+        "model '%s', fold %d: %s learner fitted on %d rows (both orders); held-out log loss %.4f, with TTA "
+        "%.4f (class prior %.4f)",
+        model,
+        fold,
+        settings.learner,
+        len(fit_rows),
+        log_loss(y_held, oof_frame[PROB_COLUMNS]),
+        log_loss(y_held, oof_frame[TTA_COLUMNS]),
+        prior_log_loss(y_held),
+    )
 
 
 def features_predict(*, model, fold, test_stats, learner, test_out):
@@ -210,8 +280,15 @@ def average_adapters(*, model, adapters, out):
     from .adapters import average_adapters as average
 
     summary = average(adapters, out)
-    log.info("model '%s': %d fold adapters averaged into %s (LoRA rank %d -> %d, %d tensors)", model, len(adapters),
-             out, summary["rank_before"], summary["rank_after"], summary["tensors"])
+    log.info(
+        "model '%s': %d fold adapters averaged into %s (LoRA rank %d -> %d, %d tensors)",
+        model,
+        len(adapters),
+        out,
+        summary["rank_before"],
+        summary["rank_after"],
+        summary["tensors"],
+    )
 
 
 def _predict_both_orders(fitted, rows):
@@ -224,8 +301,23 @@ def _predict_both_orders(fitted, rows):
     return frame_from_probs(rows, np.vstack([predict(fitted, stats), predict(fitted, stats, swap=True)]), tta=True)
 
 
-def train(*, tokens_parquet, train_parquet, folds_parquet, fold, backbone, settings, options, checkpoints, adapter,
-          metrics, teacher_oof=(), pseudo_labels=None, extra_tokens=None, threads=None):
+def train(
+    *,
+    tokens_parquet,
+    train_parquet,
+    folds_parquet,
+    fold,
+    backbone,
+    settings,
+    options,
+    checkpoints,
+    adapter,
+    metrics,
+    teacher_oof=(),
+    pseudo_labels=None,
+    extra_tokens=None,
+    threads=None,
+):
     """One fold's adapter (:class:`~arena_pref.settings.TrainSettings`, ``options``:
     :class:`~arena_pref.settings.JobOptions`). ``teacher_oof``: the distillation teacher's OOF
     files of the other folds; ``pseudo_labels`` and ``extra_tokens``: the pseudo-label teacher's
@@ -241,10 +333,23 @@ def train(*, tokens_parquet, train_parquet, folds_parquet, fold, backbone, setti
         probs = targets.teacher_probs([pseudo_labels], name=settings.teachers.pseudo)
         rows = rows.concat(targets.pseudo(extra["id"], probs, name=settings.teachers.pseudo))
         tokens = pd.concat([tokens, extra[tokens.columns]], ignore_index=True)
-        log.info("training on %d labelled rows and %d rows pseudo-labelled by '%s'", len(labels), len(extra),
-                 settings.teachers.pseudo)
-    train_fold(backbone=backbone, tokens=tokens, targets=rows, settings=settings, options=options,
-               ckpt_dir=checkpoints, adapter_dir=adapter, metrics_path=metrics, threads=threads)
+        log.info(
+            "training on %d labelled rows and %d rows pseudo-labelled by '%s'",
+            len(labels),
+            len(extra),
+            settings.teachers.pseudo,
+        )
+    train_fold(
+        backbone=backbone,
+        tokens=tokens,
+        targets=rows,
+        settings=settings,
+        options=options,
+        ckpt_dir=checkpoints,
+        adapter_dir=adapter,
+        metrics_path=metrics,
+        threads=threads,
+    )
 
 
 def _distilled(tokens, labels, teachers, teacher_oof):
@@ -253,8 +358,12 @@ def _distilled(tokens, labels, teachers, teacher_oof):
     if not teachers.distill:
         return targets.hard(labels)
     probs = targets.teacher_probs(teacher_oof, name=teachers.distill)
-    log.info("distilling '%s' (alpha %.2f) from its OOF predictions in %d file(s)", teachers.distill, teachers.alpha,
-             len(teacher_oof))
+    log.info(
+        "distilling '%s' (alpha %.2f) from its OOF predictions in %d file(s)",
+        teachers.distill,
+        teachers.alpha,
+        len(teacher_oof),
+    )
     return targets.distilled(tokens["id"], labels, probs, alpha=teachers.alpha, name=teachers.distill)
 
 
@@ -262,9 +371,17 @@ def _predict(tokens, *, backbone, adapter, settings, options, tta, label, thread
     """One adapter's probabilities of ``tokens``' rows, as every prediction job makes them."""
     from .predict import predict_on_devices
 
-    return predict_on_devices(backbone=backbone, adapter_dir=adapter, tokens=tokens, settings=settings, tta=tta,
-                              threads=threads, label=label, allow_bf16_emulation=options.allow_bf16_emulation,
-                              model_parallel=options.model_parallel)
+    return predict_on_devices(
+        backbone=backbone,
+        adapter_dir=adapter,
+        tokens=tokens,
+        settings=settings,
+        tta=tta,
+        threads=threads,
+        label=label,
+        allow_bf16_emulation=options.allow_bf16_emulation,
+        model_parallel=options.model_parallel,
+    )
 
 
 def oof(*, model, tokens_parquet, folds_parquet, fold, backbone, adapter, settings, options, out, threads=None):
@@ -272,21 +389,36 @@ def oof(*, model, tokens_parquet, folds_parquet, fold, backbone, adapter, settin
     from .tokenize import read_tokens
 
     tokens = _fold_rows(read_tokens(tokens_parquet), folds_parquet, fold, held_out=True)
-    pred = _predict(tokens, backbone=backbone, adapter=adapter, settings=settings, options=options, tta=True,
-                    label=f"model '{model}', fold {fold} (OOF)", threads=threads)
+    pred = _predict(
+        tokens,
+        backbone=backbone,
+        adapter=adapter,
+        settings=settings,
+        options=options,
+        tta=True,
+        label=f"model '{model}', fold {fold} (OOF)",
+        threads=threads,
+    )
     pred.insert(1, "fold", np.int64(fold))
     io.write_parquet(pred, out)
 
 
-def infer(*, model, part, tokens_parquet, backbone, adapter, settings, options, tta, out, scored="test",
-          threads=None):
+def infer(*, model, part, tokens_parquet, backbone, adapter, settings, options, tta, out, scored="test", threads=None):
     """The rows of ``tokens_parquet`` predicted by one adapter (``part``: ``fold<k>``, or
     ``average`` for the folds' averaged adapter): the test rows, or (``scored`` pseudo) the extra
     rows a pseudo-label teacher labels."""
     from .tokenize import read_tokens
 
-    pred = _predict(read_tokens(tokens_parquet), backbone=backbone, adapter=adapter, settings=settings,
-                    options=options, tta=tta, label=f"model '{model}', {part} ({scored})", threads=threads)
+    pred = _predict(
+        read_tokens(tokens_parquet),
+        backbone=backbone,
+        adapter=adapter,
+        settings=settings,
+        options=options,
+        tta=tta,
+        label=f"model '{model}', {part} ({scored})",
+        threads=threads,
+    )
     io.write_parquet(pred, out)
 
 
@@ -298,8 +430,22 @@ def average_test(fold_predictions, out, *, tta):
     log.info("averaged %d test passes' predictions (TTA %s)", len(preds), "on" if tta else "off")
 
 
-def blend(*, oof_paths, test_paths, train_parquet, test_parquet, folds_parquet, settings, tta, submission,
-          metrics_path, oof_blend_path, blender_path, run_info_path, config):
+def blend(
+    *,
+    oof_paths,
+    test_paths,
+    train_parquet,
+    test_parquet,
+    folds_parquet,
+    settings,
+    tta,
+    submission,
+    metrics_path,
+    oof_blend_path,
+    blender_path,
+    run_info_path,
+    config,
+):
     """``oof_paths``: model name -> its folds' OOF files; ``test_paths``: model name -> its test
     file (names given, never parsed from paths); ``settings``: :class:`~arena_pref.settings.BlendSettings`."""
     from .blend import blend_run
@@ -311,18 +457,32 @@ def blend(*, oof_paths, test_paths, train_parquet, test_parquet, folds_parquet, 
     labels = train.set_index("id")["label"]
     assignment = pd.read_parquet(folds_parquet).set_index("id")["fold"]
     sub, metrics, oof_blend, blender = blend_run(
-        oof, test, labels, assignment, use_tta=tta, method=settings.method, weights=settings.weights or None,
-        stack_C=settings.stack_C, calibrate=settings.calibrate, guard=settings.guard,
-        post_rules=_post_rules(settings.post_rules, train, test_parquet))
+        oof,
+        test,
+        labels,
+        assignment,
+        use_tta=tta,
+        method=settings.method,
+        weights=settings.weights or None,
+        stack_C=settings.stack_C,
+        calibrate=settings.calibrate,
+        guard=settings.guard,
+        post_rules=_post_rules(settings.post_rules, train, test_parquet),
+    )
     io.write_csv(sub, submission)
     io.write_json(metrics, metrics_path)
     io.write_parquet(oof_blend, oof_blend_path)
     io.write_json(blender, blender_path)
     io.write_json(run_info(config), run_info_path)
     b = metrics["blend"]
-    log.info("OOF log loss: class prior %.4f; %s; blend (%s) %.4f%s", b["guard"]["prior_oof_log_loss"],
-             ", ".join(f"{m} {v['log_loss_used']:.4f}" for m, v in metrics["models"].items()), b["method"],
-             b["log_loss"], " (the class prior: the blend did not beat it)" if b["guard"]["fell_back"] else "")
+    log.info(
+        "OOF log loss: class prior %.4f; %s; blend (%s) %.4f%s",
+        b["guard"]["prior_oof_log_loss"],
+        ", ".join(f"{m} {v['log_loss_used']:.4f}" for m, v in metrics["models"].items()),
+        b["method"],
+        b["log_loss"],
+        " (the class prior: the blend did not beat it)" if b["guard"]["fell_back"] else "",
+    )
 
 
 def submit(*, blender_path, test_paths, test_parquet, tta, submission, run_info_path, config):
@@ -340,9 +500,15 @@ def submit(*, blender_path, test_paths, test_parquet, tta, submission, run_info_
     sub = apply_blender(blender, test, kinds)
     io.write_csv(sub, submission)
     io.write_json(run_info(config), run_info_path)
-    log.info("submission of %d test rows from the blender %s (%s of %s, fitted on %s training rows, OOF log loss "
-             "%s)", len(sub), blender_path, blender["method"], ", ".join(blender["members"]), blender.get("n_train"),
-             blender.get("oof_log_loss"))
+    log.info(
+        "submission of %d test rows from the blender %s (%s of %s, fitted on %s training rows, OOF log loss %s)",
+        len(sub),
+        blender_path,
+        blender["method"],
+        ", ".join(blender["members"]),
+        blender.get("n_train"),
+        blender.get("oof_log_loss"),
+    )
 
 
 def _post_rules(rules, train, test_parquet):
@@ -352,8 +518,9 @@ def _post_rules(rules, train, test_parquet):
     enabled = tuple(name for name in RULES if getattr(rules, name))
     if not enabled:
         return None
-    return PostRulePlan(rules=enabled, kinds_train=row_kinds(train),
-                        kinds_test=row_kinds(data.read_parsed(test_parquet)))
+    return PostRulePlan(
+        rules=enabled, kinds_train=row_kinds(train), kinds_test=row_kinds(data.read_parsed(test_parquet))
+    )
 
 
 def plots(*, metrics_path, oof_blend_path, fold_scores_png, calibration_png):
@@ -389,22 +556,49 @@ def time_estimate(*, models, limit_h, margin_h, gpus, rows, out, threads=None):
     startup, report = time.time() - psutil.Process().create_time(), {}
     for name, m in models.items():
         tokens = read_tokens(m["tokens_parquet"])
-        measured = {"startup_s": startup, **budget.calibrate(
-            backbone=m["backbone"], adapter_dir=m["adapter"], tokens=budget.sample_rows(tokens, rows),
-            settings=m["settings"], tta=m["tta"], allow_bf16_emulation=m["allow_bf16_emulation"], threads=threads,
-            model_parallel=m["model_parallel"])}
+        measured = {
+            "startup_s": startup,
+            **budget.calibrate(
+                backbone=m["backbone"],
+                adapter_dir=m["adapter"],
+                tokens=budget.sample_rows(tokens, rows),
+                settings=m["settings"],
+                tta=m["tta"],
+                allow_bf16_emulation=m["allow_bf16_emulation"],
+                threads=threads,
+                model_parallel=m["model_parallel"],
+            ),
+        }
         n_tokens = int(tokens["input_ids"].map(len).sum())
         copies = budget.model_copies(gpus, m["model_parallel"])
         seconds = budget.model_seconds(measured, tokens=n_tokens, passes=m["passes"], tta=m["tta"], copies=copies)
-        report[name] = {**measured, "test_tokens": n_tokens, "passes": m["passes"], "tta": m["tta"],
-                        "gpus": m["model_parallel"].gpus if m["model_parallel"] else gpus, "copies": copies,
-                        "seconds": seconds}
-        log.info("model '%s': start %.1f s, load %.1f s, %.0f tokens/s on %s; %d passes x %d tokens%s: %.0f s", name,
-                 measured["startup_s"], measured["load_s"], measured["tokens_per_s"], measured["device"], m["passes"],
-                 n_tokens, " x 2 orders" if m["tta"] else "", seconds)
+        report[name] = {
+            **measured,
+            "test_tokens": n_tokens,
+            "passes": m["passes"],
+            "tta": m["tta"],
+            "gpus": m["model_parallel"].gpus if m["model_parallel"] else gpus,
+            "copies": copies,
+            "seconds": seconds,
+        }
+        log.info(
+            "model '%s': start %.1f s, load %.1f s, %.0f tokens/s on %s; %d passes x %d tokens%s: %.0f s",
+            name,
+            measured["startup_s"],
+            measured["load_s"],
+            measured["tokens_per_s"],
+            measured["device"],
+            m["passes"],
+            n_tokens,
+            " x 2 orders" if m["tta"] else "",
+            seconds,
+        )
     result = {**budget.verdict(report, limit_h=limit_h, margin_h=margin_h), "models": report}
     io.write_json(result, out)
     (log.info if result["fits"] else log.warning)(
-        "estimated %.2f h for the test passes, limit %.2f h less a margin of %.2f h: %s", result["estimate_h"],
-        limit_h, margin_h,
-        "fits" if result["fits"] else f"does not fit ({result['advice']})")
+        "estimated %.2f h for the test passes, limit %.2f h less a margin of %.2f h: %s",
+        result["estimate_h"],
+        limit_h,
+        margin_h,
+        "fits" if result["fits"] else f"does not fit ({result['advice']})",
+    )

@@ -40,9 +40,11 @@ class Targets:
         """These rows, then ``other``'s."""
         if (self.soft is None) != (other.soft is None):
             self, other = self.with_soft(), other.with_soft()
-        return Targets(np.concatenate([self.labels, other.labels]),
-                       None if self.soft is None else np.vstack([self.soft, other.soft]),
-                       None if self.alpha is None else np.concatenate([self.alpha, other.alpha]))
+        return Targets(
+            np.concatenate([self.labels, other.labels]),
+            None if self.soft is None else np.vstack([self.soft, other.soft]),
+            None if self.alpha is None else np.concatenate([self.alpha, other.alpha]),
+        )
 
     def with_soft(self):
         """The same targets with explicit soft columns (zero weight where there were none)."""
@@ -69,14 +71,18 @@ def teacher_probs(paths, *, name):
     cols = TTA_COLUMNS if set(TTA_COLUMNS) <= set(df.columns) else PROB_COLUMNS
     dup = df[df["id"].duplicated(keep=False)]
     if len(dup):
-        raise InputError(f"teacher '{name}': row id {dup['id'].iloc[0]} is in more than one of its files "
-                         f"({', '.join(dup['_file'].unique()[:2])})")
+        raise InputError(
+            f"teacher '{name}': row id {dup['id'].iloc[0]} is in more than one of its files "
+            f"({', '.join(dup['_file'].unique()[:2])})"
+        )
     probs = df[cols].to_numpy(dtype=np.float64)
     bad = ~(np.isfinite(probs).all(axis=1) & (probs >= 0).all(axis=1) & (np.abs(probs.sum(axis=1) - 1) < 1e-3))
     if bad.any():
         row = df.iloc[int(np.argmax(bad))]
-        raise InputError(f"{row['_file']}: row id {row['id']}: columns {', '.join(cols)}: teacher '{name}' gives "
-                         f"{probs[bad][0].round(4).tolist()}, not probabilities summing to 1")
+        raise InputError(
+            f"{row['_file']}: row id {row['id']}: columns {', '.join(cols)}: teacher '{name}' gives "
+            f"{probs[bad][0].round(4).tolist()}, not probabilities summing to 1"
+        )
     return pd.DataFrame(probs, index=df["id"].to_numpy(), columns=PROB_COLUMNS)
 
 
@@ -84,8 +90,9 @@ def _lookup(teacher, ids, *, name, what):
     """The ``teacher`` frame's probabilities of rows ``ids``; every row must have them."""
     missing = ~np.isin(ids, teacher.index.to_numpy())
     if missing.any():
-        raise InputError(f"teacher '{name}': its {what} lack {int(missing.sum())} row(s), e.g. ids "
-                         f"{ids[missing][:5].tolist()}")
+        raise InputError(
+            f"teacher '{name}': its {what} lack {int(missing.sum())} row(s), e.g. ids {ids[missing][:5].tolist()}"
+        )
     return teacher.loc[ids, PROB_COLUMNS].to_numpy(dtype=np.float64)
 
 

@@ -55,8 +55,13 @@ class Layout:
 
     @property
     def fixed_len(self):
-        return (len(self.prefix) + len(self.suffix) + len(self.label_prompt)
-                + len(self.label_first) + len(self.label_second))
+        return (
+            len(self.prefix)
+            + len(self.suffix)
+            + len(self.label_prompt)
+            + len(self.label_first)
+            + len(self.label_second)
+        )
 
 
 def special_tokens(tokenizer):
@@ -64,15 +69,17 @@ def special_tokens(tokenizer):
     bare = tokenizer("x", add_special_tokens=False)["input_ids"]
     full = tokenizer("x", add_special_tokens=True)["input_ids"]
     for start in range(len(full) - len(bare) + 1):
-        if full[start:start + len(bare)] == bare:
-            return list(full[:start]), list(full[start + len(bare):])
+        if full[start : start + len(bare)] == bare:
+            return list(full[:start]), list(full[start + len(bare) :])
     raise ValueError("cannot locate the text inside the tokenizer's special tokens")
 
 
 def make_layout(tokenizer, template=None):
     template = {**DEFAULT_TEMPLATE, **(template or {})}
-    enc = tokenizer([template["prompt"], template["response_a"], template["response_b"],
-                     TURN_SEPARATOR + template["prompt"]], add_special_tokens=False)["input_ids"]
+    enc = tokenizer(
+        [template["prompt"], template["response_a"], template["response_b"], TURN_SEPARATOR + template["prompt"]],
+        add_special_tokens=False,
+    )["input_ids"]
     prefix, suffix = special_tokens(tokenizer)
     return Layout(prefix, suffix, *(list(e) for e in enc))
 
@@ -109,8 +116,9 @@ def waterfill(lengths, budget, caps=None):
 PROMPT_SEGMENT, FIRST_SEGMENT, SECOND_SEGMENT = 0, 1, 2
 
 
-def build_sequence(strategy, layout, max_length, prompt, first, second, turns=None,
-                   prompt_max_frac=1 / 3, segments=False):
+def build_sequence(
+    strategy, layout, max_length, prompt, first, second, turns=None, prompt_max_frac=1 / 3, segments=False
+):
     """Token ids of one sequence (answer ``first`` shown as A, ``second`` as B), and its untruncated length.
 
     ``prompt``, ``first`` and ``second`` are token lists of the joined turns; ``tail``
@@ -145,8 +153,7 @@ def build_sequence(strategy, layout, max_length, prompt, first, second, turns=No
         add(first[:n_a], FIRST_SEGMENT)
         add(layout.label_second)
         add(second[:n_b], SECOND_SEGMENT)
-        full_len = layout.fixed_len - len(layout.prefix) - len(layout.suffix) \
-            + len(prompt) + len(first) + len(second)
+        full_len = layout.fixed_len - len(layout.prefix) - len(layout.suffix) + len(prompt) + len(first) + len(second)
     elif strategy == "tail":
         for t, (p, a, b) in enumerate(turns):
             add((layout.label_next_turn if t else layout.label_prompt) + p + layout.label_first)
@@ -160,5 +167,9 @@ def build_sequence(strategy, layout, max_length, prompt, first, second, turns=No
     specials = len(layout.prefix) + len(layout.suffix)
     ids = layout.prefix + body + layout.suffix
     if segments:
-        return ids, full_len + specials, [PROMPT_SEGMENT] * len(layout.prefix) + seg + [PROMPT_SEGMENT] * len(layout.suffix)
+        return (
+            ids,
+            full_len + specials,
+            [PROMPT_SEGMENT] * len(layout.prefix) + seg + [PROMPT_SEGMENT] * len(layout.suffix),
+        )
     return ids, full_len + specials

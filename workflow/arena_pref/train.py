@@ -32,8 +32,12 @@ from .varlen import base_implementation
 log = logging.getLogger(__name__)
 
 # config name -> Trainer `optim` name; 8-bit AdamW from bitsandbytes where it runs
-OPTIMIZERS = {"adamw": "adamw_torch", "adamw_8bit": "adamw_bnb_8bit", "paged_adamw_8bit": "paged_adamw_8bit",
-              "sgd": "sgd"}
+OPTIMIZERS = {
+    "adamw": "adamw_torch",
+    "adamw_8bit": "adamw_bnb_8bit",
+    "paged_adamw_8bit": "paged_adamw_8bit",
+    "sgd": "sgd",
+}
 
 
 class RowDataset(torch.utils.data.Dataset):
@@ -84,8 +88,12 @@ class PaddedCollator:
         seqs = [f["input_ids"] for f in features]
         width = max(len(s) for s in seqs)
         ids, mask = padded_inputs(seqs, width, self.pad_token_id)
-        batch = {"input_ids": ids, "attention_mask": mask, "n_tokens": sum(len(s) for s in seqs),
-                 **collate_targets(features)}
+        batch = {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "n_tokens": sum(len(s) for s in seqs),
+            **collate_targets(features),
+        }
         if "segments" in features[0]:
             batch["segments"] = pad_rows([f["segments"] for f in features], width)
         return batch
@@ -114,7 +122,7 @@ class LengthGroupedSampler(torch.utils.data.Sampler):
         rng = np.random.default_rng([self.seed, self.epoch])
         order = rng.permutation(len(self.lengths))
         size = self.batch_size * self.mega
-        groups = [order[i:i + size] for i in range(0, len(order), size)]
+        groups = [order[i : i + size] for i in range(0, len(order), size)]
         return iter([int(i) for g in groups for i in g[np.argsort(-self.lengths[g], kind="stable")]])
 
 
@@ -166,8 +174,14 @@ class PackedCollator:
     def __call__(self, features):
         ids, positions, lengths = packed_inputs([f["input_ids"] for f in features])
         # ``bounds``: host ints, which the Trainer does not move to the device (lengths it does)
-        batch = {"input_ids": ids, "position_ids": positions, "lengths": lengths, "n_tokens": ids.shape[1],
-                 "bounds": (0, *np.cumsum(lengths.tolist()).tolist()), **collate_targets(features)}
+        batch = {
+            "input_ids": ids,
+            "position_ids": positions,
+            "lengths": lengths,
+            "n_tokens": ids.shape[1],
+            "bounds": (0, *np.cumsum(lengths.tolist()).tolist()),
+            **collate_targets(features),
+        }
         if "segments" in features[0]:
             batch["segments"] = concat_row([f["segments"] for f in features])
         return batch
@@ -218,10 +232,17 @@ class PreferenceTrainer(Trainer):
         return self.accelerator.autocast()
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        logits = classify(model, input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"),
-                          lengths=inputs.get("lengths"), position_ids=inputs.get("position_ids"),
-                          bounds=inputs.get("bounds"), pooling=self.pooling, segments=inputs.get("segments"),
-                          pack_to=self.pack_to)
+        logits = classify(
+            model,
+            input_ids=inputs["input_ids"],
+            attention_mask=inputs.get("attention_mask"),
+            lengths=inputs.get("lengths"),
+            position_ids=inputs.get("position_ids"),
+            bounds=inputs.get("bounds"),
+            pooling=self.pooling,
+            segments=inputs.get("segments"),
+            pack_to=self.pack_to,
+        )
         labels = inputs["labels"].to(logits.device)  # a split model's logits come from its last GPU
         if "soft" in inputs:
             soft, alpha = inputs["soft"].to(logits.device), inputs["alpha"].to(logits.device)
@@ -241,17 +262,21 @@ class PreferenceTrainer(Trainer):
     def get_train_dataloader(self):
         if not self.max_tokens:
             return super().get_train_dataloader()
-        sampler = TokenBudgetBatchSampler([len(s) for s in self.train_dataset.sequences], self.max_tokens,
-                                          packed=self.packed, seed=self.args.seed)
-        loader = torch.utils.data.DataLoader(self.train_dataset, batch_sampler=sampler,
-                                             collate_fn=self.data_collator, num_workers=0)
+        sampler = TokenBudgetBatchSampler(
+            [len(s) for s in self.train_dataset.sequences], self.max_tokens, packed=self.packed, seed=self.args.seed
+        )
+        loader = torch.utils.data.DataLoader(
+            self.train_dataset, batch_sampler=sampler, collate_fn=self.data_collator, num_workers=0
+        )
         return self.accelerator.prepare(loader)
 
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
-        return LengthGroupedSampler([len(s) for s in dataset.sequences],
-                                    self.args.train_batch_size * self.args.gradient_accumulation_steps,
-                                    self.args.seed)
+        return LengthGroupedSampler(
+            [len(s) for s in dataset.sequences],
+            self.args.train_batch_size * self.args.gradient_accumulation_steps,
+            self.args.seed,
+        )
 
 
 class StepRecorder(TrainerCallback):
@@ -283,9 +308,16 @@ class LogProgress(TrainerCallback):
         steps = state.global_step - self.step0
         rate = steps / dt if dt > 0 else float("nan")
         eta = (state.max_steps - state.global_step) / rate if rate > 0 else float("nan")
-        log.info("step %d/%d epoch %.2f loss %.4f lr %.2e | %.2f steps/s, eta %.0f s",
-                 state.global_step, state.max_steps, state.epoch or 0, logs["loss"],
-                 logs.get("learning_rate", float("nan")), rate, eta)
+        log.info(
+            "step %d/%d epoch %.2f loss %.4f lr %.2e | %.2f steps/s, eta %.0f s",
+            state.global_step,
+            state.max_steps,
+            state.epoch or 0,
+            logs["loss"],
+            logs.get("learning_rate", float("nan")),
+            rate,
+            eta,
+        )
 
 
 KILL_AFTER_CHECKPOINT = "ARENA_PREF_KILL_AFTER_CHECKPOINT"
@@ -324,14 +356,27 @@ def train_fold(*, backbone, tokens, targets, settings, options, ckpt_dir, adapte
     optim = optimizer_name(settings.train.optimizer)
     # what ran matters too: a checkpoint's optimizer state cannot move between these
     runtime = {"optimizer": optim, "device": default_device().type}
-    fp = checkpoints.fingerprint(settings=[to_params(settings), runtime], ids=tokens["id"], targets=targets,
-                                 sequences=seqs + (segs or []), backbone=backbone)
+    fp = checkpoints.fingerprint(
+        settings=[to_params(settings), runtime],
+        ids=tokens["id"],
+        targets=targets,
+        sequences=seqs + (segs or []),
+        backbone=backbone,
+    )
     with checkpoints.exclusive(ckpt_dir):
         resume, step_losses = checkpoints.prepare(ckpt_dir, fp)
         model, tokenizer, packing = _trainable_model(backbone, settings, options)
         args = _training_arguments(settings, options, ckpt_dir, optim)
-        trainer = _trainer(model, tokenizer, settings, args, RowDataset(seqs, rows, segs), packing=packing,
-                           fingerprint=fp, step_losses=step_losses)
+        trainer = _trainer(
+            model,
+            tokenizer,
+            settings,
+            args,
+            RowDataset(seqs, rows, segs),
+            packing=packing,
+            fingerprint=fp,
+            step_losses=step_losses,
+        )
         _log_start(trainer, settings, packing, seqs)
         for i in range(torch.cuda.device_count()):  # every GPU of a model split over several
             torch.cuda.reset_peak_memory_stats(i)
@@ -342,8 +387,14 @@ def train_fold(*, backbone, tokens, targets, settings, options, ckpt_dir, adapte
             trainer.model.save_pretrained(tmp)
         metrics = _metrics(trainer, result, elapsed, resume=resume, steps_before=len(step_losses), seqs=seqs)
         write_json(metrics, metrics_path)
-    log.info("trained %d steps (%d in this run) in %.1f s, mean loss %.4f, %.0f tokens/s", metrics["steps"],
-             metrics["steps_this_run"], elapsed, metrics["train_loss"], metrics["tokens_per_s_this_run"])
+    log.info(
+        "trained %d steps (%d in this run) in %.1f s, mean loss %.4f, %.0f tokens/s",
+        metrics["steps"],
+        metrics["steps_this_run"],
+        elapsed,
+        metrics["train_loss"],
+        metrics["tokens_per_s_this_run"],
+    )
     return metrics
 
 
@@ -354,12 +405,20 @@ def _trainable_model(backbone, settings, options):
     tokenizer = load_tokenizer(backbone)
     # a model-parallel model split over this job's GPUs (the Trainer leaves a model with a
     # multi-GPU hf_device_map where it is: no .to(), no DataParallel)
-    split = job_device_map(backbone, options.model_parallel, quantization=loading.quantization, dtype=loading.dtype,
-                           devices=job_devices())
-    model = load_model(backbone, quantization=loading.quantization, dtype=loading.dtype,
-                       pad_token_id=tokenizer.pad_token_id, attn_implementation=loading.attn_implementation,
-                       attention_softcap=loading.attention_softcap,
-                       allow_bf16_emulation=options.allow_bf16_emulation, device_map=split, training=True)
+    split = job_device_map(
+        backbone, options.model_parallel, quantization=loading.quantization, dtype=loading.dtype, devices=job_devices()
+    )
+    model = load_model(
+        backbone,
+        quantization=loading.quantization,
+        dtype=loading.dtype,
+        pad_token_id=tokenizer.pad_token_id,
+        attn_implementation=loading.attn_implementation,
+        attention_softcap=loading.attention_softcap,
+        allow_bf16_emulation=options.allow_bf16_emulation,
+        device_map=split,
+        training=True,
+    )
     model = attach_lora(model, settings.lora, gradient_checkpointing=opts.gradient_checkpointing)
     packing = opts.packing
     if packing and (why := packing_unsupported(model)):
@@ -371,25 +430,47 @@ def _trainable_model(backbone, settings, options):
 def _training_arguments(settings, options, ckpt_dir, optim):
     opts, dtype = settings.train, settings.loading.dtype
     return TrainingArguments(
-        output_dir=str(ckpt_dir), per_device_train_batch_size=opts.batch_size,
-        gradient_accumulation_steps=opts.grad_accum, learning_rate=opts.lr, weight_decay=opts.weight_decay,
-        warmup_steps=opts.warmup_steps, num_train_epochs=opts.epochs, lr_scheduler_type=opts.scheduler,
-        max_grad_norm=opts.max_grad_norm, optim=optim,
+        output_dir=str(ckpt_dir),
+        per_device_train_batch_size=opts.batch_size,
+        gradient_accumulation_steps=opts.grad_accum,
+        learning_rate=opts.lr,
+        weight_decay=opts.weight_decay,
+        warmup_steps=opts.warmup_steps,
+        num_train_epochs=opts.epochs,
+        lr_scheduler_type=opts.scheduler,
+        max_grad_norm=opts.max_grad_norm,
+        optim=optim,
         # mixed precision in the model's dtype, on a CPU too (torch autocasts there as well)
-        bf16=dtype == "bfloat16", fp16=dtype == "float16", use_cpu=default_device().type != "cuda",
-        logging_steps=options.logging_steps, save_strategy="steps", save_steps=options.save_steps, save_total_limit=2,
-        seed=opts.seed, data_seed=opts.seed, report_to="none", disable_tqdm=True, dataloader_num_workers=0,
+        bf16=dtype == "bfloat16",
+        fp16=dtype == "float16",
+        use_cpu=default_device().type != "cuda",
+        logging_steps=options.logging_steps,
+        save_strategy="steps",
+        save_steps=options.save_steps,
+        save_total_limit=2,
+        seed=opts.seed,
+        data_seed=opts.seed,
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
         # our rows carry exactly what compute_loss reads (segment ids too): keep them all
-        remove_unused_columns=False)
+        remove_unused_columns=False,
+    )
 
 
 def _trainer(model, tokenizer, settings, args, dataset, *, packing, fingerprint, step_losses):
     opts = settings.train
     trainer = PreferenceTrainer(
-        model=model, args=args, train_dataset=dataset,
+        model=model,
+        args=args,
+        train_dataset=dataset,
         data_collator=PackedCollator() if packing else PaddedCollator(tokenizer.pad_token_id),
-        callbacks=[LogProgress()], pooling=settings.loading.pooling, max_tokens=opts.max_tokens_per_batch,
-        packed=packing, step_losses=step_losses)
+        callbacks=[LogProgress()],
+        pooling=settings.loading.pooling,
+        max_tokens=opts.max_tokens_per_batch,
+        packed=packing,
+        step_losses=step_losses,
+    )
     # with tqdm off the Trainer prints raw log dicts; LogProgress logs them readably instead
     trainer.remove_callback(PrinterCallback)
     trainer.add_callback(StepRecorder(trainer, fingerprint))  # before the fault injection below
@@ -403,14 +484,25 @@ def _log_start(trainer, settings, packing, seqs):
     opts, args = settings.train, trainer.args
     longest = max(len(s) for s in seqs)
     if opts.max_tokens_per_batch and opts.max_tokens_per_batch < longest:
-        log.info("train.max_tokens_per_batch %d is below the longest sequence (%d tokens): such rows go alone",
-                 opts.max_tokens_per_batch, longest)
-    log.info("training %d sequences (%d tokens) in %s %s, %d trainable parameters, optimizer %s, %s, "
-             "gradient checkpointing %s", len(seqs), sum(len(s) for s in seqs), "packed" if packing else "padded",
-             f"batches of up to {opts.max_tokens_per_batch} tokens" if opts.max_tokens_per_batch
-             else f"batches of {opts.batch_size} rows", _trainable_parameters(trainer.model), _optim(args),
-             f"mixed precision {settings.loading.dtype}" if args.bf16 or args.fp16 else "float32",
-             "on" if opts.gradient_checkpointing else "off")
+        log.info(
+            "train.max_tokens_per_batch %d is below the longest sequence (%d tokens): such rows go alone",
+            opts.max_tokens_per_batch,
+            longest,
+        )
+    log.info(
+        "training %d sequences (%d tokens) in %s %s, %d trainable parameters, optimizer %s, %s, "
+        "gradient checkpointing %s",
+        len(seqs),
+        sum(len(s) for s in seqs),
+        "packed" if packing else "padded",
+        f"batches of up to {opts.max_tokens_per_batch} tokens"
+        if opts.max_tokens_per_batch
+        else f"batches of {opts.batch_size} rows",
+        _trainable_parameters(trainer.model),
+        _optim(args),
+        f"mixed precision {settings.loading.dtype}" if args.bf16 or args.fp16 else "float32",
+        "on" if opts.gradient_checkpointing else "off",
+    )
 
 
 def _optim(args):
@@ -443,7 +535,9 @@ def _metrics(trainer, result, elapsed, *, resume, steps_before, seqs):
         "attention": base_implementation(trainer.model.config),  # what ran (attn_implementation fastest picks)
         "device": str(default_device()),
         # the GPU that peaked highest (of a model split over several: each holds part of it)
-        "peak_memory_mb": (max(torch.cuda.max_memory_allocated(i) for i in range(torch.cuda.device_count())) / 2**20
-                           if on_gpu
-                           else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "peak_memory_mb": (
+            max(torch.cuda.max_memory_allocated(i) for i in range(torch.cuda.device_count())) / 2**20
+            if on_gpu
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        ),
     }

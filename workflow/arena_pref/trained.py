@@ -53,9 +53,11 @@ def check(config):
             raise InputError(f"config models.{name}.trained: no directory '{m.trained}'")
         for path in _needed(config, name):
             if not Path(path).exists():
-                raise InputError(f"config models.{name}.trained: '{path}' is missing (predict.folds "
-                                 f"{config.predict_folds(name)}; the directory has "
-                                 f"{sorted(p.name for p in Path(m.trained).iterdir()) or 'nothing'})")
+                raise InputError(
+                    f"config models.{name}.trained: '{path}' is missing (predict.folds "
+                    f"{config.predict_folds(name)}; the directory has "
+                    f"{sorted(p.name for p in Path(m.trained).iterdir()) or 'nothing'})"
+                )
 
 
 def _needed(config, model):

@@ -98,12 +98,12 @@ def varlen_attention(module, query, key, value, attention_mask, *, arena_bounds=
         kwargs.pop(k, None)
     outputs = []
     for start, end in zip(arena_bounds[:-1], arena_bounds[1:]):
-        mask, is_causal = _segment_call(module, base, length=end - start, window=window, dtype=query.dtype,
-                                        device=query.device)
+        mask, is_causal = _segment_call(
+            module, base, length=end - start, window=window, dtype=query.dtype, device=query.device
+        )
         if base == "sdpa":
             kwargs["is_causal"] = is_causal
-        out, _ = base_fn(module, query[:, :, start:end], key[:, :, start:end], value[:, :, start:end], mask,
-                         **kwargs)
+        out, _ = base_fn(module, query[:, :, start:end], key[:, :, start:end], value[:, :, start:end], mask, **kwargs)
         outputs.append(out)  # (1, length, heads, head_dim)
     return torch.cat(outputs, dim=1), None
 

@@ -45,8 +45,17 @@ from .io import atomic_path
 
 log = logging.getLogger("arena_pref.wheels")  # not __main__ under ``python -m``
 
-DEFAULT_NAMES = ("snakemake", "peft", "bitsandbytes", "transformers", "tokenizers", "accelerate",
-                 "safetensors", "huggingface-hub", "arena-pref")
+DEFAULT_NAMES = (
+    "snakemake",
+    "peft",
+    "bitsandbytes",
+    "transformers",
+    "tokenizers",
+    "accelerate",
+    "safetensors",
+    "huggingface-hub",
+    "arena-pref",
+)
 """What the workflow needs on Kaggle (no SLURM executor plugin there: one machine)."""
 
 IMAGE_FILE = Path(__file__).with_name("kaggle_image.yaml")
@@ -57,8 +66,9 @@ _PIP_NOISE = re.compile(r"WARNING: Location '.*' is ignored")
 
 # Left out of the copy of a local project when it is not a git work tree (builds from a copy, so
 # stale build/ trees and in-tree egg-info never reach the wheel, nor does the build write there).
-_COPY_IGNORE = shutil.ignore_patterns(".git", ".venv", "venv", "build", "dist", "*.egg-info",
-                                      "__pycache__", ".pytest_cache", ".snakemake", "results")
+_COPY_IGNORE = shutil.ignore_patterns(
+    ".git", ".venv", "venv", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", ".snakemake", "results"
+)
 
 
 def image_exclude(path=IMAGE_FILE):
@@ -92,8 +102,7 @@ def _requirements(dist, extras, env):
     out = []
     for line in dist.requires or ():
         req = Requirement(line)
-        if req.marker is None or any(req.marker.evaluate({**env, "extra": e})
-                                     for e in ("", *sorted(extras))):
+        if req.marker is None or any(req.marker.evaluate({**env, "extra": e}) for e in ("", *sorted(extras))):
             out.append(req)
     return out
 
@@ -130,8 +139,14 @@ def _check_version(req, version, requirer):
     """A broken environment (a requirement the installed version does not meet) would give a
     bundle pip refuses to install: say so now, while the cause is visible."""
     if requirer and req.specifier and not req.specifier.contains(version, prereleases=True):
-        log.warning("%s requires %s, but %s is installed: the bundle pins %s==%s",
-                    requirer, req, version, canonicalize_name(req.name), version)
+        log.warning(
+            "%s requires %s, but %s is installed: the bundle pins %s==%s",
+            requirer,
+            req,
+            version,
+            canonicalize_name(req.name),
+            version,
+        )
 
 
 def closure(names, exclude=(), *, on_missing="error", marker_env=None):
@@ -146,16 +161,22 @@ def closure(names, exclude=(), *, on_missing="error", marker_env=None):
     ``marker_env`` overrides marker variables (e.g. another ``python_version``)."""
     env = {**default_environment(), **(marker_env or {})}
     excluded = _excluder(exclude)
-    absent = [n for n in names if not excluded(canonicalize_name(Requirement(n).name))
-              and _distribution(canonicalize_name(Requirement(n).name)) is None]
+    absent = [
+        n
+        for n in names
+        if not excluded(canonicalize_name(Requirement(n).name))
+        and _distribution(canonicalize_name(Requirement(n).name)) is None
+    ]
     if absent:
         raise InputError(f"not installed in this environment ({sys.prefix}): {', '.join(absent)}")
     found, missing, _ = _walk(names, exclude, env)
     if missing:
         what = "; ".join(f"{n} (required by {', '.join(sorted(set(r)))})" for n, r in sorted(missing.items()))
         if on_missing != "warn":
-            raise InputError(f"required but not installed here, and not excluded: {what}. Install them "
-                             "here, or exclude them if the Kaggle image provides them")
+            raise InputError(
+                f"required but not installed here, and not excluded: {what}. Install them "
+                "here, or exclude them if the Kaggle image provides them"
+            )
         log.warning("required but not installed here, left out of the bundle: %s", what)
     return dict(sorted(found.items()))
 
@@ -238,8 +259,7 @@ def _pip(args, what, names, *, check=True):
 def _pip_error(proc, what, names):
     """InputError with pip's last lines, naming the packages its ERROR lines mention (all of
     ``names`` where they name none); pip's notes on unreachable index locations are dropped."""
-    lines = [line for line in (proc.stdout + proc.stderr).strip().splitlines()
-             if not _PIP_NOISE.match(line)][-12:]
+    lines = [line for line in (proc.stdout + proc.stderr).strip().splitlines() if not _PIP_NOISE.match(line)][-12:]
     errors = " ".join(line for line in lines if line.startswith("ERROR")).lower().replace("_", "-")
     named = [n for n in names if re.search(rf"(?<![\w.-]){re.escape(n)}(?![\w-])", errors)]
     tail = "\n".join(lines)
@@ -253,9 +273,20 @@ def _download(pins, dest, python_version, platform):
     todo, no_wheel = dict(pins), {}
     t0 = time.perf_counter()
     while todo:
-        proc = _pip(["download", "--no-deps", "--only-binary=:all:", "-d", str(dest),
-                     *_target_args(python_version, platform), *(f"{n}=={v}" for n, v in todo.items())],
-                    "download", list(todo), check=False)
+        proc = _pip(
+            [
+                "download",
+                "--no-deps",
+                "--only-binary=:all:",
+                "-d",
+                str(dest),
+                *_target_args(python_version, platform),
+                *(f"{n}=={v}" for n, v in todo.items()),
+            ],
+            "download",
+            list(todo),
+            check=False,
+        )
         if proc.returncode == 0:
             break
         found = re.search(r"No matching distribution found for ([A-Za-z0-9._-]+)==", proc.stderr)
@@ -263,8 +294,12 @@ def _download(pins, dest, python_version, platform):
         if name not in todo:
             raise _pip_error(proc, "download", list(todo))
         no_wheel[name] = todo.pop(name)
-    log.info("pip download: %d wheels in %.1f s (%d versions without a wheel)", len(pins) - len(no_wheel),
-             time.perf_counter() - t0, len(no_wheel))
+    log.info(
+        "pip download: %d wheels in %.1f s (%d versions without a wheel)",
+        len(pins) - len(no_wheel),
+        time.perf_counter() - t0,
+        len(no_wheel),
+    )
     return no_wheel
 
 
@@ -273,16 +308,20 @@ def _build_sdists(pins, dest, cross):
     not pure Python was built for this interpreter: an error when the bundle targets another."""
     if not pins:
         return
-    log.warning("no wheel on the index for %s: built here from the sdist",
-                ", ".join(f"{n}=={v}" for n, v in pins.items()))
+    log.warning(
+        "no wheel on the index for %s: built here from the sdist", ", ".join(f"{n}=={v}" for n, v in pins.items())
+    )
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="sdist-wheels-") as tmp:
-        _pip(["wheel", "--no-deps", "-w", tmp, *(f"{n}=={v}" for n, v in pins.items())],
-             "wheel (from sdist)", list(pins))
+        _pip(
+            ["wheel", "--no-deps", "-w", tmp, *(f"{n}=={v}" for n, v in pins.items())], "wheel (from sdist)", list(pins)
+        )
         for path in sorted(Path(tmp).glob("*.whl")):
             if cross and any(tag.platform != "any" for tag in parse_wheel_filename(path.name)[3]):
-                raise InputError(f"{path.name}: built from its sdist for this interpreter, not for the "
-                                 "target python_version/platform; build it there or exclude it")
+                raise InputError(
+                    f"{path.name}: built from its sdist for this interpreter, not for the "
+                    "target python_version/platform; build it there or exclude it"
+                )
             shutil.move(str(path), Path(dest, path.name))
     log.info("pip wheel from sdists: %d wheels in %.1f s", len(pins), time.perf_counter() - t0)
 
@@ -290,8 +329,9 @@ def _build_sdists(pins, dest, cross):
 def _copy_project(src, dst):
     """Copy a project directory's source files: those git would commit (tracked and untracked
     but not ignored, that exist), or, outside git, the tree minus build and run leftovers."""
-    git = subprocess.run(["git", "-C", str(src), "ls-files", "-z", "--cached", "--others",
-                          "--exclude-standard"], capture_output=True)
+    git = subprocess.run(
+        ["git", "-C", str(src), "ls-files", "-z", "--cached", "--others", "--exclude-standard"], capture_output=True
+    )
     if git.returncode != 0:
         shutil.copytree(src, dst, ignore=_COPY_IGNORE, symlinks=True)
         return
@@ -336,8 +376,10 @@ def _write_lists(dest, wheels, meta):
     """``requirements.txt`` (what the notebook installs) and ``manifest.json`` (what it is)."""
     lines = [f"{n}=={v}" for n, (v, _) in sorted(wheels.items())]
     Path(dest, "requirements.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    entries = [{"name": n, "version": v, "filename": p.name, "size": p.stat().st_size,
-                "sha256": _sha256(p)} for n, (v, p) in sorted(wheels.items())]
+    entries = [
+        {"name": n, "version": v, "filename": p.name, "size": p.stat().st_size, "sha256": _sha256(p)}
+        for n, (v, p) in sorted(wheels.items())
+    ]
     manifest = {**meta, "wheels": entries}
     with open(Path(dest, "manifest.json"), "w", encoding="utf-8") as fh:
         json.dump(manifest, fh, indent=2, sort_keys=True)
@@ -352,8 +394,12 @@ def _check_wheels(pins, wheels):
         raise InputError(f"no wheel was produced for: {', '.join(absent)}")
     for name, version in pins.items():
         if wheels[name][0] != version:
-            log.warning("%s: installed %s but the wheel built is %s: requirements.txt pins the wheel",
-                        name, version, wheels[name][0])
+            log.warning(
+                "%s: installed %s but the wheel built is %s: requirements.txt pins the wheel",
+                name,
+                version,
+                wheels[name][0],
+            )
 
 
 def collect(names, exclude, out_dir, *, python_version=None, platform=None, project_dir=None):
@@ -373,8 +419,13 @@ def collect(names, exclude, out_dir, *, python_version=None, platform=None, proj
     env = _marker_env(python_version, platform)
     pins = closure(names, exclude, marker_env=env)
     built = _built_sources(pins, project_dir)
-    log.info("closure of %d named distributions: %d to bundle (%d built locally: %s)",
-             len(names), len(pins), len(built), ", ".join(built) or "none")
+    log.info(
+        "closure of %d named distributions: %d to bundle (%d built locally: %s)",
+        len(names),
+        len(pins),
+        len(built),
+        ", ".join(built) or "none",
+    )
     with atomic_path(out_dir, directory=True) as tmp:
         no_wheel = _download({n: v for n, v in pins.items() if n not in built}, tmp, python_version, platform)
         _build_sdists(no_wheel, tmp, cross=bool(python_version or platform))
@@ -382,13 +433,21 @@ def collect(names, exclude, out_dir, *, python_version=None, platform=None, proj
             _build(name, source, tmp)
         wheels = _wheel_files(tmp)
         _check_wheels(pins, wheels)
-        meta = {"python_version": python_version, "platform": platform,
-                "built_here": sorted({*built, *no_wheel}),
-                "image_requirements": image_requirements(names, exclude, marker_env=env)}
+        meta = {
+            "python_version": python_version,
+            "platform": platform,
+            "built_here": sorted({*built, *no_wheel}),
+            "image_requirements": image_requirements(names, exclude, marker_env=env),
+        }
         manifest = _write_lists(tmp, wheels, meta)
     size = sum(w["size"] for w in manifest["wheels"])
-    log.info("wrote %s: %d wheels, %.1f MB, requirements.txt, manifest.json in %.1f s",
-             out_dir, len(wheels), size / 1e6, time.perf_counter() - t0)
+    log.info(
+        "wrote %s: %d wheels, %.1f MB, requirements.txt, manifest.json in %.1f s",
+        out_dir,
+        len(wheels),
+        size / 1e6,
+        time.perf_counter() - t0,
+    )
     return manifest
 
 
@@ -412,8 +471,13 @@ def main(argv=None):
     parser.add_argument("--platform", action="append", help="target platform tag, e.g. manylinux_2_35_x86_64")
     args = parser.parse_args(argv)
     setup_logging(None)
-    run_main(collect)(args.names, image_exclude(args.exclude_file), args.out_dir,
-                      python_version=args.python_version, platform=args.platform)
+    run_main(collect)(
+        args.names,
+        image_exclude(args.exclude_file),
+        args.out_dir,
+        python_version=args.python_version,
+        platform=args.platform,
+    )
 
 
 if __name__ == "__main__":

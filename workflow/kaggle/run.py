@@ -36,18 +36,32 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--test-csv", required=True, help="the competition's test.csv")
     parser.add_argument("--out", default="/kaggle/working/submission.csv", help="where submission.csv goes")
-    parser.add_argument("--backbone", action="append", default=[], metavar="MODEL=DIR",
-                        help="a model's backbone directory (save_pretrained), e.g. the attached Kaggle model")
+    parser.add_argument(
+        "--backbone",
+        action="append",
+        default=[],
+        metavar="MODEL=DIR",
+        help="a model's backbone directory (save_pretrained), e.g. the attached Kaggle model",
+    )
     parser.add_argument("--workdir", default="/kaggle/working/arena-pref", help="the run's working directory")
     parser.add_argument("--jobs", type=int, default=None, help="parallel jobs (default: the GPUs here, at least 1)")
-    parser.add_argument("--time-limit-h", type=float, default=None,
-                        help="stop before the test passes unless the estimate fits this (default: the bundle's)")
+    parser.add_argument(
+        "--time-limit-h",
+        type=float,
+        default=None,
+        help="stop before the test passes unless the estimate fits this (default: the bundle's)",
+    )
     parser.add_argument("--no-estimate", action="store_true", help="skip the time estimate")
-    parser.add_argument("--average-if-needed", action="store_true",
-                        help="where the estimate does not fit, average each model's fold adapters (one test pass "
-                             "each) if that fits, instead of stopping")
+    parser.add_argument(
+        "--average-if-needed",
+        action="store_true",
+        help="where the estimate does not fit, average each model's fold adapters (one test pass "
+        "each) if that fits, instead of stopping",
+    )
     parser.add_argument("--no-install", action="store_true", help="the wheels are installed already")
-    parser.add_argument("--dry-run", action="store_true", help="check the arguments and plan the run (snakemake -n); run nothing")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="check the arguments and plan the run (snakemake -n); run nothing"
+    )
     return parser.parse_args(argv)
 
 
@@ -67,8 +81,19 @@ def install_wheels():
     if not requirements.exists():
         fail(f"{requirements} is missing: is this a complete arena-pref bundle?")
     say(f"installing {sum(1 for _ in wheels.glob('*.whl'))} wheels from {wheels} (offline)")
-    cmd = [sys.executable, "-m", "pip", "install", "--no-index", "--find-links", str(wheels), "-r", str(requirements),
-           "--quiet", "--disable-pip-version-check"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "--no-index",
+        "--find-links",
+        str(wheels),
+        "-r",
+        str(requirements),
+        "--quiet",
+        "--disable-pip-version-check",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         fail("pip could not install the bundled wheels:\n" + (proc.stdout + proc.stderr)[-3000:])
@@ -81,7 +106,7 @@ def moved_paths(value, old, new):
     if isinstance(value, list):
         return [moved_paths(v, old, new) for v in value]
     if isinstance(value, str) and (value == old or value.startswith(old + "/")):
-        return new + value[len(old):]
+        return new + value[len(old) :]
     return value
 
 
@@ -104,8 +129,10 @@ def run_config(args, workdir):
         check_backbone(name, moved["models"][name]["backbone"], meta.get("backbones", {}).get(name))
     gpus = count_gpus()
     if max(gpus, 1) < moved["compute"]["predict_gpus"]:
-        say(f"{gpus or 'no'} GPU(s) here: each prediction job uses {max(gpus, 1)} (the bundle was set for "
-            f"{moved['compute']['predict_gpus']})")
+        say(
+            f"{gpus or 'no'} GPU(s) here: each prediction job uses {max(gpus, 1)} (the bundle was set for "
+            f"{moved['compute']['predict_gpus']})"
+        )
         moved["compute"]["predict_gpus"] = max(gpus, 1)
     path = workdir / "config.yaml"
     write_yaml(moved, path)
@@ -129,13 +156,17 @@ def check_backbone(name, backbone, trained_on):
     if not config_json.exists():
         below = sorted(str(p.parent) for p in Path(backbone["path"]).glob("*/config.json"))
         hint = f" (a directory below has one: {below[0]})" if below else ""
-        fail(f"model '{name}': no backbone at {backbone['path']}: no config.json there{hint}. Attach the model to "
-             f"the notebook and pass --backbone {name}=DIR, DIR holding its config.json")
+        fail(
+            f"model '{name}': no backbone at {backbone['path']}: no config.json there{hint}. Attach the model to "
+            f"the notebook and pass --backbone {name}=DIR, DIR holding its config.json"
+        )
     found = json.loads(config_json.read_text())
     differ = [f"{k} {found.get(k)!r} (trained on {v!r})" for k, v in (trained_on or {}).items() if found.get(k) != v]
     if differ:
-        fail(f"model '{name}': the backbone at {backbone['path']} is not the one its adapters were trained on: "
-             + "; ".join(differ))
+        fail(
+            f"model '{name}': the backbone at {backbone['path']} is not the one its adapters were trained on: "
+            + "; ".join(differ)
+        )
 
 
 def count_gpus():
@@ -148,8 +179,24 @@ def count_gpus():
 
 
 def snakemake(workdir, config, jobs, gpus, *extra, target="results/submission.csv"):
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(BUNDLE / "Snakefile"), "-d", str(workdir), "--configfile",
-           str(config), "-j", str(jobs), "--resources", f"gpu={gpus}", "--rerun-incomplete", *extra, target]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(BUNDLE / "Snakefile"),
+        "-d",
+        str(workdir),
+        "--configfile",
+        str(config),
+        "-j",
+        str(jobs),
+        "--resources",
+        f"gpu={gpus}",
+        "--rerun-incomplete",
+        *extra,
+        target,
+    ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     return subprocess.run(cmd, env=env).returncode
 
@@ -161,27 +208,34 @@ def check_time(workdir, config, jobs, gpus, average_if_needed=False):
     (its fold adapters averaged: the fitted blender is indifferent to how a member's test
     predictions were made)."""
     if snakemake(workdir, config, jobs, gpus, target="results/time_estimate.json") != 0:
-        fail(f"the workflow stopped before the test passes: the error is above, and the log file it names is "
-             f"under {workdir}/results/logs")
+        fail(
+            f"the workflow stopped before the test passes: the error is above, and the log file it names is "
+            f"under {workdir}/results/logs"
+        )
     estimate = json.loads((workdir / "results" / "time_estimate.json").read_text())
     for name, m in estimate["models"].items():
-        say(f"  {name}: {m['passes']} passes x {m['test_tokens']} tokens{' x 2 orders' if m['tta'] else ''} at "
+        say(
+            f"  {name}: {m['passes']} passes x {m['test_tokens']} tokens{' x 2 orders' if m['tta'] else ''} at "
             f"{m['tokens_per_s']:.0f} tokens/s on {m['copies']} x {m['device']}, load {m['load_s']:.0f} s: "
-            f"{m['seconds']:.0f} s ({m['seconds'] / 3600:.2f} h)")
+            f"{m['seconds']:.0f} s ({m['seconds'] / 3600:.2f} h)"
+        )
     spent_h = (time.time() - STARTED) / 3600
     left_h = estimate["limit_h"] - estimate["margin_h"] - spent_h
-    say(f"estimated {hours(estimate['estimate_h'])} for the test passes; {hours(left_h)} left (limit "
-        f"{estimate['limit_h']:.2f} h, margin {estimate['margin_h']:.2f} h, spent {hours(spent_h)})")
+    say(
+        f"estimated {hours(estimate['estimate_h'])} for the test passes; {hours(left_h)} left (limit "
+        f"{estimate['limit_h']:.2f} h, margin {estimate['margin_h']:.2f} h, spent {hours(spent_h)})"
+    )
     if estimate["estimate_h"] <= left_h:
         return
     averaged = averaged_hours(estimate)
     if not average_if_needed or averaged is None or averaged > left_h:
-        why = (f"; averaging every model's fold adapters would take {hours(averaged)}" if averaged is not None
-               else "")
+        why = f"; averaging every model's fold adapters would take {hours(averaged)}" if averaged is not None else ""
         fail(f"the run would not fit the time limit{why}: {estimate['advice']} (or rerun with --no-estimate)")
     models = [m for m, v in estimate["models"].items() if v["passes"] > 1]
-    say(f"--average-if-needed: averaging the fold adapters of {', '.join(models)} (one pass each): "
-        f"{hours(averaged)} estimated")
+    say(
+        f"--average-if-needed: averaging the fold adapters of {', '.join(models)} (one pass each): "
+        f"{hours(averaged)} estimated"
+    )
     run = yaml_load(config)
     for m in models:
         run["models"][m].setdefault("predict", {})["average_adapters"] = True

@@ -1,4 +1,5 @@
 """Rule average_adapters: the predicting folds' LoRA adapters averaged into one (one test pass)."""
+
 from arena_pref import steps
 from arena_pref.logs import run_main, setup_logging
 

@@ -1,4 +1,5 @@
 """Rule average_test: one model's test probabilities averaged over its folds."""
+
 from arena_pref import steps
 from arena_pref.logs import run_main, setup_logging
 
@@ -7,7 +8,6 @@ from arena_pref.logs import run_main, setup_logging
 def main(sm):
     setup_logging(sm.log[0])
     steps.average_test(list(sm.input), sm.output[0], tta=sm.params.tta)
-
 
 
 # guarded: a spawned worker process (several GPUs) re-imports this file as __mp_main__, without the

@@ -1,4 +1,5 @@
 """Rule blender_from_weights: runs from trained models without a fitted blender: the config's weights."""
+
 from arena_pref import io
 from arena_pref.blend import weights_blender
 from arena_pref.logs import run_main, setup_logging

@@ -1,4 +1,5 @@
 """Rule features: the pair statistics of one split's rows (lengths, markdown, refusals, overlap)."""
+
 from arena_pref import steps
 from arena_pref.logs import run_main, setup_logging
 

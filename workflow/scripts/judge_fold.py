@@ -1,4 +1,5 @@
 """Rule judge_fold: one fold's calibration of a judge, its OOF rows and its test predictions."""
+
 from arena_pref import steps
 from arena_pref.logs import run_main, setup_logging
 
@@ -6,10 +7,18 @@ from arena_pref.logs import run_main, setup_logging
 @run_main
 def main(sm):
     setup_logging(sm.log[0])
-    steps.judge_fold(model=sm.wildcards.model, fold=int(sm.wildcards.fold), train_scores=sm.input.train,
-                     test_scores=sm.input.test, train_parquet=sm.input.data, folds_parquet=sm.input.folds,
-                     tta=sm.params.tta, oof_out=sm.output.oof, test_out=sm.output.test,
-                     calibration_out=sm.output.calibration)
+    steps.judge_fold(
+        model=sm.wildcards.model,
+        fold=int(sm.wildcards.fold),
+        train_scores=sm.input.train,
+        test_scores=sm.input.test,
+        train_parquet=sm.input.data,
+        folds_parquet=sm.input.folds,
+        tta=sm.params.tta,
+        oof_out=sm.output.oof,
+        test_out=sm.output.test,
+        calibration_out=sm.output.calibration,
+    )
 
 
 if __name__ == "__main__":

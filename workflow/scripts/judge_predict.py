@@ -1,4 +1,5 @@
 """Rule judge_predict: a run from trained models applies one fold's saved judge calibration to the test scores."""
+
 from arena_pref import steps
 from arena_pref.logs import run_main, setup_logging
 
@@ -6,8 +7,14 @@ from arena_pref.logs import run_main, setup_logging
 @run_main
 def main(sm):
     setup_logging(sm.log[0])
-    steps.judge_predict(model=sm.wildcards.model, fold=int(sm.wildcards.fold), test_scores=sm.input.test,
-                        calibration=sm.input.calibration, tta=sm.params.tta, test_out=sm.output[0])
+    steps.judge_predict(
+        model=sm.wildcards.model,
+        fold=int(sm.wildcards.fold),
+        test_scores=sm.input.test,
+        calibration=sm.input.calibration,
+        tta=sm.params.tta,
+        test_out=sm.output[0],
+    )
 
 
 if __name__ == "__main__":

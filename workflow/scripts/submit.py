@@ -1,4 +1,5 @@
 """Rule submit: a run from trained models; a fitted blender applied to this run's test predictions."""
+
 from arena_pref import settings, steps
 from arena_pref.logs import run_main, setup_logging
 
@@ -6,10 +7,15 @@ from arena_pref.logs import run_main, setup_logging
 @run_main
 def main(sm):
     setup_logging(sm.log[0])
-    steps.submit(blender_path=sm.input.blender,
-                 test_paths={m: getattr(sm.input, f"test_{m}") for m in sm.params.models},
-                 test_parquet=sm.input.parsed_test, tta=sm.params.tta, submission=sm.output.submission,
-                 run_info_path=sm.output.run_info, config=settings.validate(sm.config))
+    steps.submit(
+        blender_path=sm.input.blender,
+        test_paths={m: getattr(sm.input, f"test_{m}") for m in sm.params.models},
+        test_parquet=sm.input.parsed_test,
+        tta=sm.params.tta,
+        submission=sm.output.submission,
+        run_info_path=sm.output.run_info,
+        config=settings.validate(sm.config),
+    )
 
 
 if __name__ == "__main__":

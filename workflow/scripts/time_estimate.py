@@ -1,4 +1,5 @@
 """Rule time_estimate: the test passes' wall time, from each LoRA model timed on a sample of its test rows."""
+
 from arena_pref import steps
 from arena_pref.backbones import backbone_dir
 from arena_pref.gpus import claim_gpus
@@ -15,13 +16,28 @@ def main(sm):
     setup_logging(sm.log[0])
     claim_gpus(sm.resources.gpu)
     p = sm.params
-    models = {m: {"backbone": backbone_dir(p.backbones[m], getattr(sm.input, f"backbone_{m}", None) or None),
-                  "adapter": getattr(sm.input, f"adapter_{m}"), "tokens_parquet": getattr(sm.input, f"tokens_{m}"),
-                  "settings": from_params(PredictSettings, p.settings[m]), "tta": p.tta[m], "passes": p.passes[m],
-                  "allow_bf16_emulation": p.bf16_emulation[m], "model_parallel": parallel(p.model_parallel[m])}
-              for m in p.models}
-    steps.time_estimate(models=models, limit_h=p.limit_h, margin_h=p.margin_h, gpus=p.gpus, rows=p.rows,
-                        out=sm.output[0], threads=sm.threads)
+    models = {
+        m: {
+            "backbone": backbone_dir(p.backbones[m], getattr(sm.input, f"backbone_{m}", None) or None),
+            "adapter": getattr(sm.input, f"adapter_{m}"),
+            "tokens_parquet": getattr(sm.input, f"tokens_{m}"),
+            "settings": from_params(PredictSettings, p.settings[m]),
+            "tta": p.tta[m],
+            "passes": p.passes[m],
+            "allow_bf16_emulation": p.bf16_emulation[m],
+            "model_parallel": parallel(p.model_parallel[m]),
+        }
+        for m in p.models
+    }
+    steps.time_estimate(
+        models=models,
+        limit_h=p.limit_h,
+        margin_h=p.margin_h,
+        gpus=p.gpus,
+        rows=p.rows,
+        out=sm.output[0],
+        threads=sm.threads,
+    )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 """Rule train: one fold's LoRA adapter; checkpoints resume a killed job."""
+
 from arena_pref import steps
 from arena_pref.backbones import backbone_dir
 from arena_pref.gpus import claim_gpus
@@ -11,13 +12,21 @@ def main(sm):
     setup_logging(sm.log[0])
     claim_gpus(sm.resources.gpu)  # before anything starts CUDA: -j2 jobs get their own GPUs
     steps.train(
-        tokens_parquet=sm.input.tokens, train_parquet=sm.input.data, folds_parquet=sm.input.folds,
-        fold=int(sm.wildcards.fold), backbone=backbone_dir(sm.params.backbone, sm.input.backbone),
-        settings=from_params(TrainSettings, sm.params.settings), options=sm.params.options,
-        checkpoints=sm.params.checkpoints, teacher_oof=list(getattr(sm.input, "teacher_oof", [])),
-        pseudo_labels=getattr(sm.input, "pseudo_labels", None), extra_tokens=getattr(sm.input, "extra_tokens", None),
-        adapter=sm.output.adapter, metrics=sm.output.metrics, threads=sm.threads)
-
+        tokens_parquet=sm.input.tokens,
+        train_parquet=sm.input.data,
+        folds_parquet=sm.input.folds,
+        fold=int(sm.wildcards.fold),
+        backbone=backbone_dir(sm.params.backbone, sm.input.backbone),
+        settings=from_params(TrainSettings, sm.params.settings),
+        options=sm.params.options,
+        checkpoints=sm.params.checkpoints,
+        teacher_oof=list(getattr(sm.input, "teacher_oof", [])),
+        pseudo_labels=getattr(sm.input, "pseudo_labels", None),
+        extra_tokens=getattr(sm.input, "extra_tokens", None),
+        adapter=sm.output.adapter,
+        metrics=sm.output.metrics,
+        threads=sm.threads,
+    )
 
 
 # guarded: a spawned worker process (several GPUs) re-imports this file as __mp_main__, without the
