@@ -70,9 +70,12 @@ real-data: setup
 lint: setup
 	$(SNAKEMAKE) --lint
 	$(BIN)/snakefmt --check Snakefile workflow/rules
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 format: setup
 	$(BIN)/snakefmt Snakefile workflow/rules
+	$(BIN)/ruff format .
 
 clean:
 	rm -rf results .snakemake

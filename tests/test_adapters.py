@@ -6,10 +6,9 @@ import shutil
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
-
 from arena_pref import adapters, modeling, settings
 from arena_pref.errors import InputError
+from safetensors.torch import load_file, save_file
 
 # peft's save_pretrained takes the 1-D lora_B biases (lora_bias=True) for unsharded ZeRO-3 tensors
 pytestmark = pytest.mark.filterwarnings("ignore:.*LoRA tensor\\(s\\) have invalid shape:UserWarning")

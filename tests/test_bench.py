@@ -3,7 +3,6 @@ speed targets live in the JSON they write, not in timed tests)."""
 
 import pytest
 import torch
-
 from arena_pref import bench
 
 SMALL_GEMMA2 = dict(

@@ -3,8 +3,6 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from sklearn.metrics import log_loss as sk_log_loss
-
 from arena_pref import LABELS
 from arena_pref.blend import (
     apply_temperature,
@@ -17,6 +15,7 @@ from arena_pref.blend import (
 )
 from arena_pref.errors import InputError
 from arena_pref.metrics import EPS, log_loss, tta_average
+from sklearn.metrics import log_loss as sk_log_loss
 
 
 def softmax(z):
@@ -606,10 +605,9 @@ def test_the_blender_file_makes_the_same_submission(inputs, kw):
 def test_the_stacker_predicts_as_scikit_learn_does(inputs):
     """The blender keeps the stacker as coefficients (no pickle): its probabilities are
     scikit-learn's predict_proba of the fitted model."""
-    from sklearn.linear_model import LogisticRegression
-
     from arena_pref.blend import _stack_inputs, _stacker_proba, fit_stacker
     from arena_pref.metrics import MIRROR
+    from sklearn.linear_model import LogisticRegression
 
     probs, y, _ = _members(inputs, {"good": True, "noise": False})
     params = fit_stacker(probs, y, C=0.3)

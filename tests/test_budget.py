@@ -5,7 +5,6 @@ import json
 
 import pandas as pd
 import pytest
-
 from arena_pref import budget, steps
 from arena_pref.settings import ModelParallel
 

@@ -4,7 +4,6 @@ import dataclasses
 
 import pytest
 import yaml
-
 from arena_pref import bundle, settings
 from arena_pref.errors import InputError
 from workflow_helpers import REPO, SMALL
@@ -110,7 +109,6 @@ def test_a_code_change_changes_the_bundles_fingerprint(tmp_path):
 def test_a_model_whose_tta_differs_from_the_blenders_is_an_error(tmp_path):
     """A stacker fitted on TTA-averaged OOF predictions must not weigh plain test predictions."""
     import pandas as pd
-
     from arena_pref import io, steps
     from arena_pref.blend import weights_blender
 

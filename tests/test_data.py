@@ -5,7 +5,6 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-
 from arena_pref import LABELS
 from arena_pref.data import check_training_labels, read_kaggle_csv, read_parsed, warn_shared_ids, write_parsed
 from arena_pref.errors import InputError

@@ -5,12 +5,11 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import log_loss
-
 from arena_pref import LABELS
 from arena_pref.data import read_kaggle_csv
 from arena_pref.demo import make_demo_data, write_demo_csvs
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import log_loss
 
 TRAIN_COLUMNS = [
     "id",

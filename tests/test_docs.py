@@ -6,7 +6,6 @@ import re
 import shlex
 
 import pytest
-
 from workflow_helpers import REPO
 
 SOURCES = [

@@ -6,7 +6,6 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 import pytest
-
 from arena_pref import data, demo, features
 from arena_pref.errors import InputError
 from arena_pref.metrics import log_loss, prior_log_loss, tta_average

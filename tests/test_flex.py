@@ -5,7 +5,6 @@ attention (modeling.attention_implementation)."""
 import numpy as np
 import pytest
 import torch
-
 from arena_pref import batching, flexmask, gpu_check, modeling, pooling, predict
 from arena_pref.settings import Lora
 

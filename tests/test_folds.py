@@ -3,7 +3,6 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-
 from arena_pref.errors import InputError
 from arena_pref.folds import assign_folds, prompt_key
 

@@ -8,7 +8,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-
 from workflow_helpers import planned_jobs, snakemake
 
 pytestmark = pytest.mark.slow

@@ -8,9 +8,8 @@ import zipfile
 from datetime import date
 
 import pytest
-from workflow_helpers import REPO
-
 from arena_pref import gpu_check
+from workflow_helpers import REPO
 
 
 @pytest.mark.slow

@@ -7,7 +7,6 @@ import textwrap
 import time
 
 import pytest
-
 from arena_pref import gpus
 
 CLAIM = textwrap.dedent("""

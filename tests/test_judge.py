@@ -11,7 +11,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from arena_pref import calibration, judge, judge_prompt, settings
 from arena_pref.errors import InputError
 from arena_pref.metrics import MIRROR, log_loss
@@ -553,7 +552,6 @@ JUDGE = {
 @pytest.mark.slow
 def test_a_judge_runs_beside_a_feature_member_to_the_submission(tmp_path):
     import yaml
-
     from workflow_helpers import SMALL, snakemake, write_config
 
     features = yaml.safe_load(SMALL.read_text())["models"]["pair_features"]

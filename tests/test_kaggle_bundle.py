@@ -12,7 +12,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-
 from workflow_helpers import SMALL, snakemake
 
 pytestmark = pytest.mark.slow

@@ -1,7 +1,5 @@
 import numpy as np
 import pytest
-from sklearn.metrics import log_loss as sk_log_loss
-
 from arena_pref import LABELS
 from arena_pref.metrics import (
     EPS,
@@ -13,6 +11,7 @@ from arena_pref.metrics import (
     prior_log_loss,
     tta_average,
 )
+from sklearn.metrics import log_loss as sk_log_loss
 
 
 def sample(n=500, seed=0):

@@ -4,7 +4,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from arena_pref import batching, modeling, predict, predictions
 from arena_pref.batching import plan_batches
 from arena_pref.predict import run_batches

@@ -12,7 +12,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from arena_pref import bench, modeling, placement, predict, settings, train
 from arena_pref.errors import InputError
 from arena_pref.pooling import classify, packed_inputs, padded_inputs
@@ -337,7 +336,6 @@ def test_jobs_of_a_split_model_claim_its_gpus(tmp_path):
 def test_the_readme_example_is_a_valid_config():
     """docs/gpu.md's Gemma-2-9B float16 example (2x T4) passes the config checks as written."""
     import yaml
-
     from workflow_helpers import REPO
 
     section = (REPO / "docs" / "gpu.md").read_text().split("## Models too large for one GPU")[1]

@@ -1,7 +1,5 @@
 import numpy as np
 import pandas as pd
-import pytest
-
 from arena_pref.blend import blend_run
 from arena_pref.post_rules import PRIOR_ROWS, PostRulePlan, kind_probs, row_kinds
 

@@ -7,7 +7,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from arena_pref import batching, bench, modeling, pooling, predict
 from workflow_helpers import model_settings
 
@@ -380,7 +379,7 @@ def test_padded_pooling_finds_the_real_tokens_on_either_side(side):
     last = [width - 1 if side == "left" else n - 1 for n in lengths]
     assert pooling._pool_padded(hidden, mask, "last")[:, 0].tolist() == last
     assert pooling._pool_padded(hidden, mask, "cls")[:, 0].tolist() == first
-    means = [float(np.mean(range(f, l + 1))) for f, l in zip(first, last)]
+    means = [float(np.mean(range(lo, hi + 1))) for lo, hi in zip(first, last)]
     np.testing.assert_allclose(pooling._pool_padded(hidden, mask, "mean")[:, 0].numpy(), means)
 
 
@@ -434,9 +433,8 @@ def test_packed_sdpa_segments_run_causal_kernels_without_masks(tiny_llama_dir, m
     """SDPA models (Llama) attend per packed sequence with is_causal and no mask, so SDPA's flash
     and memory-efficient kernels can run; eager models (Gemma-2: softcapping) get their causal
     masks sliced from one cached mask."""
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-
     from arena_pref import varlen
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
     model = modeling.load_model(tiny_llama_dir, pad_token_id=0).eval()
     assert model.config._attn_implementation == "sdpa"
@@ -509,10 +507,9 @@ def test_flash_attention_gets_the_packed_boundaries(request, which, monkeypatch)
 def test_float16_overflow_stops_with_the_model_and_fold_named(tiny_backbone_dir, tmp_path):
     """Logits past float16's range (65504) become inf and the probabilities NaN: the job stops
     with one line naming the model and fold, and writes nothing."""
-    from safetensors.torch import load_file, save_file
-
     from arena_pref import io, steps
     from arena_pref.errors import InputError
+    from safetensors.torch import load_file, save_file
 
     adapter = bench.random_adapter(tiny_backbone_dir, tmp_path / "adapter", quantization="none", **ADAPTER)
     weights = load_file(str(adapter / "adapter_model.safetensors"))

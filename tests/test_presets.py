@@ -6,9 +6,9 @@ checkpointing, LoRA targets and prediction settings run as written.
 
 Settings a CPU cannot honour, and what runs instead (CPU_FALLBACKS: each logged by the job, and
 listed in docs/gpu.md): attn_implementation fastest picks the model's default attention (eager for
-Gemma-2, SDPA for Llama, attending per packed sequence); adamw_8bit falls back to 32-bit AdamW; predict_gpus 2 runs on the one CPU
-device; bfloat16 and float16 mixed precision run through torch's CPU autocast, and 4-bit and 8-bit
-layers through bitsandbytes' CPU kernels.
+Gemma-2, SDPA for Llama, attending per packed sequence); adamw_8bit falls back to 32-bit AdamW;
+predict_gpus 2 runs on the one CPU device; bfloat16 and float16 mixed precision run through
+torch's CPU autocast, and 4-bit and 8-bit layers through bitsandbytes' CPU kernels.
 """
 
 from pathlib import Path
@@ -18,9 +18,8 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from workflow_helpers import REPO, snakemake
-
 from arena_pref.demo import write_demo_csvs
+from workflow_helpers import REPO, snakemake
 
 PRESETS = REPO / "workflow" / "presets"
 # preset -> the tiny backbone standing in for its model: same family and number of layers

@@ -5,11 +5,10 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from sklearn.metrics import log_loss as sk_log_loss
-
 from arena_pref import LABELS, io, realdata
 from arena_pref.data import read_kaggle_csv
 from arena_pref.demo import write_demo_csvs
+from sklearn.metrics import log_loss as sk_log_loss
 
 
 def test_length_regression_reads_the_last_answers_and_survives_empty_ones():

@@ -8,7 +8,6 @@ import stat
 import pandas as pd
 import pytest
 import yaml
-
 from arena_pref import backbones, io, settings
 from arena_pref.errors import InputError
 from workflow_helpers import REPO, SMALL
@@ -114,7 +113,8 @@ def test_feature_member_errors_name_the_key(model, message):
         ({"kind": "features", "learner": "hgb", "C": 0.1}, r"config\.models\.pf: learner 'hgb' does not read C "),
         (
             {"kind": "features", "learning_rate": 0.1, "max_leaf_nodes": 7},
-            r"config\.models\.pf: learner 'logreg' does not read learning_rate, max_leaf_nodes \(it reads C, max_iter\)",
+            r"config\.models\.pf: learner 'logreg' does not read learning_rate, max_leaf_nodes "
+            r"\(it reads C, max_iter\)",
         ),
     ],
 )
@@ -241,7 +241,8 @@ def workdir(tmp_path, monkeypatch):
         (
             "tiny_gemma2",
             {"backbone": {**BASE["models"]["tiny_gemma2"]["backbone"], "num_heads": 5}},
-            "models.tiny_gemma2.backbone: cannot be used: Class validation error for validator 'validate_architecture': "
+            "models.tiny_gemma2.backbone: cannot be used: Class validation error for validator "
+            "'validate_architecture': "
             "ValueError: The hidden size (64) is not a multiple of the number of attention heads (5).",
         ),
     ],
@@ -309,11 +310,13 @@ def test_model_parallel_is_how_a_job_runs_and_sets_its_gpus():
         ({"compute": {"model_parallel": {}}}, "config.models.tiny_gemma2.compute.model_parallel: 'gpus' is a required"),
         (
             {"compute": {"model_parallel": {"gpus": 2, "max_memory": 15}}},
-            "config.models.tiny_gemma2.compute.model_parallel: unknown key 'max_memory' (did you mean 'max_memory_gib'?)",
+            "config.models.tiny_gemma2.compute.model_parallel: unknown key 'max_memory' "
+            "(did you mean 'max_memory_gib'?)",
         ),
         (
             {"compute": {"model_parallel": {"gpus": 2}}, "predict": {"merge_lora": True}},
-            "config models.tiny_gemma2.predict.merge_lora: merging into a 4bit base is checked against one GPU's memory",
+            "config models.tiny_gemma2.predict.merge_lora: merging into a 4bit base is checked against one "
+            "GPU's memory",
         ),
     ],
 )

@@ -12,7 +12,6 @@ import time
 
 import pandas as pd
 import pytest
-
 from slurm_cluster import Cluster, Unavailable, squeue_jobs
 from workflow_helpers import REPO, SNAKEFILE, SNAKEMAKE, assert_resumed_and_matches, snakemake, write_config
 

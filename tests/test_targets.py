@@ -7,7 +7,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from arena_pref import data, targets
 from arena_pref.errors import InputError
 from arena_pref.train import soft_target_loss, training_rows

@@ -8,11 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from workflow_helpers import SMALL, planned_jobs, snakemake
-
 from arena_pref import io, settings
 from arena_pref.demo import make_demo_data
 from arena_pref.errors import InputError
+from workflow_helpers import SMALL, planned_jobs, snakemake
 
 
 def config_with(models, **data):

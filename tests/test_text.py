@@ -1,6 +1,5 @@
 import pandas as pd
 import pytest
-
 from arena_pref.text import build_sequence, make_layout, special_tokens, waterfill
 from arena_pref.tokenize import tokenize_frame
 

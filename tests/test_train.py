@@ -5,10 +5,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from arena_pref import modeling, targets, train
 from arena_pref.tokenize import tokenize_frame
+from safetensors.torch import load_file
 from workflow_helpers import model_settings
 
 SETTINGS = {

@@ -4,16 +4,14 @@ import json
 import os
 import re
 import subprocess
-import sys
 import venv
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from packaging.utils import canonicalize_name
-
 from arena_pref import wheels
 from arena_pref.errors import InputError
+from packaging.utils import canonicalize_name
 
 
 def fake_metadata(monkeypatch, packages):

@@ -8,7 +8,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-
 from workflow_helpers import (
     REPO,
     SNAKEFILE,
@@ -358,9 +357,8 @@ LLAMA3_8B = dict(
 def real_shaped_backbone(directory, arch):
     """config.json of the real model's shape (Gemma-2-9B, Llama-3-8B) and a tokenizer of its family:
     what the start-time checks read, without the weights."""
-    from transformers import Gemma2Config, LlamaConfig
-
     from arena_pref import bench, modeling
+    from transformers import Gemma2Config, LlamaConfig
 
     config = Gemma2Config(**bench.GEMMA2_9B) if arch == "gemma2" else LlamaConfig(**LLAMA3_8B)
     config.save_pretrained(directory)

@@ -23,8 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import LABELS
-from . import io
+from . import LABELS, io
 from .errors import InputError, describe
 
 TURN_COLUMNS = ("prompt", "response_a", "response_b")

@@ -25,8 +25,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from . import LABELS
-from . import io
+from . import LABELS, io
 
 
 def _texts():

@@ -200,8 +200,7 @@ def predict_part(results_path, workdir, cpu):
     """Prediction entries per precision, each timed over the same rows, compared with padded eager."""
     import torch
 
-    from . import bench, modeling
-
+    from . import bench
     from .modeling import LIGER_SWITCH
 
     os.environ[LIGER_SWITCH] = "0"  # the liger part measures it, in a process of its own

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+
 import torch
 
 from .errors import InputError

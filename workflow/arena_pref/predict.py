@@ -16,14 +16,13 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 import torch
 
 from .batching import padding_efficiency, pass_tokens, plan_batches, plan_rows, shard_batches, shard_imbalance
 from .errors import InputError
 from .logs import Rate
-from .predictions import frame_from_probs
 from .pooling import classify, concat_row, packed_inputs, packing_unsupported, pad_rows, padded_inputs
+from .predictions import frame_from_probs
 from .settings import ModelParallel, PredictSettings
 
 log = logging.getLogger(__name__)

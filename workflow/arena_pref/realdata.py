@@ -25,8 +25,8 @@ import pandas as pd
 import yaml
 
 from . import LABELS, PROB_COLUMNS, data
-from .metrics import class_frequencies, log_loss, with_all_classes
 from .io import read_json, write_json
+from .metrics import class_frequencies, log_loss, with_all_classes
 
 REPO = Path(__file__).resolve().parents[2]
 

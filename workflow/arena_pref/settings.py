@@ -786,8 +786,9 @@ def load_config(config):
 
 
 def model_config(model, name="model", **config):
-    """One :class:`ModelConfig` (or :class:`FeatureModelConfig`) from a model's config mapping, validated and filled as the workflow
-    does (for tests and benchmarks: the same path as a user's config)."""
+    """One :class:`ModelConfig` (or :class:`FeatureModelConfig`) from a model's config mapping,
+    validated and filled as the workflow does (for tests and benchmarks: the same path as a user's
+    config)."""
     base = {
         "data": {"train_csv": "train.csv", "test_csv": "test.csv"},
         "models": {name: model},

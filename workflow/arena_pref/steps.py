@@ -542,16 +542,16 @@ def time_estimate(*, models, limit_h, margin_h, gpus, rows, out, threads=None):
     """The test passes' wall time (:mod:`arena_pref.budget`) against the limit, written to ``out``.
     ``models``: name -> dict(backbone, adapter, tokens_parquet, settings, tta, passes,
     allow_bf16_emulation, model_parallel), each LoRA model timed on a sample of its test rows."""
-    import psutil
-
-    from . import budget
-    from .tokenize import read_tokens
-
     # what every prediction job pays before it loads a model: Python, Snakemake's script preamble
     # and the imports of torch, transformers and peft (done here before the clock is read)
     import peft  # noqa: F401
+    import psutil
 
-    from . import predict  # noqa: F401
+    from . import (
+        budget,
+        predict,  # noqa: F401
+    )
+    from .tokenize import read_tokens
 
     startup, report = time.time() - psutil.Process().create_time(), {}
     for name, m in models.items():

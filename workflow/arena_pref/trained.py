@@ -4,8 +4,9 @@ A model trained here keeps its folds under ``results/models/<model>/``. A model 
 (a run from trained models, without training data) reads them from that directory instead, laid
 out the same way: ``fold<k>/adapter`` (LoRA models), ``fold<k>/learner.joblib`` (pair-feature
 models), ``fold<k>/calibration.json`` (judges), and optionally ``average/adapter`` (the folds'
-adapters averaged, as a Kaggle bundle carries them). The paths are checked when the workflow starts, so a missing fold is one line naming
-it rather than a MissingInputException deep in the DAG.
+adapters averaged, as a Kaggle bundle carries them). The paths are checked when the workflow
+starts, so a missing fold is one line naming it rather than a MissingInputException deep in the
+DAG.
 """
 
 from __future__ import annotations
