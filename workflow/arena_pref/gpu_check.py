@@ -236,6 +236,12 @@ def predict_part(results_path, workdir, cpu):
             log.info("%s %-28s %s", label, name, entry)
             if name == "padded_eager":
                 np.save(workdir / f"reference_{quantization}.npy", timing.reference)
+    timing.reference = np.load(workdir / "reference_none.npy")
+    load = dict(quantization="none", dtype=dtype, pad_token_id=0, device=device)
+    out["by_precision"][dtype]["packed_merged_compiled"] = _compiled_entry(
+        path, workdir / "adapter_none", load, timing, batch_size=batch_size, budget=budget, device=device
+    )
+    out.save()
     return out
 
 
@@ -243,7 +249,7 @@ def _sizes(cpu):
     """(dtype, device, (rows, max_length, batch size, pass budget)) of the measuring parts."""
     if cpu:
         return "float32", "cpu", (24, 256, 4, 512)
-    return "bfloat16", "cuda:0", (96, 4096, 8, 16384)
+    return "bfloat16", "cuda:0", (64, 4096, 8, 16384)
 
 
 def _check_rows(cpu, vocab_size):
@@ -313,10 +319,6 @@ def _prediction_entries(path, adapter, load, timing, *, batch_size, budget, devi
         "packed_merged",
         {**timing(merged, "packed", budget, batch_size), "merged": not hasattr(merged, "peft_config")},
     )
-    modeling.compile_backbone(merged, packed=True)
-    t0 = time.perf_counter()
-    entry = timing(merged, "packed", budget, batch_size)
-    yield "packed_merged_compiled", {**entry, "with_compile_s": time.perf_counter() - t0}
     del merged
     modeling.release_memory()
     if modeling.flash_attention_4_unavailable(device) is None:
@@ -332,6 +334,22 @@ def _prediction_entries(path, adapter, load, timing, *, batch_size, budget, devi
         yield "packed_merged_fa4", timing(fa4, "packed", budget, batch_size)
         del fa4
         modeling.release_memory()
+
+
+def _compiled_entry(path, adapter, load, timing, *, batch_size, budget, device):
+    """The merged model with ``predict.compile``: last, as compiling a 9B model takes minutes."""
+    from . import modeling
+
+    attention = (
+        "flex_attention" if modeling.flex_attention_unavailable(device, training=False, split=False) is None else None
+    )
+    merged = modeling.load_for_inference(
+        path, adapter, merge_lora=True, batch_tokens=budget, longest=budget, attn_implementation=attention, **load
+    )
+    modeling.compile_backbone(merged, packed=True)
+    t0 = time.perf_counter()
+    entry = timing(merged, "packed", budget, batch_size)
+    return {**entry, "with_compile_s": time.perf_counter() - t0}
 
 
 def liger_part(results_path, workdir, cpu):
