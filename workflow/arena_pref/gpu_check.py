@@ -523,7 +523,7 @@ def collect_device_wheels(out_dir):
     its wheel carries one 4-22 MB library per CUDA release (43 MB), one of which is loaded."""
     from . import wheels
 
-    manifest = wheels.collect(
+    wheels.collect(
         DEVICE_WHEEL_NAMES,
         wheels.image_exclude(DEVICE_IMAGE),
         out_dir,
@@ -551,13 +551,14 @@ def collect_device_wheels(out_dir):
         ],
         check=True,
     )
-    size = sum(p.stat().st_size for p in Path(out_dir).glob("*.whl"))
+    carried = list(Path(out_dir).glob("*.whl"))
+    size = sum(p.stat().st_size for p in carried)
     if size > WHEELS_LIMIT_MIB * 2**20:
         raise SystemExit(
             f"{out_dir}: {size / 2**20:.1f} MiB of wheels, more than the {WHEELS_LIMIT_MIB} MiB "
             "a device run can carry beside the working tree"
         )
-    log.info("%s: %d wheels, %.1f MiB", out_dir, len(manifest["wheels"]), size / 2**20)
+    log.info("%s: %d wheels, %.1f MiB", out_dir, len(carried), size / 2**20)
     return size
 
 
