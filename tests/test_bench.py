@@ -5,20 +5,13 @@ import pytest
 import torch
 from arena_pref import bench
 
-SMALL_GEMMA2 = dict(
-    vocab_size=512,
-    hidden_size=64,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    head_dim=16,
-    intermediate_size=128,
-    sliding_window=256,
-    query_pre_attn_scalar=16,
-    attn_logit_softcapping=50.0,
-    final_logit_softcapping=30.0,
-    max_position_embeddings=512,
-)
+SMALL_GEMMA2 = {
+    **bench.TINY_GEMMA2,
+    "vocab_size": 512,
+    "sliding_window": 256,
+    "final_logit_softcapping": 30.0,
+    "max_position_embeddings": 512,
+}
 METHODS = {"fixed", "sorted_dynamic", "token_budget", "packed"}
 
 

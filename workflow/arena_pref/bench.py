@@ -305,6 +305,21 @@ GEMMA2_9B = dict(
     max_position_embeddings=8192,
 )
 
+# a Gemma-2 of the same structure at tiny size (sliding window, softcapping), for CPU runs
+TINY_GEMMA2 = dict(
+    vocab_size=1000,
+    hidden_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+    intermediate_size=128,
+    sliding_window=64,
+    query_pre_attn_scalar=16,
+    attn_logit_softcapping=50.0,
+    max_position_embeddings=1024,
+)
+
 # dense bf16 tensor-core peak, TFLOP/s, by (a substring of) torch.cuda.get_device_name(); the
 # more specific names first. From the vendors' data sheets (without sparsity).
 PEAK_BF16_TFLOPS = [

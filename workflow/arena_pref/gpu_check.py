@@ -65,19 +65,6 @@ PART_TESTS = {
         "tests/test_predict.py::test_two_cpu_workers_match_one",
     ],
 }
-TINY_SHAPE = dict(
-    vocab_size=1000,
-    hidden_size=64,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    head_dim=16,
-    intermediate_size=128,
-    sliding_window=64,
-    query_pre_attn_scalar=16,
-    attn_logit_softcapping=50.0,
-    max_position_embeddings=1024,
-)
 AGREEMENT = {"float32": 1e-4, "bfloat16": 0.05}
 """Largest probability difference from the padded eager reference counted as agreement: fp32
 rounding, or bf16 rounding on a random model (0.02-0.035 between methods on the 2026-11-26 H100)."""
@@ -188,7 +175,7 @@ def _random_backbone(workdir, cpu, dtype):
     facts = workdir / f"{path.name}.json"
     if not facts.exists():
         n_params, n_embed = bench.random_gemma2(
-            path, shape=TINY_SHAPE if cpu else None, dtype=modeling.torch_dtype(dtype)
+            path, shape=bench.TINY_GEMMA2 if cpu else None, dtype=modeling.torch_dtype(dtype)
         )
         facts.write_text(json.dumps({"parameters": n_params, "non_embedding": n_params - n_embed}))
         if torch.cuda.is_available():
@@ -206,7 +193,7 @@ def predict_part(results_path, workdir, cpu):
     os.environ[LIGER_SWITCH] = "0"  # the liger part measures it, in a process of its own
     dtype, device, (rows, max_length, batch_size, budget) = _sizes(cpu)
     path, facts = _random_backbone(workdir, cpu, dtype)
-    lengths, seqs = _check_rows(cpu, (TINY_SHAPE if cpu else bench.GEMMA2_9B)["vocab_size"])
+    lengths, seqs = _check_rows(cpu, (bench.TINY_GEMMA2 if cpu else bench.GEMMA2_9B)["vocab_size"])
     peak = None if cpu else bench.peak_bf16_flops(torch.cuda.get_device_name(0))
     out = Results(
         results_path,
