@@ -279,6 +279,16 @@ class Timing:
         return entry
 
 
+def _merged(path, adapter, load, budget, attention):
+    """The model with ``adapter`` merged into its (dequantized) base, for packed passes of
+    ``budget`` tokens under ``attention`` (None: the model's default)."""
+    from . import modeling
+
+    return modeling.load_for_inference(
+        path, adapter, merge_lora=True, batch_tokens=budget, longest=budget, attn_implementation=attention, **load
+    )
+
+
 def _prediction_entries(path, adapter, load, timing, *, batch_size, budget, device):
     """(name, entry) for each way to predict, most valuable first; one model in memory at a time."""
     import torch
@@ -299,9 +309,7 @@ def _prediction_entries(path, adapter, load, timing, *, batch_size, budget, devi
     del model
     modeling.release_memory()
     attention = "flex_attention" if flex_ok else None
-    merged = modeling.load_for_inference(
-        path, adapter, merge_lora=True, batch_tokens=budget, longest=budget, attn_implementation=attention, **load
-    )
+    merged = _merged(path, adapter, load, budget, attention)
     yield (
         "packed_merged",
         {**timing(merged, "packed", budget, batch_size), "merged": not hasattr(merged, "peft_config")},
@@ -309,15 +317,7 @@ def _prediction_entries(path, adapter, load, timing, *, batch_size, budget, devi
     del merged
     modeling.release_memory()
     if modeling.flash_attention_4_unavailable(device) is None:
-        fa4 = modeling.load_for_inference(
-            path,
-            adapter,
-            merge_lora=True,
-            batch_tokens=budget,
-            longest=budget,
-            attn_implementation="flash_attention_4",
-            **load,
-        )
+        fa4 = _merged(path, adapter, load, budget, "flash_attention_4")
         yield "packed_merged_fa4", timing(fa4, "packed", budget, batch_size)
         del fa4
         modeling.release_memory()
@@ -330,9 +330,7 @@ def _compiled_entry(path, adapter, load, timing, *, batch_size, budget, device):
     attention = (
         "flex_attention" if modeling.flex_attention_unavailable(device, training=False, split=False) is None else None
     )
-    merged = modeling.load_for_inference(
-        path, adapter, merge_lora=True, batch_tokens=budget, longest=budget, attn_implementation=attention, **load
-    )
+    merged = _merged(path, adapter, load, budget, attention)
     modeling.compile_backbone(merged, packed=True)
     t0 = time.perf_counter()
     entry = timing(merged, "packed", budget, batch_size)
@@ -362,18 +360,8 @@ def liger_part(results_path, workdir, cpu):
         AGREEMENT[dtype],
     )
     timing.reference = np.load(workdir / "reference_none.npy")
-    model = modeling.load_for_inference(
-        path,
-        workdir / "adapter_none",
-        quantization="none",
-        dtype=dtype,
-        pad_token_id=0,
-        device=device,
-        merge_lora=True,
-        batch_tokens=budget,
-        longest=budget,
-        attn_implementation="flex_attention",
-    )
+    load = dict(quantization="none", dtype=dtype, pad_token_id=0, device=device)
+    model = _merged(path, workdir / "adapter_none", load, budget, "flex_attention")
     out.update(packed_merged_liger=timing(model, "packed", budget, batch_size))
     out.save()
     return out
