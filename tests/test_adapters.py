@@ -6,8 +6,10 @@ import shutil
 
 import pytest
 import torch
-from arena_pref import adapters, modeling, settings
+from arena_pref import settings
 from arena_pref.errors import InputError
+from arena_pref.models import loading
+from arena_pref.train import soup
 from safetensors.torch import load_file, save_file
 
 # peft's save_pretrained takes the 1-D lora_B biases (lora_bias=True) for unsharded ZeRO-3 tensors
@@ -61,7 +63,7 @@ def make_folds(base_dir, root, attach):
 
 
 def attach_gemma(model):
-    return modeling.attach_lora(model, settings.build(settings.Lora, GEMMA_LORA))
+    return loading.attach_lora(model, settings.build(settings.Lora, GEMMA_LORA))
 
 
 def attach_bert(model):
@@ -77,7 +79,7 @@ def gemma(tmp_path_factory):
     from transformers import AutoModelForSequenceClassification
 
     root = tmp_path_factory.mktemp("gemma")
-    config = modeling.tiny_config(
+    config = loading.tiny_config(
         arch="gemma2",
         vocab_size=128,
         hidden_size=64,
@@ -133,15 +135,15 @@ def test_averaged_adapter_is_the_mean_of_the_fold_models(request, tmp_path, arch
     from peft import PeftModel
 
     base_dir, folds = request.getfixturevalue(arch)
-    summary = adapters.average_adapters(folds, tmp_path / "avg")
+    summary = soup.average_adapters(folds, tmp_path / "avg")
     assert summary == {
         "n": 3,
         "rank_before": 4,
         "rank_after": 12,
         "out_dir": str(tmp_path / "avg"),
-        "tensors": len(load_file(folds[0] / adapters.WEIGHTS)),
+        "tensors": len(load_file(folds[0] / soup.WEIGHTS)),
     }
-    config = json.loads((tmp_path / "avg" / adapters.CONFIG).read_text())
+    config = json.loads((tmp_path / "avg" / soup.CONFIG).read_text())
     assert (config["r"], config["lora_alpha"]) == (12, 24)
 
     fold_states = [merged_state(base_dir, d) for d in folds]
@@ -166,33 +168,33 @@ def test_averaged_adapter_is_the_mean_of_the_fold_models(request, tmp_path, arch
 
 def test_rslora_and_patterns_are_scaled(bert, tmp_path):
     _, folds = bert
-    adapters.average_adapters(folds, tmp_path / "avg")
-    config = json.loads((tmp_path / "avg" / adapters.CONFIG).read_text())
+    soup.average_adapters(folds, tmp_path / "avg")
+    config = json.loads((tmp_path / "avg" / soup.CONFIG).read_text())
     assert config["use_rslora"] is True
     assert config["rank_pattern"] == {"layer.0.attention.self.query": 6}
     assert config["alpha_pattern"] == {"layer.1.output.dense": 9}
-    meta = json.loads((tmp_path / "avg" / adapters.METADATA).read_text())
+    meta = json.loads((tmp_path / "avg" / soup.METADATA).read_text())
     assert meta["sources"] == [str(d) for d in folds] and meta["rank_after"] == 12
 
 
 def test_one_adapter_is_copied_unchanged(gemma, tmp_path):
     _, folds = gemma
-    summary = adapters.average_adapters(folds[:1], tmp_path / "avg")
+    summary = soup.average_adapters(folds[:1], tmp_path / "avg")
     assert (summary["n"], summary["rank_before"], summary["rank_after"]) == (1, 4, 4)
-    for name in (adapters.CONFIG, adapters.WEIGHTS):
+    for name in (soup.CONFIG, soup.WEIGHTS):
         assert (tmp_path / "avg" / name).read_bytes() == (folds[0] / name).read_bytes()
-    assert json.loads((tmp_path / "avg" / adapters.METADATA).read_text())["sources"] == [str(folds[0])]
+    assert json.loads((tmp_path / "avg" / soup.METADATA).read_text())["sources"] == [str(folds[0])]
 
 
 def edit_config(adapter_dir, **changes):
-    path = adapter_dir / adapters.CONFIG
+    path = adapter_dir / soup.CONFIG
     path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
 
 
 def drop_tensor(adapter_dir, key):
-    state = load_file(adapter_dir / adapters.WEIGHTS)
+    state = load_file(adapter_dir / soup.WEIGHTS)
     del state[key]
-    save_file(state, adapter_dir / adapters.WEIGHTS)
+    save_file(state, adapter_dir / soup.WEIGHTS)
 
 
 KEY = "base_model.model.model.layers.1.mlp.up_proj.lora_A.weight"
@@ -207,7 +209,7 @@ KEY = "base_model.model.model.layers.1.mlp.up_proj.lora_A.weight"
         (lambda d: drop_tensor(d, KEY), f"tensor '{KEY}' is only in"),
         (lambda d: edit_config(d, use_dora=True), "DoRA"),
         (lambda d: edit_config(d, peft_type="IA3"), "only LORA adapters"),
-        (lambda d: (d / adapters.WEIGHTS).unlink(), "has no adapter_model.safetensors"),
+        (lambda d: (d / soup.WEIGHTS).unlink(), "has no adapter_model.safetensors"),
     ],
     ids=["r", "target_modules", "lora_alpha", "missing_tensor", "dora", "peft_type", "no_safetensors"],
 )
@@ -217,7 +219,7 @@ def test_incompatible_folds_are_refused(gemma, tmp_path, change, expected):
     shutil.copytree(folds[1], odd)
     change(odd)
     with pytest.raises(InputError, match="odd_fold") as err:
-        adapters.average_adapters([folds[0], odd, folds[2]], tmp_path / "avg")
+        soup.average_adapters([folds[0], odd, folds[2]], tmp_path / "avg")
     assert expected in str(err.value)
     assert not (tmp_path / "avg").exists()
 
@@ -228,14 +230,14 @@ def test_fields_that_do_not_matter_may_differ(gemma, tmp_path):
     _, folds = gemma
     moved = tmp_path / "moved"
     shutil.copytree(folds[1], moved)
-    config = json.loads((moved / adapters.CONFIG).read_text())
+    config = json.loads((moved / soup.CONFIG).read_text())
     edit_config(
         moved,
         base_model_name_or_path="/kaggle/input/gemma-2-9b",
         inference_mode=False,
         target_modules=config["target_modules"][::-1],
     )
-    assert adapters.average_adapters([folds[0], moved], tmp_path / "avg")["rank_after"] == 8
+    assert soup.average_adapters([folds[0], moved], tmp_path / "avg")["rank_after"] == 8
 
 
 def test_a_failed_write_leaves_no_output(gemma, tmp_path, monkeypatch):
@@ -244,9 +246,9 @@ def test_a_failed_write_leaves_no_output(gemma, tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(adapters, "save_file", broken)
+    monkeypatch.setattr(soup, "save_file", broken)
     with pytest.raises(OSError, match="disk full"):
-        adapters.average_adapters(folds, tmp_path / "out" / "avg")
+        soup.average_adapters(folds, tmp_path / "out" / "avg")
     assert list((tmp_path / "out").iterdir()) == []  # neither the adapter nor a temporary directory
 
 
@@ -256,8 +258,8 @@ def test_averaged_adapter_on_a_4bit_base(gemma, tmp_path):
     from peft import PeftModel
 
     base_dir, folds = gemma
-    adapters.average_adapters([folds[0]] * N_FOLDS, tmp_path / "avg")
-    model = modeling.load_model(base_dir, quantization="4bit", dtype="float32", pad_token_id=0, device="cpu")
+    soup.average_adapters([folds[0]] * N_FOLDS, tmp_path / "avg")
+    model = loading.load_model(base_dir, quantization="4bit", dtype="float32", pad_token_id=0, device="cpu")
     model = PeftModel.from_pretrained(model, folds[0], adapter_name="fold")
     model.load_adapter(tmp_path / "avg", adapter_name="avg")
     assert type(model.base_model.model.model.layers[0].self_attn.q_proj.base_layer).__name__ == "Linear4bit"

@@ -3,7 +3,7 @@ speed targets live in the JSON they write, not in timed tests)."""
 
 import pytest
 import torch
-from arena_pref import bench
+from arena_pref.tools import bench
 
 SMALL_GEMMA2 = {
     **bench.TINY_GEMMA2,

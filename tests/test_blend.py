@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from arena_pref import LABELS
-from arena_pref.blend import (
+from arena_pref.blend.blender import (
     apply_temperature,
     blend,
     blend_run,
@@ -399,7 +399,8 @@ def test_blend_run_models_differ_between_oof_and_test(inputs):
 def test_blend_step_takes_model_names_from_the_rule_not_from_paths(inputs, tmp_path):
     """Models named like the workflow's directories (``test``, ``oof``, ``fold0``) blend as any
     other: the step is given each model's files by name."""
-    from arena_pref import data, io, steps
+    from arena_pref import atomic, steps
+    from arena_pref.data import kaggle_csv
     from arena_pref.settings import BlendSettings, PostRules
 
     oof, test, y_by_id, folds_by_id = inputs
@@ -410,13 +411,13 @@ def test_blend_step_takes_model_names_from_the_rule_not_from_paths(inputs, tmp_p
         oof_paths[new] = []
         for fold, part in frame.groupby("fold"):
             path = tmp_path / "results" / "oof" / new / f"fold{fold}.parquet"
-            io.write_parquet(part, path)
+            atomic.write_parquet(part, path)
             oof_paths[new].append(path)
         test_paths[new] = tmp_path / "results" / "test" / f"{new}.parquet"
-        io.write_parquet(test[old], test_paths[new])
+        atomic.write_parquet(test[old], test_paths[new])
     train = pd.DataFrame({"id": y_by_id.index, "label": y_by_id.to_numpy()})
-    data.write_parsed(train, tmp_path / "train.parquet")
-    io.write_parquet(
+    kaggle_csv.write_parsed(train, tmp_path / "train.parquet")
+    atomic.write_parquet(
         pd.DataFrame({"id": folds_by_id.index, "fold": folds_by_id.to_numpy()}), tmp_path / "folds.parquet"
     )
     steps.blend(
@@ -453,7 +454,7 @@ def test_blend_step_takes_model_names_from_the_rule_not_from_paths(inputs, tmp_p
 
 def _members(inputs, use_tta):
     """The inputs' OOF probabilities as blended (by train id order) and the labels and folds."""
-    from arena_pref.blend import _member, _targets
+    from arena_pref.blend.blender import _member, _targets
 
     oof, test, y_by_id, folds_by_id = inputs
     ids, y, folds = _targets(y_by_id, folds_by_id)
@@ -474,7 +475,7 @@ def test_stack_learns_to_trust_the_good_member(inputs):
 
 
 def test_stacker_treats_the_answers_alike(inputs):
-    from arena_pref.blend import apply_stacker, fit_stacker
+    from arena_pref.blend.blender import apply_stacker, fit_stacker
 
     probs, y, _ = _members(inputs, {"good": True, "noise": False})
     params = fit_stacker(probs, y, C=1.0)
@@ -519,7 +520,7 @@ def test_a_blend_worse_than_the_prior_falls_back_to_it(inputs, caplog):
 
 def test_the_guard_judges_the_blend_after_the_post_rules(inputs):
     """Post-rules run before the guard: what is compared with the prior is what would be submitted."""
-    from arena_pref.post_rules import PostRulePlan
+    from arena_pref.blend.post_rules import PostRulePlan
 
     oof, test, y_by_id, folds_by_id = inputs
     ids = y_by_id.index.to_numpy()
@@ -543,7 +544,7 @@ def test_the_guard_judges_the_blend_after_the_post_rules(inputs):
 
 
 def test_a_stacker_of_one_class_predicts_its_frequencies():
-    from arena_pref.blend import apply_stacker, fit_stacker
+    from arena_pref.blend.blender import apply_stacker, fit_stacker
 
     probs = {"m": np.full((6, 3), 1 / 3)}
     out = apply_stacker(fit_stacker(probs, np.full(6, 2), C=1.0), probs)
@@ -578,8 +579,8 @@ def test_labels_without_ties_stack_to_three_columns(inputs):
 def test_the_blender_file_makes_the_same_submission(inputs, kw):
     """What the blend rule writes to blender.json, read back, gives a run from trained models the
     home run's submission to the last digit (floats survive JSON exactly)."""
-    from arena_pref.blend import apply_blender
-    from arena_pref.post_rules import PostRulePlan
+    from arena_pref.blend.blender import apply_blender
+    from arena_pref.blend.post_rules import PostRulePlan
 
     oof, test, y_by_id, folds_by_id = inputs
     plan = None
@@ -605,7 +606,7 @@ def test_the_blender_file_makes_the_same_submission(inputs, kw):
 def test_the_stacker_predicts_as_scikit_learn_does(inputs):
     """The blender keeps the stacker as coefficients (no pickle): its probabilities are
     scikit-learn's predict_proba of the fitted model."""
-    from arena_pref.blend import _stack_inputs, _stacker_proba, fit_stacker
+    from arena_pref.blend.blender import _stack_inputs, _stacker_proba, fit_stacker
     from arena_pref.metrics import MIRROR
     from sklearn.linear_model import LogisticRegression
 
@@ -617,7 +618,7 @@ def test_the_stacker_predicts_as_scikit_learn_does(inputs):
 
 
 def test_a_blender_of_another_layout_or_other_members_is_refused(inputs):
-    from arena_pref.blend import apply_blender
+    from arena_pref.blend.blender import apply_blender
 
     oof, test, y_by_id, folds_by_id = inputs
     *_, blender = blend_run(oof, test, y_by_id, folds_by_id, use_tta={"good": True, "noise": False}, method="stack")
@@ -628,7 +629,7 @@ def test_a_blender_of_another_layout_or_other_members_is_refused(inputs):
 
 
 def test_a_weights_blender_is_the_weighted_average(inputs):
-    from arena_pref.blend import apply_blender, weights_blender
+    from arena_pref.blend.blender import apply_blender, weights_blender
 
     _, test, _, _ = inputs
     sub = apply_blender(weights_blender({"noise": 1.0, "good": 3.0}, {"good": True, "noise": False}), test)

@@ -1,11 +1,12 @@
-"""The time estimate's arithmetic (budget.py): a model split over its GPUs gets no data-parallel
+"""The time estimate's arithmetic (kaggle/time_budget.py): a model split over its GPUs gets no data-parallel
 speed-up."""
 
 import json
 
 import pandas as pd
 import pytest
-from arena_pref import budget, steps
+from arena_pref import steps
+from arena_pref.kaggle import time_budget
 from arena_pref.settings import ModelParallel
 
 MEASURED = {"startup_s": 10.0, "load_s": 50.0, "tokens_per_s": 1000.0}
@@ -13,14 +14,14 @@ SPLIT = ModelParallel(key="models.big.compute.model_parallel", gpus=2, max_memor
 
 
 def test_rows_are_shared_over_copies_not_over_the_gpus_of_a_split_model():
-    assert budget.model_copies(2, None) == 2  # predict_gpus 2: a copy on each GPU
-    assert budget.model_copies(2, SPLIT) == 1  # one copy over both GPUs, its layers in turn
-    assert budget.model_copies(1, SPLIT) == 1
+    assert time_budget.model_copies(2, None) == 2  # predict_gpus 2: a copy on each GPU
+    assert time_budget.model_copies(2, SPLIT) == 1  # one copy over both GPUs, its layers in turn
+    assert time_budget.model_copies(1, SPLIT) == 1
     # 5 passes, each: start + load + 100k tokens x 2 orders at 1000 tokens/s per copy
-    assert budget.model_seconds(MEASURED, tokens=100_000, passes=5, tta=True, copies=2) == pytest.approx(
+    assert time_budget.model_seconds(MEASURED, tokens=100_000, passes=5, tta=True, copies=2) == pytest.approx(
         5 * (60 + 100.0)
     )
-    assert budget.model_seconds(MEASURED, tokens=100_000, passes=5, tta=True, copies=1) == pytest.approx(
+    assert time_budget.model_seconds(MEASURED, tokens=100_000, passes=5, tta=True, copies=1) == pytest.approx(
         5 * (60 + 200.0)
     )
 
@@ -35,7 +36,7 @@ def test_the_estimate_times_a_split_model_split_and_does_not_multiply_its_rate(t
         calibrated[kw["backbone"]] = model_parallel
         return {"device": "cuda:0", "load_s": 50.0, "tokens_per_s": 1000.0, "timed_tokens": 1000}
 
-    monkeypatch.setattr(budget, "calibrate", calibrate)
+    monkeypatch.setattr(time_budget, "calibrate", calibrate)
     models = {
         name: {
             "backbone": name,

@@ -4,8 +4,9 @@ import dataclasses
 
 import pytest
 import yaml
-from arena_pref import bundle, settings
+from arena_pref import settings
 from arena_pref.errors import InputError
+from arena_pref.kaggle import bundle
 from workflow_helpers import REPO, SMALL
 
 
@@ -106,13 +107,30 @@ def test_a_code_change_changes_the_bundles_fingerprint(tmp_path):
     assert bundle.code_fingerprint(tmp_path) != before
 
 
+def test_the_bundle_leaves_the_developer_tools_out(tmp_path):
+    """bench, realdata and gpu_check are never run by the notebook: they are not copied, and
+    editing them does not rebuild a bundle."""
+    bundle._copy_workflow(REPO, tmp_path / "b")
+    package = tmp_path / "b/workflow/arena_pref"
+    assert (package / "steps.py").is_file() and (package / "kaggle/bundle.py").is_file()
+    assert not (package / "tools").exists()
+    copy = tmp_path / "repo"
+    bundle._copy_workflow(REPO, copy)
+    (copy / "workflow/kaggle").mkdir(parents=True)
+    (copy / "workflow/kaggle/run.py").write_text("# run\n")
+    before = bundle.code_fingerprint(copy)
+    (copy / "workflow/arena_pref/tools").mkdir()
+    (copy / "workflow/arena_pref/tools/bench.py").write_text("# a benchmark\n")
+    assert bundle.code_fingerprint(copy) == before
+
+
 def test_a_model_whose_tta_differs_from_the_blenders_is_an_error(tmp_path):
     """A stacker fitted on TTA-averaged OOF predictions must not weigh plain test predictions."""
     import pandas as pd
-    from arena_pref import io, steps
-    from arena_pref.blend import weights_blender
+    from arena_pref import atomic, steps
+    from arena_pref.blend.blender import weights_blender
 
-    io.write_json(weights_blender({"m": 1.0}, {"m": True}), tmp_path / "blender.json")
+    atomic.write_json(weights_blender({"m": 1.0}, {"m": True}), tmp_path / "blender.json")
     pd.DataFrame({"id": [1, 2], "a": 0.4, "b": 0.4, "tie": 0.2}).to_parquet(tmp_path / "m.parquet")
     with pytest.raises(
         InputError,

@@ -6,7 +6,13 @@ import numpy as np
 import pandas as pd
 import pytest
 from arena_pref import LABELS
-from arena_pref.data import check_training_labels, read_kaggle_csv, read_parsed, warn_shared_ids, write_parsed
+from arena_pref.data.kaggle_csv import (
+    check_training_labels,
+    read_kaggle_csv,
+    read_parsed,
+    warn_shared_ids,
+    write_parsed,
+)
 from arena_pref.errors import InputError
 
 ONE_HOT = {0: ("1", "0", "0"), 1: ("0", "1", "0"), 2: ("0", "0", "1")}

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 from arena_pref import LABELS
-from arena_pref.data import read_kaggle_csv
-from arena_pref.demo import make_demo_data, write_demo_csvs
+from arena_pref.data.demo import make_demo_data, write_demo_csvs
+from arena_pref.data.kaggle_csv import read_kaggle_csv
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss
 

@@ -6,8 +6,9 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 import pytest
-from arena_pref import data, demo, features
+from arena_pref.data import demo, kaggle_csv
 from arena_pref.errors import InputError
+from arena_pref.features import pair_features
 from arena_pref.metrics import log_loss, prior_log_loss, tta_average
 
 
@@ -46,7 +47,7 @@ def swapped(parsed):
 
 def one(prompt, a, b=("",)):
     """The statistics of a single row as a Series."""
-    return features.pair_stats(table((list(prompt), list(a), list(b)))).iloc[0]
+    return pair_features.pair_stats(table((list(prompt), list(a), list(b)))).iloc[0]
 
 
 VARIED = table(
@@ -71,12 +72,12 @@ def side_to_side(stats):
 
 
 def test_pair_stats_columns_and_types():
-    stats = features.pair_stats(VARIED)
+    stats = pair_features.pair_stats(VARIED)
     assert list(stats.columns) == (
         ["id"]
-        + [f"a_{s}" for s in features.SIDE_STATS]
-        + [f"b_{s}" for s in features.SIDE_STATS]
-        + list(features.SHARED_STATS)
+        + [f"a_{s}" for s in pair_features.SIDE_STATS]
+        + [f"b_{s}" for s in pair_features.SIDE_STATS]
+        + list(pair_features.SHARED_STATS)
     )
     assert stats["id"].dtype == np.int64 and stats["id"].tolist() == VARIED["id"].tolist()
     assert (stats.dtypes.drop("id") == np.float64).all()
@@ -84,8 +85,8 @@ def test_pair_stats_columns_and_types():
 
 
 def test_pair_stats_is_exactly_symmetric_in_the_two_answers():
-    stats = features.pair_stats(VARIED)
-    mirrored = features.pair_stats(swapped(VARIED))
+    stats = pair_features.pair_stats(VARIED)
+    mirrored = pair_features.pair_stats(swapped(VARIED))
     pd.testing.assert_frame_equal(mirrored, side_to_side(stats), check_exact=True)
     # the rows are not all symmetric themselves, or the test would prove nothing
     assert not stats["a_words"].equals(stats["b_words"])
@@ -95,11 +96,11 @@ def test_pair_stats_of_a_parsed_parquet_table(tmp_path):
     """The table as the workflow reads it (lists of turns back from parquet, demo data with its
     null turns, emoji and repaired lone surrogates), learnt from better than the prior."""
     demo.write_demo_csvs(tmp_path / "train.csv", tmp_path / "test.csv", n_train=300, n_test=10, seed=3)
-    data.write_parsed(data.read_kaggle_csv(tmp_path / "train.csv", "train"), tmp_path / "train.parquet")
-    parsed = data.read_parsed(tmp_path / "train.parquet")
-    stats = features.pair_stats(parsed)
+    kaggle_csv.write_parsed(kaggle_csv.read_kaggle_csv(tmp_path / "train.csv", "train"), tmp_path / "train.parquet")
+    parsed = kaggle_csv.read_parsed(tmp_path / "train.parquet")
+    stats = pair_features.pair_stats(parsed)
     assert len(stats) == 300 and (stats["a_refusal"] > 0).any() and (stats["a_list_items"] > 0).any()
-    probs = features.predict(features.fit(stats, parsed["label"], learner()), stats)
+    probs = pair_features.predict(pair_features.fit(stats, parsed["label"], learner()), stats)
     assert log_loss(parsed["label"], probs) < prior_log_loss(parsed["label"])
 
 
@@ -134,7 +135,7 @@ def test_phrase_counts_ignore_case_apostrophes_and_punctuation_but_need_whole_wo
 
 
 def test_phrase_lists_never_count_the_same_words_twice():
-    for name, needles in features.PHRASES.items():
+    for name, needles in pair_features.PHRASES.items():
         phrases = [needle.split() for needle, _ in needles]
         for i, p in enumerate(phrases):
             for j, q in enumerate(phrases):
@@ -178,10 +179,12 @@ def test_overlap_with_the_prompt():
 
 
 def test_design_matrix_columns_and_derived_values():
-    stats = features.pair_stats(VARIED)
-    x = features.design_matrix(stats)
-    side = list(features.SIDE_STATS)
-    assert list(x.columns) == [f"{k}_{s}" for s in side for k in features.DERIVED] + list(features.SHARED_STATS)
+    stats = pair_features.pair_stats(VARIED)
+    x = pair_features.design_matrix(stats)
+    side = list(pair_features.SIDE_STATS)
+    assert list(x.columns) == [f"{k}_{s}" for s in side for k in pair_features.DERIVED] + list(
+        pair_features.SHARED_STATS
+    )
     a, b = stats["a_chars"], stats["b_chars"]
     np.testing.assert_allclose(x["diff_chars"], a - b)
     np.testing.assert_allclose(x["logratio_chars"], np.log1p(a) - np.log1p(b))
@@ -190,18 +193,18 @@ def test_design_matrix_columns_and_derived_values():
 
 
 def test_design_matrix_swap_is_the_design_matrix_of_the_swapped_rows():
-    stats = features.pair_stats(VARIED)
-    mirror = features.design_matrix(stats, swap=True)
+    stats = pair_features.pair_stats(VARIED)
+    mirror = pair_features.design_matrix(stats, swap=True)
     pd.testing.assert_frame_equal(
-        mirror, features.design_matrix(features.pair_stats(swapped(VARIED))), check_exact=True
+        mirror, pair_features.design_matrix(pair_features.pair_stats(swapped(VARIED))), check_exact=True
     )
-    assert not mirror.equals(features.design_matrix(stats))
+    assert not mirror.equals(pair_features.design_matrix(stats))
 
 
 def test_design_matrix_rejects_unpaired_statistics():
-    stats = features.pair_stats(VARIED).drop(columns="b_bold")
+    stats = pair_features.pair_stats(VARIED).drop(columns="b_bold")
     with pytest.raises(ValueError, match="a_/b_ pairs"):
-        features.design_matrix(stats)
+        pair_features.design_matrix(stats)
 
 
 # ------------------------------------------------------------------------------ learners
@@ -216,7 +219,7 @@ def length_rows(n, seed):
     noisy = rng.random(n) < 0.2
     label[noisy] = rng.integers(0, 3, noisy.sum())
     parsed = table(*[(["question"], words[2 * i], words[2 * i + 1]) for i in range(n)])
-    return features.pair_stats(parsed), label
+    return pair_features.pair_stats(parsed), label
 
 
 @pytest.fixture(scope="module")
@@ -227,8 +230,8 @@ def rows():
 @pytest.mark.parametrize("settings", LEARNERS, ids=lambda s: s.learner)
 def test_learners_learn_that_the_longer_answer_wins(rows, settings):
     stats, y = rows
-    fitted = features.fit(stats.iloc[:400], y[:400], settings)
-    probs = features.predict(fitted, stats.iloc[400:])
+    fitted = pair_features.fit(stats.iloc[:400], y[:400], settings)
+    probs = pair_features.predict(fitted, stats.iloc[400:])
     assert probs.shape == (200, 3) and probs.dtype == np.float64
     np.testing.assert_allclose(probs.sum(axis=1), 1)
     assert log_loss(y[400:], probs) < prior_log_loss(y[400:]) - 0.2
@@ -238,8 +241,8 @@ def test_learners_learn_that_the_longer_answer_wins(rows, settings):
 def test_labels_without_ties_give_a_zero_tie_column(rows, settings):
     stats, y = rows
     keep = y != 2
-    fitted = features.fit(stats[keep], y[keep], settings)
-    probs = features.predict(fitted, stats)
+    fitted = pair_features.fit(stats[keep], y[keep], settings)
+    probs = pair_features.predict(fitted, stats)
     assert probs.shape == (len(stats), 3)
     np.testing.assert_array_equal(probs[:, 2], 0)
     np.testing.assert_allclose(probs.sum(axis=1), 1)
@@ -248,21 +251,23 @@ def test_labels_without_ties_give_a_zero_tie_column(rows, settings):
 @pytest.mark.parametrize("settings", LEARNERS, ids=lambda s: s.learner)
 def test_same_seed_same_probabilities(rows, settings):
     stats, y = rows
-    first = features.predict(features.fit(stats, y, settings), stats)
-    np.testing.assert_array_equal(first, features.predict(features.fit(stats, y, settings), stats))
+    first = pair_features.predict(pair_features.fit(stats, y, settings), stats)
+    np.testing.assert_array_equal(first, pair_features.predict(pair_features.fit(stats, y, settings), stats))
 
 
 @pytest.mark.parametrize("settings", LEARNERS, ids=lambda s: s.learner)
 def test_averaging_both_orders_is_exactly_symmetric(rows, settings):
     """The prediction with test-time averaging of a row and of its mirror image are mirrors."""
     stats, y = rows
-    fitted = features.fit(stats, y, settings)
+    fitted = pair_features.fit(stats, y, settings)
     mirror = side_to_side(stats)
-    plain = tta_average(features.predict(fitted, stats), features.predict(fitted, stats, swap=True))
-    of_mirror = tta_average(features.predict(fitted, mirror), features.predict(fitted, mirror, swap=True))
+    plain = tta_average(pair_features.predict(fitted, stats), pair_features.predict(fitted, stats, swap=True))
+    of_mirror = tta_average(pair_features.predict(fitted, mirror), pair_features.predict(fitted, mirror, swap=True))
     np.testing.assert_allclose(of_mirror, plain[:, [1, 0, 2]], rtol=0, atol=1e-12)
     # predicting with swap=True is predicting the mirrored rows
-    np.testing.assert_array_equal(features.predict(fitted, stats, swap=True), features.predict(fitted, mirror))
+    np.testing.assert_array_equal(
+        pair_features.predict(fitted, stats, swap=True), pair_features.predict(fitted, mirror)
+    )
 
 
 def test_logreg_fitted_on_both_orders_gives_mirrored_rows_mirrored_probabilities(rows):
@@ -270,8 +275,8 @@ def test_logreg_fitted_on_both_orders_gives_mirrored_rows_mirrored_probabilities
     regression fitted on both orders is its own mirror image, up to where the solver stops (with
     a share of a / (a + b + 1) the probabilities were up to 0.09 apart)."""
     stats, y = rows
-    fitted = features.fit(stats, y, LEARNERS[1])
-    plain, mirrored = features.predict(fitted, stats), features.predict(fitted, stats, swap=True)
+    fitted = pair_features.fit(stats, y, LEARNERS[1])
+    plain, mirrored = pair_features.predict(fitted, stats), pair_features.predict(fitted, stats, swap=True)
     np.testing.assert_allclose(mirrored[:, [1, 0, 2]], plain, rtol=0, atol=1e-4)
     assert np.abs(plain[:, 0] - plain[:, 1]).max() > 0.5  # the rows are far from symmetric
 
@@ -280,19 +285,19 @@ def test_hgb_fitted_on_both_orders_gives_mirrored_rows_nearly_mirrored_probabili
     """Trees split each column on its own, so not exactly (here at most 0.15 apart): on average
     close, and test-time averaging makes it exact."""
     stats, y = rows
-    fitted = features.fit(stats, y, LEARNERS[0])
-    plain, mirrored = features.predict(fitted, stats), features.predict(fitted, stats, swap=True)
+    fitted = pair_features.fit(stats, y, LEARNERS[0])
+    plain, mirrored = pair_features.predict(fitted, stats), pair_features.predict(fitted, stats, swap=True)
     assert np.abs(mirrored[:, [1, 0, 2]] - plain).mean() < 0.03
 
 
 def test_fit_checks_labels_and_learner(rows):
     stats, y = rows
     with pytest.raises(ValueError, match="599 labels for 600 rows"):
-        features.fit(stats, y[:-1], learner())
+        pair_features.fit(stats, y[:-1], learner())
     with pytest.raises(ValueError, match="labels must be in 0..2"):
-        features.fit(stats, np.where(y == 2, 3, y), learner())
+        pair_features.fit(stats, np.where(y == 2, 3, y), learner())
     with pytest.raises(ValueError, match="learner must be one of"):
-        features.fit(stats, y, replace(learner(), learner="svm"))
+        pair_features.fit(stats, y, replace(learner(), learner="svm"))
 
 
 # ------------------------------------------------------------------------------ save and load
@@ -300,15 +305,15 @@ def test_fit_checks_labels_and_learner(rows):
 
 def test_save_load_round_trip(tmp_path, rows):
     stats, y = rows
-    fitted = features.fit(stats, y, learner())
+    fitted = pair_features.fit(stats, y, learner())
     path = tmp_path / "models" / "learner.joblib"
-    features.save(fitted, path)
+    pair_features.save(fitted, path)
     assert [p.name for p in path.parent.iterdir()] == ["learner.joblib"]  # no temporary file left
-    loaded = features.load(path)
-    assert loaded.columns == tuple(features.stat_columns(stats)) and loaded.learner == "hgb"
+    loaded = pair_features.load(path)
+    assert loaded.columns == tuple(pair_features.stat_columns(stats)) and loaded.learner == "hgb"
     for swap in (False, True):
         np.testing.assert_array_equal(
-            features.predict(loaded, stats, swap=swap), features.predict(fitted, stats, swap=swap)
+            pair_features.predict(loaded, stats, swap=swap), pair_features.predict(fitted, stats, swap=swap)
         )
 
 
@@ -317,7 +322,7 @@ def test_load_rejects_other_objects(tmp_path):
 
     joblib.dump({"not": "a model"}, tmp_path / "other.joblib")
     with pytest.raises(InputError, match="other.joblib: not a pair-feature learner written by arena-pref"):
-        features.load(tmp_path / "other.joblib")
+        pair_features.load(tmp_path / "other.joblib")
 
 
 def test_a_learner_fitted_under_another_scikit_learn_is_named(tmp_path, rows, monkeypatch):
@@ -327,40 +332,42 @@ def test_a_learner_fitted_under_another_scikit_learn_is_named(tmp_path, rows, mo
 
     stats, y = rows
     path = tmp_path / "learner.joblib"
-    features.save(features.fit(stats, y, learner()), path)
+    pair_features.save(pair_features.fit(stats, y, learner()), path)
     monkeypatch.setattr(sklearn, "__version__", "0.0.1")
     with pytest.raises(
         InputError,
         match=r"learner.joblib was fitted with scikit-learn \S+, and this is "
         r"scikit-learn 0.0.1",
     ):
-        features.load(path)
+        pair_features.load(path)
 
 
 def test_predict_rejects_statistics_with_other_columns(rows):
     stats, y = rows
-    fitted = features.fit(stats, y, learner())
+    fitted = pair_features.fit(stats, y, learner())
     with pytest.raises(ValueError, match=r"missing \['a_bold', 'b_bold'\], unexpected \[\]"):
-        features.predict(fitted, stats.drop(columns=["a_bold", "b_bold"]))
+        pair_features.predict(fitted, stats.drop(columns=["a_bold", "b_bold"]))
     with pytest.raises(ValueError, match=r"unexpected \['a_emoji', 'b_emoji'\]"):
-        features.predict(fitted, stats.assign(a_emoji=0.0, b_emoji=0.0))
-    reordered = stats[["id", *reversed(features.stat_columns(stats))]]
+        pair_features.predict(fitted, stats.assign(a_emoji=0.0, b_emoji=0.0))
+    reordered = stats[["id", *reversed(pair_features.stat_columns(stats))]]
     with pytest.raises(ValueError, match="another order"):
-        features.predict(fitted, reordered)
+        pair_features.predict(fitted, reordered)
     # the id column is no statistic: with or without it, the same prediction
-    np.testing.assert_array_equal(features.predict(fitted, stats.drop(columns="id")), features.predict(fitted, stats))
+    np.testing.assert_array_equal(
+        pair_features.predict(fitted, stats.drop(columns="id")), pair_features.predict(fitted, stats)
+    )
 
 
 # ------------------------------------------------------------------------------ benchmark
 
 
 def test_features_bench_runs_at_toy_size():
-    from arena_pref import bench
+    from arena_pref.tools import bench
 
     result = bench.bench_features(rows=300, threads=1)
-    assert set(result["learners"]) == set(features.LEARNERS) and result["pair_stats_s"] > 0
+    assert set(result["learners"]) == set(pair_features.LEARNERS) and result["pair_stats_s"] > 0
     for timed in result["learners"].values():
         assert set(timed["seconds"]) == {"fit", "predict", "total_with_stats"}
         assert all(v > 0 for v in timed["rows_per_s"].values())
         assert timed["log_loss_in_sample"] < result["prior_log_loss"]
-    assert result["setup"]["stat_columns"] == 2 * len(features.SIDE_STATS) + len(features.SHARED_STATS)
+    assert result["setup"]["stat_columns"] == 2 * len(pair_features.SIDE_STATS) + len(pair_features.SHARED_STATS)

@@ -5,8 +5,10 @@ attention (modeling.attention_implementation)."""
 import numpy as np
 import pytest
 import torch
-from arena_pref import batching, flexmask, gpu_check, modeling, pooling, predict
+from arena_pref.models import batching, flexmask, loading, pooling
+from arena_pref.predict import inference
 from arena_pref.settings import Lora
+from arena_pref.tools import gpu_check
 
 WINDOW = 8  # Gemma-2's sliding window, shorter than most test sequences
 
@@ -106,7 +108,7 @@ def test_pass_sizes_are_a_few_buckets_of_the_budget():
 
 def test_flex_packed_encoder_passes_attend_both_ways_within_each_sequence(minilm_dir):
     """Encoders (MiniLM) under flex: each sequence attends to all of itself, not causally."""
-    model = modeling.load_model(minilm_dir).eval()
+    model = loading.load_model(minilm_dir).eval()
     seqs = [[101, *s, 102] for s in sequences(7, seed=5)]
     with torch.no_grad():
         alone = torch.cat(
@@ -137,7 +139,7 @@ def test_flex_lora_gradients_equal_per_sequence_eager(monkeypatch):
     torch refuses flex_attention's backward on a CPU (its fused kernels are GPU-only), so this
     runs flex's reference implementation (uncompiled, the device check lifted): it checks the
     block masks, the filler, the softcap and the window under autograd; the compiled kernel's
-    backward is checked on a GPU (``arena_pref.gpu_check``)."""
+    backward is checked on a GPU (``arena_pref.tools.gpu_check``)."""
     import torch.nn.attention.flex_attention as fa
     from transformers.integrations import flex_attention as hf_flex
 
@@ -150,7 +152,7 @@ def test_flex_lora_gradients_equal_per_sequence_eager(monkeypatch):
     lora = Lora(
         r=4, alpha=8, dropout=0.0, target_modules=("q_proj", "k_proj", "v_proj", "o_proj"), layers_to_transform=None
     )
-    model = modeling.attach_lora(tiny_model("gemma2"), lora)
+    model = loading.attach_lora(tiny_model("gemma2"), lora)
     with torch.no_grad():  # a non-zero B so that every LoRA factor gets a gradient
         for name, param in model.named_parameters():
             if "lora_B" in name:
@@ -191,10 +193,10 @@ def test_flex_compiles_once_over_passes_of_different_contents():
     seqs = sequences(40, seed=2)
     batches = one_bucket_passes(seqs, pack_to=2048)
     use(model, flexmask.NAME)
-    predict.run_batches(model, seqs, batches[:1], pad_token_id=0, pack_to=2048)
+    inference.run_batches(model, seqs, batches[:1], pad_token_id=0, pack_to=2048)
     compiled = counters["stats"]["unique_graphs"]
     assert compiled >= 1
-    probs = predict.run_batches(model, seqs, batches, pad_token_id=0, pack_to=2048)
+    probs = inference.run_batches(model, seqs, batches, pad_token_id=0, pack_to=2048)
     assert counters["stats"]["unique_graphs"] == compiled
     reference = per_sequence_eager(model, seqs).softmax(-1).detach().numpy()
     np.testing.assert_allclose(probs, reference, rtol=0, atol=1e-5)
@@ -228,10 +230,10 @@ def test_fastest_attention_by_gpu(monkeypatch, caplog, capability, installed, tr
     caplog.set_level("INFO", logger="arena_pref")
     config = tiny_model("gemma2").config
     fake_gpu(monkeypatch, capability, installed)
-    assert modeling.attention_implementation("fastest", config, "cuda:0", training=training) == expected
+    assert loading.attention_implementation("fastest", config, "cuda:0", training=training) == expected
     assert "attn_implementation fastest:" in caplog.text
-    assert modeling.attention_implementation("fastest", config, "cpu") is None
-    split = modeling.attention_implementation("fastest", config, "cuda:0", training=training, split=True)
+    assert loading.attention_implementation("fastest", config, "cpu") is None
+    split = loading.attention_implementation("fastest", config, "cuda:0", training=training, split=True)
     assert split == (None if expected == "flex_attention" else expected)
 
 
@@ -239,12 +241,12 @@ def test_flex_falls_back_where_it_cannot_run(caplog):
     """flex_attention has no backward on a CPU, and its masks are built on one device: such jobs
     use the model's default attention, and the log says why."""
     config = tiny_model("gemma2").config
-    assert modeling.attention_implementation("flex_attention", config, "cpu") == "flex_attention"
-    assert modeling.attention_implementation("flex_attention", config, "cpu", training=True) is None
+    assert loading.attention_implementation("flex_attention", config, "cpu") == "flex_attention"
+    assert loading.attention_implementation("flex_attention", config, "cpu", training=True) is None
     assert "no flex_attention backward pass on cpu" in caplog.text
-    assert modeling.attention_implementation("flex_attention", config, "cpu", split=True) is None
+    assert loading.attention_implementation("flex_attention", config, "cpu", split=True) is None
     assert "split over several devices" in caplog.text
-    assert modeling.attention_implementation("flash_attention_4", config, "cpu") is None
+    assert loading.attention_implementation("flash_attention_4", config, "cpu") is None
 
 
 def test_compiled_backbone_on_flex_passes_compiles_once():
@@ -259,12 +261,12 @@ def test_compiled_backbone_on_flex_passes_compiles_once():
     batches = one_bucket_passes(seqs, pack_to=2048)
     reference = per_sequence_eager(model, seqs).softmax(-1).detach().numpy()
     use(model, flexmask.NAME)
-    modeling.compile_backbone(model, packed=True)
-    predict.run_batches(model, seqs, batches[:1], pad_token_id=0, pack_to=2048)
+    loading.compile_backbone(model, packed=True)
+    inference.run_batches(model, seqs, batches[:1], pad_token_id=0, pack_to=2048)
     compiled = counters["stats"]["unique_graphs"]
     assert compiled >= 1
     with torch._dynamo.config.patch(error_on_recompile=True):
-        probs = predict.run_batches(model, seqs, batches, pad_token_id=0, pack_to=2048)
+        probs = inference.run_batches(model, seqs, batches, pad_token_id=0, pack_to=2048)
     assert counters["stats"]["unique_graphs"] == compiled
     np.testing.assert_allclose(probs, reference, rtol=0, atol=1e-5)
 

@@ -3,8 +3,8 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from arena_pref.data.folds import assign_folds, prompt_key
 from arena_pref.errors import InputError
-from arena_pref.folds import assign_folds, prompt_key
 
 
 def make_train(n_prompts=150, seed=0):

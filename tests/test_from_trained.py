@@ -17,7 +17,7 @@ PROBS = ["winner_model_a", "winner_model_b", "winner_tie"]
 
 def trained_run_config(run_a, workdir, **predict_changes):
     """The predict-only config of the small run ``run_a``, in ``workdir`` with only a test.csv."""
-    from arena_pref.bundle import predict_config
+    from arena_pref.kaggle.bundle import predict_config
 
     raw = json.loads((run_a / "results" / "run_info.json").read_text())["config"]
     for model, change in predict_changes.items():

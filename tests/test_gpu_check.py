@@ -1,4 +1,4 @@
-"""The prepared GPU check (arena_pref.gpu_check): its CPU mode through `make gpu-check`, its time
+"""The prepared GPU check (arena_pref.tools.gpu_check): its CPU mode through `make gpu-check`, its time
 budget, and the device wheels."""
 
 import json
@@ -8,7 +8,7 @@ import zipfile
 from datetime import date
 
 import pytest
-from arena_pref import gpu_check
+from arena_pref.tools import gpu_check
 from workflow_helpers import REPO
 
 
@@ -52,7 +52,7 @@ def test_a_part_cut_off_by_the_budget_is_reported_and_the_rest_skipped(tmp_path)
         [
             sys.executable,
             "-m",
-            "arena_pref.gpu_check",
+            "arena_pref.tools.gpu_check",
             "run",
             "--cpu",
             "--budget-s",

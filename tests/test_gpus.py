@@ -7,11 +7,11 @@ import textwrap
 import time
 
 import pytest
-from arena_pref import gpus
+from arena_pref.models import gpus
 
 CLAIM = textwrap.dedent("""
     import os, sys, time
-    from arena_pref.gpus import claim_gpus
+    from arena_pref.models.gpus import claim_gpus
     got = claim_gpus(int(sys.argv[1]), wait_s=float(sys.argv[2]), poll_s=0.1)
     print(os.environ.get("CUDA_VISIBLE_DEVICES", ""), flush=True)
     time.sleep(float(sys.argv[3]))

@@ -11,8 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from arena_pref import calibration, judge, judge_prompt, settings
+from arena_pref import settings
 from arena_pref.errors import InputError
+from arena_pref.judge import calibration, prompts, zero_shot
 from arena_pref.metrics import MIRROR, log_loss
 
 TEXTS = [
@@ -46,7 +47,7 @@ def judge_model(**changes):
 @pytest.fixture(scope="module")
 def causal_dir(tmp_path_factory):
     """A tiny random causal Gemma-2 with the project-built tokenizer (left padding)."""
-    from arena_pref.modeling import build_tiny_backbone
+    from arena_pref.models.loading import build_tiny_backbone
 
     out = tmp_path_factory.mktemp("judge") / "tiny_causal"
     prompt = judge_model().scoring.prompt
@@ -58,18 +59,18 @@ def causal_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def lm(causal_dir):
-    from arena_pref.modeling import load_causal_lm, load_tokenizer
+    from arena_pref.models.loading import load_causal_lm, load_tokenizer
 
     return load_causal_lm(causal_dir, device="cpu"), load_tokenizer(causal_dir)
 
 
 def layout_of(tokenizer, **changes):
-    return judge_prompt.make_layout(tokenizer, judge_model(**changes).scoring.prompt, model="j")
+    return prompts.make_layout(tokenizer, judge_model(**changes).scoring.prompt, model="j")
 
 
 def sequences(tokenizer, **changes):
     prompt = judge_model(**changes).scoring.prompt
-    return judge_prompt.judge_sequences(ROWS, tokenizer, layout_of(tokenizer, **changes), prompt)
+    return prompts.judge_sequences(ROWS, tokenizer, layout_of(tokenizer, **changes), prompt)
 
 
 # ------------------------------------------------------------------------------ the tiny causal LM
@@ -117,7 +118,7 @@ def test_the_chat_template_wraps_the_question_when_the_tokenizer_has_one(lm):
         "<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
     )
     layout = layout_of(chat)
-    seq = judge_prompt.judge_sequences(ROWS.iloc[:1], chat, layout, judge_model().scoring.prompt)["input_ids"][0]
+    seq = prompts.judge_sequences(ROWS.iloc[:1], chat, layout, judge_model().scoring.prompt)["input_ids"][0]
     template = judge_model().scoring.prompt.template
     message = template.format(prompt="what is tea?", response_a="tea is long", response_b="no")
     rendered = chat.apply_chat_template(
@@ -140,9 +141,9 @@ def test_long_texts_are_cut_never_the_question(lm):
 def test_a_template_without_room_for_the_texts_is_named(lm):
     _, tokenizer = lm
     model = judge_model(max_length=40)
-    layout = judge_prompt.make_layout(tokenizer, model.scoring.prompt, model="j")
+    layout = prompts.make_layout(tokenizer, model.scoring.prompt, model="j")
     with pytest.raises(InputError, match=r"config models\.j\.max_length: the judge template takes \d+ tokens"):
-        judge_prompt.check_room(layout, model.scoring.prompt, "j")
+        prompts.check_room(layout, model.scoring.prompt, "j")
 
 
 # ------------------------------------------------------------------------------ scores
@@ -156,7 +157,7 @@ def full_next_token_logits(model, seq):
 def test_scores_are_the_full_next_token_logits_at_the_answer_tokens(lm):
     model, tokenizer = lm
     seqs, ids = sequences(tokenizer), layout_of(tokenizer).answer_ids
-    logits = judge.score_sequences(
+    logits = zero_shot.score_sequences(
         model,
         list(seqs["input_ids"]),
         answer_ids=ids,
@@ -184,7 +185,7 @@ def test_left_and_right_padding_give_the_same_scores(lm, max_tokens):
     flat = list(seqs["input_ids"]) + list(seqs["input_ids_swap"])
     assert len({len(s) for s in flat}) > 3  # padding happens
     left, right = (
-        judge.score_sequences(
+        zero_shot.score_sequences(
             model,
             flat,
             answer_ids=ids,
@@ -202,9 +203,9 @@ def test_left_and_right_padding_give_the_same_scores(lm, max_tokens):
 
 def test_the_swapped_order_is_the_direct_score_of_the_swapped_texts(causal_dir):
     model = judge_model()
-    raw = judge.score_rows(model="j", parsed=ROWS, backbone=causal_dir, settings=model.scoring, both_orders=True)
+    raw = zero_shot.score_rows(model="j", parsed=ROWS, backbone=causal_dir, settings=model.scoring, both_orders=True)
     swapped_rows = ROWS.rename(columns={"response_a": "response_b", "response_b": "response_a"})
-    direct = judge.score_rows(
+    direct = zero_shot.score_rows(
         model="j", parsed=swapped_rows, backbone=causal_dir, settings=model.scoring, both_orders=False
     )
     np.testing.assert_allclose(
@@ -220,7 +221,7 @@ def test_the_swapped_order_is_the_direct_score_of_the_swapped_texts(causal_dir):
 
 
 def test_test_rows_without_tta_are_scored_in_one_order(causal_dir):
-    raw = judge.score_rows(
+    raw = zero_shot.score_rows(
         model="j", parsed=ROWS, backbone=causal_dir, settings=judge_model().scoring, both_orders=False
     )
     assert list(raw.columns) == ["id", *calibration.AB_COLUMNS]
@@ -343,12 +344,12 @@ def test_the_vllm_backend_builds_restricted_one_token_requests_and_maps_answers_
     calls = {}
     monkeypatch.setitem(sys.modules, "vllm", fake_vllm(calls))
     model = judge_model(backend="vllm", quantization="4bit", dtype="bfloat16")
-    raw = judge.score_rows(model="j", parsed=ROWS, backbone=causal_dir, settings=model.scoring, both_orders=True)
-    from arena_pref.modeling import load_tokenizer
+    raw = zero_shot.score_rows(model="j", parsed=ROWS, backbone=causal_dir, settings=model.scoring, both_orders=True)
+    from arena_pref.models.loading import load_tokenizer
 
     tokenizer = load_tokenizer(causal_dir)
-    layout = judge_prompt.make_layout(tokenizer, model.scoring.prompt, model="j")
-    seqs = judge_prompt.judge_sequences(ROWS, tokenizer, layout, model.scoring.prompt)
+    layout = prompts.make_layout(tokenizer, model.scoring.prompt, model="j")
+    seqs = prompts.judge_sequences(ROWS, tokenizer, layout, model.scoring.prompt)
     expected = [list(map(int, s)) for s in list(seqs["input_ids"]) + list(seqs["input_ids_swap"])]
     assert [p["prompt_token_ids"] for p in calls["prompts"]] == expected
     assert calls["sampling"] == {
@@ -374,16 +375,16 @@ def test_the_vllm_backend_builds_restricted_one_token_requests_and_maps_answers_
 
 def test_a_vllm_answer_without_its_log_probability_is_an_error(causal_dir, monkeypatch):
     model = judge_model(backend="vllm")
-    from arena_pref.modeling import load_tokenizer
+    from arena_pref.models.loading import load_tokenizer
 
-    missing = judge_prompt.make_layout(load_tokenizer(causal_dir), model.scoring.prompt, model="j").answer_ids[2]
+    missing = prompts.make_layout(load_tokenizer(causal_dir), model.scoring.prompt, model="j").answer_ids[2]
     monkeypatch.setitem(sys.modules, "vllm", fake_vllm({}, drop=missing))
     with pytest.raises(InputError, match=rf"no log-probability for answer token\(s\) \[{missing}\] of request 0"):
-        judge.score_rows(model="j", parsed=ROWS, backbone=causal_dir, settings=model.scoring, both_orders=False)
+        zero_shot.score_rows(model="j", parsed=ROWS, backbone=causal_dir, settings=model.scoring, both_orders=False)
 
 
 def test_backend_vllm_without_vllm_is_a_config_error(monkeypatch):
-    from arena_pref import backbones
+    from arena_pref.models import backbones
 
     monkeypatch.setattr("importlib.util.find_spec", lambda name: None if name == "vllm" else object())
     with pytest.raises(
@@ -469,15 +470,15 @@ def predict_only(tmp_path, **judge):
 
 
 def test_a_run_from_trained_models_applies_a_judges_saved_calibrations(tmp_path):
-    from arena_pref import trained
+    from arena_pref.train import trained_paths
 
     config = settings.load_config(predict_only(tmp_path, predict={"folds": [1]}))
     assert config.predict_only and config.test_passes("jj") == ["fold1"]
-    trained.check(config)
-    assert trained.calibration_path(config, "jj", 1) == f"{tmp_path}/jj/fold1/calibration.json"
+    trained_paths.check(config)
+    assert trained_paths.calibration_path(config, "jj", 1) == f"{tmp_path}/jj/fold1/calibration.json"
     (tmp_path / "jj" / "fold1" / "calibration.json").unlink()
     with pytest.raises(InputError, match=r"config models\.jj\.trained: '.*/jj/fold1/calibration\.json' is missing"):
-        trained.check(config)
+        trained_paths.check(config)
 
 
 @pytest.mark.parametrize(
@@ -509,7 +510,7 @@ def test_the_kaggle_bundle_refuses_a_judge_in_the_dry_run(tmp_path):
     proc = snakemake(tmp_path, "-n", "results/kaggle_bundle", check=False)
     assert proc.returncode != 0
     assert "model 'jj': a judge (kind: judge) cannot go into a Kaggle bundle yet" in proc.stdout + proc.stderr
-    from arena_pref import bundle
+    from arena_pref.kaggle import bundle
 
     teacher_only = {
         "models": {

@@ -42,7 +42,7 @@ def test_the_bundle_holds_what_a_run_needs_and_no_backbone_it_should_not(bundle)
         "blender.json",
         "Snakefile",
         "workflow/rules/predict.smk",
-        "workflow/arena_pref/blend.py",
+        "workflow/arena_pref/blend/blender.py",
         "wheels/requirements.txt",
     ):
         assert (out / part).exists(), part
@@ -190,7 +190,7 @@ def test_a_run_that_cannot_fit_the_time_limit_stops_before_the_test_passes(bundl
 def test_the_wheels_install_offline_in_a_fresh_environment(bundle, tmp_path):
     """Every bundled wheel installs with --no-index, and what pip check then finds missing is only
     what the Kaggle image provides."""
-    from arena_pref.wheels import image_exclude
+    from arena_pref.kaggle.wheels import image_exclude
 
     wheels = bundle / "results" / "kaggle_bundle" / "wheels"
     venv.create(tmp_path / "venv", with_pip=True)
@@ -219,6 +219,6 @@ def test_the_wheels_install_offline_in_a_fresh_environment(bundle, tmp_path):
         if " requires " in line and "not installed" in line
     }
     excluded = image_exclude()
-    from arena_pref.wheels import _excluder
+    from arena_pref.kaggle.wheels import _excluder
 
     assert all(_excluder(excluded)(name) for name in missing), sorted(missing)

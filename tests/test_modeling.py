@@ -4,10 +4,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from arena_pref import batching, modeling, predict, predictions
-from arena_pref.batching import plan_batches
-from arena_pref.predict import run_batches
-from arena_pref.tokenize import tokenize_frame
+from arena_pref.data.token_cache import tokenize_frame
+from arena_pref.models import batching, loading
+from arena_pref.models.batching import plan_batches
+from arena_pref.predict import inference, prediction_files
+from arena_pref.predict.inference import run_batches
 from workflow_helpers import model_settings
 
 LORA = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"], "layers_to_transform": [1]}
@@ -28,8 +29,8 @@ def frame(n=6):
     "quantization,layer_type", [("4bit", "Linear4bit"), ("8bit", "Linear8bitLt"), ("none", "Linear")]
 )
 def test_load_quantized(tiny_backbone_dir, quantization, layer_type):
-    tok = modeling.load_tokenizer(tiny_backbone_dir)
-    model = modeling.load_model(tiny_backbone_dir, quantization=quantization, pad_token_id=tok.pad_token_id)
+    tok = loading.load_tokenizer(tiny_backbone_dir)
+    model = loading.load_model(tiny_backbone_dir, quantization=quantization, pad_token_id=tok.pad_token_id)
     assert type(model.model.layers[0].self_attn.q_proj).__name__ == layer_type
     assert model.config.num_labels == 3
 
@@ -37,9 +38,9 @@ def test_load_quantized(tiny_backbone_dir, quantization, layer_type):
 def test_lora_adapter_round_trip(tiny_backbone_dir, tmp_path):
     """LoRA on chosen layers + the score head; save_pretrained then PeftModel gives identical logits."""
     torch.manual_seed(0)
-    tok = modeling.load_tokenizer(tiny_backbone_dir)
-    model = modeling.load_model(tiny_backbone_dir, quantization="4bit", pad_token_id=tok.pad_token_id)
-    model = modeling.attach_lora(model, model_settings(lora=LORA).training.lora)
+    tok = loading.load_tokenizer(tiny_backbone_dir)
+    model = loading.load_model(tiny_backbone_dir, quantization="4bit", pad_token_id=tok.pad_token_id)
+    model = loading.attach_lora(model, model_settings(lora=LORA).training.lora)
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert any("layers.1.self_attn.q_proj.lora_A" in n for n in trainable)
     assert not any("layers.0." in n for n in trainable)  # layers_to_transform respected
@@ -56,7 +57,7 @@ def test_lora_adapter_round_trip(tiny_backbone_dir, tmp_path):
     with torch.no_grad():
         before = model(input_ids=ids).logits
     model.save_pretrained(tmp_path / "adapter")
-    loaded = modeling.load_for_inference(
+    loaded = loading.load_for_inference(
         tiny_backbone_dir, tmp_path / "adapter", quantization="4bit", dtype="float32", pad_token_id=tok.pad_token_id
     )
     with torch.no_grad():
@@ -66,8 +67,8 @@ def test_lora_adapter_round_trip(tiny_backbone_dir, tmp_path):
 
 def test_dynamic_padding_matches_one_row_batches(tiny_backbone_dir):
     """Length-sorted padded batches give each row the probabilities it gets alone, in input order."""
-    tok = modeling.load_tokenizer(tiny_backbone_dir)
-    model = modeling.load_model(tiny_backbone_dir, quantization="none", pad_token_id=tok.pad_token_id)
+    tok = loading.load_tokenizer(tiny_backbone_dir)
+    model = loading.load_model(tiny_backbone_dir, quantization="none", pad_token_id=tok.pad_token_id)
     model.eval()
     cache = tokenize_frame(frame(), tok, strategy="per_part", max_length=64)
     seqs = list(cache["input_ids"])
@@ -92,10 +93,10 @@ def order_forward(model, sequences, batch, **kw):
 @pytest.mark.parametrize("method", ["fixed", "sorted_dynamic", "token_budget", "packed"])
 def test_tta_maps_swapped_prediction_back(method):
     tokens = pd.DataFrame({"id": [5, 6], "input_ids": [[0, 1], [1, 0, 1]], "input_ids_swap": [[1, 0], [0, 1, 1]]})
-    seqs = predict.sequences_of(tokens, tta=True)
+    seqs = inference.sequences_of(tokens, tta=True)
     batches = batching.plan_batches([len(s) for s in seqs], method=method, batch_size=2, max_tokens=4, n_pairs=2)
-    probs = predict.run_batches(None, seqs, batches, pad_token_id=9, forward=order_forward)
-    out = predictions.frame_from_probs(tokens, probs, tta=True)
+    probs = inference.run_batches(None, seqs, batches, pad_token_id=9, forward=order_forward)
+    out = prediction_files.frame_from_probs(tokens, probs, tta=True)
     assert out["id"].tolist() == [5, 6]
     # row 5: A shown first says A; swapped, B shown first says "second" = original A
     assert out.loc[0, "a"] > 0.9 and out.loc[0, "a_tta"] > 0.9
@@ -116,11 +117,11 @@ def test_bfloat16_on_a_gpu_without_bf16_tensor_cores_stops_with_one_line(tiny_ba
 
     fake_gpu(monkeypatch)
     with pytest.raises(InputError, match=r"dtype bfloat16 on Tesla T4 \(compute capability 7\.5\).*float16"):
-        modeling.load_model(tiny_backbone_dir, dtype="bfloat16", device="cuda:0")
-    modeling.check_dtype_supported("bfloat16", "cuda:0", allow_emulation=True)  # allowed: no error
-    modeling.check_dtype_supported("float16", "cuda:0")
+        loading.load_model(tiny_backbone_dir, dtype="bfloat16", device="cuda:0")
+    loading.check_dtype_supported("bfloat16", "cuda:0", allow_emulation=True)  # allowed: no error
+    loading.check_dtype_supported("float16", "cuda:0")
     fake_gpu(monkeypatch, "NVIDIA A100-SXM4-80GB", (8, 0))
-    modeling.check_dtype_supported("bfloat16", "cuda:0")
+    loading.check_dtype_supported("bfloat16", "cuda:0")
 
 
 def test_flash_attention_falls_back_with_the_reason(tiny_backbone_dir, monkeypatch, caplog):
@@ -129,38 +130,38 @@ def test_flash_attention_falls_back_with_the_reason(tiny_backbone_dir, monkeypat
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(tiny_backbone_dir)
-    model = modeling.load_model(tiny_backbone_dir, pad_token_id=0, attn_implementation="flash_attention_2")
+    model = loading.load_model(tiny_backbone_dir, pad_token_id=0, attn_implementation="flash_attention_2")
     assert model.config._attn_implementation == "eager"  # Gemma-2's default (softcapping)
     assert "flash_attention_2 is not used: it needs a CUDA GPU" in caplog.text
-    assert modeling.attention_implementation("auto", config, "cpu") is None
-    assert modeling.attention_implementation("eager", config, "cpu") == "eager"
+    assert loading.attention_implementation("auto", config, "cpu") is None
+    assert loading.attention_implementation("eager", config, "cpu") == "eager"
     fake_gpu(monkeypatch)
     from importlib import metadata
 
     monkeypatch.setattr(metadata, "version", lambda name: "2.5.8")
-    assert "compute capability 7.5" in modeling.flash_attention_unavailable(config, "cuda:0")
+    assert "compute capability 7.5" in loading.flash_attention_unavailable(config, "cuda:0")
     fake_gpu(monkeypatch, "NVIDIA H100 80GB HBM3", (9, 0))
-    assert "no logit softcapping" in modeling.flash_attention_unavailable(config, "cuda:0")
+    assert "no logit softcapping" in loading.flash_attention_unavailable(config, "cuda:0")
     monkeypatch.setattr(metadata, "version", lambda name: "2.8.3")
-    assert modeling.flash_attention_unavailable(config, "cuda:0") is None
-    assert modeling.attention_implementation("flash_attention_2", config, "cuda:0") == "flash_attention_2"
+    assert loading.flash_attention_unavailable(config, "cuda:0") is None
+    assert loading.attention_implementation("flash_attention_2", config, "cuda:0") == "flash_attention_2"
 
     def missing(name):
         raise metadata.PackageNotFoundError(name)
 
     monkeypatch.setattr(metadata, "version", missing)
-    assert "not installed" in modeling.flash_attention_unavailable(config, "cuda:0")
+    assert "not installed" in loading.flash_attention_unavailable(config, "cuda:0")
 
 
 def test_softcap_switch_drops_gemma2_softcapping_and_runs_sdpa(tiny_backbone_dir, caplog):
     """attention_softcap: false loads Gemma-2 without its attention logit softcapping and runs SDPA
     (which transformers refuses for Gemma-2 only because SDPA cannot softcap): the same function as
     eager attention without softcapping, and a different one from the softcapped model."""
-    from arena_pref import pooling
+    from arena_pref.models import pooling
 
     caplog.set_level("INFO", logger="arena_pref")
-    capped = modeling.load_model(tiny_backbone_dir, pad_token_id=0).eval()
-    plain = modeling.load_model(tiny_backbone_dir, pad_token_id=0, attention_softcap=False).eval()
+    capped = loading.load_model(tiny_backbone_dir, pad_token_id=0).eval()
+    plain = loading.load_model(tiny_backbone_dir, pad_token_id=0, attention_softcap=False).eval()
     assert plain.config._attn_implementation == "sdpa" and plain.config.attn_logit_softcapping is None
     assert "attention softcapping off" in caplog.text
     assert capped.config.attn_logit_softcapping == 50.0
@@ -179,9 +180,9 @@ def test_softcap_switch_drops_gemma2_softcapping_and_runs_sdpa(tiny_backbone_dir
     torch.testing.assert_close(sdpa, eager, rtol=0, atol=1e-5)
     assert (softcapped - eager).abs().max() > 1e-3
     # SDPA named explicitly loads (transformers alone refuses it for Gemma-2); eager named stays eager
-    named = modeling.load_model(tiny_backbone_dir, pad_token_id=0, attention_softcap=False, attn_implementation="sdpa")
+    named = loading.load_model(tiny_backbone_dir, pad_token_id=0, attention_softcap=False, attn_implementation="sdpa")
     assert named.config._attn_implementation == "sdpa" and named.config.attn_logit_softcapping is None
-    kept = modeling.load_model(tiny_backbone_dir, pad_token_id=0, attention_softcap=False, attn_implementation="eager")
+    kept = loading.load_model(tiny_backbone_dir, pad_token_id=0, attention_softcap=False, attn_implementation="eager")
     assert kept.config._attn_implementation == "eager" and kept.config.attn_logit_softcapping is None
 
 
@@ -193,16 +194,16 @@ def test_liger_kernels_apply_on_a_gpu_where_installed(tiny_backbone_dir, monkeyp
     import types
 
     caplog.set_level("INFO", logger="arena_pref")
-    model = modeling.load_model(tiny_backbone_dir, pad_token_id=0)
+    model = loading.load_model(tiny_backbone_dir, pad_token_id=0)
     assert "liger-kernel not used: its Triton kernels need a CUDA GPU" in caplog.text
     calls = []
     stand_in = types.ModuleType("liger_kernel.transformers")
     stand_in.apply_liger_kernel_to_gemma2 = lambda **kw: calls.append(kw)
     monkeypatch.setitem(sys.modules, "liger_kernel", types.ModuleType("liger_kernel"))
     monkeypatch.setitem(sys.modules, "liger_kernel.transformers", stand_in)
-    modeling.apply_liger(model, "cuda:0")
+    loading.apply_liger(model, "cuda:0")
     assert calls == [dict(rope=True, rms_norm=True, cross_entropy=False, fused_linear_cross_entropy=False, model=model)]
     model.config.model_type = "unknown_family"
-    assert "no kernels for unknown_family" in modeling.liger_unavailable(model, "cuda:0")
+    assert "no kernels for unknown_family" in loading.liger_unavailable(model, "cuda:0")
     monkeypatch.setitem(sys.modules, "liger_kernel.transformers", None)
-    assert "not installed" in modeling.liger_unavailable(model, "cuda:0")
+    assert "not installed" in loading.liger_unavailable(model, "cuda:0")

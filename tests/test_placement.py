@@ -12,9 +12,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from arena_pref import bench, modeling, placement, predict, settings, train
+from arena_pref import settings
 from arena_pref.errors import InputError
-from arena_pref.pooling import classify, packed_inputs, padded_inputs
+from arena_pref.models import loading, placement
+from arena_pref.models.pooling import classify, packed_inputs, padded_inputs
+from arena_pref.predict import inference
+from arena_pref.tools import bench
+from arena_pref.train import trainer
 from test_train import arch_tokens, assert_same_trained_adapters, sgd_settings
 from workflow_helpers import model_settings, planned_resources, snakemake, write_config
 
@@ -45,7 +49,7 @@ KEY = "models.gemma2_9b.compute.model_parallel"
 def gemma2_9b_config():
     from transformers import Gemma2Config
 
-    return Gemma2Config(**bench.GEMMA2_9B, num_labels=modeling.NUM_LABELS, pad_token_id=0)
+    return Gemma2Config(**bench.GEMMA2_9B, num_labels=loading.NUM_LABELS, pad_token_id=0)
 
 
 def layer_names(placed):
@@ -135,7 +139,7 @@ def test_a_job_splits_over_its_gpus_by_their_memory(tmp_path, monkeypatch, caplo
     ``gpus`` of the GPUs it sees, with those GPUs put in; the log names the layers each got."""
     from types import SimpleNamespace
 
-    caplog.set_level("INFO", logger="arena_pref.placement")
+    caplog.set_level("INFO", logger="arena_pref.models.placement")
     gemma2_9b_config().save_pretrained(tmp_path)  # config.json: all the map reads of a backbone
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: SimpleNamespace(total_memory=15 * GIB))
     placed = placement.job_device_map(
@@ -172,7 +176,7 @@ def tiny_parallel(backbone, quantization):
 def modeling_config(backbone):
     from transformers import AutoConfig
 
-    return AutoConfig.from_pretrained(backbone, num_labels=modeling.NUM_LABELS)
+    return AutoConfig.from_pretrained(backbone, num_labels=loading.NUM_LABELS)
 
 
 def split_map(backbone, quantization):
@@ -193,8 +197,8 @@ def test_a_split_tiny_model_gives_the_unsplit_logits(tiny_backbone_dir, quantiza
     with accelerate's hooks, and its logits, padded and packed, are the unsplit model's."""
     device_map = split_map(tiny_backbone_dir, quantization)
     assert len(set(device_map.values())) == 2 and device_map["model.embed_tokens"] is TWO_CPUS[0]
-    split = modeling.load_model(tiny_backbone_dir, quantization=quantization, dtype="float32", device_map=device_map)
-    whole = modeling.load_model(tiny_backbone_dir, quantization=quantization, dtype="float32")
+    split = loading.load_model(tiny_backbone_dir, quantization=quantization, dtype="float32", device_map=device_map)
+    whole = loading.load_model(tiny_backbone_dir, quantization=quantization, dtype="float32")
     assert len(set(split.hf_device_map.values())) == 2
     assert hasattr(split.model.layers[0], "_hf_hook") and hasattr(split.score, "_hf_hook")
     seqs = [[2, 5, 6, 7, 8, 9], [2, 9, 10], [2, 11, 12, 13]]
@@ -215,7 +219,7 @@ def train_settings(quantization, split):
 
 def run_training(backbone, tokens, out, model):
     cache, rows = tokens
-    return train.train_fold(
+    return trainer.train_fold(
         backbone=backbone,
         tokens=cache,
         targets=rows,
@@ -240,7 +244,7 @@ def split_on_two_cpus(monkeypatch):
         maps.append(split_map(backbone, quantization))
         return maps[-1]
 
-    monkeypatch.setattr(train, "job_device_map", job_device_map)
+    monkeypatch.setattr(trainer, "job_device_map", job_device_map)
     monkeypatch.setattr(placement, "job_device_map", job_device_map)
     return maps
 
@@ -248,13 +252,13 @@ def split_on_two_cpus(monkeypatch):
 @pytest.fixture
 def trainers(monkeypatch):
     """The Trainers train_fold makes."""
-    made, make = [], train._trainer
+    made, make = [], trainer._trainer
 
     def record(*args, **kw):
         made.append(make(*args, **kw))
         return made[-1]
 
-    monkeypatch.setattr(train, "_trainer", record)
+    monkeypatch.setattr(trainer, "_trainer", record)
     return made
 
 
@@ -293,7 +297,7 @@ def test_prediction_of_a_split_model_runs_in_one_process(
     def no_workers(*args, **kw):
         raise AssertionError("a split model must not be shared out to worker processes")
 
-    monkeypatch.setattr(predict, "_predict_in_workers", no_workers)
+    monkeypatch.setattr(inference, "_predict_in_workers", no_workers)
     kw = dict(
         backbone=tiny_backbone_dir,
         adapter_dir=tmp_path / "whole/adapter",
@@ -302,9 +306,9 @@ def test_prediction_of_a_split_model_runs_in_one_process(
         tta=True,
         devices=["cpu", "cpu"],
     )
-    split = predict.predict_on_devices(**kw, model_parallel=model.options.model_parallel)
+    split = inference.predict_on_devices(**kw, model_parallel=model.options.model_parallel)
     assert len(split_on_two_cpus) == 1
-    whole = predict.predict_on_devices(**{**kw, "devices": ["cpu"]})
+    whole = inference.predict_on_devices(**{**kw, "devices": ["cpu"]})
     pd.testing.assert_frame_equal(split, whole, rtol=0, atol=1e-5)
 
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pandas as pd
-from arena_pref.blend import blend_run
-from arena_pref.post_rules import PRIOR_ROWS, PostRulePlan, kind_probs, row_kinds
+from arena_pref.blend.blender import blend_run
+from arena_pref.blend.post_rules import PRIOR_ROWS, PostRulePlan, kind_probs, row_kinds
 
 
 def parsed(rows):

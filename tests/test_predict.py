@@ -7,7 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from arena_pref import batching, bench, modeling, pooling, predict
+from arena_pref.models import batching, loading, pooling
+from arena_pref.predict import inference
+from arena_pref.tools import bench
 from workflow_helpers import model_settings
 
 # a small adapter whose random update clearly moves predictions
@@ -102,7 +104,7 @@ def padded(seqs, pad):
 def test_last_token_pooling_matches_stock_head(request, arch, quantization):
     """Our body + last-token pooling + score head reproduces ``*ForSequenceClassification``."""
     path = request.getfixturevalue("tiny_backbone_dir" if arch == "gemma2" else "tiny_llama_dir")
-    model = modeling.load_model(path, quantization=quantization, pad_token_id=0).eval()
+    model = loading.load_model(path, quantization=quantization, pad_token_id=0).eval()
     ids, mask = padded(random_sequences(6, 3, 40), 0)
     with torch.no_grad():
         stock = model(input_ids=ids, attention_mask=mask).logits
@@ -111,7 +113,7 @@ def test_last_token_pooling_matches_stock_head(request, arch, quantization):
 
 
 def test_cls_pooling_matches_stock_bert_head(minilm_dir):
-    model = modeling.load_model(minilm_dir).eval()
+    model = loading.load_model(minilm_dir).eval()
     ids, mask = padded(random_sequences(5, 3, 30, vocab=(1000, 20000), first=101, last=102), 0)
     with torch.no_grad():
         stock = model(input_ids=ids, attention_mask=mask).logits
@@ -122,12 +124,12 @@ def test_cls_pooling_matches_stock_bert_head(minilm_dir):
 
 def _packed_vs_padded(model, seqs, pool):
     lengths = [len(s) for s in seqs]
-    padded_probs = predict.run_batches(
+    padded_probs = inference.run_batches(
         model, seqs, batching.plan_batches(lengths, method="sorted_dynamic", batch_size=4), pad_token_id=0, pooling=pool
     )
     packed_batches = batching.plan_batches(lengths, method="packed", max_tokens=150)
     assert max(len(b.rows) for b in packed_batches) > 2  # several sequences share a pass
-    packed_probs = predict.run_batches(model, seqs, packed_batches, pad_token_id=0, pooling=pool)
+    packed_probs = inference.run_batches(model, seqs, packed_batches, pad_token_id=0, pooling=pool)
     np.testing.assert_allclose(packed_probs, padded_probs, rtol=0, atol=1e-4)
     assert np.abs(padded_probs - padded_probs.mean(0)).max() > 1e-3  # rows really differ
 
@@ -136,13 +138,13 @@ def _packed_vs_padded(model, seqs, pool):
 @pytest.mark.parametrize("quantization", ["none", "4bit"])
 def test_packed_matches_padded_on_decoders(request, arch, quantization):
     path = request.getfixturevalue("tiny_backbone_dir" if arch == "gemma2" else "tiny_llama_dir")
-    model = modeling.load_model(path, quantization=quantization, pad_token_id=0).eval()
+    model = loading.load_model(path, quantization=quantization, pad_token_id=0).eval()
     _packed_vs_padded(model, random_sequences(20, 3, 60, seed=3), "auto")
 
 
 @pytest.mark.parametrize("pool", ["mean", "cls"])
 def test_packed_matches_padded_on_minilm(minilm_dir, pool):
-    model = modeling.load_model(minilm_dir).eval()
+    model = loading.load_model(minilm_dir).eval()
     torch.manual_seed(0)
     torch.nn.init.normal_(model.classifier.weight, std=0.5)  # a fresh head says little: sharpen it
     _packed_vs_padded(model, random_sequences(16, 3, 50, vocab=(1000, 20000), first=101, last=102, seed=4), pool)
@@ -151,8 +153,8 @@ def test_packed_matches_padded_on_minilm(minilm_dir, pool):
 def test_two_cpu_workers_match_one(tiny_backbone_dir, tmp_path):
     """The several-device path (one spawned worker per device, shards merged by row) gives what
     one process gives; on a GPU machine the devices are cuda:0, cuda:1, ..."""
-    model = modeling.load_model(tiny_backbone_dir, quantization="none", pad_token_id=0)
-    model = modeling.attach_lora(model, model_settings().training.lora)
+    model = loading.load_model(tiny_backbone_dir, quantization="none", pad_token_id=0)
+    model = loading.attach_lora(model, model_settings().training.lora)
     model.save_pretrained(tmp_path / "adapter")
     n = 24
     seqs = random_sequences(2 * n, 3, 50, seed=5)
@@ -171,7 +173,7 @@ def test_two_cpu_workers_match_one(tiny_backbone_dir, tmp_path):
         tta=True,
         threads=1,
     )
-    one = predict.predict_on_devices(devices=["cpu"], **kw)
+    one = inference.predict_on_devices(devices=["cpu"], **kw)
     import logging
 
     from arena_pref.logs import setup_logging
@@ -179,7 +181,7 @@ def test_two_cpu_workers_match_one(tiny_backbone_dir, tmp_path):
     handlers = logging.getLogger().handlers[:]
     setup_logging(tmp_path / "job.log")  # as a workflow script does
     try:
-        two = predict.predict_on_devices(devices=["cpu", "cpu"], **kw)
+        two = inference.predict_on_devices(devices=["cpu", "cpu"], **kw)
     finally:
         logging.getLogger().handlers[:] = handlers
     assert two["id"].tolist() == tokens["id"].tolist()
@@ -195,9 +197,9 @@ def test_packed_rows_attend_per_sequence_not_row_squared(request, which, monkeyp
     """Without flash-attention, packed rows go through varlen.py's per-sequence attention (cost
     sum of length^2), never a (row x row) mask. It stays installed (a checkpointed layer recomputes
     in the backward pass, after the forward returned) and leaves padded forwards as they were."""
-    from arena_pref import varlen
+    from arena_pref.models import varlen
 
-    model = modeling.load_model(request.getfixturevalue(which), pad_token_id=0).eval()
+    model = loading.load_model(request.getfixturevalue(which), pad_token_id=0).eval()
     vocab = (1000, 20000) if which == "minilm_dir" else (5, 300)
     ids, mask = padded(random_sequences(4, 3, 30, vocab=vocab, seed=5), 0)
     with torch.no_grad():
@@ -231,13 +233,13 @@ def test_packed_rows_attend_per_sequence_not_row_squared(request, which, monkeyp
 def test_pair_pooling_packed_matches_padded_and_needs_segments(minilm_dir):
     """pooling 'pair' (mean over A's tokens minus mean over B's) gives the same probabilities
     padded and packed, and swapping which tokens count as A and B changes them."""
-    model = modeling.load_model(minilm_dir).eval()
+    model = loading.load_model(minilm_dir).eval()
     torch.manual_seed(0)
     torch.nn.init.normal_(model.classifier.weight, std=0.5)
     seqs = random_sequences(12, 10, 50, vocab=(1000, 20000), first=101, last=102, seed=7)
     segs = [[0] * 3 + [1] * ((len(s) - 3) // 2) + [2] * (len(s) - 3 - (len(s) - 3) // 2) for s in seqs]
     lengths = [len(s) for s in seqs]
-    run = lambda method, sg: predict.run_batches(  # noqa: E731
+    run = lambda method, sg: inference.run_batches(  # noqa: E731
         model,
         seqs,
         batching.plan_batches(lengths, method=method, batch_size=4, max_tokens=150),
@@ -262,8 +264,8 @@ def test_merged_lora_predicts_what_the_adapter_does(request, tmp_path, quantizat
     path = request.getfixturevalue("tiny_llama_dir" if quantization == "8bit" else "tiny_backbone_dir")
     adapter = bench.random_adapter(path, tmp_path / "adapter", quantization=quantization, **ADAPTER)
     kw = dict(quantization=quantization, dtype="float32", pad_token_id=0)
-    unmerged = modeling.load_for_inference(path, adapter, **kw)
-    merged = modeling.load_for_inference(path, adapter, merge_lora=True, **kw)
+    unmerged = loading.load_for_inference(path, adapter, **kw)
+    merged = loading.load_for_inference(path, adapter, merge_lora=True, **kw)
     assert not any("lora" in name for name, _ in merged.named_parameters())
     assert {type(m).__name__ for m in merged.modules()}.isdisjoint({"Linear4bit", "Linear8bitLt"})
     seqs = random_sequences(16, 3, 60, seed=6)
@@ -271,18 +273,18 @@ def test_merged_lora_predicts_what_the_adapter_does(request, tmp_path, quantizat
     # the reference runs the 4-bit layers in train mode: in eval mode on CPUs with AVX512-BF16,
     # bitsandbytes repacks them for an inference kernel that computes in bf16 (docs/limitations.md)
     unmerged.train()
-    reference = predict.run_batches(unmerged, seqs, batches, pad_token_id=0)
-    got = predict.run_batches(merged, seqs, batches, pad_token_id=0)
+    reference = inference.run_batches(unmerged, seqs, batches, pad_token_id=0)
+    got = inference.run_batches(merged, seqs, batches, pad_token_id=0)
     np.testing.assert_allclose(got, reference, rtol=0, atol=atol)
-    base = modeling.load_model(path, **kw).train()
-    without = predict.run_batches(base, seqs, batches, pad_token_id=0)
+    base = loading.load_model(path, **kw).train()
+    without = inference.run_batches(base, seqs, batches, pad_token_id=0)
     assert np.abs(without - reference).max() > 1e-2  # the adapter changes predictions: it was merged
 
 
 def test_merge_lora_falls_back_when_memory_is_short(tiny_backbone_dir, tmp_path, monkeypatch, caplog):
     adapter = bench.random_adapter(tiny_backbone_dir, tmp_path / "adapter", quantization="4bit", **ADAPTER)
-    monkeypatch.setattr(modeling, "free_memory_bytes", lambda device: 1024)
-    model = modeling.load_for_inference(
+    monkeypatch.setattr(loading, "free_memory_bytes", lambda device: 1024)
+    model = loading.load_for_inference(
         tiny_backbone_dir, adapter, quantization="4bit", dtype="float32", pad_token_id=0, merge_lora=True
     )
     assert hasattr(model, "peft_config")  # the unmerged adapter on the 4-bit base
@@ -293,14 +295,14 @@ def test_merge_lora_falls_back_when_memory_is_short(tiny_backbone_dir, tmp_path,
 def test_compiled_backbone_predicts_what_eager_does(tiny_backbone_dir):
     """predict.compile: a torch.compile'd backbone matches eager (padded batches: the packed path's
     per-sequence attention loop recompiles per sequence count, slow to test on CPU)."""
-    model = modeling.load_model(tiny_backbone_dir, pad_token_id=0).eval()
+    model = loading.load_model(tiny_backbone_dir, pad_token_id=0).eval()
     seqs = random_sequences(8, 3, 40, seed=7)
     batches = batching.plan_batches([len(s) for s in seqs], method="sorted_dynamic", batch_size=4)
-    eager = predict.run_batches(model, seqs, batches, pad_token_id=0)
-    modeling.compile_backbone(model)
+    eager = inference.run_batches(model, seqs, batches, pad_token_id=0)
+    loading.compile_backbone(model)
     body = pooling.model_parts(model).body
     assert body._compiled_call_impl is not None
-    compiled = predict.run_batches(model, seqs, batches, pad_token_id=0)
+    compiled = inference.run_batches(model, seqs, batches, pad_token_id=0)
     np.testing.assert_allclose(compiled, eager, rtol=0, atol=1e-5)
 
 
@@ -309,15 +311,15 @@ def test_packed_matches_fixed_padding_on_long_rows(tiny_backbone_dir):
     their length: packed equals the fixed-width padded path in fp32. (The bench's 4-bit CPU run
     shows up to 4e-4 between these two: bitsandbytes' CPU 4-bit inference kernel computes in
     bf16, and its rounding depends on the batch shape; fp32 agrees to 1e-7.)"""
-    model = modeling.load_model(tiny_backbone_dir, pad_token_id=0).eval()
+    model = loading.load_model(tiny_backbone_dir, pad_token_id=0).eval()
     assert model.config.sliding_window == 1024
     rng = np.random.default_rng(8)
     seqs = [[1] + rng.integers(5, 300, n - 1).tolist() for n in (2500, 1800, 1100, 300, 40, 700)]
     lengths = [len(s) for s in seqs]
-    fixed = predict.run_batches(
+    fixed = inference.run_batches(
         model, seqs, batching.plan_batches(lengths, method="fixed", batch_size=3, max_length=2600), pad_token_id=0
     )
-    packed = predict.run_batches(
+    packed = inference.run_batches(
         model, seqs, batching.plan_batches(lengths, method="packed", max_tokens=3000), pad_token_id=0
     )
     np.testing.assert_allclose(packed, fixed, rtol=0, atol=1e-5)
@@ -326,8 +328,8 @@ def test_packed_matches_fixed_padding_on_long_rows(tiny_backbone_dir):
 
 def test_packing_support_is_detected(tiny_backbone_dir, tiny_llama_dir, minilm_dir):
     for path in (tiny_backbone_dir, tiny_llama_dir, minilm_dir):
-        assert pooling.packing_unsupported(modeling.load_model(path, pad_token_id=0)) is None
-    model = modeling.load_model(tiny_llama_dir, pad_token_id=0)
+        assert pooling.packing_unsupported(loading.load_model(path, pad_token_id=0)) is None
+    model = loading.load_model(tiny_llama_dir, pad_token_id=0)
     model.config._attn_implementation = "flex_attention"  # a block mask per pass (test_flex.py)
     assert pooling.packing_unsupported(model) is None
     model.config._attn_implementation = "paged|sdpa"
@@ -336,16 +338,18 @@ def test_packing_support_is_detected(tiny_backbone_dir, tiny_llama_dir, minilm_d
 
 def test_packed_prediction_falls_back_to_token_budget(tiny_backbone_dir, monkeypatch, caplog):
     """A model that cannot run packed rows gets the same rows in token-budget batches."""
-    model = modeling.load_model(tiny_backbone_dir, pad_token_id=0).eval()
+    model = loading.load_model(tiny_backbone_dir, pad_token_id=0).eval()
     seqs = random_sequences(20, 3, 50, seed=9)
     lengths = [len(s) for s in seqs]
     planned = batching.plan_batches(lengths, method="packed", max_tokens=200, n_pairs=10)
-    packed = predict.run_batches(model, seqs, predict.batches_for_model(model, planned, lengths, 200), pad_token_id=0)
-    monkeypatch.setattr(predict, "packing_unsupported", lambda model: "no attention interface")
-    fallback_batches = predict.batches_for_model(model, planned, lengths, 200)
+    packed = inference.run_batches(
+        model, seqs, inference.batches_for_model(model, planned, lengths, 200), pad_token_id=0
+    )
+    monkeypatch.setattr(inference, "packing_unsupported", lambda model: "no attention interface")
+    fallback_batches = inference.batches_for_model(model, planned, lengths, 200)
     assert "token-budget batches instead" in caplog.text
     assert all(b.width > 0 for b in fallback_batches)  # padded, not packed
-    fallback = predict.run_batches(model, seqs, fallback_batches, pad_token_id=0)
+    fallback = inference.run_batches(model, seqs, fallback_batches, pad_token_id=0)
     np.testing.assert_allclose(fallback, packed, rtol=0, atol=1e-4)
 
 
@@ -355,8 +359,8 @@ def test_merge_lora_falls_back_when_the_base_cannot_be_merged(tiny_backbone_dir,
     def no_dequantize(*args, **kwargs):
         raise NotImplementedError("no dequantize for this quantizer")
 
-    monkeypatch.setattr(modeling, "_merge", no_dequantize)
-    model = modeling.load_for_inference(
+    monkeypatch.setattr(loading, "_merge", no_dequantize)
+    model = loading.load_for_inference(
         tiny_backbone_dir, adapter, quantization="4bit", dtype="float32", pad_token_id=0, merge_lora=True
     )
     assert hasattr(model, "peft_config")
@@ -388,7 +392,7 @@ def test_left_padded_batches_give_right_padded_logits(request, arch):
     """A decoder batch padded on the left (as Gemma's and Llama's tokenizers pad) classifies as the
     same batch padded on the right."""
     path = request.getfixturevalue("tiny_backbone_dir" if arch == "gemma2" else "tiny_llama_dir")
-    model = modeling.load_model(path, pad_token_id=0).eval()
+    model = loading.load_model(path, pad_token_id=0).eval()
     seqs = random_sequences(5, 3, 40, seed=11)
     right_ids, right_mask = padded(seqs, 0)
     left_ids, left_mask = torch.zeros_like(right_ids), torch.zeros_like(right_mask)
@@ -419,7 +423,7 @@ def _count_host_reads(monkeypatch):
 def test_packed_forward_reads_boundaries_to_the_host_once(request, which, monkeypatch):
     """The packed boundaries reach every layer as host ints: one read per batch, not one per layer
     (on a GPU each read waits for the device)."""
-    model = modeling.load_model(request.getfixturevalue(which), pad_token_id=0).eval()
+    model = loading.load_model(request.getfixturevalue(which), pad_token_id=0).eval()
     seqs = random_sequences(6, 3, 30, seed=12)
     ids, positions, lengths = pooling.packed_inputs(seqs)
     with torch.no_grad():
@@ -433,10 +437,10 @@ def test_packed_sdpa_segments_run_causal_kernels_without_masks(tiny_llama_dir, m
     """SDPA models (Llama) attend per packed sequence with is_causal and no mask, so SDPA's flash
     and memory-efficient kernels can run; eager models (Gemma-2: softcapping) get their causal
     masks sliced from one cached mask."""
-    from arena_pref import varlen
+    from arena_pref.models import varlen
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-    model = modeling.load_model(tiny_llama_dir, pad_token_id=0).eval()
+    model = loading.load_model(tiny_llama_dir, pad_token_id=0).eval()
     assert model.config._attn_implementation == "sdpa"
     seen = []
     real = ALL_ATTENTION_FUNCTIONS["sdpa"]
@@ -472,8 +476,8 @@ def test_flash_attention_gets_the_packed_boundaries(request, which, monkeypatch)
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
     path = request.getfixturevalue(which)
-    reference = modeling.load_model(path, pad_token_id=0, attn_implementation="eager").eval()
-    model = modeling.load_model(path, pad_token_id=0, attn_implementation="eager").eval()
+    reference = loading.load_model(path, pad_token_id=0, attn_implementation="eager").eval()
+    model = loading.load_model(path, pad_token_id=0, attn_implementation="eager").eval()
     eager = sys.modules[type(model.model.layers[0].self_attn).__module__].eager_attention_forward
     calls = []
 
@@ -496,8 +500,8 @@ def test_flash_attention_gets_the_packed_boundaries(request, which, monkeypatch)
     seqs = random_sequences(6, 3, 40, seed=14)
     lengths = [len(s) for s in seqs]
     batches = batching.plan_batches(lengths, method="packed", max_tokens=120)
-    packed = predict.run_batches(model, seqs, batches, pad_token_id=0)
-    padded_probs = predict.run_batches(
+    packed = inference.run_batches(model, seqs, batches, pad_token_id=0)
+    padded_probs = inference.run_batches(
         reference, seqs, batching.plan_batches(lengths, method="sorted_dynamic"), pad_token_id=0
     )
     np.testing.assert_allclose(packed, padded_probs, rtol=0, atol=1e-5)
@@ -507,7 +511,7 @@ def test_flash_attention_gets_the_packed_boundaries(request, which, monkeypatch)
 def test_float16_overflow_stops_with_the_model_and_fold_named(tiny_backbone_dir, tmp_path):
     """Logits past float16's range (65504) become inf and the probabilities NaN: the job stops
     with one line naming the model and fold, and writes nothing."""
-    from arena_pref import io, steps
+    from arena_pref import atomic, steps
     from arena_pref.errors import InputError
     from safetensors.torch import load_file, save_file
 
@@ -518,7 +522,7 @@ def test_float16_overflow_stops_with_the_model_and_fold_named(tiny_backbone_dir,
     )
     n = 6
     seqs = random_sequences(2 * n, 3, 30, seed=15)
-    io.write_parquet(
+    atomic.write_parquet(
         pd.DataFrame({"id": np.arange(n), "input_ids": seqs[:n], "input_ids_swap": seqs[n:]}), tmp_path / "test.parquet"
     )
     model = model_settings(
@@ -552,10 +556,10 @@ def test_each_prediction_worker_sees_only_its_own_gpu(monkeypatch):
     this process, and the task reports what it saw."""
     import concurrent.futures
 
-    assert predict.worker_device("cuda:1", "4,7") == ("7", "cuda:0")
-    assert predict.worker_device("cuda:0", "4,7") == ("4", "cuda:0")
-    assert predict.worker_device("cuda:1", None) == ("1", "cuda:0")
-    assert predict.worker_device("cpu", "4,7") == (None, "cpu")
+    assert inference.worker_device("cuda:1", "4,7") == ("7", "cuda:0")
+    assert inference.worker_device("cuda:0", "4,7") == ("4", "cuda:0")
+    assert inference.worker_device("cuda:1", None) == ("1", "cuda:0")
+    assert inference.worker_device("cpu", "4,7") == (None, "cpu")
 
     class InProcessPool:
         """A worker's environment is its own: restored once its task has run."""
@@ -577,7 +581,7 @@ def test_each_prediction_worker_sees_only_its_own_gpu(monkeypatch):
     seen = []
     monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", InProcessPool)
     monkeypatch.setattr(
-        predict,
+        inference,
         "_predict_share",
         lambda trained, dev, seqs, segs, shard, threads: (
             seen.append((os.environ["CUDA_VISIBLE_DEVICES"], dev)),
@@ -585,7 +589,7 @@ def test_each_prediction_worker_sees_only_its_own_gpu(monkeypatch):
         )[1],
     )
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,7")
-    predict._predict_in_workers(None, ["cuda:0", "cuda:1"], [[], []], seqs=[], segs=None, threads=1)
+    inference._predict_in_workers(None, ["cuda:0", "cuda:1"], [[], []], seqs=[], segs=None, threads=1)
     assert seen == [("4", "cuda:0"), ("7", "cuda:0")]
 
 
@@ -593,15 +597,15 @@ def test_merge_lora_memory_check_counts_the_activations_of_a_pass(tiny_backbone_
     """Free memory that holds the dequantized weights but not also the activations of one forward
     pass of the configured token budget keeps the unmerged adapter."""
     adapter = bench.random_adapter(tiny_backbone_dir, tmp_path / "adapter", quantization="4bit", **ADAPTER)
-    base = modeling.load_model(tiny_backbone_dir, quantization="4bit", dtype="float32", pad_token_id=0)
-    weights = modeling._dequantized_extra_bytes(base, torch.float32)
-    activations = modeling.activation_bytes(base.config, tokens=4096, longest=1024, dtype="float32")
+    base = loading.load_model(tiny_backbone_dir, quantization="4bit", dtype="float32", pad_token_id=0)
+    weights = loading._dequantized_extra_bytes(base, torch.float32)
+    activations = loading.activation_bytes(base.config, tokens=4096, longest=1024, dtype="float32")
     assert activations > weights > 0
-    monkeypatch.setattr(modeling, "free_memory_bytes", lambda device: int(1.2 * weights))
+    monkeypatch.setattr(loading, "free_memory_bytes", lambda device: int(1.2 * weights))
     kw = dict(quantization="4bit", dtype="float32", pad_token_id=0, merge_lora=True)
-    small_pass = modeling.load_for_inference(tiny_backbone_dir, adapter, batch_tokens=1, longest=1, **kw)
+    small_pass = loading.load_for_inference(tiny_backbone_dir, adapter, batch_tokens=1, longest=1, **kw)
     assert not hasattr(small_pass, "peft_config")  # weights fit, a one-token pass too: merged
-    big_pass = modeling.load_for_inference(tiny_backbone_dir, adapter, batch_tokens=4096, longest=1024, **kw)
+    big_pass = loading.load_for_inference(tiny_backbone_dir, adapter, batch_tokens=4096, longest=1024, **kw)
     assert hasattr(big_pass, "peft_config")
     assert "for the activations of 4096 tokens per pass" in caplog.text
 
@@ -611,7 +615,7 @@ def test_failed_merge_frees_the_half_converted_model_before_reloading(tiny_backb
 
     adapter = bench.random_adapter(tiny_backbone_dir, tmp_path / "adapter", quantization="4bit", **ADAPTER)
     first, alive_at_reload = [], []
-    real_load = modeling.load_model
+    real_load = loading.load_model
 
     def load(*args, **kwargs):
         if first:
@@ -624,9 +628,9 @@ def test_failed_merge_frees_the_half_converted_model_before_reloading(tiny_backb
         model.dequantize()  # converts layers, then fails: the model is half converted
         raise RuntimeError("dequantize failed half-way")
 
-    monkeypatch.setattr(modeling, "load_model", load)
-    monkeypatch.setattr(modeling, "_merge", failing_merge)
-    model = modeling.load_for_inference(
+    monkeypatch.setattr(loading, "load_model", load)
+    monkeypatch.setattr(loading, "_merge", failing_merge)
+    model = loading.load_for_inference(
         tiny_backbone_dir, adapter, quantization="4bit", dtype="float32", pad_token_id=0, merge_lora=True
     )
     assert alive_at_reload == [False]
@@ -669,14 +673,14 @@ def test_unmerged_adapters_predict_in_the_compute_dtype(tiny_backbone_dir, tmp_p
     same 16-bit base."""
     adapter = bench.random_adapter(tiny_backbone_dir, tmp_path / "adapter", quantization="none", **ADAPTER)
     kw = dict(quantization="none", dtype=dtype, pad_token_id=0)
-    model = modeling.load_for_inference(tiny_backbone_dir, adapter, **kw)
+    model = loading.load_for_inference(tiny_backbone_dir, adapter, **kw)
     lora = {p.dtype for n, p in model.named_parameters() if ".lora_" in n}
-    assert lora == {modeling.torch_dtype(dtype)}
-    monkeypatch.setattr(modeling, "adapters_to", lambda model, dtype: None)
-    fp32_factors = modeling.load_for_inference(tiny_backbone_dir, adapter, **kw)
+    assert lora == {loading.torch_dtype(dtype)}
+    monkeypatch.setattr(loading, "adapters_to", lambda model, dtype: None)
+    fp32_factors = loading.load_for_inference(tiny_backbone_dir, adapter, **kw)
     assert {p.dtype for n, p in fp32_factors.named_parameters() if ".lora_" in n} == {torch.float32}
     seqs = random_sequences(16, 3, 60, seed=6)
     batches = batching.plan_batches([len(s) for s in seqs], method="packed", max_tokens=200)
-    got = predict.run_batches(model, seqs, batches, pad_token_id=0)
-    reference = predict.run_batches(fp32_factors, seqs, batches, pad_token_id=0)
+    got = inference.run_batches(model, seqs, batches, pad_token_id=0)
+    reference = inference.run_batches(fp32_factors, seqs, batches, pad_token_id=0)
     np.testing.assert_allclose(got, reference, rtol=0, atol=5e-3)

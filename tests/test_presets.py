@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from arena_pref.demo import write_demo_csvs
+from arena_pref.data.demo import write_demo_csvs
 from workflow_helpers import REPO, snakemake
 
 PRESETS = REPO / "workflow" / "presets"
@@ -78,7 +78,7 @@ def test_preset_runs_on_cpu(tmp_path, name):
         for fold in range(cfg["cv"]["n_folds"]):
             log = (tmp_path / f"results/logs/train/{model}/fold{fold}.log").read_text()
             for setting, line in CPU_FALLBACKS.items():
-                if not torch.cuda.is_available():  # the GPU check runs this test on CUDA too (gpu_check.py)
+                if not torch.cuda.is_available():  # the GPU check runs this test on CUDA too (tools/gpu_check.py)
                     assert (line in log) == (setting in text), (setting, log)
             assert "instead" not in log  # packing ran as configured, no fallback to padded batches
             expected = (

@@ -5,9 +5,10 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from arena_pref import LABELS, io, realdata
-from arena_pref.data import read_kaggle_csv
-from arena_pref.demo import write_demo_csvs
+from arena_pref import LABELS, atomic
+from arena_pref.data.demo import write_demo_csvs
+from arena_pref.data.kaggle_csv import read_kaggle_csv
+from arena_pref.tools import realdata
 from sklearn.metrics import log_loss as sk_log_loss
 
 
@@ -36,14 +37,14 @@ def scored_run(tmp_path):
     labels.insert(0, "id", test["id"])
     labels.iloc[::-1].to_csv(data_dir / "test_labels.csv", index=False)  # another row order
     member = rng.dirichlet([2, 2, 2], len(test))
-    io.write_parquet(
+    atomic.write_parquet(
         pd.DataFrame({"id": test["id"], "a": member[:, 0], "b": member[:, 1], "tie": member[:, 2]}),
         workdir / "results/test/m.parquet",
     )
     sub = pd.DataFrame(np.tile([0.5, 0.3, 0.2], (len(test), 1)), columns=list(LABELS))
     sub.insert(0, "id", test["id"])
-    io.write_csv(sub, workdir / "results/submission.csv")
-    io.write_json(
+    atomic.write_csv(sub, workdir / "results/submission.csv")
+    atomic.write_json(
         {
             "models": {"m": {"log_loss_used": 0.9}},
             "blend": {"method": "stack", "log_loss": 0.8, "guard": {"prior_oof_log_loss": 1.09}},

@@ -8,8 +8,9 @@ import stat
 import pandas as pd
 import pytest
 import yaml
-from arena_pref import backbones, io, settings
+from arena_pref import atomic, settings
 from arena_pref.errors import InputError
+from arena_pref.models import backbones
 from workflow_helpers import REPO, SMALL
 
 BASE = yaml.safe_load(SMALL.read_text())
@@ -265,8 +266,8 @@ def test_outputs_get_the_usual_modes(tmp_path):
     plain open() or mkdir() would give, or teammates cannot read them."""
     old = os.umask(0o022)
     try:
-        io.write_csv(pd.DataFrame({"a": [1]}), tmp_path / "out.csv")
-        with io.atomic_path(tmp_path / "adapter", directory=True) as tmp:
+        atomic.write_csv(pd.DataFrame({"a": [1]}), tmp_path / "out.csv")
+        with atomic.atomic_path(tmp_path / "adapter", directory=True) as tmp:
             (tmp / "weights").write_text("w")
     finally:
         os.umask(old)
@@ -369,9 +370,9 @@ def predict_only(tmp_path, blend=None, **models):
         (tmp_path / "minilm" / f"fold{k}" / "adapter" / "adapter_config.json").write_text("{}")
         (tmp_path / "pf" / f"fold{k}").mkdir(parents=True, exist_ok=True)
         (tmp_path / "pf" / f"fold{k}" / "learner.joblib").write_text("")
-    from arena_pref.blend import weights_blender
+    from arena_pref.blend.blender import weights_blender
 
-    io.write_json(
+    atomic.write_json(
         weights_blender({m: 1.0 for m in models}, {m: models[m]["predict"]["tta"] for m in models}),
         tmp_path / "blender.json",
     )
@@ -387,11 +388,11 @@ def test_a_run_from_trained_models_needs_no_train_csv(tmp_path):
     config = settings.load_config(predict_only(tmp_path))
     assert config.predict_only and config.blender_source == str(tmp_path / "blender.json")
     assert config.test_passes("minilm") == ["fold1"] and config.test_passes("pair_features") == ["fold0"]
-    from arena_pref import trained
+    from arena_pref.train import trained_paths
 
-    trained.check(config)
-    assert trained.adapter_dir(config, "minilm", "fold1") == f"{tmp_path}/minilm/fold1/adapter"
-    assert trained.learner_path(config, "pair_features", 0) == f"{tmp_path}/pf/fold0/learner.joblib"
+    trained_paths.check(config)
+    assert trained_paths.adapter_dir(config, "minilm", "fold1") == f"{tmp_path}/minilm/fold1/adapter"
+    assert trained_paths.learner_path(config, "pair_features", 0) == f"{tmp_path}/pf/fold0/learner.joblib"
 
 
 @pytest.mark.parametrize(
@@ -448,17 +449,17 @@ def test_runs_from_trained_models_are_checked_at_start(tmp_path, change, message
 )
 def test_a_blender_that_does_not_fit_the_run_is_named_at_start(tmp_path, change, message):
     """What the submit job would find hours later, said when the workflow starts."""
-    from arena_pref import trained
+    from arena_pref.train import trained_paths
 
     config = predict_only(tmp_path)
     config["models"]["minilm"]["predict"] = dict(config["models"]["minilm"]["predict"])
     change(config, tmp_path / "blender.json")
     with pytest.raises(InputError, match=message):
-        trained.check(settings.load_config(config))
+        trained_paths.check(settings.load_config(config))
 
 
 def test_a_missing_trained_fold_is_named(tmp_path):
-    from arena_pref import trained
+    from arena_pref.train import trained_paths
 
     config = predict_only(tmp_path)
     config["models"]["minilm"]["predict"] = {**config["models"]["minilm"]["predict"], "folds": [0, 1]}
@@ -468,27 +469,27 @@ def test_a_missing_trained_fold_is_named(tmp_path):
         match=r"models.minilm.trained: '.*/minilm/fold0/adapter/adapter_config.json' is "
         r"missing \(predict.folds \[0, 1\]",
     ):
-        trained.check(settings.load_config(config))
+        trained_paths.check(settings.load_config(config))
 
 
 def test_averaged_adapters_are_one_test_pass(tmp_path):
     """An averaged adapter the trained directory carries is used as is; otherwise this run averages
     the folds'."""
-    from arena_pref import trained
+    from arena_pref.train import trained_paths
 
     config = predict_only(tmp_path)
     config["models"]["minilm"]["predict"] = {**config["models"]["minilm"]["predict"], "average_adapters": True}
     loaded = settings.load_config(config)
     assert loaded.test_passes("minilm") == ["average"]
-    assert trained.adapter_dir(loaded, "minilm", "average") == "results/models/minilm/average/adapter"
+    assert trained_paths.adapter_dir(loaded, "minilm", "average") == "results/models/minilm/average/adapter"
     (tmp_path / "minilm" / "average" / "adapter").mkdir(parents=True)
-    assert trained.adapter_dir(loaded, "minilm", "average") == f"{tmp_path}/minilm/average/adapter"
+    assert trained_paths.adapter_dir(loaded, "minilm", "average") == f"{tmp_path}/minilm/average/adapter"
 
 
 def test_missing_inputs_of_a_run_from_trained_models(tmp_path, monkeypatch):
     """A run from trained models: its test CSV, each trained directory and each backbone package,
     every one missing named by its key (data.train_csv is not read there)."""
-    from arena_pref import inputs
+    from arena_pref.settings import inputs
 
     monkeypatch.chdir(tmp_path)
     raw = predict_only(tmp_path)

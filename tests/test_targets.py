@@ -7,9 +7,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from arena_pref import data, targets
+from arena_pref.data import kaggle_csv
 from arena_pref.errors import InputError
-from arena_pref.train import soft_target_loss, training_rows
+from arena_pref.train import targets
+from arena_pref.train.trainer import soft_target_loss, training_rows
 
 
 def written(tmp_path, *frames):
@@ -126,21 +127,22 @@ def test_extra_rows_drop_prompts_of_train_and_test_and_keep_their_own_ids(caplog
     train, test = table([1, 2], ["hi", "sum 2+2"]), table([3], ["a poem"])
     extra = table([10, 11, 12, 13], ["hi", "new question", "a poem", "another"])
     with caplog.at_level("INFO"):
-        kept = data.unseen_extra_rows(extra, [train, test], "extra.csv")
+        kept = kaggle_csv.unseen_extra_rows(extra, [train, test], "extra.csv")
     assert kept["id"].tolist() == [11, 13]
     assert "2 of 4 rows dropped" in caplog.text
     with pytest.raises(InputError, match=r"extra.csv.*row id 3: column id"):
-        data.unseen_extra_rows(table([3, 20], ["x", "y"]), [train, test], "extra.csv")
+        kaggle_csv.unseen_extra_rows(table([3, 20], ["x", "y"]), [train, test], "extra.csv")
     with pytest.raises(InputError, match="nothing is left to pseudo-label"):
-        data.unseen_extra_rows(table([30], ["hi"]), [train, test], "extra.csv")
+        kaggle_csv.unseen_extra_rows(table([30], ["hi"]), [train, test], "extra.csv")
 
 
 def test_a_fold_trains_on_its_rows_teacher_oof_then_the_pseudo_rows(tmp_path, monkeypatch):
     """steps.train hands train_fold fold 1's training rows (folds 0 and 2) with the teacher's OOF
     probabilities of exactly those rows, then every extra row with the pseudo-labels (no label,
     alpha 1)."""
-    from arena_pref import steps, train
+    from arena_pref import steps
     from arena_pref.settings import Teachers
+    from arena_pref.train import trainer
     from workflow_helpers import model_settings
 
     ids = np.arange(9)
@@ -155,7 +157,7 @@ def test_a_fold_trains_on_its_rows_teacher_oof_then_the_pseudo_rows(tmp_path, mo
     oof = {k: oof_frame(ids[ids % 3 == k], k, seed=k) for k in (0, 2)}
     pseudo = oof_frame(np.array([101, 100]), 0, 9).drop(columns=["fold", "a_tta", "b_tta", "tie_tta"])
     got = {}
-    monkeypatch.setattr(train, "train_fold", lambda **kw: got.update(kw))
+    monkeypatch.setattr(trainer, "train_fold", lambda **kw: got.update(kw))
     model = model_settings(lora={"r": 2, "alpha": 4, "target_modules": ["q_proj"]})
     teachers = Teachers(distill="big", alpha=0.25, pseudo="gem")
     (tmp_path / "pseudo").mkdir()
@@ -185,7 +187,7 @@ def test_a_fold_trains_on_its_rows_teacher_oof_then_the_pseudo_rows(tmp_path, mo
 def test_checkpoints_of_other_teacher_targets_are_not_resumed():
     """The fingerprint a resume is checked against changes with the teacher's probabilities and
     alpha, and between hard and soft targets."""
-    from arena_pref.checkpoints import fingerprint
+    from arena_pref.train.checkpoints import fingerprint
 
     soft = np.full((3, 3), 1 / 3)
 
@@ -203,14 +205,14 @@ def test_checkpoints_of_other_teacher_targets_are_not_resumed():
 def test_label_columns_in_the_extra_file_are_named_as_not_read(tmp_path, caplog):
     """Extra rows are pseudo-labelled: human labels in their file would be dropped without a word,
     so the parse log says which columns are not read."""
-    from arena_pref import io, steps
-    from arena_pref.demo import make_demo_data
+    from arena_pref import atomic, steps
+    from arena_pref.data.demo import make_demo_data
 
     train, test = make_demo_data(30, 5, seed=3)
     extra = make_demo_data(10, 1, seed=11)[0]
     extra["id"] = np.arange(len(extra)) + 10**12
     for name, df in (("train", train), ("test", test), ("extra", extra)):
-        io.write_csv(df, tmp_path / f"{name}.csv")
+        atomic.write_csv(df, tmp_path / f"{name}.csv")
     steps.parse(tmp_path / "train.csv", "train", tmp_path / "train.parquet")
     steps.parse(tmp_path / "test.csv", "test", tmp_path / "test.parquet")
     with caplog.at_level("WARNING"):
@@ -224,7 +226,7 @@ def test_label_columns_in_the_extra_file_are_named_as_not_read(tmp_path, caplog)
     assert "columns winner_model_a, winner_model_b, winner_tie are not read" in caplog.text
     assert len(pd.read_parquet(tmp_path / "extra.parquet")) == 10
     caplog.clear()
-    io.write_csv(extra.drop(columns=["winner_model_a", "winner_model_b", "winner_tie"]), tmp_path / "extra.csv")
+    atomic.write_csv(extra.drop(columns=["winner_model_a", "winner_model_b", "winner_tie"]), tmp_path / "extra.csv")
     with caplog.at_level("WARNING"):
         steps.parse(
             tmp_path / "extra.csv",

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from arena_pref import io, settings
-from arena_pref.demo import make_demo_data
+from arena_pref import atomic, settings
+from arena_pref.data.demo import make_demo_data
 from arena_pref.errors import InputError
 from workflow_helpers import SMALL, planned_jobs, snakemake
 
@@ -112,7 +112,7 @@ def write_run(workdir, alpha=0.5):
     extra.loc[[0, 1], "prompt"] = train["prompt"].iloc[[4, 9]].to_numpy()
     extra.loc[2, "prompt"] = test["prompt"].iloc[0]
     for name, df in (("train", train), ("test", test), ("extra", extra)):
-        io.write_csv(df, workdir / "data" / f"{name}.csv")
+        atomic.write_csv(df, workdir / "data" / f"{name}.csv")
     (workdir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     return train, test, extra
 
@@ -173,7 +173,7 @@ def test_a_student_learns_from_teacher_oof_and_pseudo_labels_without_leaks(tmp_p
 
 
 def test_a_bundle_cannot_hold_a_model_split_over_more_gpus_than_kaggle_has():
-    from arena_pref import bundle
+    from arena_pref.kaggle import bundle
 
     split = {**LLM, "compute": {"model_parallel": {"gpus": 4}}}
     cfg = config_with({"big": split, "features": FEATURES})

@@ -1,7 +1,7 @@
 import pandas as pd
 import pytest
-from arena_pref.text import build_sequence, make_layout, special_tokens, waterfill
-from arena_pref.tokenize import tokenize_frame
+from arena_pref.data.templates import build_sequence, make_layout, special_tokens, waterfill
+from arena_pref.data.token_cache import tokenize_frame
 
 TEMPLATE = {"prompt": "P:", "response_a": "A:", "response_b": "B:"}
 

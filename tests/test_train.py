@@ -5,8 +5,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from arena_pref import modeling, targets, train
-from arena_pref.tokenize import tokenize_frame
+from arena_pref.data.token_cache import tokenize_frame
+from arena_pref.models import loading
+from arena_pref.train import targets, trainer
 from safetensors.torch import load_file
 from workflow_helpers import model_settings
 
@@ -40,7 +41,7 @@ def tokens(tiny_backbone_dir):
             "response_b": [["stars"] for _ in range(n)],
         }
     )
-    tok = modeling.load_tokenizer(tiny_backbone_dir)
+    tok = loading.load_tokenizer(tiny_backbone_dir)
     return tokenize_frame(df, tok, strategy="per_part", max_length=48), targets.hard(np.arange(n) % 3)
 
 
@@ -48,7 +49,7 @@ def run(tiny_backbone_dir, tokens, tmp_path, settings=SETTINGS, name="a"):
     """Train with ``settings``: a model's mapping as in a config file."""
     cache, rows = tokens
     model = model_settings(**settings)
-    return train.train_fold(
+    return trainer.train_fold(
         backbone=tiny_backbone_dir,
         tokens=cache,
         targets=rows,
@@ -94,10 +95,10 @@ def test_resume_continues_from_last_checkpoint_and_matches(tiny_backbone_dir, to
     batch on resume)."""
     settings = SETTINGS
     if batching == "token_budget_packed":
-        lengths = [len(s) for s in train.training_rows(tokens[0], tokens[1], False)[0]]
+        lengths = [len(s) for s in trainer.training_rows(tokens[0], tokens[1], False)[0]]
         budget = int(sum(lengths) / 3) + 1  # 3 batches an epoch: 6 steps as with 4 rows a batch
         settings = {**SETTINGS, "train": {**SETTINGS["train"], "packing": True, "max_tokens_per_batch": budget}}
-        assert len(train.TokenBudgetBatchSampler(lengths, budget, packed=True, seed=0)) == 3
+        assert len(trainer.TokenBudgetBatchSampler(lengths, budget, packed=True, seed=0)) == 3
     uninterrupted = run(tiny_backbone_dir, tokens, tmp_path / "full", settings=settings)
     full = adapter_weights(tmp_path / "full" / "a" / "adapter")
     # simulate the kill: keep the checkpoints up to step 4 only
@@ -133,7 +134,7 @@ def test_checkpoints_of_another_optimizer_are_not_resumed(tiny_backbone_dir, tok
     """adamw_8bit runs as 32-bit AdamW where bitsandbytes' 8-bit optimizers cannot (a CPU): a
     checkpoint of one cannot resume the other, although the settings are the same."""
     run(tiny_backbone_dir, tokens, tmp_path)
-    monkeypatch.setattr(train, "optimizer_name", lambda name: "sgd")  # another machine resolves it otherwise
+    monkeypatch.setattr(trainer, "optimizer_name", lambda name: "sgd")  # another machine resolves it otherwise
     assert run(tiny_backbone_dir, tokens, tmp_path, name="b")["resumed_from"] is None
     assert "were made from other settings: starting afresh" in caplog.text
 
@@ -215,7 +216,7 @@ def test_a_second_trainer_on_the_same_checkpoints_stops(tiny_backbone_dir, token
 
 def test_swap_augment_mirrors_labels(tokens):
     cache, rows = tokens
-    seqs, y, segs = train.training_rows(cache, rows, swap_augment=True)
+    seqs, y, segs = trainer.training_rows(cache, rows, swap_augment=True)
     n = len(cache)
     assert len(seqs) == 2 * n
     assert list(y.labels[n:]) == [{0: 1, 1: 0, 2: 2}[v] for v in rows.labels]
@@ -224,7 +225,7 @@ def test_swap_augment_mirrors_labels(tokens):
 
 def test_length_grouped_sampler_is_a_function_of_seed_and_epoch():
     lengths = np.random.default_rng(0).integers(1, 100, size=40)
-    s = train.LengthGroupedSampler(lengths, batch_size=2, seed=3, mega=4)
+    s = trainer.LengthGroupedSampler(lengths, batch_size=2, seed=3, mega=4)
     first = list(s)
     assert sorted(first) == list(range(40))
     s.set_epoch(1)
@@ -259,7 +260,7 @@ def test_gradient_accumulation_matches_one_big_batch(tiny_backbone_dir, tokens, 
 def test_token_budget_sampler_covers_rows_within_budget():
     lengths = np.random.default_rng(0).integers(5, 200, size=60)
     for packed in (False, True):
-        s = train.TokenBudgetBatchSampler(lengths, 400, packed=packed, seed=3)
+        s = trainer.TokenBudgetBatchSampler(lengths, 400, packed=packed, seed=3)
         epochs = []
         for epoch in range(3):
             s.set_epoch(epoch)
@@ -274,7 +275,7 @@ def test_token_budget_sampler_covers_rows_within_budget():
         s.set_epoch(0)
         assert list(s) == epochs[0]  # a function of (seed, epoch): resumes see the same batches
     # a row longer than the budget goes alone
-    s = train.TokenBudgetBatchSampler([500, 10, 10], 100, packed=True, seed=0)
+    s = trainer.TokenBudgetBatchSampler([500, 10, 10], 100, packed=True, seed=0)
     assert sorted(map(sorted, s)) == [[0], [1, 2]]
 
 
@@ -294,9 +295,9 @@ def test_token_budget_steps_weigh_rows_not_batches(tiny_backbone_dir, tokens, tm
             "batch_size": 12,
         },
     }
-    seqs, _, _ = train.training_rows(tokens[0], tokens[1], False)
+    seqs, _, _ = trainer.training_rows(tokens[0], tokens[1], False)
     budget = 3 * max(len(s) for s in seqs)
-    n_batches = len(train.TokenBudgetBatchSampler([len(s) for s in seqs], budget, packed=False, seed=0))
+    n_batches = len(trainer.TokenBudgetBatchSampler([len(s) for s in seqs], budget, packed=False, seed=0))
     assert 2 < n_batches < 12
     budgeted = {**base, "train": {**base["train"], "max_tokens_per_batch": budget, "grad_accum": n_batches}}
     one = run(tiny_backbone_dir, tokens, tmp_path / "one", settings=base)
@@ -312,7 +313,7 @@ def test_packed_training_falls_back_to_padded_batches(tiny_backbone_dir, tokens,
         "train": {**SETTINGS["train"], "epochs": 1, "optimizer": "sgd", "lr": 0.5, "max_grad_norm": 1e9},
     }
     run(tiny_backbone_dir, tokens, tmp_path / "padded", settings=padded)
-    monkeypatch.setattr(train, "packing_unsupported", lambda model: "no attention interface")
+    monkeypatch.setattr(trainer, "packing_unsupported", lambda model: "no attention interface")
     run(
         tiny_backbone_dir,
         tokens,
@@ -338,7 +339,7 @@ def arch_tokens(path, n=12, max_length=48):
             "response_b": [["stars " * (1 + i % 4)] for i in range(n)],
         }
     )
-    cache = tokenize_frame(df, modeling.load_tokenizer(path), strategy="per_part", max_length=max_length)
+    cache = tokenize_frame(df, loading.load_tokenizer(path), strategy="per_part", max_length=max_length)
     return cache, targets.hard(np.arange(n) % 3)
 
 
@@ -410,14 +411,14 @@ def test_bfloat16_training_runs_attention_in_bfloat16(tiny_backbone_dir, tmp_pat
 def test_full_precision_base_trains_and_predicts_in_16_bit(tiny_backbone_dir, tmp_path, dtype):
     """quantization none with a 16-bit dtype: the head's trained copy (fp32) computes the logits,
     not the frozen 16-bit original peft keeps beside it."""
-    from arena_pref import predict
+    from arena_pref.predict import inference
 
     settings = {**SETTINGS, "quantization": "none", "dtype": dtype, "train": {**SETTINGS["train"], "epochs": 1}}
     cache, labels = arch_tokens(tiny_backbone_dir)
     metrics = run(tiny_backbone_dir, (cache, labels), tmp_path, settings=settings)
     assert np.isfinite(metrics["train_loss"])
     prediction = model_settings(**settings, max_length=48, predict={"max_tokens_per_batch": 256}).prediction
-    pred = predict.predict_on_devices(
+    pred = inference.predict_on_devices(
         backbone=tiny_backbone_dir,
         adapter_dir=tmp_path / "a" / "adapter",
         tokens=cache,
@@ -437,7 +438,7 @@ def with_padding_side(backbone, side, tmp_path):
     shutil.copytree(backbone, copy)
     config = json.loads((copy / "tokenizer_config.json").read_text())
     (copy / "tokenizer_config.json").write_text(json.dumps({**config, "padding_side": side}))
-    assert modeling.load_tokenizer(copy).padding_side == side
+    assert loading.load_tokenizer(copy).padding_side == side
     return copy
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from arena_pref import wheels
 from arena_pref.errors import InputError
+from arena_pref.kaggle import wheels
 from packaging.utils import canonicalize_name
 
 
@@ -432,7 +432,7 @@ def test_bundle_installs_offline_in_a_fresh_venv(tmp_path):
             py,
             "-c",
             "import arena_pref.errors, arena_pref, pathlib; d = pathlib.Path("
-            "arena_pref.__file__).parent; print(d, (d / 'kaggle_image.yaml').is_file())",
+            "arena_pref.__file__).parent; print(d, (d / 'kaggle' / 'kaggle_image.yaml').is_file())",
         ],
         env=env,
         cwd=tmp_path,

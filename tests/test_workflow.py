@@ -357,12 +357,13 @@ LLAMA3_8B = dict(
 def real_shaped_backbone(directory, arch):
     """config.json of the real model's shape (Gemma-2-9B, Llama-3-8B) and a tokenizer of its family:
     what the start-time checks read, without the weights."""
-    from arena_pref import bench, modeling
+    from arena_pref.models import loading
+    from arena_pref.tools import bench
     from transformers import Gemma2Config, LlamaConfig
 
     config = Gemma2Config(**bench.GEMMA2_9B) if arch == "gemma2" else LlamaConfig(**LLAMA3_8B)
     config.save_pretrained(directory)
-    modeling._tiny_tokenizer(["some text to learn from"] * 50, arch, 300, 8192).save_pretrained(directory)
+    loading._tiny_tokenizer(["some text to learn from"] * 50, arch, 300, 8192).save_pretrained(directory)
 
 
 @pytest.mark.parametrize("preset", sorted(p.name for p in (REPO / "workflow" / "presets").glob("*.yaml")))

@@ -7,7 +7,7 @@ import logging
 import sys
 import time
 
-from .errors import InputError
+from arena_pref.errors import InputError
 
 log = logging.getLogger("arena_pref")
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from . import LABELS
+from arena_pref import LABELS
 
 EPS = 1e-7
 """Submission probabilities are clipped to ``[EPS, 1 - EPS]`` and renormalised.

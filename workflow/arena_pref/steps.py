@@ -14,15 +14,17 @@ import time
 import numpy as np
 import pandas as pd
 
-from . import PROB_COLUMNS, TTA_COLUMNS, data, io, targets
-from .errors import InputError
+from arena_pref import PROB_COLUMNS, TTA_COLUMNS, atomic
+from arena_pref.data import kaggle_csv
+from arena_pref.errors import InputError
+from arena_pref.train import targets
 
 log = logging.getLogger(__name__)
 
 
 def demo_data(train_csv, test_csv, test_labels_csv, *, n_train, n_test, seed):
     """The demo's CSVs, and the test rows' labels (hidden on Kaggle; here they score test predictions)."""
-    from .demo import write_demo_csvs
+    from arena_pref.data.demo import write_demo_csvs
 
     write_demo_csvs(train_csv, test_csv, n_train, n_test, seed, test_labels_path=test_labels_csv)
     log.info(
@@ -39,15 +41,17 @@ def parse(csv, split, out, *, train_parquet=None, test_parquet=None):
     """A Kaggle CSV into a checked table; ``train_parquet`` (test split): the parsed training rows,
     whose ids the test ids should not repeat. Split ``extra``: unlabelled pairs in the test format,
     less those whose prompt the training or test rows have (``train_parquet``, ``test_parquet``)."""
-    df = data.read_kaggle_csv(csv, "test" if split == "extra" else split)
+    df = kaggle_csv.read_kaggle_csv(csv, "test" if split == "extra" else split)
     if split == "train":
-        data.check_training_labels(df, csv)
+        kaggle_csv.check_training_labels(df, csv)
     if split == "extra":
-        data.warn_unread_labels(csv)
-        df = data.unseen_extra_rows(df, [data.read_parsed(train_parquet), data.read_parsed(test_parquet)], csv)
+        kaggle_csv.warn_unread_labels(csv)
+        df = kaggle_csv.unseen_extra_rows(
+            df, [kaggle_csv.read_parsed(train_parquet), kaggle_csv.read_parsed(test_parquet)], csv
+        )
     elif train_parquet is not None:
-        data.warn_shared_ids(data.read_parsed(train_parquet), df, csv)
-    data.write_parsed(df, out)
+        kaggle_csv.warn_shared_ids(kaggle_csv.read_parsed(train_parquet), df, csv)
+    kaggle_csv.write_parsed(df, out)
     msg = f"parsed {len(df)} {split} rows from {csv}"
     if "label" in df:
         freq = np.bincount(df["label"], minlength=3) / len(df)
@@ -56,10 +60,10 @@ def parse(csv, split, out, *, train_parquet=None, test_parquet=None):
 
 
 def folds(train_parquet, out, *, n_folds, seed):
-    from .folds import assign_folds
+    from arena_pref.data.folds import assign_folds
 
-    assignment = assign_folds(data.read_parsed(train_parquet), n_folds, seed)
-    io.write_parquet(assignment, out)
+    assignment = assign_folds(kaggle_csv.read_parsed(train_parquet), n_folds, seed)
+    atomic.write_parquet(assignment, out)
     log.info("fold sizes: %s", assignment["fold"].value_counts().sort_index().tolist())
 
 
@@ -67,14 +71,15 @@ def tiny_backbone(train_parquet, out_dir, spec):
     """A tiny backbone from its spec (the model's ``backbone``; a judge's also carries ``head:
     causal_lm`` and ``template_texts``, its template, suffix and answers, for the tokenizer to
     learn)."""
-    from . import modeling, text
+    from arena_pref.data import templates
+    from arena_pref.models import loading
 
-    df = data.read_parsed(train_parquet)
+    df = kaggle_csv.read_parsed(train_parquet)
     # the tokenizer learns from the training texts only, the template labels included
-    texts = [t for col in data.TURN_COLUMNS for turns in df[col] for t in turns if t]
-    texts += list(text.DEFAULT_TEMPLATE.values()) + list(spec.get("template_texts", []))
+    texts = [t for col in kaggle_csv.TURN_COLUMNS for turns in df[col] for t in turns if t]
+    texts += list(templates.DEFAULT_TEMPLATE.values()) + list(spec.get("template_texts", []))
     options = {k: v for k, v in spec.items() if k not in ("kind", "template_texts")}
-    modeling.build_tiny_backbone(out_dir, texts, **options)
+    loading.build_tiny_backbone(out_dir, texts, **options)
 
 
 def judge_score(*, model, split, parsed, backbone, settings, both_orders, options, out, threads=None):
@@ -82,11 +87,11 @@ def judge_score(*, model, split, parsed, backbone, settings, both_orders, option
     row as given and, with ``both_orders``, swapped; ``options``: :class:`~arena_pref.settings.JudgeOptions`."""
     import torch
 
-    from .judge import score_rows
+    from arena_pref.judge.zero_shot import score_rows
 
     if threads:
         torch.set_num_threads(threads)
-    rows = data.read_parsed(parsed)
+    rows = kaggle_csv.read_parsed(parsed)
     t0 = time.monotonic()
     scores = score_rows(
         model=model,
@@ -96,7 +101,7 @@ def judge_score(*, model, split, parsed, backbone, settings, both_orders, option
         both_orders=both_orders,
         allow_bf16_emulation=options.allow_bf16_emulation,
     )
-    io.write_parquet(scores, out)
+    atomic.write_parquet(scores, out)
     seconds = time.monotonic() - t0
     log.info(
         "model '%s': %d %s rows judged%s in %.1f s (%.1f rows/s)",
@@ -112,10 +117,10 @@ def judge_score(*, model, split, parsed, backbone, settings, both_orders, option
 def judge_predict(*, model, fold, test_scores, calibration, tta, test_out):
     """A run from trained models: one fold's saved calibration (``calibration.json`` of an earlier
     run) applied to this run's test scores, as :func:`judge_fold` applies it."""
-    from .calibration import load, predict_frame
+    from arena_pref.judge.calibration import load, predict_frame
 
     fitted = load(calibration)
-    io.write_parquet(predict_frame(fitted, pd.read_parquet(test_scores), tta), test_out)
+    atomic.write_parquet(predict_frame(fitted, pd.read_parquet(test_scores), tta), test_out)
     log.info(
         "model '%s', fold %d: test rows calibrated by %s (temperature %.3f, biases A %+.3f B %+.3f)",
         model,
@@ -131,19 +136,19 @@ def judge_fold(
     *, model, fold, train_scores, test_scores, train_parquet, folds_parquet, tta, oof_out, test_out, calibration_out
 ):
     """One fold of a judge: its calibration fitted on the training rows outside the fold
-    (:func:`arena_pref.calibration.calibrate_fold`), the held-out rows' OOF file and the test
+    (:func:`arena_pref.judge.calibration.calibrate_fold`), the held-out rows' OOF file and the test
     rows' file, written like any member's, and the calibration as JSON."""
-    from .calibration import MAX_T, calibrate_fold
-    from .metrics import log_loss
+    from arena_pref.judge.calibration import MAX_T, calibrate_fold
+    from arena_pref.metrics import log_loss
 
-    labels = data.read_parsed(train_parquet).set_index("id")["label"]
+    labels = kaggle_csv.read_parsed(train_parquet).set_index("id")["label"]
     assignment = pd.read_parquet(folds_parquet).set_index("id")["fold"]
     oof_frame, test_frame, calibration, scores = calibrate_fold(
         pd.read_parquet(train_scores), pd.read_parquet(test_scores), labels, assignment, fold, tta
     )
-    io.write_json({"model": model, "fold": fold, **calibration.to_json()}, calibration_out)
-    io.write_parquet(oof_frame, oof_out)
-    io.write_parquet(test_frame, test_out)
+    atomic.write_json({"model": model, "fold": fold, **calibration.to_json()}, calibration_out)
+    atomic.write_parquet(oof_frame, oof_out)
+    atomic.write_parquet(test_frame, test_out)
     log.info(
         "model '%s', fold %d: temperature %.3f, biases A %+.3f B %+.3f (tie 0); held-out log loss raw %.4f, "
         "calibrated %.4f, with TTA %.4f",
@@ -168,21 +173,21 @@ def judge_fold(
 
 def tokenize(parsed, backbone, out, settings, *, model):
     """Token cache of one split for one model (:class:`~arena_pref.settings.TokenSettings`)."""
-    from .backbones import check_template_room
-    from .modeling import load_tokenizer
-    from .tokenize import tokenize_frame
+    from arena_pref.data.token_cache import tokenize_frame
+    from arena_pref.models.backbones import check_template_room
+    from arena_pref.models.loading import load_tokenizer
 
     tokenizer = load_tokenizer(backbone)
     check_template_room(model, tokenizer, settings)
     cache = tokenize_frame(
-        data.read_parsed(parsed),
+        kaggle_csv.read_parsed(parsed),
         tokenizer,
         strategy=settings.truncation,
         max_length=settings.max_length,
         template=settings.template,
         prompt_max_frac=settings.prompt_max_frac,
     )
-    io.write_parquet(cache, out)
+    atomic.write_parquet(cache, out)
 
 
 def _fold_rows(tokens, folds_parquet, fold, *, held_out):
@@ -200,12 +205,12 @@ def _fold_rows(tokens, folds_parquet, fold, *, held_out):
 
 
 def features(parsed, out):
-    """Pair statistics of one split (:func:`arena_pref.features.pair_stats`)."""
-    from .features import pair_stats
+    """Pair statistics of one split (:func:`arena_pref.features.pair_features.pair_stats`)."""
+    from arena_pref.features.pair_features import pair_stats
 
     t0 = time.monotonic()
-    stats = pair_stats(data.read_parsed(parsed))
-    io.write_parquet(stats, out)
+    stats = pair_stats(kaggle_csv.read_parsed(parsed))
+    atomic.write_parquet(stats, out)
     seconds = time.monotonic() - t0
     log.info(
         "%d pair statistics of %d rows in %.1f s (%.0f rows/s)",
@@ -235,22 +240,22 @@ def features_fold(
     both orders, written as an OOF file and a fold test file like any member's."""
     from threadpoolctl import threadpool_limits
 
-    from . import features
-    from .metrics import log_loss, prior_log_loss
+    from arena_pref.features import pair_features
+    from arena_pref.metrics import log_loss, prior_log_loss
 
     stats = pd.read_parquet(train_stats)
-    labels = data.read_parsed(train_parquet).set_index("id")["label"]
+    labels = kaggle_csv.read_parsed(train_parquet).set_index("id")["label"]
     fit_rows = _fold_rows(stats, folds_parquet, fold, held_out=False)
     held = _fold_rows(stats, folds_parquet, fold, held_out=True)
     test = pd.read_parquet(test_stats)
     y = fit_rows["id"].map(labels).to_numpy()
     with threadpool_limits(threads):
-        fitted = features.fit(fit_rows.drop(columns="id"), y, settings)
+        fitted = pair_features.fit(fit_rows.drop(columns="id"), y, settings)
         oof_frame, test_frame = _predict_both_orders(fitted, held), _predict_both_orders(fitted, test)
     oof_frame.insert(1, "fold", np.int64(fold))
-    features.save(fitted, learner_out)
-    io.write_parquet(oof_frame, oof_out)
-    io.write_parquet(test_frame, test_out)
+    pair_features.save(fitted, learner_out)
+    atomic.write_parquet(oof_frame, oof_out)
+    atomic.write_parquet(test_frame, test_out)
     y_held = held["id"].map(labels).to_numpy()
     log.info(
         "model '%s', fold %d: %s learner fitted on %d rows (both orders); held-out log loss %.4f, with TTA "
@@ -268,16 +273,16 @@ def features_fold(
 def features_predict(*, model, fold, test_stats, learner, test_out):
     """A run from trained models: one fold's fitted pair-feature learner (``learner.joblib`` of an
     earlier run) predicts the test rows in both orders, as :func:`features_fold` does."""
-    from . import features
+    from arena_pref.features import pair_features
 
-    fitted = features.load(learner)
-    io.write_parquet(_predict_both_orders(fitted, pd.read_parquet(test_stats)), test_out)
+    fitted = pair_features.load(learner)
+    atomic.write_parquet(_predict_both_orders(fitted, pd.read_parquet(test_stats)), test_out)
     log.info("model '%s', fold %d: test rows predicted by the trained learner %s", model, fold, learner)
 
 
 def average_adapters(*, model, adapters, out):
-    """One adapter standing for the folds' (:func:`arena_pref.adapters.average_adapters`)."""
-    from .adapters import average_adapters as average
+    """One adapter standing for the folds' (:func:`arena_pref.train.soup.average_adapters`)."""
+    from arena_pref.train.soup import average_adapters as average
 
     summary = average(adapters, out)
     log.info(
@@ -294,8 +299,8 @@ def average_adapters(*, model, adapters, out):
 def _predict_both_orders(fitted, rows):
     """Rows (A, B) and mirrored (B, A), as the fine-tuned members predict them: plain and TTA
     columns."""
-    from .features import predict
-    from .predictions import frame_from_probs
+    from arena_pref.features.pair_features import predict
+    from arena_pref.predict.prediction_files import frame_from_probs
 
     stats = rows.drop(columns="id")
     return frame_from_probs(rows, np.vstack([predict(fitted, stats), predict(fitted, stats, swap=True)]), tta=True)
@@ -322,11 +327,11 @@ def train(
     :class:`~arena_pref.settings.JobOptions`). ``teacher_oof``: the distillation teacher's OOF
     files of the other folds; ``pseudo_labels`` and ``extra_tokens``: the pseudo-label teacher's
     predictions of the extra rows and this model's tokens of them."""
-    from .tokenize import read_tokens
-    from .train import train_fold
+    from arena_pref.data.token_cache import read_tokens
+    from arena_pref.train.trainer import train_fold
 
     tokens = _fold_rows(read_tokens(tokens_parquet), folds_parquet, fold, held_out=False)
-    labels = tokens["id"].map(data.read_parsed(train_parquet).set_index("id")["label"]).to_numpy()
+    labels = tokens["id"].map(kaggle_csv.read_parsed(train_parquet).set_index("id")["label"]).to_numpy()
     rows = _distilled(tokens, labels, settings.teachers, teacher_oof)
     if settings.teachers.pseudo:
         extra = read_tokens(extra_tokens)
@@ -369,7 +374,7 @@ def _distilled(tokens, labels, teachers, teacher_oof):
 
 def _predict(tokens, *, backbone, adapter, settings, options, tta, label, threads):
     """One adapter's probabilities of ``tokens``' rows, as every prediction job makes them."""
-    from .predict import predict_on_devices
+    from arena_pref.predict.inference import predict_on_devices
 
     return predict_on_devices(
         backbone=backbone,
@@ -386,7 +391,7 @@ def _predict(tokens, *, backbone, adapter, settings, options, tta, label, thread
 
 def oof(*, model, tokens_parquet, folds_parquet, fold, backbone, adapter, settings, options, out, threads=None):
     """Held-out rows of one fold, predicted in both orders (TTA scored either way)."""
-    from .tokenize import read_tokens
+    from arena_pref.data.token_cache import read_tokens
 
     tokens = _fold_rows(read_tokens(tokens_parquet), folds_parquet, fold, held_out=True)
     pred = _predict(
@@ -400,14 +405,14 @@ def oof(*, model, tokens_parquet, folds_parquet, fold, backbone, adapter, settin
         threads=threads,
     )
     pred.insert(1, "fold", np.int64(fold))
-    io.write_parquet(pred, out)
+    atomic.write_parquet(pred, out)
 
 
 def infer(*, model, part, tokens_parquet, backbone, adapter, settings, options, tta, out, scored="test", threads=None):
     """The rows of ``tokens_parquet`` predicted by one adapter (``part``: ``fold<k>``, or
     ``average`` for the folds' averaged adapter): the test rows, or (``scored`` pseudo) the extra
     rows a pseudo-label teacher labels."""
-    from .tokenize import read_tokens
+    from arena_pref.data.token_cache import read_tokens
 
     pred = _predict(
         read_tokens(tokens_parquet),
@@ -419,14 +424,14 @@ def infer(*, model, part, tokens_parquet, backbone, adapter, settings, options, 
         label=f"model '{model}', {part} ({scored})",
         threads=threads,
     )
-    io.write_parquet(pred, out)
+    atomic.write_parquet(pred, out)
 
 
 def average_test(fold_predictions, out, *, tta):
-    from .predictions import average_folds
+    from arena_pref.predict.prediction_files import average_folds
 
     preds = [pd.read_parquet(p) for p in fold_predictions]
-    io.write_parquet(average_folds(preds, tta), out)
+    atomic.write_parquet(average_folds(preds, tta), out)
     log.info("averaged %d test passes' predictions (TTA %s)", len(preds), "on" if tta else "off")
 
 
@@ -448,12 +453,12 @@ def blend(
 ):
     """``oof_paths``: model name -> its folds' OOF files; ``test_paths``: model name -> its test
     file (names given, never parsed from paths); ``settings``: :class:`~arena_pref.settings.BlendSettings`."""
-    from .blend import blend_run
-    from .runinfo import run_info
+    from arena_pref.blend.blender import blend_run
+    from arena_pref.runinfo import run_info
 
     oof = {m: pd.concat([pd.read_parquet(p) for p in paths], ignore_index=True) for m, paths in oof_paths.items()}
     test = {m: pd.read_parquet(path) for m, path in test_paths.items()}
-    train = data.read_parsed(train_parquet)
+    train = kaggle_csv.read_parsed(train_parquet)
     labels = train.set_index("id")["label"]
     assignment = pd.read_parquet(folds_parquet).set_index("id")["fold"]
     sub, metrics, oof_blend, blender = blend_run(
@@ -469,11 +474,11 @@ def blend(
         guard=settings.guard,
         post_rules=_post_rules(settings.post_rules, train, test_parquet),
     )
-    io.write_csv(sub, submission)
-    io.write_json(metrics, metrics_path)
-    io.write_parquet(oof_blend, oof_blend_path)
-    io.write_json(blender, blender_path)
-    io.write_json(run_info(config), run_info_path)
+    atomic.write_csv(sub, submission)
+    atomic.write_json(metrics, metrics_path)
+    atomic.write_parquet(oof_blend, oof_blend_path)
+    atomic.write_json(blender, blender_path)
+    atomic.write_json(run_info(config), run_info_path)
     b = metrics["blend"]
     log.info(
         "OOF log loss: class prior %.4f; %s; blend (%s) %.4f%s",
@@ -489,17 +494,17 @@ def submit(*, blender_path, test_paths, test_parquet, tta, submission, run_info_
     """A run from trained models: the submission a blender fitted earlier (``blender.json`` of the
     run that trained them, or one made from the config's weights) makes of this run's test
     predictions."""
-    from .blend import apply_blender, check_blender
-    from .post_rules import row_kinds
-    from .runinfo import run_info
+    from arena_pref.blend.blender import apply_blender, check_blender
+    from arena_pref.blend.post_rules import row_kinds
+    from arena_pref.runinfo import run_info
 
-    blender = io.read_json(blender_path)
+    blender = atomic.read_json(blender_path)
     check_blender(blender, tta, f"the blender {blender_path}")
     test = {m: pd.read_parquet(path) for m, path in test_paths.items()}
-    kinds = row_kinds(data.read_parsed(test_parquet)) if blender.get("post_rules") else None
+    kinds = row_kinds(kaggle_csv.read_parsed(test_parquet)) if blender.get("post_rules") else None
     sub = apply_blender(blender, test, kinds)
-    io.write_csv(sub, submission)
-    io.write_json(run_info(config), run_info_path)
+    atomic.write_csv(sub, submission)
+    atomic.write_json(run_info(config), run_info_path)
     log.info(
         "submission of %d test rows from the blender %s (%s of %s, fitted on %s training rows, OOF log loss %s)",
         len(sub),
@@ -513,33 +518,33 @@ def submit(*, blender_path, test_paths, test_parquet, tta, submission, run_info_
 
 def _post_rules(rules, train, test_parquet):
     """The plan of the enabled post-rules (:class:`~arena_pref.settings.PostRules`; None when none is)."""
-    from .post_rules import RULES, PostRulePlan, row_kinds
+    from arena_pref.blend.post_rules import RULES, PostRulePlan, row_kinds
 
     enabled = tuple(name for name in RULES if getattr(rules, name))
     if not enabled:
         return None
     return PostRulePlan(
-        rules=enabled, kinds_train=row_kinds(train), kinds_test=row_kinds(data.read_parsed(test_parquet))
+        rules=enabled, kinds_train=row_kinds(train), kinds_test=row_kinds(kaggle_csv.read_parsed(test_parquet))
     )
 
 
 def plots(*, metrics_path, oof_blend_path, fold_scores_png, calibration_png):
-    from .plots import plot_calibration, plot_fold_scores
+    from arena_pref.blend.plots import plot_calibration, plot_fold_scores
 
-    plot_fold_scores(io.read_json(metrics_path), fold_scores_png)
+    plot_fold_scores(atomic.read_json(metrics_path), fold_scores_png)
     plot_calibration(pd.read_parquet(oof_blend_path), calibration_png)
 
 
 def kaggle_bundle(*, files, config, kaggle, backbones, out):
-    """The Kaggle bundle (:func:`arena_pref.bundle.build_bundle`); ``kaggle``: the settings of
-    :data:`arena_pref.bundle.BUILD_READS`."""
-    from .bundle import build_bundle
+    """The Kaggle bundle (:func:`arena_pref.kaggle.bundle.build_bundle`); ``kaggle``: the settings of
+    :data:`arena_pref.kaggle.bundle.BUILD_READS`."""
+    from arena_pref.kaggle.bundle import build_bundle
 
     build_bundle(files=files, config=config, kaggle=kaggle, backbones=backbones, out=out)
 
 
 def time_estimate(*, models, limit_h, margin_h, gpus, rows, out, threads=None):
-    """The test passes' wall time (:mod:`arena_pref.budget`) against the limit, written to ``out``.
+    """The test passes' wall time (:mod:`arena_pref.kaggle.time_budget`) against the limit, written to ``out``.
     ``models``: name -> dict(backbone, adapter, tokens_parquet, settings, tta, passes,
     allow_bf16_emulation, model_parallel), each LoRA model timed on a sample of its test rows."""
     # what every prediction job pays before it loads a model: Python, Snakemake's script preamble
@@ -547,21 +552,19 @@ def time_estimate(*, models, limit_h, margin_h, gpus, rows, out, threads=None):
     import peft  # noqa: F401
     import psutil
 
-    from . import (
-        budget,
-        predict,  # noqa: F401
-    )
-    from .tokenize import read_tokens
+    import arena_pref.predict.inference  # noqa: F401
+    from arena_pref.data.token_cache import read_tokens
+    from arena_pref.kaggle import time_budget
 
     startup, report = time.time() - psutil.Process().create_time(), {}
     for name, m in models.items():
         tokens = read_tokens(m["tokens_parquet"])
         measured = {
             "startup_s": startup,
-            **budget.calibrate(
+            **time_budget.calibrate(
                 backbone=m["backbone"],
                 adapter_dir=m["adapter"],
-                tokens=budget.sample_rows(tokens, rows),
+                tokens=time_budget.sample_rows(tokens, rows),
                 settings=m["settings"],
                 tta=m["tta"],
                 allow_bf16_emulation=m["allow_bf16_emulation"],
@@ -570,8 +573,8 @@ def time_estimate(*, models, limit_h, margin_h, gpus, rows, out, threads=None):
             ),
         }
         n_tokens = int(tokens["input_ids"].map(len).sum())
-        copies = budget.model_copies(gpus, m["model_parallel"])
-        seconds = budget.model_seconds(measured, tokens=n_tokens, passes=m["passes"], tta=m["tta"], copies=copies)
+        copies = time_budget.model_copies(gpus, m["model_parallel"])
+        seconds = time_budget.model_seconds(measured, tokens=n_tokens, passes=m["passes"], tta=m["tta"], copies=copies)
         report[name] = {
             **measured,
             "test_tokens": n_tokens,
@@ -593,8 +596,8 @@ def time_estimate(*, models, limit_h, margin_h, gpus, rows, out, threads=None):
             " x 2 orders" if m["tta"] else "",
             seconds,
         )
-    result = {**budget.verdict(report, limit_h=limit_h, margin_h=margin_h), "models": report}
-    io.write_json(result, out)
+    result = {**time_budget.verdict(report, limit_h=limit_h, margin_h=margin_h), "models": report}
+    atomic.write_json(result, out)
     (log.info if result["fits"] else log.warning)(
         "estimated %.2f h for the test passes, limit %.2f h less a margin of %.2f h: %s",
         result["estimate_h"],

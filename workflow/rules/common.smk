@@ -20,7 +20,11 @@ if not workflow.overwrite_configfiles:
     configfile: os.path.join(workflow.basedir, "config.yaml")
 
 
-from arena_pref import backbones, bundle, inputs, settings, trained
+from arena_pref import settings
+from arena_pref.models import backbones
+from arena_pref.kaggle import bundle
+from arena_pref.settings import inputs
+from arena_pref.train import trained_paths
 from arena_pref.errors import InputError
 
 try:
@@ -48,7 +52,7 @@ try:
         backbones.check_model(CONFIG.models[_name])
     for _name in JUDGE_MODELS:
         backbones.check_judge(CONFIG.models[_name])
-    trained.check(CONFIG)  # runs from trained models: every fold they read is there
+    trained_paths.check(CONFIG)  # runs from trained models: every fold they read is there
 except InputError as err:
     # snakemake merges --configfile A B key by key (the models of both are kept): say so
     _merged = workflow.overwrite_configfiles or []
@@ -65,7 +69,7 @@ LLM_MEMBERS = [
 ]  # what a Kaggle run predicts and times
 FOLDS = CONFIG.fold_ids()
 CONDA_ENV = "../../envs/arena-pref.yaml"
-FEATURE_PHRASES = os.path.join(PACKAGE_DIR, "arena_pref", "feature_phrases.yaml")
+FEATURE_PHRASES = os.path.join(PACKAGE_DIR, "arena_pref", "features", "feature_phrases.yaml")
 KAGGLE = settings.canonical(CONFIG.kaggle)
 # the Kaggle bundle's files: path in the bundle -> path here (inputs of kaggle_bundle)
 BUNDLE_FILES = {} if CONFIG.predict_only else bundle.bundle_files(CONFIG)
@@ -159,13 +163,13 @@ def pass_tta(wildcards):
 
 def pass_adapter(wildcards):
     """The adapter of one test pass: this run's, or a trained directory's."""
-    return trained.adapter_dir(CONFIG, wildcards.model, wildcards.part)
+    return trained_paths.adapter_dir(CONFIG, wildcards.model, wildcards.part)
 
 
 def fold_adapters(wildcards):
     """The predicting folds' adapters, to average."""
     return [
-        trained.adapter_dir(CONFIG, wildcards.model, f"fold{k}")
+        trained_paths.adapter_dir(CONFIG, wildcards.model, f"fold{k}")
         for k in CONFIG.predict_folds(wildcards.model)
     ]
 
@@ -190,11 +194,11 @@ def teacher_inputs(wildcards):
 
 
 def trained_learner(wildcards):
-    return trained.learner_path(CONFIG, wildcards.model, wildcards.fold)
+    return trained_paths.learner_path(CONFIG, wildcards.model, wildcards.fold)
 
 
 def trained_calibration(wildcards):
-    return trained.calibration_path(CONFIG, wildcards.model, wildcards.fold)
+    return trained_paths.calibration_path(CONFIG, wildcards.model, wildcards.fold)
 
 
 def bundle_inputs(wildcards):
@@ -212,7 +216,7 @@ def estimate_inputs(wildcards):
     inputs = {}
     for m in LLM_MEMBERS:
         inputs[f"tokens_{m}"] = f"results/tokens/{m}/test.parquet"
-        inputs[f"adapter_{m}"] = trained.adapter_dir(
+        inputs[f"adapter_{m}"] = trained_paths.adapter_dir(
             CONFIG, m, CONFIG.test_passes(m)[0]
         )
         backbone = backbones.rule_input(m, CONFIG.models[m].backbone)

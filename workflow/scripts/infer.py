@@ -2,9 +2,9 @@
 configured); or a pseudo-label teacher's probabilities of the extra rows (always with TTA)."""
 
 from arena_pref import steps
-from arena_pref.backbones import backbone_dir
-from arena_pref.gpus import claim_gpus
 from arena_pref.logs import run_main, setup_logging
+from arena_pref.models.backbones import backbone_dir
+from arena_pref.models.gpus import claim_gpus
 from arena_pref.settings import PredictSettings, from_params
 
 

@@ -1,9 +1,9 @@
 """Rule judge_score: a zero-shot judge's raw answer logits for one split, each row in both orders."""
 
 from arena_pref import steps
-from arena_pref.backbones import backbone_dir
-from arena_pref.gpus import claim_gpus
 from arena_pref.logs import run_main, setup_logging
+from arena_pref.models.backbones import backbone_dir
+from arena_pref.models.gpus import claim_gpus
 from arena_pref.settings import JudgeSettings, from_params
 
 

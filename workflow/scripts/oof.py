@@ -1,9 +1,9 @@
 """Rule oof: one fold's held-out rows predicted with that fold's adapter, both orders."""
 
 from arena_pref import steps
-from arena_pref.backbones import backbone_dir
-from arena_pref.gpus import claim_gpus
 from arena_pref.logs import run_main, setup_logging
+from arena_pref.models.backbones import backbone_dir
+from arena_pref.models.gpus import claim_gpus
 from arena_pref.settings import PredictSettings, from_params
 
 

@@ -1,9 +1,9 @@
 """Rule time_estimate: the test passes' wall time, from each LoRA model timed on a sample of its test rows."""
 
 from arena_pref import steps
-from arena_pref.backbones import backbone_dir
-from arena_pref.gpus import claim_gpus
 from arena_pref.logs import run_main, setup_logging
+from arena_pref.models.backbones import backbone_dir
+from arena_pref.models.gpus import claim_gpus
 from arena_pref.settings import ModelParallel, PredictSettings, from_params
 
 

@@ -1,8 +1,8 @@
 """Rule tokenize: token cache of one split for one model, in both A/B orders."""
 
 from arena_pref import steps
-from arena_pref.backbones import backbone_dir
 from arena_pref.logs import run_main, setup_logging
+from arena_pref.models.backbones import backbone_dir
 from arena_pref.settings import TokenSettings, from_params
 
 

@@ -1,0 +1,1 @@
+"""Blending members, post-rules and the report's figures (rules: blend.smk)."""

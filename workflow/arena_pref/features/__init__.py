@@ -1,0 +1,1 @@
+"""The pair-feature members: cheap CPU preference models (rules: features.smk)."""

@@ -1,0 +1,1 @@
+"""The zero-shot LLM judge and its calibration (rules: judge.smk)."""

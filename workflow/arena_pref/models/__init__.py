@@ -1,0 +1,1 @@
+"""Loading backbones and running them: quantization, attention, pooling, packing, placement (used by train, predict)."""

@@ -1,0 +1,1 @@
+"""Per-fold training: targets, the Trainer, checkpoints, adapter averaging (rules: train.smk)."""
