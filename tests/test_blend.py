@@ -4,17 +4,11 @@ import numpy as np
 import pandas as pd
 import pytest
 from arena_pref import LABELS
-from arena_pref.blend.blender import (
-    apply_temperature,
-    blend,
-    blend_run,
-    fit_temperature,
-    make_submission,
-    optimize_weights,
-    validate_submission,
-)
+from arena_pref.blend.blender import Blender, blend_run, make_submission, validate_submission
+from arena_pref.blend.combiners import apply_temperature, blend, fit_temperature, optimize_weights
 from arena_pref.errors import InputError
 from arena_pref.metrics import EPS, log_loss, tta_average
+from arena_pref.settings import BlendSettings, PostRules
 from sklearn.metrics import log_loss as sk_log_loss
 
 
@@ -224,6 +218,11 @@ def make_run_inputs(n_train=1200, n_test=50, seed=0):
     return oof, test, y_by_id, folds_by_id
 
 
+def blend_settings(method="weights", weights=None, stack_C=1.0, calibrate=False, guard=True):
+    """The blend rule's settings (the post-rule flags off: the tests give the plan itself)."""
+    return BlendSettings(method, weights or {}, stack_C, calibrate, guard, PostRules(False, False))
+
+
 def aligned(frame, ids, cols):
     return frame.set_index("id").loc[ids, cols].to_numpy()
 
@@ -240,9 +239,8 @@ def test_blend_run_given_weights(inputs):
         test,
         y_by_id,
         folds_by_id,
+        blend_settings("weights", {"good": 3, "noise": 1}),
         use_tta={"good": True, "noise": False},
-        method="weights",
-        weights={"good": 3, "noise": 1},
     )
     ids, y = y_by_id.index, y_by_id.to_numpy()
     folds = folds_by_id.to_numpy()
@@ -289,7 +287,7 @@ def test_blend_run_given_weights(inputs):
 def test_blend_run_equal_weights_by_default(inputs):
     oof, test, y_by_id, folds_by_id = inputs
     _, m, _, _blender = blend_run(
-        oof, test, y_by_id, folds_by_id, use_tta={"good": False, "noise": False}, method="weights"
+        oof, test, y_by_id, folds_by_id, blend_settings("weights"), use_tta={"good": False, "noise": False}
     )
     assert m["blend"]["weights"] == {"good": 0.5, "noise": 0.5}
 
@@ -297,8 +295,10 @@ def test_blend_run_equal_weights_by_default(inputs):
 def test_blend_run_optimize_and_calibrate(inputs):
     oof, test, y_by_id, folds_by_id = inputs
     use_tta = {"good": True, "noise": False}
-    _, plain, _, _blender = blend_run(oof, test, y_by_id, folds_by_id, use_tta=use_tta, method="optimize")
-    sub, m, _, _blender = blend_run(oof, test, y_by_id, folds_by_id, use_tta=use_tta, method="optimize", calibrate=True)
+    _, plain, _, _blender = blend_run(oof, test, y_by_id, folds_by_id, blend_settings("optimize"), use_tta=use_tta)
+    sub, m, _, _blender = blend_run(
+        oof, test, y_by_id, folds_by_id, blend_settings("optimize", calibrate=True), use_tta=use_tta
+    )
     b = m["blend"]
     assert b["method"] == "optimize"
     assert b["weights"]["good"] > 0.8
@@ -319,18 +319,16 @@ def test_blend_run_single_model_with_tta_scores_tta_columns(inputs):
         {"good": test["good"]},
         y_by_id,
         folds_by_id,
+        blend_settings("weights", {"good": 1}),
         use_tta={"good": True},
-        method="weights",
-        weights={"good": 1},
     )
     assert m["blend"]["log_loss"] == pytest.approx(m["models"]["good"]["log_loss_tta"], abs=1e-12)
     assert m["blend"]["folds"] == pytest.approx(m["models"]["good"]["folds"], abs=1e-12)
 
 
-def _run(oof, test, y_by_id, folds_by_id, **kw):
-    kw.setdefault("use_tta", {name: False for name in oof})
-    kw.setdefault("method", "weights")
-    return blend_run(oof, test, y_by_id, folds_by_id, **kw)
+def _run(oof, test, y_by_id, folds_by_id, use_tta=None, **kw):
+    use_tta = use_tta if use_tta is not None else {name: False for name in oof}
+    return blend_run(oof, test, y_by_id, folds_by_id, blend_settings(**kw), use_tta=use_tta)
 
 
 def test_blend_run_oof_missing_ids(inputs):
@@ -442,9 +440,8 @@ def test_blend_step_takes_model_names_from_the_rule_not_from_paths(inputs, tmp_p
         test,
         y_by_id,
         folds_by_id,
+        blend_settings("weights", {"good": 3, "noise": 1}),
         use_tta={"good": True, "noise": False},
-        method="weights",
-        weights={"good": 3, "noise": 1},
     )
     assert metrics["blend"]["log_loss"] == pytest.approx(expected["blend"]["log_loss"])
 
@@ -464,7 +461,7 @@ def _members(inputs, use_tta):
 
 def test_stack_learns_to_trust_the_good_member(inputs):
     use_tta = {"good": True, "noise": False}
-    sub, m, oof_blend, _blender = blend_run(*inputs, use_tta=use_tta, method="stack")
+    sub, m, oof_blend, _blender = blend_run(*inputs, blend_settings("stack"), use_tta=use_tta)
     b = m["blend"]
     assert b["method"] == "stack" and b["stack_C"] == 1.0 and not b["guard"]["fell_back"]
     assert b["stack_reliance"]["good"] > 5 * b["stack_reliance"]["noise"]
@@ -475,7 +472,7 @@ def test_stack_learns_to_trust_the_good_member(inputs):
 
 
 def test_stacker_treats_the_answers_alike(inputs):
-    from arena_pref.blend.blender import apply_stacker, fit_stacker
+    from arena_pref.blend.combiners import apply_stacker, fit_stacker
 
     probs, y, _ = _members(inputs, {"good": True, "noise": False})
     params = fit_stacker(probs, y, C=1.0)
@@ -488,12 +485,13 @@ def test_each_folds_oof_blend_is_fitted_without_that_folds_labels(inputs, method
     """Scrambling the labels of fold 0 changes nothing of fold 0's OOF blend: the stacker, the
     weights and the temperature that score a fold never saw its labels."""
     oof, test, y_by_id, folds_by_id = inputs
-    kw = {"use_tta": {"good": True, "noise": False}, "method": method, "calibrate": calibrate, "guard": False}
-    _, _, before, _blender = blend_run(oof, test, y_by_id, folds_by_id, **kw)
+    kw = {"use_tta": {"good": True, "noise": False}}
+    s = blend_settings(method, calibrate=calibrate, guard=False)
+    _, _, before, _blender = blend_run(oof, test, y_by_id, folds_by_id, s, **kw)
     fold0 = folds_by_id[folds_by_id == 0].index
     scrambled = y_by_id.copy()
     scrambled.loc[fold0] = (scrambled.loc[fold0] + 1) % 3
-    _, _, after, _blender = blend_run(oof, test, scrambled, folds_by_id, **kw)
+    _, _, after, _blender = blend_run(oof, test, scrambled, folds_by_id, s, **kw)
     rows = before["fold"] == 0
     np.testing.assert_allclose(after.loc[rows, ["a", "b", "tie"]], before.loc[rows, ["a", "b", "tie"]], atol=1e-9)
     # ... while the other folds' rows, fitted with fold 0's labels, do change
@@ -504,7 +502,7 @@ def test_a_blend_worse_than_the_prior_falls_back_to_it(inputs, caplog):
     oof, test, y_by_id, folds_by_id = inputs
     noise_only = ({"noise": oof["noise"]}, {"noise": test["noise"]}, y_by_id, folds_by_id)
     with caplog.at_level("WARNING", logger="arena_pref"):
-        sub, m, oof_blend, _blender = blend_run(*noise_only, use_tta={"noise": False}, method="weights")
+        sub, m, oof_blend, _blender = blend_run(*noise_only, blend_settings("weights"), use_tta={"noise": False})
     assert "model 'noise' does not beat the class prior on OOF" in caplog.text
     assert "the blend does not beat the class prior on OOF" in caplog.text
     g = m["blend"]["guard"]
@@ -514,7 +512,7 @@ def test_a_blend_worse_than_the_prior_falls_back_to_it(inputs, caplog):
     freq = np.bincount(y, minlength=3) / len(y)
     np.testing.assert_allclose(sub[list(LABELS)].to_numpy(), np.tile(freq, (len(sub), 1)), atol=1e-6)
     # without the guard the noise is submitted, and the log still says so
-    _, m, _, _blender = blend_run(*noise_only, use_tta={"noise": False}, method="weights", guard=False)
+    _, m, _, _blender = blend_run(*noise_only, blend_settings("weights", guard=False), use_tta={"noise": False})
     assert not m["blend"]["guard"]["fell_back"] and m["blend"]["log_loss"] > g["prior_oof_log_loss"]
 
 
@@ -534,9 +532,9 @@ def test_the_guard_judges_the_blend_after_the_post_rules(inputs):
         {"noise": test["noise"]},
         y,
         folds_by_id,
+        blend_settings("weights"),
         use_tta={"noise": False},
-        method="weights",
-        post_rules=plan,
+        rule_plan=plan,
     )
     g = m["blend"]["guard"]
     assert m["blend"]["post_rules"]["identical"]["applied_to_test"]
@@ -544,7 +542,7 @@ def test_the_guard_judges_the_blend_after_the_post_rules(inputs):
 
 
 def test_a_stacker_of_one_class_predicts_its_frequencies():
-    from arena_pref.blend.blender import apply_stacker, fit_stacker
+    from arena_pref.blend.combiners import apply_stacker, fit_stacker
 
     probs = {"m": np.full((6, 3), 1 / 3)}
     out = apply_stacker(fit_stacker(probs, np.full(6, 2), C=1.0), probs)
@@ -557,7 +555,7 @@ def test_labels_without_ties_stack_to_three_columns(inputs):
     oof, test, y_by_id, folds_by_id = inputs
     no_ties = y_by_id.where(y_by_id != 2, 0)
     sub, m, oof_blend, _blender = blend_run(
-        oof, test, no_ties, folds_by_id, use_tta={"good": True, "noise": False}, method="stack", calibrate=True
+        oof, test, no_ties, folds_by_id, blend_settings("stack", calibrate=True), use_tta={"good": True, "noise": False}
     )
     assert (oof_blend["tie"] < 1e-3).all() and np.isfinite(m["blend"]["log_loss"])
     validate_submission(sub, test["good"]["id"])
@@ -576,10 +574,10 @@ def test_labels_without_ties_stack_to_three_columns(inputs):
         dict(method="stack", post_rules=True),
     ],
 )
-def test_the_blender_file_makes_the_same_submission(inputs, kw):
+def test_the_blender_file_makes_the_same_submission(inputs, kw, tmp_path):
     """What the blend rule writes to blender.json, read back, gives a run from trained models the
     home run's submission to the last digit (floats survive JSON exactly)."""
-    from arena_pref.blend.blender import apply_blender
+    from arena_pref.blend.blender import apply_blender, read_blender, write_blender
     from arena_pref.blend.post_rules import PostRulePlan
 
     oof, test, y_by_id, folds_by_id = inputs
@@ -594,19 +592,43 @@ def test_the_blender_file_makes_the_same_submission(inputs, kw):
             ("identical", "empty"), kinds_train, pd.Series(np.where(test_ids % 3 == 0, "identical", ""), index=test_ids)
         )
     sub, _, _, blender = blend_run(
-        oof, test, y_by_id, folds_by_id, use_tta={"good": True, "noise": False}, post_rules=plan, **kw
+        oof, test, y_by_id, folds_by_id, blend_settings(**kw), use_tta={"good": True, "noise": False}, rule_plan=plan
     )
-    assert (plan is None) == (not blender["post_rules"])
+    assert (plan is None) == (not blender.post_rules)
+    write_blender(blender, tmp_path / "blender.json")
+    read = read_blender(tmp_path / "blender.json")
+    assert read == blender and read.to_json() == json.loads((tmp_path / "blender.json").read_text())
     # the members in another order than the blender lists them: rows are matched by id
     reordered = {m: test[m] for m in reversed(list(test))}
-    again = apply_blender(json.loads(json.dumps(blender)), reordered, None if plan is None else plan.kinds_test)
+    again = apply_blender(read, reordered, None if plan is None else plan.kinds_test)
     pd.testing.assert_frame_equal(again, sub, check_exact=True)
+
+
+def test_the_blender_file_keeps_its_layout(inputs):
+    """blender.json's keys, in order, as every fitted file and the Kaggle bundle have them."""
+    *_, blender = blend_run(*inputs, blend_settings("stack"), use_tta={"good": True, "noise": False})
+    layout = blender.to_json()
+    assert list(layout) == [
+        "format",
+        "members",
+        "tta",
+        "method",
+        "calibrate",
+        "params",
+        "post_rules",
+        "class_prior",
+        "oof_log_loss",
+        "n_train",
+    ]
+    assert layout["format"] == 1 and layout["members"] == ["good", "noise"] and layout["tta"] == blender.tta
+    assert layout["post_rules"] == {} and layout["class_prior"] is None and layout["n_train"] == len(inputs[2])
+    assert Blender.from_json(json.loads(json.dumps(layout))) == blender
 
 
 def test_the_stacker_predicts_as_scikit_learn_does(inputs):
     """The blender keeps the stacker as coefficients (no pickle): its probabilities are
     scikit-learn's predict_proba of the fitted model."""
-    from arena_pref.blend.blender import _stack_inputs, _stacker_proba, fit_stacker
+    from arena_pref.blend.combiners import _stack_inputs, _stacker_proba, fit_stacker
     from arena_pref.metrics import MIRROR
     from sklearn.linear_model import LogisticRegression
 
@@ -617,22 +639,36 @@ def test_the_stacker_predicts_as_scikit_learn_does(inputs):
     np.testing.assert_allclose(_stacker_proba(params, x), model.predict_proba(x), atol=1e-10)
 
 
-def test_a_blender_of_another_layout_or_other_members_is_refused(inputs):
-    from arena_pref.blend.blender import apply_blender
+def test_a_blender_of_another_layout_or_other_members_is_refused(inputs, tmp_path):
+    from arena_pref import atomic
+    from arena_pref.blend.blender import apply_blender, read_blender
 
-    oof, test, y_by_id, folds_by_id = inputs
-    *_, blender = blend_run(oof, test, y_by_id, folds_by_id, use_tta={"good": True, "noise": False}, method="stack")
-    with pytest.raises(InputError, match='"format" is 99, this version reads 1'):
-        apply_blender({**blender, "format": 99}, test)
-    with pytest.raises(InputError, match=r"was fitted on models good, noise: no model noise in this run"):
+    test = inputs[1]
+    *_, blender = blend_run(*inputs, blend_settings("stack"), use_tta={"good": True, "noise": False})
+    path = tmp_path / "blender.json"
+    atomic.write_json({**blender.to_json(), "format": 99}, path)
+    with pytest.raises(InputError, match=r'the blender .*blender.json: "format" is 99, this version reads 1'):
+        read_blender(path)
+    atomic.write_json({k: v for k, v in blender.to_json().items() if k not in ("tta", "params")}, path)
+    with pytest.raises(InputError, match=r"the blender .*blender.json lacks tta, params: was it edited\?"):
+        read_blender(path)
+    with pytest.raises(InputError, match=r"the blender was fitted on models good, noise: no model noise in this run"):
         apply_blender(blender, {"good": test["good"]})
+    with pytest.raises(InputError, match=r"f.json was fitted on models good, noise: models other are not in it"):
+        blender.check({"good": True, "noise": False, "other": None}, "f.json")
+    with pytest.raises(InputError, match=r"config models.noise.predict.tta is True, but f.json was fitted on its"):
+        blender.check({"good": True, "noise": True}, "f.json")
+    blender.check({"good": None, "noise": False}, "f.json")
 
 
-def test_a_weights_blender_is_the_weighted_average(inputs):
-    from arena_pref.blend.blender import apply_blender, weights_blender
+def test_a_weights_blender_is_the_weighted_average(inputs, tmp_path):
+    from arena_pref.blend.blender import apply_blender, read_blender, write_blender
 
     _, test, _, _ = inputs
-    sub = apply_blender(weights_blender({"noise": 1.0, "good": 3.0}, {"good": True, "noise": False}), test)
+    blender = Blender.from_weights({"noise": 1.0, "good": 3.0}, {"good": True, "noise": False})
+    assert blender.members == ("good", "noise") and blender.params == {"noise": 1.0, "good": 3.0}
+    write_blender(blender, tmp_path / "blender.json")
+    sub = apply_blender(read_blender(tmp_path / "blender.json"), test)
     ids = test["good"]["id"].to_numpy()
     good = test["good"].set_index("id").loc[ids, ["a", "b", "tie"]].to_numpy()
     noise = test["noise"].set_index("id").loc[ids, ["a", "b", "tie"]].to_numpy()

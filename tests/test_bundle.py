@@ -127,10 +127,10 @@ def test_the_bundle_leaves_the_developer_tools_out(tmp_path):
 def test_a_model_whose_tta_differs_from_the_blenders_is_an_error(tmp_path):
     """A stacker fitted on TTA-averaged OOF predictions must not weigh plain test predictions."""
     import pandas as pd
-    from arena_pref import atomic, steps
-    from arena_pref.blend.blender import weights_blender
+    from arena_pref import steps
+    from arena_pref.blend.blender import Blender, write_blender
 
-    atomic.write_json(weights_blender({"m": 1.0}, {"m": True}), tmp_path / "blender.json")
+    write_blender(Blender.from_weights({"m": 1.0}, {"m": True}), tmp_path / "blender.json")
     pd.DataFrame({"id": [1, 2], "a": 0.4, "b": 0.4, "tie": 0.2}).to_parquet(tmp_path / "m.parquet")
     with pytest.raises(
         InputError,

@@ -2,6 +2,10 @@ import numpy as np
 import pandas as pd
 from arena_pref.blend.blender import blend_run
 from arena_pref.blend.post_rules import PRIOR_ROWS, PostRulePlan, kind_probs, row_kinds
+from arena_pref.settings import BlendSettings, PostRules
+
+WEIGHTS_UNGUARDED = BlendSettings("weights", {}, 1.0, False, False, PostRules(False, False))
+"""Equal weights, no guard (the flags off: the tests give the post-rule plan itself)."""
 
 
 def parsed(rows):
@@ -77,10 +81,9 @@ def _run(post_rules, y, kinds_train, kinds_test, folds):
         test,
         pd.Series(y, index=ids),
         pd.Series(folds, index=ids),
+        WEIGHTS_UNGUARDED,
         use_tta={"m": False},
-        method="weights",
-        guard=False,
-        post_rules=plan,
+        rule_plan=plan,
     )
 
 
@@ -147,10 +150,9 @@ def test_a_rule_that_does_not_help_is_left_out_and_logged(caplog):
             test,
             pd.Series(y, index=ids),
             pd.Series(folds, index=ids),
+            WEIGHTS_UNGUARDED,
             use_tta={"m": False},
-            method="weights",
-            guard=False,
-            post_rules=plan,
+            rule_plan=plan,
         )
     report = m["blend"]["post_rules"]["identical"]
     assert not report["applied_to_test"] and report["oof_log_loss_after"] == report["oof_log_loss_before"]

@@ -453,7 +453,7 @@ def blend(
 ):
     """``oof_paths``: model name -> its folds' OOF files; ``test_paths``: model name -> its test
     file (names given, never parsed from paths); ``settings``: :class:`~arena_pref.settings.BlendSettings`."""
-    from arena_pref.blend.blender import blend_run
+    from arena_pref.blend.blender import blend_run, write_blender
     from arena_pref.runinfo import run_info
 
     oof = {m: pd.concat([pd.read_parquet(p) for p in paths], ignore_index=True) for m, paths in oof_paths.items()}
@@ -466,18 +466,14 @@ def blend(
         test,
         labels,
         assignment,
+        settings,
         use_tta=tta,
-        method=settings.method,
-        weights=settings.weights or None,
-        stack_C=settings.stack_C,
-        calibrate=settings.calibrate,
-        guard=settings.guard,
-        post_rules=_post_rules(settings.post_rules, train, test_parquet),
+        rule_plan=_post_rules(settings.post_rules, train, test_parquet),
     )
     atomic.write_csv(sub, submission)
     atomic.write_json(metrics, metrics_path)
     atomic.write_parquet(oof_blend, oof_blend_path)
-    atomic.write_json(blender, blender_path)
+    write_blender(blender, blender_path)
     atomic.write_json(run_info(config), run_info_path)
     b = metrics["blend"]
     log.info(
@@ -494,14 +490,14 @@ def submit(*, blender_path, test_paths, test_parquet, tta, submission, run_info_
     """A run from trained models: the submission a blender fitted earlier (``blender.json`` of the
     run that trained them, or one made from the config's weights) makes of this run's test
     predictions."""
-    from arena_pref.blend.blender import apply_blender, check_blender
+    from arena_pref.blend.blender import apply_blender, read_blender
     from arena_pref.blend.post_rules import row_kinds
     from arena_pref.runinfo import run_info
 
-    blender = atomic.read_json(blender_path)
-    check_blender(blender, tta, f"the blender {blender_path}")
+    blender = read_blender(blender_path)
+    blender.check(tta, f"the blender {blender_path}")
     test = {m: pd.read_parquet(path) for m, path in test_paths.items()}
-    kinds = row_kinds(kaggle_csv.read_parsed(test_parquet)) if blender.get("post_rules") else None
+    kinds = row_kinds(kaggle_csv.read_parsed(test_parquet)) if blender.post_rules else None
     sub = apply_blender(blender, test, kinds)
     atomic.write_csv(sub, submission)
     atomic.write_json(run_info(config), run_info_path)
@@ -509,10 +505,10 @@ def submit(*, blender_path, test_paths, test_parquet, tta, submission, run_info_
         "submission of %d test rows from the blender %s (%s of %s, fitted on %s training rows, OOF log loss %s)",
         len(sub),
         blender_path,
-        blender["method"],
-        ", ".join(blender["members"]),
-        blender.get("n_train"),
-        blender.get("oof_log_loss"),
+        blender.method,
+        ", ".join(blender.members),
+        blender.n_train,
+        blender.oof_log_loss,
     )
 
 

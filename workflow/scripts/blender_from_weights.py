@@ -1,14 +1,13 @@
 """Rule blender_from_weights: runs from trained models without a fitted blender: the config's weights."""
 
-from arena_pref import atomic
-from arena_pref.blend.blender import weights_blender
+from arena_pref.blend.blender import Blender, write_blender
 from arena_pref.logs import run_main, setup_logging
 
 
 @run_main
 def main(sm):
     setup_logging(sm.log[0])
-    atomic.write_json(weights_blender(sm.params.weights, sm.params.tta), sm.output[0])
+    write_blender(Blender.from_weights(sm.params.weights, sm.params.tta), sm.output[0])
 
 
 if __name__ == "__main__":

@@ -75,7 +75,7 @@ def _needed(config, model):
 def _check_blender_file(config):
     import json
 
-    from arena_pref.blend.blender import check_blender
+    from arena_pref.blend.blender import Blender
 
     path = Path(config.blender_source)
     if not path.is_file():
@@ -84,4 +84,5 @@ def _check_blender_file(config):
         blender = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise InputError(f"config blend.from: '{path}' is not JSON ({err})") from None
-    check_blender(blender, {m: config.models[m].tta for m in config.models}, f"config blend.from: '{path}'")
+    source = f"config blend.from: '{path}'"
+    Blender.from_json(blender, source).check({m: config.models[m].tta for m in config.models}, source)
