@@ -259,7 +259,7 @@ def test_averaged_adapter_on_a_4bit_base(gemma, tmp_path):
 
     base_dir, folds = gemma
     soup.average_adapters([folds[0]] * N_FOLDS, tmp_path / "avg")
-    model = loading.load_model(base_dir, quantization="4bit", dtype="float32", pad_token_id=0, device="cpu")
+    model = loading.load_model(base_dir, loading.loading_with(quantization="4bit"), pad_token_id=0, device="cpu")
     model = PeftModel.from_pretrained(model, folds[0], adapter_name="fold")
     model.load_adapter(tmp_path / "avg", adapter_name="avg")
     assert type(model.base_model.model.model.layers[0].self_attn.q_proj.base_layer).__name__ == "Linear4bit"

@@ -30,7 +30,9 @@ def frame(n=6):
 )
 def test_load_quantized(tiny_backbone_dir, quantization, layer_type):
     tok = loading.load_tokenizer(tiny_backbone_dir)
-    model = loading.load_model(tiny_backbone_dir, quantization=quantization, pad_token_id=tok.pad_token_id)
+    model = loading.load_model(
+        tiny_backbone_dir, loading.loading_with(quantization=quantization), pad_token_id=tok.pad_token_id
+    )
     assert type(model.model.layers[0].self_attn.q_proj).__name__ == layer_type
     assert model.config.num_labels == 3
 
@@ -39,7 +41,9 @@ def test_lora_adapter_round_trip(tiny_backbone_dir, tmp_path):
     """LoRA on chosen layers + the score head; save_pretrained then PeftModel gives identical logits."""
     torch.manual_seed(0)
     tok = loading.load_tokenizer(tiny_backbone_dir)
-    model = loading.load_model(tiny_backbone_dir, quantization="4bit", pad_token_id=tok.pad_token_id)
+    model = loading.load_model(
+        tiny_backbone_dir, loading.loading_with(quantization="4bit"), pad_token_id=tok.pad_token_id
+    )
     model = loading.attach_lora(model, model_settings(lora=LORA).training.lora)
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert any("layers.1.self_attn.q_proj.lora_A" in n for n in trainable)
@@ -58,7 +62,10 @@ def test_lora_adapter_round_trip(tiny_backbone_dir, tmp_path):
         before = model(input_ids=ids).logits
     model.save_pretrained(tmp_path / "adapter")
     loaded = loading.load_for_inference(
-        tiny_backbone_dir, tmp_path / "adapter", quantization="4bit", dtype="float32", pad_token_id=tok.pad_token_id
+        tiny_backbone_dir,
+        tmp_path / "adapter",
+        loading.loading_with(quantization="4bit"),
+        pad_token_id=tok.pad_token_id,
     )
     with torch.no_grad():
         after = loaded(input_ids=ids).logits
@@ -68,7 +75,7 @@ def test_lora_adapter_round_trip(tiny_backbone_dir, tmp_path):
 def test_dynamic_padding_matches_one_row_batches(tiny_backbone_dir):
     """Length-sorted padded batches give each row the probabilities it gets alone, in input order."""
     tok = loading.load_tokenizer(tiny_backbone_dir)
-    model = loading.load_model(tiny_backbone_dir, quantization="none", pad_token_id=tok.pad_token_id)
+    model = loading.load_model(tiny_backbone_dir, pad_token_id=tok.pad_token_id)
     model.eval()
     cache = tokenize_frame(frame(), tok, strategy="per_part", max_length=64)
     seqs = list(cache["input_ids"])
@@ -117,7 +124,7 @@ def test_bfloat16_on_a_gpu_without_bf16_tensor_cores_stops_with_one_line(tiny_ba
 
     fake_gpu(monkeypatch)
     with pytest.raises(InputError, match=r"dtype bfloat16 on Tesla T4 \(compute capability 7\.5\).*float16"):
-        loading.load_model(tiny_backbone_dir, dtype="bfloat16", device="cuda:0")
+        loading.load_model(tiny_backbone_dir, loading.loading_with(dtype="bfloat16"), device="cuda:0")
     loading.check_dtype_supported("bfloat16", "cuda:0", allow_emulation=True)  # allowed: no error
     loading.check_dtype_supported("float16", "cuda:0")
     fake_gpu(monkeypatch, "NVIDIA A100-SXM4-80GB", (8, 0))
@@ -130,7 +137,9 @@ def test_flash_attention_falls_back_with_the_reason(tiny_backbone_dir, monkeypat
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(tiny_backbone_dir)
-    model = loading.load_model(tiny_backbone_dir, pad_token_id=0, attn_implementation="flash_attention_2")
+    model = loading.load_model(
+        tiny_backbone_dir, loading.loading_with(attn_implementation="flash_attention_2"), pad_token_id=0
+    )
     assert model.config._attn_implementation == "eager"  # Gemma-2's default (softcapping)
     assert "flash_attention_2 is not used: it needs a CUDA GPU" in caplog.text
     assert loading.attention_implementation("auto", config, "cpu") is None
@@ -161,7 +170,7 @@ def test_softcap_switch_drops_gemma2_softcapping_and_runs_sdpa(tiny_backbone_dir
 
     caplog.set_level("INFO", logger="arena_pref")
     capped = loading.load_model(tiny_backbone_dir, pad_token_id=0).eval()
-    plain = loading.load_model(tiny_backbone_dir, pad_token_id=0, attention_softcap=False).eval()
+    plain = loading.load_model(tiny_backbone_dir, loading.loading_with(attention_softcap=False), pad_token_id=0).eval()
     assert plain.config._attn_implementation == "sdpa" and plain.config.attn_logit_softcapping is None
     assert "attention softcapping off" in caplog.text
     assert capped.config.attn_logit_softcapping == 50.0
@@ -180,9 +189,13 @@ def test_softcap_switch_drops_gemma2_softcapping_and_runs_sdpa(tiny_backbone_dir
     torch.testing.assert_close(sdpa, eager, rtol=0, atol=1e-5)
     assert (softcapped - eager).abs().max() > 1e-3
     # SDPA named explicitly loads (transformers alone refuses it for Gemma-2); eager named stays eager
-    named = loading.load_model(tiny_backbone_dir, pad_token_id=0, attention_softcap=False, attn_implementation="sdpa")
+    named = loading.load_model(
+        tiny_backbone_dir, loading.loading_with(attention_softcap=False, attn_implementation="sdpa"), pad_token_id=0
+    )
     assert named.config._attn_implementation == "sdpa" and named.config.attn_logit_softcapping is None
-    kept = loading.load_model(tiny_backbone_dir, pad_token_id=0, attention_softcap=False, attn_implementation="eager")
+    kept = loading.load_model(
+        tiny_backbone_dir, loading.loading_with(attention_softcap=False, attn_implementation="eager"), pad_token_id=0
+    )
     assert kept.config._attn_implementation == "eager" and kept.config.attn_logit_softcapping is None
 
 

@@ -197,8 +197,10 @@ def test_a_split_tiny_model_gives_the_unsplit_logits(tiny_backbone_dir, quantiza
     with accelerate's hooks, and its logits, padded and packed, are the unsplit model's."""
     device_map = split_map(tiny_backbone_dir, quantization)
     assert len(set(device_map.values())) == 2 and device_map["model.embed_tokens"] is TWO_CPUS[0]
-    split = loading.load_model(tiny_backbone_dir, quantization=quantization, dtype="float32", device_map=device_map)
-    whole = loading.load_model(tiny_backbone_dir, quantization=quantization, dtype="float32")
+    split = loading.load_model(
+        tiny_backbone_dir, loading.loading_with(quantization=quantization), device_map=device_map
+    )
+    whole = loading.load_model(tiny_backbone_dir, loading.loading_with(quantization=quantization))
     assert len(set(split.hf_device_map.values())) == 2
     assert hasattr(split.model.layers[0], "_hf_hook") and hasattr(split.score, "_hf_hook")
     seqs = [[2, 5, 6, 7, 8, 9], [2, 9, 10], [2, 11, 12, 13]]

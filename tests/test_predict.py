@@ -104,7 +104,7 @@ def padded(seqs, pad):
 def test_last_token_pooling_matches_stock_head(request, arch, quantization):
     """Our body + last-token pooling + score head reproduces ``*ForSequenceClassification``."""
     path = request.getfixturevalue("tiny_backbone_dir" if arch == "gemma2" else "tiny_llama_dir")
-    model = loading.load_model(path, quantization=quantization, pad_token_id=0).eval()
+    model = loading.load_model(path, loading.loading_with(quantization=quantization), pad_token_id=0).eval()
     ids, mask = padded(random_sequences(6, 3, 40), 0)
     with torch.no_grad():
         stock = model(input_ids=ids, attention_mask=mask).logits
@@ -138,7 +138,7 @@ def _packed_vs_padded(model, seqs, pool):
 @pytest.mark.parametrize("quantization", ["none", "4bit"])
 def test_packed_matches_padded_on_decoders(request, arch, quantization):
     path = request.getfixturevalue("tiny_backbone_dir" if arch == "gemma2" else "tiny_llama_dir")
-    model = loading.load_model(path, quantization=quantization, pad_token_id=0).eval()
+    model = loading.load_model(path, loading.loading_with(quantization=quantization), pad_token_id=0).eval()
     _packed_vs_padded(model, random_sequences(20, 3, 60, seed=3), "auto")
 
 
@@ -153,7 +153,7 @@ def test_packed_matches_padded_on_minilm(minilm_dir, pool):
 def test_two_cpu_workers_match_one(tiny_backbone_dir, tmp_path):
     """The several-device path (one spawned worker per device, shards merged by row) gives what
     one process gives; on a GPU machine the devices are cuda:0, cuda:1, ..."""
-    model = loading.load_model(tiny_backbone_dir, quantization="none", pad_token_id=0)
+    model = loading.load_model(tiny_backbone_dir, pad_token_id=0)
     model = loading.attach_lora(model, model_settings().training.lora)
     model.save_pretrained(tmp_path / "adapter")
     n = 24
@@ -263,9 +263,9 @@ def test_merged_lora_predicts_what_the_adapter_does(request, tmp_path, quantizat
     does not)."""
     path = request.getfixturevalue("tiny_llama_dir" if quantization == "8bit" else "tiny_backbone_dir")
     adapter = bench.random_adapter(path, tmp_path / "adapter", quantization=quantization, **ADAPTER)
-    kw = dict(quantization=quantization, dtype="float32", pad_token_id=0)
-    unmerged = loading.load_for_inference(path, adapter, **kw)
-    merged = loading.load_for_inference(path, adapter, merge_lora=True, **kw)
+    load_as = loading.loading_with(quantization=quantization)
+    unmerged = loading.load_for_inference(path, adapter, load_as, pad_token_id=0)
+    merged = loading.load_for_inference(path, adapter, load_as, pad_token_id=0, merge_lora=True)
     assert not any("lora" in name for name, _ in merged.named_parameters())
     assert {type(m).__name__ for m in merged.modules()}.isdisjoint({"Linear4bit", "Linear8bitLt"})
     seqs = random_sequences(16, 3, 60, seed=6)
@@ -276,7 +276,7 @@ def test_merged_lora_predicts_what_the_adapter_does(request, tmp_path, quantizat
     reference = inference.run_batches(unmerged, seqs, batches, pad_token_id=0)
     got = inference.run_batches(merged, seqs, batches, pad_token_id=0)
     np.testing.assert_allclose(got, reference, rtol=0, atol=atol)
-    base = loading.load_model(path, **kw).train()
+    base = loading.load_model(path, load_as, pad_token_id=0).train()
     without = inference.run_batches(base, seqs, batches, pad_token_id=0)
     assert np.abs(without - reference).max() > 1e-2  # the adapter changes predictions: it was merged
 
@@ -285,7 +285,11 @@ def test_merge_lora_falls_back_when_memory_is_short(tiny_backbone_dir, tmp_path,
     adapter = bench.random_adapter(tiny_backbone_dir, tmp_path / "adapter", quantization="4bit", **ADAPTER)
     monkeypatch.setattr(loading, "free_memory_bytes", lambda device: 1024)
     model = loading.load_for_inference(
-        tiny_backbone_dir, adapter, quantization="4bit", dtype="float32", pad_token_id=0, merge_lora=True
+        tiny_backbone_dir,
+        adapter,
+        loading.loading_with(quantization="4bit"),
+        pad_token_id=0,
+        merge_lora=True,
     )
     assert hasattr(model, "peft_config")  # the unmerged adapter on the 4-bit base
     assert any(type(m.weight).__name__ == "Params4bit" for m in model.modules() if hasattr(m, "weight"))
@@ -361,7 +365,11 @@ def test_merge_lora_falls_back_when_the_base_cannot_be_merged(tiny_backbone_dir,
 
     monkeypatch.setattr(loading, "_merge", no_dequantize)
     model = loading.load_for_inference(
-        tiny_backbone_dir, adapter, quantization="4bit", dtype="float32", pad_token_id=0, merge_lora=True
+        tiny_backbone_dir,
+        adapter,
+        loading.loading_with(quantization="4bit"),
+        pad_token_id=0,
+        merge_lora=True,
     )
     assert hasattr(model, "peft_config")
     assert "cannot merge into the 4bit base" in caplog.text
@@ -476,8 +484,8 @@ def test_flash_attention_gets_the_packed_boundaries(request, which, monkeypatch)
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
     path = request.getfixturevalue(which)
-    reference = loading.load_model(path, pad_token_id=0, attn_implementation="eager").eval()
-    model = loading.load_model(path, pad_token_id=0, attn_implementation="eager").eval()
+    reference = loading.load_model(path, loading.loading_with(attn_implementation="eager"), pad_token_id=0).eval()
+    model = loading.load_model(path, loading.loading_with(attn_implementation="eager"), pad_token_id=0).eval()
     eager = sys.modules[type(model.model.layers[0].self_attn).__module__].eager_attention_forward
     calls = []
 
@@ -597,15 +605,16 @@ def test_merge_lora_memory_check_counts_the_activations_of_a_pass(tiny_backbone_
     """Free memory that holds the dequantized weights but not also the activations of one forward
     pass of the configured token budget keeps the unmerged adapter."""
     adapter = bench.random_adapter(tiny_backbone_dir, tmp_path / "adapter", quantization="4bit", **ADAPTER)
-    base = loading.load_model(tiny_backbone_dir, quantization="4bit", dtype="float32", pad_token_id=0)
+    base = loading.load_model(tiny_backbone_dir, loading.loading_with(quantization="4bit"), pad_token_id=0)
     weights = loading._dequantized_extra_bytes(base, torch.float32)
     activations = loading.activation_bytes(base.config, tokens=4096, longest=1024, dtype="float32")
     assert activations > weights > 0
     monkeypatch.setattr(loading, "free_memory_bytes", lambda device: int(1.2 * weights))
-    kw = dict(quantization="4bit", dtype="float32", pad_token_id=0, merge_lora=True)
-    small_pass = loading.load_for_inference(tiny_backbone_dir, adapter, batch_tokens=1, longest=1, **kw)
+    kw = dict(pad_token_id=0, merge_lora=True)
+    load_as = loading.loading_with(quantization="4bit")
+    small_pass = loading.load_for_inference(tiny_backbone_dir, adapter, load_as, batch_tokens=1, longest=1, **kw)
     assert not hasattr(small_pass, "peft_config")  # weights fit, a one-token pass too: merged
-    big_pass = loading.load_for_inference(tiny_backbone_dir, adapter, batch_tokens=4096, longest=1024, **kw)
+    big_pass = loading.load_for_inference(tiny_backbone_dir, adapter, load_as, batch_tokens=4096, longest=1024, **kw)
     assert hasattr(big_pass, "peft_config")
     assert "for the activations of 4096 tokens per pass" in caplog.text
 
@@ -631,7 +640,11 @@ def test_failed_merge_frees_the_half_converted_model_before_reloading(tiny_backb
     monkeypatch.setattr(loading, "load_model", load)
     monkeypatch.setattr(loading, "_merge", failing_merge)
     model = loading.load_for_inference(
-        tiny_backbone_dir, adapter, quantization="4bit", dtype="float32", pad_token_id=0, merge_lora=True
+        tiny_backbone_dir,
+        adapter,
+        loading.loading_with(quantization="4bit"),
+        pad_token_id=0,
+        merge_lora=True,
     )
     assert alive_at_reload == [False]
     assert any(type(m.weight).__name__ == "Params4bit" for m in model.modules() if hasattr(m, "weight"))
@@ -672,12 +685,12 @@ def test_unmerged_adapters_predict_in_the_compute_dtype(tiny_backbone_dir, tmp_p
     fp32 and cast every LoRA layer's input): probabilities stay within 5e-3 of fp32 factors on the
     same 16-bit base."""
     adapter = bench.random_adapter(tiny_backbone_dir, tmp_path / "adapter", quantization="none", **ADAPTER)
-    kw = dict(quantization="none", dtype=dtype, pad_token_id=0)
-    model = loading.load_for_inference(tiny_backbone_dir, adapter, **kw)
+    load_as = loading.loading_with(dtype=dtype)
+    model = loading.load_for_inference(tiny_backbone_dir, adapter, load_as, pad_token_id=0)
     lora = {p.dtype for n, p in model.named_parameters() if ".lora_" in n}
     assert lora == {loading.torch_dtype(dtype)}
     monkeypatch.setattr(loading, "adapters_to", lambda model, dtype: None)
-    fp32_factors = loading.load_for_inference(tiny_backbone_dir, adapter, **kw)
+    fp32_factors = loading.load_for_inference(tiny_backbone_dir, adapter, load_as, pad_token_id=0)
     assert {p.dtype for n, p in fp32_factors.named_parameters() if ".lora_" in n} == {torch.float32}
     seqs = random_sequences(16, 3, 60, seed=6)
     batches = batching.plan_batches([len(s) for s in seqs], method="packed", max_tokens=200)

@@ -370,12 +370,10 @@ def predict_only(tmp_path, blend=None, **models):
         (tmp_path / "minilm" / f"fold{k}" / "adapter" / "adapter_config.json").write_text("{}")
         (tmp_path / "pf" / f"fold{k}").mkdir(parents=True, exist_ok=True)
         (tmp_path / "pf" / f"fold{k}" / "learner.joblib").write_text("")
-    from arena_pref.blend.blender import weights_blender
+    from arena_pref.blend.blender import Blender, write_blender
 
-    atomic.write_json(
-        weights_blender({m: 1.0 for m in models}, {m: models[m]["predict"]["tta"] for m in models}),
-        tmp_path / "blender.json",
-    )
+    tta = {m: models[m]["predict"]["tta"] for m in models}
+    write_blender(Blender.from_weights({m: 1.0 for m in models}, tta), tmp_path / "blender.json")
     return {
         "data": {"test_csv": "test.csv"},
         "cv": BASE["cv"],

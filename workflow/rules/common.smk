@@ -253,7 +253,7 @@ def blend_inputs(wildcards):
 
 
 # ---------------------------------------------------------------- params
-# Every job gets exactly the settings its step reads, as canonical plain data (settings.py);
+# Every job gets exactly the settings its step reads, as canonical plain data (arena_pref.settings);
 # key order in the YAML never matters, and a change reruns only the jobs that read it.
 
 

@@ -140,14 +140,7 @@ def score_rows(*, model, parsed, backbone, settings, both_orders, allow_bf16_emu
 
         logits = score_vllm(backbone, flat, answer_ids=layout.answer_ids, settings=settings)
     else:
-        lm = load_causal_lm(
-            backbone,
-            quantization=settings.quantization,
-            dtype=settings.dtype,
-            attn_implementation=settings.attn_implementation,
-            device=device,
-            allow_bf16_emulation=allow_bf16_emulation,
-        )
+        lm = load_causal_lm(backbone, settings.loading, device=device, allow_bf16_emulation=allow_bf16_emulation)
         logits = score_sequences(
             lm,
             flat,

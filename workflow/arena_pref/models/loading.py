@@ -3,6 +3,7 @@ tiny backbones the workflow builds (where backbones come from: :mod:`backbones`)
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import logging
 import os
@@ -11,11 +12,22 @@ import torch
 
 from arena_pref.atomic import atomic_path
 from arena_pref.errors import InputError
+from arena_pref.settings import Loading
 
 log = logging.getLogger(__name__)
 
 NUM_LABELS = 3
 QUANTIZATIONS = ("4bit", "8bit", "none")
+
+DEFAULT_LOADING = Loading(quantization="none", dtype="float32", attn_implementation="auto", pooling="auto")
+"""Unquantized float32 weights, the model's default attention: what :func:`load_model` loads
+without a :class:`~arena_pref.settings.Loading`."""
+
+
+def loading_with(**changes):
+    """:data:`DEFAULT_LOADING` with ``changes`` (``quantization="4bit"``, ...), for tests and
+    benchmarks; the workflow's jobs pass their model's own settings."""
+    return dataclasses.replace(DEFAULT_LOADING, **changes)
 
 
 def default_device():
@@ -62,35 +74,31 @@ def quantization_config(quantization, compute_dtype):
 
 def load_model(
     backbone,
+    loading=DEFAULT_LOADING,
     *,
-    quantization="none",
-    dtype="float32",
     pad_token_id=None,
-    attn_implementation=None,
     device=None,
-    allow_bf16_emulation=False,
     device_map=None,
     training=False,
-    attention_softcap=True,
+    allow_bf16_emulation=False,
 ):
-    """``AutoModelForSequenceClassification`` with 3 labels, quantized through bitsandbytes,
-    on ``device`` (default: the first GPU, else the CPU), or split over the devices of
-    ``device_map`` (module -> device, :func:`arena_pref.models.placement.job_device_map`).
-    ``attention_softcap=False``: Gemma-2 without its attention logit softcapping, on SDPA where it
-    would otherwise run eager attention (:func:`drop_softcap`)."""
+    """``AutoModelForSequenceClassification`` with 3 labels, loaded as ``loading``
+    (:class:`~arena_pref.settings.Loading`) says: quantized through bitsandbytes, in its dtype,
+    with its attention (``attention_softcap: false``: Gemma-2 without its attention logit
+    softcapping, on SDPA where it would otherwise run eager attention, :func:`drop_softcap`). On
+    ``device`` (default: the first GPU, else the CPU), or split over the devices of ``device_map``
+    (module -> device, :func:`arena_pref.models.placement.job_device_map`); ``training``: picks
+    an attention that has a backward pass. ``allow_bf16_emulation``: :func:`check_dtype_supported`."""
     from transformers import AutoModelForSequenceClassification
 
     model = _from_pretrained(
         AutoModelForSequenceClassification,
         backbone,
-        quantization=quantization,
-        dtype=dtype,
-        attn_implementation=attn_implementation,
+        loading,
         device=device,
         allow_bf16_emulation=allow_bf16_emulation,
         device_map=device_map,
         training=training,
-        attention_softcap=attention_softcap,
         num_labels=NUM_LABELS,
     )
     if pad_token_id is not None:
@@ -98,40 +106,22 @@ def load_model(
     return model
 
 
-def load_causal_lm(
-    backbone, *, quantization="none", dtype="float32", attn_implementation=None, device=None, allow_bf16_emulation=False
-):
+def load_causal_lm(backbone, loading=DEFAULT_LOADING, *, device=None, allow_bf16_emulation=False):
     """``AutoModelForCausalLM`` (a judge, :mod:`arena_pref.judge.zero_shot`), loaded as :func:`load_model`
-    loads a classifier: quantized through bitsandbytes, on ``device``, in eval mode."""
+    loads a classifier: as ``loading`` says, on ``device``, in eval mode."""
     from transformers import AutoModelForCausalLM
 
     return _from_pretrained(
-        AutoModelForCausalLM,
-        backbone,
-        quantization=quantization,
-        dtype=dtype,
-        attn_implementation=attn_implementation,
-        device=device,
-        allow_bf16_emulation=allow_bf16_emulation,
+        AutoModelForCausalLM, backbone, loading, device=device, allow_bf16_emulation=allow_bf16_emulation
     ).eval()
 
 
 def _from_pretrained(
-    auto_class,
-    backbone,
-    *,
-    quantization,
-    dtype,
-    attn_implementation,
-    device,
-    allow_bf16_emulation,
-    device_map=None,
-    training=False,
-    attention_softcap=True,
-    **extra,
+    auto_class, backbone, loading, *, device, allow_bf16_emulation, device_map=None, training=False, **extra
 ):
     from transformers import AutoConfig
 
+    quantization, dtype = loading.quantization, loading.dtype
     compute_dtype = torch_dtype(dtype)
     if device_map is not None:
         device = next(iter(device_map.values()))  # the embedding's: where inputs go
@@ -140,10 +130,10 @@ def _from_pretrained(
     kwargs = dict(extra)
     split = device_map is not None and len(set(map(str, device_map.values()))) > 1
     config = AutoConfig.from_pretrained(backbone)
-    impl = attention_implementation(attn_implementation, config, dev, training=training, split=split)
+    impl = attention_implementation(loading.attn_implementation, config, dev, training=training, split=split)
     if impl:
         kwargs["attn_implementation"] = impl
-    drop_cap = bool(getattr(config, "attn_logit_softcapping", None)) and not attention_softcap
+    drop_cap = bool(getattr(config, "attn_logit_softcapping", None)) and not loading.attention_softcap
     to_sdpa = drop_cap and impl in (None, "sdpa")
     if drop_cap:
         kwargs["attn_logit_softcapping"] = None
@@ -404,26 +394,24 @@ def attach_lora(model, lora, *, gradient_checkpointing=False):
 def load_for_inference(
     backbone,
     adapter_dir,
+    loading,
     *,
-    quantization,
-    dtype,
     pad_token_id,
-    device=None,
-    attn_implementation=None,
     merge_lora=False,
+    device=None,
+    device_map=None,
     allow_bf16_emulation=False,
     batch_tokens=0,
     longest=0,
-    device_map=None,
-    attention_softcap=True,
 ):
-    """The trained model for prediction: the base as trained (quantized or not) with the adapter.
+    """The trained model for prediction: the base loaded as trained (``loading``, a
+    :class:`~arena_pref.settings.Loading`: quantized or not) with the adapter.
 
-    ``merge_lora``: dequantize the base to ``dtype`` and fold the LoRA weights into it, so each
-    layer is one plain 16-bit (or fp32) matrix product instead of a 4-bit dequantize-and-multiply
+    ``merge_lora``: dequantize the base to ``loading.dtype`` and fold the LoRA weights into it, so
+    each layer is one plain 16-bit (or fp32) matrix product instead of a 4-bit dequantize-and-multiply
     plus the adapter's two extra products. The dequantized weights are the ones the 4-bit
     layers computed with in training, so the merged model is the trained function (to the
-    rounding of ``dtype``). Needs the memory of the unquantized model plus the activations of a
+    rounding of the dtype). Needs the memory of the unquantized model plus the activations of a
     forward pass of ``batch_tokens`` tokens (sequences up to ``longest``): when the device has too
     little free, or the base cannot be dequantized, the unmerged model is used (logged).
     ``device_map``: the base split over several devices (:func:`load_model`; settings allow
@@ -434,24 +422,20 @@ def load_for_inference(
     def load():
         return load_model(
             backbone,
-            quantization=quantization,
-            dtype=dtype,
+            loading,
             pad_token_id=pad_token_id,
             device=device,
-            attn_implementation=attn_implementation,
-            allow_bf16_emulation=allow_bf16_emulation,
             device_map=device_map,
-            attention_softcap=attention_softcap,
+            allow_bf16_emulation=allow_bf16_emulation,
         )
 
+    quantization, dtype = loading.quantization, loading.dtype
     model = load()
     if merge_lora:
-        why, half_converted = (
-            _memory_short_for_merge(
-                model, quantization=quantization, dtype=dtype, batch_tokens=batch_tokens, longest=longest
-            ),
-            False,
+        why = _memory_short_for_merge(
+            model, quantization=quantization, dtype=dtype, batch_tokens=batch_tokens, longest=longest
         )
+        half_converted = False
         if why is None:
             try:
                 merged = _merge(model, adapter_dir, quantization=quantization)

@@ -146,17 +146,14 @@ class Trained:
         model = load_for_inference(
             self.backbone,
             self.adapter_dir,
-            quantization=loading.quantization,
-            dtype=loading.dtype,
+            loading,
             pad_token_id=tokenizer.pad_token_id,
-            device=devices[0],
-            attn_implementation=loading.attn_implementation,
-            attention_softcap=loading.attention_softcap,
-            allow_bf16_emulation=self.allow_bf16_emulation,
             merge_lora=self.settings.merge_lora,
+            device=devices[0],
+            device_map=split,
+            allow_bf16_emulation=self.allow_bf16_emulation,
             batch_tokens=pass_tokens(batching),
             longest=batching.max_length,
-            device_map=split,
         )
         if self.settings.compile:
             compile_backbone(model, packed=batching.method == "packed")

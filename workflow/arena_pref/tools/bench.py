@@ -190,7 +190,7 @@ def random_adapter(
 ):
     """A LoRA adapter with random, non-zero weights (a trained adapter is not the zero update peft
     starts from), saved as training saves one."""
-    model = loading.load_model(backbone, quantization=quantization, dtype=dtype, pad_token_id=0)
+    model = loading.load_model(backbone, loading.loading_with(quantization=quantization, dtype=dtype), pad_token_id=0)
     lora = {"r": r, "alpha": 2 * r, "dropout": 0.0, "target_modules": list(targets), "layers_to_transform": None}
     model = loading.attach_lora(model, settings.build(settings.Lora, lora))
     torch.manual_seed(seed)
@@ -223,10 +223,10 @@ def bench_inference(
         path = backbone or tiny_gemma(Path(tmp) / "tiny_gemma2", max_position=max_length)
         tok = loading.load_tokenizer(path)
         adapter = random_adapter(path, Path(tmp) / "adapter", quantization=quantization)
-        kw = dict(quantization=quantization, dtype="float32", pad_token_id=tok.pad_token_id)
+        load_as, pad = loading.loading_with(quantization=quantization), tok.pad_token_id
         models = {
-            "model": loading.load_for_inference(path, adapter, **kw),
-            "merged": loading.load_for_inference(path, adapter, merge_lora=True, **kw),
+            "model": loading.load_for_inference(path, adapter, load_as, pad_token_id=pad),
+            "merged": loading.load_for_inference(path, adapter, load_as, pad_token_id=pad, merge_lora=True),
         }
         lengths = arena_lengths(rows, cap=max_length)
         seqs = random_sequences(lengths, models["model"].config.vocab_size)
@@ -407,12 +407,14 @@ def bench_gpu(
             adapter = random_adapter(
                 path, Path(tmp) / f"adapter_{quantization}", quantization=quantization, dtype=dtype
             )
-            kw = dict(quantization=quantization, dtype=dtype, pad_token_id=0, attn_implementation=attn_implementation)
+            load_as = loading.loading_with(
+                quantization=quantization, dtype=dtype, attn_implementation=attn_implementation
+            )
             label = dtype if quantization == "none" else quantization
             results[label] = _bench_precision(
                 path,
                 adapter,
-                kw,
+                load_as,
                 lengths,
                 seqs,
                 n_params - n_embed,
@@ -440,19 +442,19 @@ def bench_gpu(
 
 
 def _bench_precision(
-    path, adapter, load_kw, lengths, seqs, non_embedding, peak, *, batch_size, max_length, budget, pack_budget
+    path, adapter, load_as, lengths, seqs, non_embedding, peak, *, batch_size, max_length, budget, pack_budget
 ):
     """One precision of :func:`bench_gpu`: the unmerged adapter through the four methods, then
     packed batches with the adapter merged, one model in memory at a time."""
     timing = dict(pad_token_id=0, flops_per_token=2 * non_embedding, peak_flops=peak)
-    model = loading.load_for_inference(path, adapter, **load_kw)
+    model = loading.load_for_inference(path, adapter, load_as, pad_token_id=0)
     attention = varlen.base_implementation(model.config)
     plans = method_plans(batch_size=batch_size, max_length=max_length, budget=budget, pack_budget=pack_budget)
     methods, reference = compare_methods({"model": model}, lengths, seqs, plans, **timing)
     del model
     loading.release_memory()
     merged = loading.load_for_inference(
-        path, adapter, merge_lora=True, batch_tokens=pack_budget, longest=max_length, **load_kw
+        path, adapter, load_as, pad_token_id=0, merge_lora=True, batch_tokens=pack_budget, longest=max_length
     )
     is_merged = not hasattr(merged, "peft_config")
     merged_plan = {"packed_merged": ("merged", dict(method="packed", max_tokens=pack_budget))}
@@ -601,7 +603,10 @@ def _baseline_training(
     os.environ[loading.LIGER_SWITCH] = "0"  # the baseline's own layers (it runs before ours patch them)
     try:
         model = loading.load_model(
-            path, quantization=quantization, dtype=dtype, pad_token_id=tok.pad_token_id, training=True
+            path,
+            loading.loading_with(quantization=quantization, dtype=dtype),
+            pad_token_id=tok.pad_token_id,
+            training=True,
         )
     finally:
         del os.environ[loading.LIGER_SWITCH]

@@ -32,6 +32,7 @@ collect their tests (the suite runs them itself).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -188,7 +189,7 @@ def predict_part(results_path, workdir, cpu):
     """Prediction entries per precision, each timed over the same rows, compared with padded eager."""
     import torch
 
-    from arena_pref.models.loading import LIGER_SWITCH
+    from arena_pref.models.loading import LIGER_SWITCH, loading_with
     from arena_pref.tools import bench
 
     os.environ[LIGER_SWITCH] = "0"  # the liger part measures it, in a process of its own
@@ -215,9 +216,9 @@ def predict_part(results_path, workdir, cpu):
         adapter = bench.random_adapter(
             path, workdir / f"adapter_{quantization}", quantization=quantization, dtype=dtype
         )
-        load = dict(quantization=quantization, dtype=dtype, pad_token_id=0, device=device)
+        load_as = loading_with(quantization=quantization, dtype=dtype)
         for name, entry in _prediction_entries(
-            path, adapter, load, timing, batch_size=batch_size, budget=budget, device=device
+            path, adapter, load_as, timing, batch_size=batch_size, budget=budget, device=device
         ):
             entries[name] = entry
             out.save()
@@ -225,9 +226,14 @@ def predict_part(results_path, workdir, cpu):
             if name == "padded_eager":
                 np.save(workdir / f"reference_{quantization}.npy", timing.reference)
     timing.reference = np.load(workdir / "reference_none.npy")
-    load = dict(quantization="none", dtype=dtype, pad_token_id=0, device=device)
     out["by_precision"][dtype]["packed_merged_compiled"] = _compiled_entry(
-        path, workdir / "adapter_none", load, timing, batch_size=batch_size, budget=budget, device=device
+        path,
+        workdir / "adapter_none",
+        loading_with(dtype=dtype),
+        timing,
+        batch_size=batch_size,
+        budget=budget,
+        device=device,
     )
     out.save()
     return out
@@ -282,24 +288,26 @@ class Timing:
         return entry
 
 
-def _merged(path, adapter, load, budget, attention):
-    """The model with ``adapter`` merged into its (dequantized) base, for packed passes of
-    ``budget`` tokens under ``attention`` (None: the model's default)."""
+def _merged(path, adapter, load_as, budget, attention, device):
+    """The model with ``adapter`` merged into its (dequantized) base, loaded as ``load_as`` says
+    (a :class:`~arena_pref.settings.Loading`) on ``device``, for packed passes of ``budget`` tokens
+    under ``attention`` (None: the model's default)."""
     from arena_pref.models import loading
 
+    load_as = dataclasses.replace(load_as, attn_implementation=attention or "auto")
     return loading.load_for_inference(
-        path, adapter, merge_lora=True, batch_tokens=budget, longest=budget, attn_implementation=attention, **load
+        path, adapter, load_as, pad_token_id=0, merge_lora=True, device=device, batch_tokens=budget, longest=budget
     )
 
 
-def _prediction_entries(path, adapter, load, timing, *, batch_size, budget, device):
+def _prediction_entries(path, adapter, load_as, timing, *, batch_size, budget, device):
     """(name, entry) for each way to predict, most valuable first; one model in memory at a time."""
     import torch
 
     from arena_pref.models import loading
 
     timing.reference = None
-    model = loading.load_for_inference(path, adapter, **load)
+    model = loading.load_for_inference(path, adapter, load_as, pad_token_id=0, device=device)
     yield "padded_eager", timing(model, "sorted_dynamic", budget, batch_size)
     yield "packed_per_sequence", timing(model, "packed", budget, batch_size)
     flex_ok = loading.flex_attention_unavailable(device, training=False, split=False) is None
@@ -308,11 +316,11 @@ def _prediction_entries(path, adapter, load, timing, *, batch_size, budget, devi
         yield "packed_flex", timing(model, "packed", budget, batch_size)
         loading.adapters_to(model, torch.float32)
         yield "packed_flex_fp32_adapter", timing(model, "packed", budget, batch_size)
-        loading.adapters_to(model, loading.torch_dtype(load["dtype"]))
+        loading.adapters_to(model, loading.torch_dtype(load_as.dtype))
     del model
     loading.release_memory()
     attention = "flex_attention" if flex_ok else None
-    merged = _merged(path, adapter, load, budget, attention)
+    merged = _merged(path, adapter, load_as, budget, attention, device)
     yield (
         "packed_merged",
         {**timing(merged, "packed", budget, batch_size), "merged": not hasattr(merged, "peft_config")},
@@ -320,20 +328,20 @@ def _prediction_entries(path, adapter, load, timing, *, batch_size, budget, devi
     del merged
     loading.release_memory()
     if loading.flash_attention_4_unavailable(device) is None:
-        fa4 = _merged(path, adapter, load, budget, "flash_attention_4")
+        fa4 = _merged(path, adapter, load_as, budget, "flash_attention_4", device)
         yield "packed_merged_fa4", timing(fa4, "packed", budget, batch_size)
         del fa4
         loading.release_memory()
 
 
-def _compiled_entry(path, adapter, load, timing, *, batch_size, budget, device):
+def _compiled_entry(path, adapter, load_as, timing, *, batch_size, budget, device):
     """The merged model with ``predict.compile``: last, as compiling a 9B model takes minutes."""
     from arena_pref.models import loading
 
     attention = (
         "flex_attention" if loading.flex_attention_unavailable(device, training=False, split=False) is None else None
     )
-    merged = _merged(path, adapter, load, budget, attention)
+    merged = _merged(path, adapter, load_as, budget, attention, device)
     loading.compile_backbone(merged, packed=True)
     t0 = time.perf_counter()
     entry = timing(merged, "packed", budget, batch_size)
@@ -364,8 +372,7 @@ def liger_part(results_path, workdir, cpu):
         AGREEMENT[dtype],
     )
     timing.reference = np.load(workdir / "reference_none.npy")
-    load = dict(quantization="none", dtype=dtype, pad_token_id=0, device=device)
-    model = _merged(path, workdir / "adapter_none", load, budget, "flex_attention")
+    model = _merged(path, workdir / "adapter_none", loading.loading_with(dtype=dtype), budget, "flex_attention", device)
     out.update(packed_merged_liger=timing(model, "packed", budget, batch_size))
     out.save()
     return out

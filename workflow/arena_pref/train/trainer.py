@@ -410,14 +410,11 @@ def _trainable_model(backbone, settings, options):
     )
     model = load_model(
         backbone,
-        quantization=loading.quantization,
-        dtype=loading.dtype,
+        loading,
         pad_token_id=tokenizer.pad_token_id,
-        attn_implementation=loading.attn_implementation,
-        attention_softcap=loading.attention_softcap,
-        allow_bf16_emulation=options.allow_bf16_emulation,
         device_map=split,
         training=True,
+        allow_bf16_emulation=options.allow_bf16_emulation,
     )
     model = attach_lora(model, settings.lora, gradient_checkpointing=opts.gradient_checkpointing)
     packing = opts.packing

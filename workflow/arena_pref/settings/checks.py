@@ -1,0 +1,223 @@
+"""What the schema cannot express: checks across keys of a validated config, each raising
+:class:`InputError` in one line naming the key."""
+
+from __future__ import annotations
+
+import difflib
+
+from arena_pref.errors import InputError
+from arena_pref.settings.models import JUDGE_PLACEHOLDERS, LEARNER_READS
+
+
+def check(config, *, written_keys, written_blend):
+    """Every cross-key check of ``config`` (validated, defaults filled). ``written_keys``: each
+    model's keys as written; ``written_blend``: the keys of ``blend`` as written."""
+    _check_learner_keys(config, written_keys)
+    _check_judges(config)
+    _check_trained(config, list(config["models"]), written_blend)
+    _check_blend(config, [n for n, m in config["models"].items() if m["member"]])
+    if config["data"].get("train_csv") is not None:
+        _check_teachers(config)
+    _check_model_parallel(config)
+    _check_folds(config)
+
+
+def _check_trained(config, models, written_blend):
+    """A run either trains (``data.train_csv``) or predicts from trained models (each model's
+    ``trained`` directory, ``blend.from`` or weights): not a mix, whose OOF rows could have been
+    trained on."""
+    train_csv = config["data"].get("train_csv")
+    trained = [m for m in models if config["models"][m].get("trained")]
+    if train_csv is not None:
+        if trained:
+            raise InputError(
+                f"config models.{trained[0]}.trained: a model predicts from trained folds only in a run "
+                "without data.train_csv (its OOF rows may have been in their training folds): remove "
+                "data.train_csv to predict from trained models, or trained to train here"
+            )
+        if "from" in config["blend"]:
+            raise InputError(
+                "config blend.from: a fitted blender is used only in a run without data.train_csv; "
+                "with training data the blend rule fits one"
+            )
+        return
+    if "from" in written_blend and written_blend - {"from"}:
+        raise InputError(
+            f"config blend: from is a fitted blender, used as it is: "
+            f"{', '.join(sorted(written_blend - {'from'}))} would be ignored; keep from alone"
+        )
+    tiny = [m for m in models if config["models"][m].get("backbone", {}).get("kind") == "tiny"]
+    if tiny:
+        raise InputError(
+            f"config models.{tiny[0]}.backbone: a tiny backbone is built from the training texts; a run "
+            "from trained models loads the one it was trained with: kind: path, path: the earlier run's "
+            f"results/backbones/{tiny[0]}"
+        )
+    teachers_only = [m for m in models if not config["models"][m]["member"]]
+    if teachers_only:
+        raise InputError(
+            f"config models.{teachers_only[0]}.member: false: a run from trained models trains nothing, so "
+            "a teacher has nothing to do there: remove the model"
+        )
+    untrained = [m for m in models if m not in trained]
+    if untrained:
+        raise InputError(
+            f"config models.{untrained[0]}: without data.train_csv every model predicts from a trained "
+            "directory: set its trained: to a directory of its fold<k>/ (an earlier run's "
+            f"results/models/{untrained[0]})"
+        )
+    if "from" not in config["blend"] and config["blend"]["method"] != "weights":
+        raise InputError(
+            "config blend: without data.train_csv there is nothing to fit a blend on: set blend.from to "
+            "the earlier run's results/blender.json, or method: weights with weights"
+        )
+
+
+def _check_blend(config, models):
+    blend = config["blend"]
+    if blend["weights"] and blend["method"] != "weights":
+        raise InputError(
+            f"config blend.weights: only blend.method 'weights' reads them (the method is "
+            f"'{blend['method']}'): set method: weights, or remove the weights"
+        )
+    if blend["method"] == "weights":
+        missing = [m for m in models if m not in blend["weights"]]
+        unknown = [m for m in blend["weights"] if m not in models]
+        teachers = [m for m in unknown if m in config["models"]]
+        if teachers:
+            raise InputError(
+                f"config blend.weights.{teachers[0]}: that model has member: false (a teacher only), so "
+                "it is not blended: remove its weight"
+            )
+        if missing or unknown:
+            raise InputError(f"config blend.weights must name every model: missing {missing}, unknown {unknown}")
+        if sum(blend["weights"].values()) <= 0:
+            raise InputError("config blend.weights: at least one weight must be positive")
+
+
+def _teacher_of(m, role):
+    return (m.get(role) or {}).get("teacher")
+
+
+def _check_teachers(config):
+    """Teachers name other models of this config, in an order training can follow (no model taught,
+    through any chain, by itself); pseudo-label teachers are LoRA models (they predict extra rows
+    from tokens), and data.extra_csv is given exactly when some model reads it."""
+    models = config["models"]
+    for name, m in models.items():
+        for role in ("distill", "pseudo_labels"):
+            teacher = _teacher_of(m, role)
+            if teacher is None:
+                continue
+            where = f"config models.{name}.{role}.teacher"
+            if teacher not in models:
+                hint = difflib.get_close_matches(teacher, models, 1)
+                raise InputError(
+                    f"{where}: no model named {teacher!r} in this config"
+                    + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                )
+            if teacher == name:
+                raise InputError(f"{where}: a model cannot be its own teacher")
+            if role == "pseudo_labels" and models[teacher]["kind"] != "llm":
+                raise InputError(
+                    f"{where}: {teacher!r} is a {models[teacher]['kind']} model; pseudo-labels come "
+                    "from a LoRA model's fold adapters (kind llm)"
+                )
+    _check_no_teacher_cycle(models)
+    if not any(m["member"] for m in models.values()):
+        raise InputError("config models: every model has member: false: nothing would be submitted")
+    taught_by = {_teacher_of(m, role) for m in models.values() for role in ("distill", "pseudo_labels")}
+    idle = [n for n, m in models.items() if not m["member"] and n not in taught_by]
+    if idle:
+        raise InputError(
+            f"config models.{idle[0]}.member: false, and no model learns from it (distill or "
+            "pseudo_labels): it would be trained for nothing"
+        )
+    readers = [n for n, m in models.items() if _teacher_of(m, "pseudo_labels")]
+    if readers and not config["data"].get("extra_csv"):
+        raise InputError(
+            f"config models.{readers[0]}.pseudo_labels: needs data.extra_csv, the unlabelled pairs to label"
+        )
+    if config["data"].get("extra_csv") and not readers:
+        raise InputError(
+            "config data.extra_csv: no model has pseudo_labels, so nothing would read it: give a model "
+            "pseudo_labels: {teacher: ...}, or remove extra_csv"
+        )
+
+
+def _check_no_teacher_cycle(models):
+    def visit(name, path):
+        for role in ("distill", "pseudo_labels"):
+            teacher = _teacher_of(models[name], role)
+            if teacher in path:
+                cycle = " -> ".join(path[path.index(teacher) :] + [teacher])
+                raise InputError(
+                    f"config models: the teachers form a cycle ({cycle}): a teacher's predictions "
+                    "must exist before its student trains"
+                )
+            if teacher in models:
+                visit(teacher, [*path, teacher])
+
+    for name in models:
+        visit(name, [name])
+
+
+def _check_learner_keys(config, written_keys):
+    """A key the member's learner does not read (``C`` for hgb, say) is an error: it would be
+    ignored without a word. Checked on the config as written, before defaults fill every key."""
+    for name, m in config["models"].items():
+        if m["kind"] != "features":
+            continue
+        written = written_keys[name]
+        ignored = sorted(written & (set().union(*LEARNER_READS.values()) - LEARNER_READS[m["learner"]]))
+        if ignored:
+            raise InputError(
+                f"config.models.{name}: learner '{m['learner']}' does not read {', '.join(ignored)} "
+                f"(it reads {', '.join(sorted(LEARNER_READS[m['learner']]))})"
+            )
+
+
+def _check_judges(config):
+    """What the schema cannot say about a judge: each placeholder once in its template, answer
+    strings that differ, a quantization its backend runs."""
+    for name, m in config["models"].items():
+        if m["kind"] != "judge":
+            continue
+        counts = {p: m["template"].count(p) for p in JUDGE_PLACEHOLDERS}
+        wrong = [f"{p} {n} times" for p, n in counts.items() if n != 1]
+        if wrong:
+            raise InputError(
+                f"config models.{name}.template: must hold each of {', '.join(JUDGE_PLACEHOLDERS)} "
+                f"exactly once ({', '.join(wrong)})"
+            )
+        answers = m["answers"]
+        if len(set(answers.values())) < len(answers):
+            raise InputError(f"config models.{name}.answers: the three answers must differ ({answers})")
+        if m["backend"] == "vllm" and m["quantization"] == "8bit":
+            raise InputError(
+                f"config models.{name}.quantization: backend vllm runs 4bit (bitsandbytes) or none, "
+                "not 8bit: choose one of those, or backend: transformers"
+            )
+
+
+def _check_model_parallel(config):
+    """A model split over GPUs merges its adapter only into an unquantized base (merged in place)."""
+    for name, m in config["models"].items():
+        if m["kind"] != "llm" or m["compute"].get("model_parallel") is None:
+            continue
+        if m["predict"]["merge_lora"] and m["quantization"] != "none":
+            raise InputError(
+                f"config models.{name}.predict.merge_lora: merging into a {m['quantization']} base is checked "
+                f"against one GPU's memory and this model is split (models.{name}.compute.model_parallel): set "
+                "merge_lora: false, or quantization: none (merged in place)"
+            )
+
+
+def _check_folds(config):
+    n_folds = config["cv"]["n_folds"]
+    for name, m in config["models"].items():
+        folds = m["predict"]["folds"]
+        if folds != "all" and any(f >= n_folds for f in folds):
+            raise InputError(
+                f"config models.{name}.predict.folds: {list(folds)} names a fold >= cv.n_folds ({n_folds})"
+            )
