@@ -1,9 +1,22 @@
 import os
+import tempfile
+from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# Snakemake's SLURM executor plugin runs `scontrol show config` whenever Snakemake starts. Where
+# SLURM's client is installed but no controller runs (this machine once tests/test_slurm.py has
+# stopped its cluster), that call waits 9 s: about 7 minutes over the suite's local runs. They never
+# use SLURM, so the session's PATH starts with an scontrol that fails at once; test_slurm.py puts the
+# real PATH back for its cluster (REAL_PATH).
+REAL_PATH = os.environ["PATH"]
+_NO_SLURM = Path(tempfile.mkdtemp(prefix="arena-pref-no-slurm-"))
+(_NO_SLURM / "scontrol").write_text("#!/bin/sh\necho 'scontrol: hidden from local test runs' >&2\nexit 1\n")
+(_NO_SLURM / "scontrol").chmod(0o755)
+os.environ["PATH"] = f"{_NO_SLURM}{os.pathsep}{REAL_PATH}"
 
 
 class CharTokenizer:

@@ -15,6 +15,7 @@ SMALL_GEMMA2 = {
 METHODS = {"fixed", "sorted_dynamic", "token_budget", "packed"}
 
 
+@pytest.mark.slow  # compiles, spawns processes or runs Snakemake: make test, not test-fast
 def test_inference_bench_compares_methods_and_the_merged_adapter():
     result = bench.bench_inference(rows=10, max_length=2048, budget=4096, pack_budget=2048, threads=1)
     methods = result["methods"]
@@ -118,6 +119,7 @@ def test_training_bench_runs_baseline_and_ours():
     assert all(m["tokens_per_s"] > 0 for m in result["methods"].values())
 
 
+@pytest.mark.slow  # compiles, spawns processes or runs Snakemake: make test, not test-fast
 def test_compile_bench_compares_eager_and_compiled_passes():
     result = bench.bench_compile(rows=6, max_length=128, budget=512, pack_budget=256, threads=1)
     for method in ("token_budget", "packed"):

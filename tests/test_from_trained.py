@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from workflow_helpers import planned_jobs, snakemake
+from workflow_helpers import copy_run, planned_jobs, snakemake
 
 pytestmark = pytest.mark.slow
 
@@ -51,39 +51,48 @@ def test_a_run_from_trained_models_trains_nothing(run_a, tmp_path):
     }
 
 
-def test_a_run_from_trained_models_reproduces_the_submission(run_a, tmp_path):
-    trained_run_config(run_a, tmp_path)
-    snakemake(tmp_path, "-j2", "results/submission.csv")
+@pytest.fixture(scope="module")
+def predicted(run_a, tmp_path_factory):
+    """One run from run_a's trained models, one job at a time: first the time estimate, then the
+    submission (its prediction jobs' benchmarks are the wall time the estimate is held to)."""
+    workdir = tmp_path_factory.mktemp("from_trained")
+    trained_run_config(run_a, workdir)
+    snakemake(workdir, "-j1", "results/time_estimate.json")
+    snakemake(workdir, "-j1", "results/submission.csv")
+    return workdir
+
+
+def test_a_run_from_trained_models_reproduces_the_submission(run_a, predicted):
     home = pd.read_csv(run_a / "results" / "submission.csv")
-    here = pd.read_csv(tmp_path / "results" / "submission.csv")
+    here = pd.read_csv(predicted / "results" / "submission.csv")
     assert list(here["id"]) == list(home["id"])
     np.testing.assert_allclose(here[PROBS].to_numpy(), home[PROBS].to_numpy(), atol=1e-5, rtol=0)
-    assert not (tmp_path / "results" / "data" / "train.parquet").exists()
-    assert "from the blender" in (tmp_path / "results" / "logs" / "submit.log").read_text()
+    assert not (predicted / "results" / "data" / "train.parquet").exists()
+    assert "from the blender" in (predicted / "results" / "logs" / "submit.log").read_text()
 
-    # averaging one model's fold adapters: that model predicts once, and nothing else reruns
-    trained_run_config(run_a, tmp_path, tiny_gemma2={"average_adapters": True})
-    jobs = planned_jobs(snakemake(tmp_path, "-n", "results/submission.csv"))
+
+def test_averaging_one_models_adapters_reruns_only_that_model(run_a, predicted, tmp_path):
+    """Averaging one model's fold adapters: that model predicts once, and nothing else reruns."""
+    workdir = copy_run(predicted, tmp_path / "w")
+    trained_run_config(run_a, workdir, tiny_gemma2={"average_adapters": True})
+    jobs = planned_jobs(snakemake(workdir, "-n", "results/submission.csv"))
     assert jobs == {"average_adapters": 1, "infer": 1, "average_test": 1, "submit": 1}
-    snakemake(tmp_path, "-j2", "results/submission.csv")
-    averaged = json.loads((tmp_path / "results/models/tiny_gemma2/average/adapter/adapter_config.json").read_text())
+    snakemake(workdir, "-j2", "results/submission.csv")
+    averaged = json.loads((workdir / "results/models/tiny_gemma2/average/adapter/adapter_config.json").read_text())
     assert averaged["r"] == 2 * 4
-    assert "2 fold adapters averaged" in (tmp_path / "results/logs/average_adapters/tiny_gemma2.log").read_text()
+    assert "2 fold adapters averaged" in (workdir / "results/logs/average_adapters/tiny_gemma2.log").read_text()
 
 
-def test_the_time_estimate_is_close_to_the_test_passes_wall_time(run_a, tmp_path):
+def test_the_time_estimate_is_close_to_the_test_passes_wall_time(predicted):
     """The estimate (each model timed on a sample of its test rows) against the wall time the
     prediction jobs then take: within a factor of 1.6 on CPU (docs/kaggle.md)."""
     import csv
 
-    trained_run_config(run_a, tmp_path)
-    snakemake(tmp_path, "-j1", "results/time_estimate.json")
-    estimate = json.loads((tmp_path / "results" / "time_estimate.json").read_text())
+    estimate = json.loads((predicted / "results" / "time_estimate.json").read_text())
     assert estimate["fits"] and set(estimate["models"]) == {"tiny_gemma2", "tiny_llama", "minilm"}
     assert estimate["models"]["tiny_gemma2"]["passes"] == 2 and estimate["models"]["minilm"]["passes"] == 1
-    snakemake(tmp_path, "-j1", "results/submission.csv")
     measured = sum(
         float(next(csv.DictReader(open(f), delimiter="\t"))["s"])
-        for f in (tmp_path / "results" / "benchmarks" / "infer").rglob("*.tsv")
+        for f in (predicted / "results" / "benchmarks" / "infer").rglob("*.tsv")
     )
     assert 1 / 1.6 < estimate["estimate_s"] / measured < 1.6, (estimate["estimate_s"], measured)

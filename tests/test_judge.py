@@ -499,6 +499,7 @@ def test_a_judge_without_training_data_needs_its_trained_calibrations(tmp_path, 
         settings.load_config(config)
 
 
+@pytest.mark.slow  # compiles, spawns processes or runs Snakemake: make test, not test-fast
 def test_the_kaggle_bundle_refuses_a_judge_in_the_dry_run(tmp_path):
     """A bundle with a judge member stops when the workflow plans it, before any job runs; a judge
     that is a teacher only (member: false) is left out of the bundle and does not stop it."""

@@ -317,6 +317,7 @@ def test_prediction_of_a_split_model_runs_in_one_process(
 # --------------------------------------------------------------------------- jobs and GPUs
 
 
+@pytest.mark.slow  # compiles, spawns processes or runs Snakemake: make test, not test-fast
 def test_jobs_of_a_split_model_claim_its_gpus(tmp_path):
     """Every train, oof and infer job of a model-parallel model declares its GPUs (resources gpu=2,
     so ``-j2 --resources gpu=2`` runs one such job at a time), as does the time estimate, which

@@ -150,6 +150,7 @@ def test_packed_matches_padded_on_minilm(minilm_dir, pool):
     _packed_vs_padded(model, random_sequences(16, 3, 50, vocab=(1000, 20000), first=101, last=102, seed=4), pool)
 
 
+@pytest.mark.slow  # compiles, spawns processes or runs Snakemake: make test, not test-fast
 def test_two_cpu_workers_match_one(tiny_backbone_dir, tmp_path):
     """The several-device path (one spawned worker per device, shards merged by row) gives what
     one process gives; on a GPU machine the devices are cuda:0, cuda:1, ..."""
@@ -296,6 +297,7 @@ def test_merge_lora_falls_back_when_memory_is_short(tiny_backbone_dir, tmp_path,
     assert "predicting with the unmerged adapter" in caplog.text
 
 
+@pytest.mark.slow  # compiles, spawns processes or runs Snakemake: make test, not test-fast
 def test_compiled_backbone_predicts_what_eager_does(tiny_backbone_dir):
     """predict.compile: a torch.compile'd backbone matches eager (padded batches: the packed path's
     per-sequence attention loop recompiles per sequence count, slow to test on CPU)."""
@@ -650,6 +652,7 @@ def test_failed_merge_frees_the_half_converted_model_before_reloading(tiny_backb
     assert any(type(m.weight).__name__ == "Params4bit" for m in model.modules() if hasattr(m, "weight"))
 
 
+@pytest.mark.slow  # compiles, spawns processes or runs Snakemake: make test, not test-fast
 def test_workflow_scripts_let_spawned_workers_start(tmp_path):
     """Several-GPU prediction spawns worker processes, and spawn re-imports the parent's main file:
     the workflow script itself, since Snakemake's preamble points ``__file__`` at it, without the

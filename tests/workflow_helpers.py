@@ -1,6 +1,7 @@
 """Running the workflow from tests: Snakemake in a subprocess on the small test config."""
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -54,6 +55,18 @@ def write_config(workdir, **changes):
     # in the order a person wrote it: params must not depend on key order (sort_keys would hide that)
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
+
+
+def copy_run(source, dest, *, drop=()):
+    """A copy of a finished run's working directory (its outputs with their times, and Snakemake's
+    metadata) less the ``drop`` paths (relative to it): Snakemake then reruns exactly the jobs whose
+    outputs were dropped and what depends on them, which is how a test reruns part of a run
+    without paying for the rest."""
+    shutil.copytree(source, dest, symlinks=True, ignore=shutil.ignore_patterns("locks", "incomplete"))
+    for rel in drop:
+        path = dest / rel
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    return dest
 
 
 def planned_jobs(proc):
