@@ -52,7 +52,8 @@ try:
         backbones.check_model(CONFIG.models[_name])
     for _name in JUDGE_MODELS:
         backbones.check_judge(CONFIG.models[_name])
-    trained_paths.check(CONFIG)  # runs from trained models: every fold they read is there
+    # runs from trained models: every fold they read is there
+    trained_paths.check(CONFIG)
 except InputError as err:
     # snakemake merges --configfile A B key by key (the models of both are kept): say so
     _merged = workflow.overwrite_configfiles or []
@@ -69,7 +70,9 @@ LLM_MEMBERS = [
 ]  # what a Kaggle run predicts and times
 FOLDS = CONFIG.fold_ids()
 CONDA_ENV = "../../envs/arena-pref.yaml"
-FEATURE_PHRASES = os.path.join(PACKAGE_DIR, "arena_pref", "features", "feature_phrases.yaml")
+FEATURE_PHRASES = os.path.join(
+    PACKAGE_DIR, "arena_pref", "features", "feature_phrases.yaml"
+)
 KAGGLE = settings.canonical(CONFIG.kaggle)
 # the Kaggle bundle's files: path in the bundle -> path here (inputs of kaggle_bundle)
 BUNDLE_FILES = {} if CONFIG.predict_only else bundle.bundle_files(CONFIG)
