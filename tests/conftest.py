@@ -1,4 +1,6 @@
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -14,6 +16,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # real PATH back for its cluster (REAL_PATH).
 REAL_PATH = os.environ["PATH"]
 _NO_SLURM = Path(tempfile.mkdtemp(prefix="arena-pref-no-slurm-"))
+atexit.register(shutil.rmtree, _NO_SLURM, ignore_errors=True)
 (_NO_SLURM / "scontrol").write_text("#!/bin/sh\necho 'scontrol: hidden from local test runs' >&2\nexit 1\n")
 (_NO_SLURM / "scontrol").chmod(0o755)
 os.environ["PATH"] = f"{_NO_SLURM}{os.pathsep}{REAL_PATH}"

@@ -248,16 +248,21 @@ def _left_out(path, repo):
 
 
 def _copy_workflow(repo, dest):
+    """Copy WORKFLOW_PARTS, never descending into what LEFT_OUT names (the same :func:`_left_out`
+    rule that keeps it out of :func:`code_fingerprint`)."""
     for part in WORKFLOW_PARTS:
-        _copy(repo / part, dest / part)
-    for part in LEFT_OUT:
-        shutil.rmtree(dest / part, ignore_errors=True)
+        _copy(repo / part, dest / part, skip=lambda path: _left_out(path, repo))
 
 
-def _copy(source, dest):
+def _copy(source, dest, skip=lambda path: False):
     dest.parent.mkdir(parents=True, exist_ok=True)
     if source.is_dir():
-        shutil.copytree(source, dest, ignore=shutil.ignore_patterns(*IGNORED))
+        patterns = shutil.ignore_patterns(*IGNORED)
+
+        def ignore(directory, names):
+            return set(patterns(directory, names)) | {n for n in names if skip(Path(directory) / n)}
+
+        shutil.copytree(source, dest, ignore=ignore)
     else:
         shutil.copy2(source, dest)
 
