@@ -2,12 +2,13 @@
 speed-up."""
 
 import json
+from dataclasses import replace
 
 import pandas as pd
 import pytest
 from arena_pref import steps
 from arena_pref.kaggle import time_budget
-from arena_pref.settings import ModelParallel
+from arena_pref.settings import DEFAULT_JOB_OPTIONS, ModelParallel
 
 MEASURED = {"startup_s": 10.0, "load_s": 50.0, "tokens_per_s": 1000.0}
 SPLIT = ModelParallel(key="models.big.compute.model_parallel", gpus=2, max_memory_gib=None, reserve_gib=3.0)
@@ -32,8 +33,8 @@ def test_the_estimate_times_a_split_model_split_and_does_not_multiply_its_rate(t
     pd.DataFrame({"id": [1, 2], "input_ids": [[1] * 600, [2] * 400]}).to_parquet(tmp_path / "tokens.parquet")
     calibrated = {}
 
-    def calibrate(*, model_parallel, **kw):
-        calibrated[kw["backbone"]] = model_parallel
+    def calibrate(*, options, **kw):
+        calibrated[kw["backbone"]] = options.model_parallel
         return {"device": "cuda:0", "load_s": 50.0, "tokens_per_s": 1000.0, "timed_tokens": 1000}
 
     monkeypatch.setattr(time_budget, "calibrate", calibrate)
@@ -45,8 +46,7 @@ def test_the_estimate_times_a_split_model_split_and_does_not_multiply_its_rate(t
             "settings": None,
             "tta": False,
             "passes": 1,
-            "allow_bf16_emulation": False,
-            "model_parallel": parallel,
+            "options": replace(DEFAULT_JOB_OPTIONS, model_parallel=parallel),
         }
         for name, parallel in (("big", SPLIT), ("small", None))
     }

@@ -126,12 +126,12 @@ def test_device_limits_default_to_the_memory_less_the_reserve():
 
 
 def test_the_job_map_needs_the_gpus_and_loads_whole_without_any(caplog):
-    kw = dict(quantization="4bit", dtype="float16")
-    assert placement.job_device_map("unused", None, devices=["cuda:0", "cuda:1"], **kw) is None
-    assert placement.job_device_map("unused", parallel(), devices=["cpu"], **kw) is None
+    load_as = loading.loading_with(quantization="4bit", dtype="float16")
+    assert placement.job_device_map("unused", None, load_as, devices=["cuda:0", "cuda:1"]) is None
+    assert placement.job_device_map("unused", parallel(), load_as, devices=["cpu"]) is None
     assert "no GPU in this job: the model is loaded whole on cpu" in caplog.text
     with pytest.raises(InputError, match=rf"config {KEY}\.gpus: 2 GPUs, and this job sees 1 \(cuda:0\)"):
-        placement.job_device_map("unused", parallel(), devices=["cuda:0"], **kw)
+        placement.job_device_map("unused", parallel(), load_as, devices=["cuda:0"])
 
 
 def test_a_job_splits_over_its_gpus_by_their_memory(tmp_path, monkeypatch, caplog):
@@ -142,9 +142,8 @@ def test_a_job_splits_over_its_gpus_by_their_memory(tmp_path, monkeypatch, caplo
     caplog.set_level("INFO", logger="arena_pref.models.placement")
     gemma2_9b_config().save_pretrained(tmp_path)  # config.json: all the map reads of a backbone
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: SimpleNamespace(total_memory=15 * GIB))
-    placed = placement.job_device_map(
-        tmp_path, parallel(), quantization="none", dtype="float16", devices=["cuda:0", "cuda:1", "cuda:2"]
-    )
+    fp16 = loading.loading_with(dtype="float16")
+    placed = placement.job_device_map(tmp_path, parallel(), fp16, devices=["cuda:0", "cuda:1", "cuda:2"])
     assert placed["model.embed_tokens"] == "cuda:0" and placed["score"] == "cuda:1"
     assert set(placed.values()) == {"cuda:0", "cuda:1"}
     assert (
@@ -156,9 +155,7 @@ def test_a_job_splits_over_its_gpus_by_their_memory(tmp_path, monkeypatch, caplo
         match=rf"config {KEY}: the weights of this model need 17\.2 GiB \(float16\) and "
         r"2 GPUs hold 5\.0 \+ 5\.0 GiB",
     ):
-        placement.job_device_map(
-            tmp_path, parallel(reserve_gib=10.0), quantization="none", dtype="float16", devices=["cuda:0", "cuda:1"]
-        )
+        placement.job_device_map(tmp_path, parallel(reserve_gib=10.0), fp16, devices=["cuda:0", "cuda:1"])
 
 
 # --------------------------------------------------------------------------- a tiny model, split
@@ -184,8 +181,7 @@ def split_map(backbone, quantization):
     return placement.split_map(
         backbone,
         tiny_parallel(backbone, quantization),
-        quantization=quantization,
-        dtype="float32",
+        loading.loading_with(quantization=quantization),  # float32
         devices=TWO_CPUS,
         totals=[0, 0],
     )
@@ -240,10 +236,10 @@ def split_on_two_cpus(monkeypatch):
     placement.split_map computes for them); records the maps loaded."""
     maps = []
 
-    def job_device_map(backbone, parallel, *, quantization, dtype, devices):
+    def job_device_map(backbone, parallel, load_as, *, devices):
         if parallel is None:
             return None
-        maps.append(split_map(backbone, quantization))
+        maps.append(split_map(backbone, load_as.quantization))
         return maps[-1]
 
     monkeypatch.setattr(trainer, "job_device_map", job_device_map)
@@ -308,7 +304,7 @@ def test_prediction_of_a_split_model_runs_in_one_process(
         tta=True,
         devices=["cpu", "cpu"],
     )
-    split = inference.predict_on_devices(**kw, model_parallel=model.options.model_parallel)
+    split = inference.predict_on_devices(**kw, options=model.options)
     assert len(split_on_two_cpus) == 1
     whole = inference.predict_on_devices(**{**kw, "devices": ["cpu"]})
     pd.testing.assert_frame_equal(split, whole, rtol=0, atol=1e-5)

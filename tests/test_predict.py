@@ -282,16 +282,22 @@ def test_merged_lora_predicts_what_the_adapter_does(request, tmp_path, quantizat
     assert np.abs(without - reference).max() > 1e-2  # the adapter changes predictions: it was merged
 
 
-def test_merge_lora_falls_back_when_memory_is_short(tiny_backbone_dir, tmp_path, monkeypatch, caplog):
+@pytest.fixture
+def merge_4bit(tiny_backbone_dir, tmp_path):
+    """Loads the 4-bit tiny backbone with a random adapter (made here) for inference with
+    merge_lora, anew at each call (after a test's patches); keywords go to load_for_inference."""
     adapter = bench.random_adapter(tiny_backbone_dir, tmp_path / "adapter", quantization="4bit", **ADAPTER)
+
+    def load(**kw):
+        load_as = loading.loading_with(quantization="4bit")
+        return loading.load_for_inference(tiny_backbone_dir, adapter, load_as, pad_token_id=0, merge_lora=True, **kw)
+
+    return load
+
+
+def test_merge_lora_falls_back_when_memory_is_short(merge_4bit, monkeypatch, caplog):
     monkeypatch.setattr(loading, "free_memory_bytes", lambda device: 1024)
-    model = loading.load_for_inference(
-        tiny_backbone_dir,
-        adapter,
-        loading.loading_with(quantization="4bit"),
-        pad_token_id=0,
-        merge_lora=True,
-    )
+    model = merge_4bit()
     assert hasattr(model, "peft_config")  # the unmerged adapter on the 4-bit base
     assert any(type(m.weight).__name__ == "Params4bit" for m in model.modules() if hasattr(m, "weight"))
     assert "predicting with the unmerged adapter" in caplog.text
@@ -359,20 +365,12 @@ def test_packed_prediction_falls_back_to_token_budget(tiny_backbone_dir, monkeyp
     np.testing.assert_allclose(fallback, packed, rtol=0, atol=1e-4)
 
 
-def test_merge_lora_falls_back_when_the_base_cannot_be_merged(tiny_backbone_dir, tmp_path, monkeypatch, caplog):
-    adapter = bench.random_adapter(tiny_backbone_dir, tmp_path / "adapter", quantization="4bit", **ADAPTER)
-
+def test_merge_lora_falls_back_when_the_base_cannot_be_merged(merge_4bit, monkeypatch, caplog):
     def no_dequantize(*args, **kwargs):
         raise NotImplementedError("no dequantize for this quantizer")
 
     monkeypatch.setattr(loading, "_merge", no_dequantize)
-    model = loading.load_for_inference(
-        tiny_backbone_dir,
-        adapter,
-        loading.loading_with(quantization="4bit"),
-        pad_token_id=0,
-        merge_lora=True,
-    )
+    model = merge_4bit()
     assert hasattr(model, "peft_config")
     assert "cannot merge into the 4bit base" in caplog.text
 
@@ -603,28 +601,24 @@ def test_each_prediction_worker_sees_only_its_own_gpu(monkeypatch):
     assert seen == [("4", "cuda:0"), ("7", "cuda:0")]
 
 
-def test_merge_lora_memory_check_counts_the_activations_of_a_pass(tiny_backbone_dir, tmp_path, monkeypatch, caplog):
+def test_merge_lora_memory_check_counts_the_activations_of_a_pass(tiny_backbone_dir, merge_4bit, monkeypatch, caplog):
     """Free memory that holds the dequantized weights but not also the activations of one forward
     pass of the configured token budget keeps the unmerged adapter."""
-    adapter = bench.random_adapter(tiny_backbone_dir, tmp_path / "adapter", quantization="4bit", **ADAPTER)
     base = loading.load_model(tiny_backbone_dir, loading.loading_with(quantization="4bit"), pad_token_id=0)
     weights = loading._dequantized_extra_bytes(base, torch.float32)
     activations = loading.activation_bytes(base.config, tokens=4096, longest=1024, dtype="float32")
     assert activations > weights > 0
     monkeypatch.setattr(loading, "free_memory_bytes", lambda device: int(1.2 * weights))
-    kw = dict(pad_token_id=0, merge_lora=True)
-    load_as = loading.loading_with(quantization="4bit")
-    small_pass = loading.load_for_inference(tiny_backbone_dir, adapter, load_as, batch_tokens=1, longest=1, **kw)
+    small_pass = merge_4bit(batch_tokens=1, longest=1)
     assert not hasattr(small_pass, "peft_config")  # weights fit, a one-token pass too: merged
-    big_pass = loading.load_for_inference(tiny_backbone_dir, adapter, load_as, batch_tokens=4096, longest=1024, **kw)
+    big_pass = merge_4bit(batch_tokens=4096, longest=1024)
     assert hasattr(big_pass, "peft_config")
     assert "for the activations of 4096 tokens per pass" in caplog.text
 
 
-def test_failed_merge_frees_the_half_converted_model_before_reloading(tiny_backbone_dir, tmp_path, monkeypatch):
+def test_failed_merge_frees_the_half_converted_model_before_reloading(merge_4bit, monkeypatch):
     import weakref
 
-    adapter = bench.random_adapter(tiny_backbone_dir, tmp_path / "adapter", quantization="4bit", **ADAPTER)
     first, alive_at_reload = [], []
     real_load = loading.load_model
 
@@ -641,13 +635,7 @@ def test_failed_merge_frees_the_half_converted_model_before_reloading(tiny_backb
 
     monkeypatch.setattr(loading, "load_model", load)
     monkeypatch.setattr(loading, "_merge", failing_merge)
-    model = loading.load_for_inference(
-        tiny_backbone_dir,
-        adapter,
-        loading.loading_with(quantization="4bit"),
-        pad_token_id=0,
-        merge_lora=True,
-    )
+    model = merge_4bit()
     assert alive_at_reload == [False]
     assert any(type(m.weight).__name__ == "Params4bit" for m in model.modules() if hasattr(m, "weight"))
 

@@ -384,8 +384,7 @@ def _predict(tokens, *, backbone, adapter, settings, options, tta, label, thread
         tta=tta,
         threads=threads,
         label=label,
-        allow_bf16_emulation=options.allow_bf16_emulation,
-        model_parallel=options.model_parallel,
+        options=options,
     )
 
 
@@ -541,8 +540,9 @@ def kaggle_bundle(*, files, config, kaggle, backbones, out):
 
 def time_estimate(*, models, limit_h, margin_h, gpus, rows, out, threads=None):
     """The test passes' wall time (:mod:`arena_pref.kaggle.time_budget`) against the limit, written to ``out``.
-    ``models``: name -> dict(backbone, adapter, tokens_parquet, settings, tta, passes,
-    allow_bf16_emulation, model_parallel), each LoRA model timed on a sample of its test rows."""
+    ``models``: name -> dict(backbone, adapter, tokens_parquet, settings, tta, passes, options: the
+    :class:`~arena_pref.settings.JobOptions` its prediction jobs run with), each LoRA model timed on
+    a sample of its test rows."""
     # what every prediction job pays before it loads a model: Python, Snakemake's script preamble
     # and the imports of torch, transformers and peft (done here before the clock is read)
     import peft  # noqa: F401
@@ -563,20 +563,20 @@ def time_estimate(*, models, limit_h, margin_h, gpus, rows, out, threads=None):
                 tokens=time_budget.sample_rows(tokens, rows),
                 settings=m["settings"],
                 tta=m["tta"],
-                allow_bf16_emulation=m["allow_bf16_emulation"],
+                options=m["options"],
                 threads=threads,
-                model_parallel=m["model_parallel"],
             ),
         }
         n_tokens = int(tokens["input_ids"].map(len).sum())
-        copies = time_budget.model_copies(gpus, m["model_parallel"])
+        parallel = m["options"].model_parallel
+        copies = time_budget.model_copies(gpus, parallel)
         seconds = time_budget.model_seconds(measured, tokens=n_tokens, passes=m["passes"], tta=m["tta"], copies=copies)
         report[name] = {
             **measured,
             "test_tokens": n_tokens,
             "passes": m["passes"],
             "tta": m["tta"],
-            "gpus": m["model_parallel"].gpus if m["model_parallel"] else gpus,
+            "gpus": parallel.gpus if parallel else gpus,
             "copies": copies,
             "seconds": seconds,
         }

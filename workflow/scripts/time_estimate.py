@@ -1,14 +1,18 @@
 """Rule time_estimate: the test passes' wall time, from each LoRA model timed on a sample of its test rows."""
 
+from dataclasses import replace
+
 from arena_pref import steps
 from arena_pref.logs import run_main, setup_logging
 from arena_pref.models.backbones import backbone_dir
 from arena_pref.models.gpus import claim_gpus
-from arena_pref.settings import ModelParallel, PredictSettings, from_params
+from arena_pref.settings import DEFAULT_JOB_OPTIONS, ModelParallel, PredictSettings, from_params
 
 
-def parallel(params):
-    return from_params(ModelParallel, params) if params else None
+def job_options(emulation, parallel):
+    """The options the model's prediction jobs run with (what the estimate times)."""
+    parallel = from_params(ModelParallel, parallel) if parallel else None
+    return replace(DEFAULT_JOB_OPTIONS, allow_bf16_emulation=emulation, model_parallel=parallel)
 
 
 @run_main
@@ -24,8 +28,7 @@ def main(sm):
             "settings": from_params(PredictSettings, p.settings[m]),
             "tta": p.tta[m],
             "passes": p.passes[m],
-            "allow_bf16_emulation": p.bf16_emulation[m],
-            "model_parallel": parallel(p.model_parallel[m]),
+            "options": job_options(p.bf16_emulation[m], p.model_parallel[m]),
         }
         for m in p.models
     }

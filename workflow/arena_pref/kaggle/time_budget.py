@@ -26,6 +26,8 @@ import time
 
 import numpy as np
 
+from arena_pref.settings import DEFAULT_JOB_OPTIONS
+
 log = logging.getLogger(__name__)
 
 WARMUP_BATCHES = 1  # kernels compile and caches warm on the first batch: not timed
@@ -45,15 +47,14 @@ def calibrate(
     tokens,
     settings,
     tta,
-    allow_bf16_emulation=False,
+    options=DEFAULT_JOB_OPTIONS,
     device=None,
     threads=None,
-    model_parallel=None,
 ):
     """Seconds to load, and the tokens per second of prediction on ``tokens`` (a sample of the test
     token cache), on one device (with ``threads`` CPU threads, as the prediction jobs), or split
-    over the job's devices as its jobs run it (``model_parallel``:
-    :class:`~arena_pref.settings.ModelParallel`)."""
+    over the job's devices as its jobs run it (``options.model_parallel``:
+    :class:`~arena_pref.settings.JobOptions`)."""
     import torch
 
     if threads:
@@ -61,12 +62,13 @@ def calibrate(
     from arena_pref.models.loading import job_devices
     from arena_pref.predict.inference import Trained, batches_for_model, plan_for, run_batches, sequences_of
 
+    split = options.model_parallel is not None
     devices = [device] if device else job_devices()
-    if model_parallel is None:
+    if not split:
         devices = devices[:1]
     t0 = time.perf_counter()
-    trained = Trained(str(backbone), str(adapter_dir), settings, allow_bf16_emulation, model_parallel)
-    model, pad = trained.load(devices if model_parallel is not None else devices[0])
+    trained = Trained(str(backbone), str(adapter_dir), settings, options)
+    model, pad = trained.load(devices if split else devices[0])
     load = time.perf_counter() - t0
     seqs, segs = sequences_of(tokens, tta), sequences_of(tokens, tta, "segments")
     lengths = [len(s) for s in seqs]

@@ -175,9 +175,10 @@ def on_devices(placed, devices):
     return {name: devices[d] for name, d in placed.items()}
 
 
-def job_device_map(backbone, parallel, *, quantization, dtype, devices):
-    """The device map a job of a model-parallel model loads its backbone with, over the job's
-    ``devices`` (:func:`arena_pref.models.loading.job_devices`); None where the model is not split
+def job_device_map(backbone, parallel, loading, *, devices):
+    """The device map a job of a model-parallel model loads its backbone with (``loading``: its
+    :class:`~arena_pref.settings.Loading`), over the job's ``devices``
+    (:func:`arena_pref.models.loading.job_devices`); None where the model is not split
     (``parallel`` None) or the job has no GPU (a CPU run loads it whole, logged)."""
     if parallel is None:
         return None
@@ -191,19 +192,24 @@ def job_device_map(backbone, parallel, *, quantization, dtype, devices):
         )
     gpus = gpus[: parallel.gpus]
     totals = [torch.cuda.get_device_properties(torch.device(g)).total_memory for g in gpus]
-    return split_map(backbone, parallel, quantization=quantization, dtype=dtype, devices=gpus, totals=totals)
+    return split_map(backbone, parallel, loading, devices=gpus, totals=totals)
 
 
-def split_map(backbone, parallel, *, quantization, dtype, devices, totals):
-    """The device map of ``backbone`` split over ``devices`` of ``totals`` bytes of memory each
-    (:func:`device_map`, :func:`device_limits`), with those devices put in."""
+def split_map(backbone, parallel, loading, *, devices, totals):
+    """The device map of ``backbone`` loaded by ``loading`` (its quantization and dtype) split over
+    ``devices`` of ``totals`` bytes of memory each (:func:`device_map`, :func:`device_limits`),
+    with those devices put in."""
     from transformers import AutoConfig
 
     from arena_pref.models.loading import NUM_LABELS
 
     config = AutoConfig.from_pretrained(backbone, num_labels=NUM_LABELS)
     placed = device_map(
-        config, quantization=quantization, dtype=dtype, limits=device_limits(parallel, totals), key=parallel.key
+        config,
+        quantization=loading.quantization,
+        dtype=loading.dtype,
+        limits=device_limits(parallel, totals),
+        key=parallel.key,
     )
     log.info("%s: layers placed on %s", parallel.key, describe(placed, devices))
     return on_devices(placed, devices)

@@ -30,7 +30,7 @@ from arena_pref.models.batching import (
 )
 from arena_pref.models.pooling import classify, concat_row, packed_inputs, packing_unsupported, pad_rows, padded_inputs
 from arena_pref.predict.prediction_files import frame_from_probs
-from arena_pref.settings import ModelParallel, PredictSettings
+from arena_pref.settings import DEFAULT_JOB_OPTIONS, JobOptions, PredictSettings
 
 log = logging.getLogger(__name__)
 
@@ -123,13 +123,12 @@ def sequences_of(tokens, tta, column="input_ids"):
 @dataclass(frozen=True)
 class Trained:
     """What a prediction job loads on each of its devices: a backbone with one fold's adapter, and
-    how to run them."""
+    how to run them (``options``: with ``model_parallel``, one copy split over the job's GPUs)."""
 
     backbone: str
     adapter_dir: str
     settings: PredictSettings
-    allow_bf16_emulation: bool
-    model_parallel: ModelParallel | None = None  # one copy split over the job's GPUs
+    options: JobOptions = DEFAULT_JOB_OPTIONS
 
     def load(self, dev):
         """The model on ``dev``, or (a model-parallel model; ``dev`` a list of the job's devices)
@@ -140,9 +139,7 @@ class Trained:
         tokenizer = load_tokenizer(self.backbone)
         loading, batching = self.settings.loading, self.settings.batching
         devices = dev if isinstance(dev, (list, tuple)) else [dev]
-        split = job_device_map(
-            self.backbone, self.model_parallel, quantization=loading.quantization, dtype=loading.dtype, devices=devices
-        )
+        split = job_device_map(self.backbone, self.options.model_parallel, loading, devices=devices)
         model = load_for_inference(
             self.backbone,
             self.adapter_dir,
@@ -151,7 +148,7 @@ class Trained:
             merge_lora=self.settings.merge_lora,
             device=devices[0],
             device_map=split,
-            allow_bf16_emulation=self.allow_bf16_emulation,
+            allow_bf16_emulation=self.options.allow_bf16_emulation,
             batch_tokens=pass_tokens(batching),
             longest=batching.max_length,
         )
@@ -244,19 +241,18 @@ def predict_on_devices(
     devices=None,
     threads=None,
     label="the model",
-    allow_bf16_emulation=False,
-    model_parallel=None,
+    options=DEFAULT_JOB_OPTIONS,
 ):
     """Probabilities for a token cache with :class:`~arena_pref.settings.PredictSettings`, the
     batches shared over ``devices`` (default: all this job may use; one worker process per device
-    when there are several), merged back in row order; with ``model_parallel``
-    (:class:`~arena_pref.settings.ModelParallel`) one copy of the model split over the devices
+    when there are several), merged back in row order; with ``options.model_parallel``
+    (:class:`~arena_pref.settings.JobOptions`) one copy of the model split over the devices
     runs every batch, in this process. ``label`` names the model and fold in errors."""
     if devices is None:
         from arena_pref.models.loading import job_devices
 
         devices = job_devices()
-    trained = Trained(str(backbone), str(adapter_dir), settings, allow_bf16_emulation, model_parallel)
+    trained = Trained(str(backbone), str(adapter_dir), settings, options)
     seqs = sequences_of(tokens, tta)
     segs = sequences_of(tokens, tta, "segments")
     lengths = np.array([len(s) for s in seqs])
@@ -271,7 +267,7 @@ def predict_on_devices(
         padding_efficiency(batches, lengths),
     )
     probs = np.zeros((len(seqs), 3))
-    if model_parallel is not None:
+    if options.model_parallel is not None:
         results = [_predict_share(trained, list(devices), seqs, segs, batches, threads)]
         devices = ["+".join(map(str, devices))]
     elif len(devices) == 1:

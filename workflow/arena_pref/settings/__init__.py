@@ -12,6 +12,7 @@ cannot express), :mod:`.inputs` (the files a run reads).
 
 from arena_pref.settings.config import BlendSettings, Config, KaggleSettings, PostRules, load_config, model_config
 from arena_pref.settings.jobs import (
+    DEFAULT_JOB_OPTIONS,
     Batching,
     JobOptions,
     Loading,
@@ -37,6 +38,7 @@ from arena_pref.settings.params import build, canonical, from_params, to_params
 from arena_pref.settings.schema import validate
 
 __all__ = [
+    "DEFAULT_JOB_OPTIONS",
     "LEARNER_READS",
     "Batching",
     "BlendSettings",

@@ -40,6 +40,11 @@ class JobOptions:
     model_parallel: ModelParallel | None = None  # None: the model on one GPU
 
 
+DEFAULT_JOB_OPTIONS = JobOptions(allow_bf16_emulation=False, save_steps=200, logging_steps=10)
+"""No bfloat16 emulation, the model on one GPU, the schema's default steps: what a prediction
+runs with without a model's own :class:`JobOptions`."""
+
+
 @dataclass(frozen=True)
 class Lora:
     r: int

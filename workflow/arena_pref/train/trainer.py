@@ -405,9 +405,7 @@ def _trainable_model(backbone, settings, options):
     tokenizer = load_tokenizer(backbone)
     # a model-parallel model split over this job's GPUs (the Trainer leaves a model with a
     # multi-GPU hf_device_map where it is: no .to(), no DataParallel)
-    split = job_device_map(
-        backbone, options.model_parallel, quantization=loading.quantization, dtype=loading.dtype, devices=job_devices()
-    )
+    split = job_device_map(backbone, options.model_parallel, loading, devices=job_devices())
     model = load_model(
         backbone,
         loading,
