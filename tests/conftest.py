@@ -81,3 +81,41 @@ def run_a(tmp_path_factory):
     write_config(workdir)
     snakemake(workdir, "-j2")
     return workdir
+
+
+@pytest.fixture(scope="session")
+def bundle(run_a, tmp_path_factory):
+    """The Kaggle bundle of the small run, built in a copy of it (the shared run stays as it was)."""
+    import yaml
+    from workflow_helpers import SMALL, copy_run, snakemake
+
+    home = copy_run(run_a, tmp_path_factory.mktemp("bundle") / "home")
+    config = yaml.safe_load(SMALL.read_text())
+    # as trained: the CPU reproduces the home run (float16, the default, is for T4s)
+    config["kaggle"] = {"input_dir": "/kaggle/input/my-bundle", "gpus": 1, "dtype": "as_trained"}
+    (home / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    snakemake(home, "-j1", "results/kaggle_bundle", timeout=1200)
+    return home
+
+
+@pytest.fixture(scope="session")
+def offline_run(bundle, tmp_path_factory):
+    """The bundle moved to another directory and run there by its run.py, offline, as a Kaggle
+    notebook runs it: a run from trained models, one job at a time (no GPU: one slot), the time
+    estimate first and then the test passes, whose benchmarks are the wall time the estimate is held
+    to. Returns the directory holding ``input/my-bundle`` (the bundle), ``test.csv``, ``work`` (the
+    workflow's directory), ``out/submission.csv`` and ``run.log`` (what run.py printed)."""
+    import subprocess
+    import sys
+
+    root = tmp_path_factory.mktemp("offline")
+    moved = root / "input" / "my-bundle"
+    shutil.copytree(bundle / "results" / "kaggle_bundle", moved)
+    shutil.copy(bundle / "results" / "demo" / "test.csv", root / "test.csv")
+    cmd = [sys.executable, str(moved / "run.py"), "--test-csv", str(root / "test.csv")]
+    cmd += ["--out", f"{root / 'out'}/", "--workdir", str(root / "work")]
+    env = {**os.environ, "PIP_NO_INDEX": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (root / "run.log").write_text(proc.stdout)
+    return root

@@ -52,14 +52,10 @@ def test_a_run_from_trained_models_trains_nothing(run_a, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def predicted(run_a, tmp_path_factory):
-    """One run from run_a's trained models, one job at a time: first the time estimate, then the
-    submission (its prediction jobs' benchmarks are the wall time the estimate is held to)."""
-    workdir = tmp_path_factory.mktemp("from_trained")
-    trained_run_config(run_a, workdir)
-    snakemake(workdir, "-j1", "results/time_estimate.json")
-    snakemake(workdir, "-j1", "results/submission.csv")
-    return workdir
+def predicted(offline_run):
+    """The workflow directory of the Kaggle bundle's offline run (conftest.py): a run from run_a's
+    trained models, one job at a time, the time estimate first and then the submission."""
+    return offline_run / "work"
 
 
 def test_a_run_from_trained_models_reproduces_the_submission(run_a, predicted):
@@ -71,13 +67,16 @@ def test_a_run_from_trained_models_reproduces_the_submission(run_a, predicted):
     assert "from the blender" in (predicted / "results" / "logs" / "submit.log").read_text()
 
 
-def test_averaging_one_models_adapters_reruns_only_that_model(run_a, predicted, tmp_path):
+def test_averaging_one_models_adapters_reruns_only_that_model(predicted, tmp_path):
     """Averaging one model's fold adapters: that model predicts once, and nothing else reruns."""
     workdir = copy_run(predicted, tmp_path / "w")
-    trained_run_config(run_a, workdir, tiny_gemma2={"average_adapters": True})
-    jobs = planned_jobs(snakemake(workdir, "-n", "results/submission.csv"))
+    config = yaml.safe_load((workdir / "config.yaml").read_text())
+    config["models"]["tiny_gemma2"]["predict"]["average_adapters"] = True
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    bundled = predicted.parent / "input" / "my-bundle" / "Snakefile"  # the workflow that made the run
+    jobs = planned_jobs(snakemake(workdir, "-n", "results/submission.csv", snakefile=bundled))
     assert jobs == {"average_adapters": 1, "infer": 1, "average_test": 1, "submit": 1}
-    snakemake(workdir, "-j2", "results/submission.csv")
+    snakemake(workdir, "-j2", "results/submission.csv", snakefile=bundled)
     averaged = json.loads((workdir / "results/models/tiny_gemma2/average/adapter/adapter_config.json").read_text())
     assert averaged["r"] == 2 * 4
     assert "2 fold adapters averaged" in (workdir / "results/logs/average_adapters/tiny_gemma2.log").read_text()

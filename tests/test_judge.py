@@ -552,10 +552,12 @@ JUDGE = {
 
 
 @pytest.mark.slow
-def test_a_judge_runs_beside_a_feature_member_to_the_submission(tmp_path):
+def test_a_judge_runs_beside_a_feature_member_to_the_submission(run_a, tmp_path):
     import yaml
-    from workflow_helpers import SMALL, snakemake, write_config
+    from workflow_helpers import SMALL, copy_run, snakemake, write_config
 
+    # in a copy of run_a: its data, folds and feature member are this run's too
+    tmp_path = copy_run(run_a, tmp_path / "w")
     features = yaml.safe_load(SMALL.read_text())["models"]["pair_features"]
     write_config(tmp_path, models={"judge": JUDGE, "pair_features": features}, blend={"method": "stack"})
     snakemake(tmp_path, "-j2")

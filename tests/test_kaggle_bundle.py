@@ -12,24 +12,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from workflow_helpers import SMALL, snakemake
+from workflow_helpers import copy_run
 
 pytestmark = pytest.mark.slow
 
 PROBS = ["winner_model_a", "winner_model_b", "winner_tie"]
-
-
-@pytest.fixture(scope="module")
-def bundle(run_a, tmp_path_factory):
-    """The bundle of the small run (a copy of it: the shared run stays as it was)."""
-    home = tmp_path_factory.mktemp("bundle") / "home"
-    shutil.copytree(run_a, home, symlinks=True)
-    config = yaml.safe_load(SMALL.read_text())
-    # as trained: the CPU reproduces the home run (float16, the default, is for T4s)
-    config["kaggle"] = {"input_dir": "/kaggle/input/my-bundle", "gpus": 1, "dtype": "as_trained"}
-    (home / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    snakemake(home, "-j1", "results/kaggle_bundle", timeout=1200)
-    return home
 
 
 def test_the_bundle_holds_what_a_run_needs_and_no_backbone_it_should_not(bundle):
@@ -67,39 +54,17 @@ def test_the_bundle_holds_what_a_run_needs_and_no_backbone_it_should_not(bundle)
     assert not list(out.rglob("__pycache__"))
 
 
-def test_the_bundle_reproduces_the_submission_offline_from_another_directory(bundle, tmp_path):
-    moved = tmp_path / "input" / "my-bundle"
-    shutil.copytree(bundle / "results" / "kaggle_bundle", moved)
-    shutil.copy(bundle / "results" / "demo" / "test.csv", tmp_path / "test.csv")
-    env = {**os.environ, "PIP_NO_INDEX": "1", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(moved / "run.py"),
-            "--test-csv",
-            str(tmp_path / "test.csv"),
-            "--out",
-            str(tmp_path / "out") + "/",
-            "--workdir",
-            str(tmp_path / "work"),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=1200,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "s for the test passes;" in proc.stdout and "h left (limit 9.00 h, margin 0.50 h, spent" in proc.stdout
+def test_the_bundle_reproduces_the_submission_offline_from_another_directory(bundle, offline_run):
+    printed = (offline_run / "run.log").read_text()
+    assert "s for the test passes;" in printed and "h left (limit 9.00 h, margin 0.50 h, spent" in printed
     home = pd.read_csv(bundle / "results" / "submission.csv")
-    here = pd.read_csv(tmp_path / "out" / "submission.csv")
+    here = pd.read_csv(offline_run / "out" / "submission.csv")
     assert list(here["id"]) == list(home["id"])
     np.testing.assert_allclose(here[PROBS].to_numpy(), home[PROBS].to_numpy(), atol=1e-5, rtol=0)
     # nothing was trained, and the paths pointed into the moved bundle
-    assert not (tmp_path / "work" / "results" / "models").exists() or not list(
-        (tmp_path / "work" / "results" / "models").rglob("train_metrics.json")
-    )
-    config = yaml.safe_load((tmp_path / "work" / "config.yaml").read_text())
-    assert config["models"]["minilm"]["trained"] == f"{moved}/models/minilm"
+    assert not list((offline_run / "work" / "results").rglob("train_metrics.json"))
+    config = yaml.safe_load((offline_run / "work" / "config.yaml").read_text())
+    assert config["models"]["minilm"]["trained"] == f"{offline_run / 'input' / 'my-bundle'}/models/minilm"
 
 
 def test_a_missing_backbone_is_named_before_anything_runs(bundle, tmp_path):
@@ -162,17 +127,21 @@ def test_a_missing_backbone_is_named_before_anything_runs(bundle, tmp_path):
     assert proc.returncode == 2 and "with MODEL one of minilm, tiny_gemma2, tiny_llama" in proc.stdout
 
 
-def test_a_run_that_cannot_fit_the_time_limit_stops_before_the_test_passes(bundle, tmp_path):
-    out = bundle / "results" / "kaggle_bundle"
-    shutil.copy(bundle / "results" / "demo" / "test.csv", tmp_path / "test.csv")
+def test_a_run_that_cannot_fit_the_time_limit_stops_before_the_test_passes(offline_run, tmp_path):
+    # the offline run's directory less its test passes and estimate: only the estimate runs again
+    work = copy_run(
+        offline_run / "work",
+        tmp_path / "work",
+        drop=["results/test", "results/time_estimate.json", "results/submission.csv"],
+    )
     proc = subprocess.run(
         [
             sys.executable,
-            str(out / "run.py"),
+            str(offline_run / "input" / "my-bundle" / "run.py"),
             "--test-csv",
-            str(tmp_path / "test.csv"),
+            str(offline_run / "test.csv"),
             "--workdir",
-            str(tmp_path / "work"),
+            str(work),
             "--no-install",
             "--time-limit-h",
             "0.001",
@@ -184,7 +153,7 @@ def test_a_run_that_cannot_fit_the_time_limit_stops_before_the_test_passes(bundl
     assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "the run would not fit the time limit; averaging every model's fold adapters would take" in proc.stdout
     assert "average each model's fold adapters (predict.average_adapters)" in proc.stdout
-    assert not (tmp_path / "work" / "results" / "test").exists()
+    assert not (work / "results" / "test").exists()
 
 
 def test_the_wheels_install_offline_in_a_fresh_environment(bundle, tmp_path):

@@ -11,7 +11,7 @@ import yaml
 from arena_pref import atomic, settings
 from arena_pref.data.demo import make_demo_data
 from arena_pref.errors import InputError
-from workflow_helpers import SMALL, planned_jobs, snakemake
+from workflow_helpers import SMALL, copy_run, planned_jobs, snakemake
 
 
 def config_with(models, **data):
@@ -98,37 +98,48 @@ def test_teachers_reach_the_train_params_whatever_the_key_order():
 def write_run(workdir, alpha=0.5):
     """The small config's tiny Gemma-2 as the pseudo-label teacher, its tiny Llama as the student of
     the pair-feature member (distillation) and of the Gemma-2 (pseudo-labels); extra rows that
-    repeat two training prompts and one test prompt besides new ones."""
+    repeat two training prompts and one test prompt besides new ones. ``workdir`` is a copy of
+    run_a: what the teachers do not change (the data, the Gemma-2's folds, the feature member's
+    OOF) is not computed again."""
     cfg = yaml.safe_load(SMALL.read_text())
     models = cfg["models"]
     del models["minilm"]
     models["tiny_llama"]["distill"] = {"alpha": alpha, "teacher": "pair_features"}
     models["tiny_llama"]["pseudo_labels"] = {"teacher": "tiny_gemma2"}
     models["pair_features"]["member"] = False  # a teacher only: never blended or submitted
-    cfg["data"] = {"train_csv": "data/train.csv", "test_csv": "data/test.csv", "extra_csv": "data/extra.csv"}
-    train, test = make_demo_data(120, 24, seed=3)
+    cfg["data"]["extra_csv"] = "data/extra.csv"
+    train, test = (pd.read_csv(workdir / cfg["data"][f"{s}_csv"], keep_default_na=False) for s in ("train", "test"))
     extra = make_demo_data(30, 1, seed=11)[0].drop(columns=["winner_model_a", "winner_model_b", "winner_tie"])
     extra["id"] = np.arange(len(extra)) + 10**12
     extra.loc[[0, 1], "prompt"] = train["prompt"].iloc[[4, 9]].to_numpy()
     extra.loc[2, "prompt"] = test["prompt"].iloc[0]
-    for name, df in (("train", train), ("test", test), ("extra", extra)):
-        atomic.write_csv(df, workdir / "data" / f"{name}.csv")
+    atomic.write_csv(extra, workdir / "data" / "extra.csv")
     (workdir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     return train, test, extra
 
 
-def job_inputs(dry_run, rule, **wildcards):
-    """The input files a dry run lists for the job of ``rule`` with these wildcards."""
+def job_block(dry_run, rule, **wildcards):
+    """What a dry run prints of the job of ``rule`` with these wildcards; None if it plans none."""
     for block in re.split(r"^\[.*\]$", dry_run.stdout, flags=re.M):  # each job follows its time stamp
         if re.search(rf"^\s*(local)?rule {rule}:", block, re.M) and all(
             re.search(rf"wildcards:.*\b{k}={v}\b", block) for k, v in wildcards.items()
         ):
-            return re.search(r"input: (.*)", block).group(1).split(", ")
-    raise AssertionError(f"no {rule} job with {wildcards} in the dry run")
+            return block
+    return None
+
+
+def job_inputs(dry_run, rule, **wildcards):
+    """The input files a dry run lists for the job of ``rule`` with these wildcards."""
+    block = job_block(dry_run, rule, **wildcards)
+    assert block, f"no {rule} job with {wildcards} in the dry run"
+    return re.search(r"input: (.*)", block).group(1).split(", ")
 
 
 @pytest.mark.slow
-def test_a_student_learns_from_teacher_oof_and_pseudo_labels_without_leaks(tmp_path):
+def test_a_student_learns_from_teacher_oof_and_pseudo_labels_without_leaks(run_a, tmp_path):
+    # less the feature member's test passes: as a teacher only, it must not make them
+    unscored = ["results/test/pair_features", "results/test/pair_features.parquet"]
+    tmp_path = copy_run(run_a, tmp_path / "w", drop=unscored)
     train, test, extra = write_run(tmp_path)
     plan = snakemake(tmp_path, "-n", "-j2", "results/submission.csv")
     # the DAG: fold 0 of the student reads the teacher's OOF of fold 1 only (fold 0's rows are the
@@ -137,7 +148,8 @@ def test_a_student_learns_from_teacher_oof_and_pseudo_labels_without_leaks(tmp_p
     assert "results/oof/pair_features/fold1.parquet" in fold0
     assert "results/oof/pair_features/fold0.parquet" not in fold0
     assert {"results/pseudo/tiny_gemma2.parquet", "results/tokens/tiny_llama/extra.parquet"} <= set(fold0)
-    assert not any("oof/" in f or "pseudo/" in f for f in job_inputs(plan, "train", model="tiny_gemma2", fold=0))
+    # the teacher is not retrained: its fold models are run_a's, made before any student
+    assert job_block(plan, "train", model="tiny_gemma2", fold=0) is None
     # the teacher's test passes over the extra rows, averaged as its test passes are
     assert sorted(job_inputs(plan, "average_test", scored="pseudo", model="tiny_gemma2")) == [
         "results/pseudo/tiny_gemma2/fold0.parquet",

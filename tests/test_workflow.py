@@ -15,6 +15,7 @@ from workflow_helpers import (
     assert_resumed_and_matches,
     copy_run,
     planned_jobs,
+    side_by_side,
     snakemake,
     write_config,
 )
@@ -64,15 +65,17 @@ def test_submission_and_outputs(run_a):
 
 
 def test_second_run_is_identical(run_a, tmp_path):
-    """The same command again gives the same bytes: here the encoder member's folds are trained and
-    predicted again on a copy of run_a, and the blend redone. The other members' training is
-    repeated elsewhere: tiny_llama's and the feature member's under SLURM (tests/test_slurm.py),
-    tiny_gemma2's fold 0 by the resume tests, which compare its adapter with run_a's. Dropping the
-    data would rerun everything; tests/test_folds.py checks that the folds are deterministic."""
-    again = ("minilm",)
-    dropped = [f"results/{part}/{m}" for m in again for part in ("models", "checkpoints", "oof", "test")]
+    """The same command again gives the same bytes: here the encoder member's fold 1 (the fold it
+    predicts the test set with) is trained and predicted again on a copy of run_a, and the blend
+    redone. The other members' training is repeated elsewhere: tiny_llama's and the feature
+    member's under SLURM (tests/test_slurm.py), tiny_gemma2's fold 0 by the resume tests, which
+    compare its adapter with run_a's. Dropping the data would rerun everything;
+    tests/test_folds.py checks that the folds are deterministic."""
+    dropped = [f"results/{part}/minilm/fold1" for part in ("models", "checkpoints")]
+    dropped += [f"results/{part}/minilm/fold1.parquet" for part in ("oof", "test")]
     copy_run(run_a, tmp_path / "w", drop=[*dropped, "results/submission.csv"])
-    snakemake(tmp_path / "w", "-j2", "results/submission.csv")
+    proc = snakemake(tmp_path / "w", "-j2", "results/submission.csv")
+    assert "rule train:" in proc.stdout + proc.stderr  # the fold was trained again, not found
     assert (run_a / "results/submission.csv").read_bytes() == (tmp_path / "w/results/submission.csv").read_bytes()
 
 
@@ -185,24 +188,18 @@ def test_a_changed_model_is_retrained_not_resumed(run_a, tmp_path):
     """After a change of max_length the train job reruns and starts afresh (its checkpoints were
     made from other token ids, and the log says so): its adapter differs from the old one and
     equals a fresh run's."""
-    import shutil
-
     from safetensors.torch import load_file
 
     target = "results/models/tiny_gemma2/fold0/adapter"
-    rerun = tmp_path / "rerun"
-    shutil.copytree(run_a, rerun, symlinks=True)
-    write_config(rerun, **{"models.tiny_gemma2.max_length": 80})
-    snakemake(rerun, "-j1", target)
+    rerun = copy_run(run_a, tmp_path / "rerun")
+    # a fresh run of the changed model: no checkpoints (its data and backbone copied from run_a)
+    fresh = copy_run(run_a, tmp_path / "fresh", drop=["results/models/tiny_gemma2", "results/checkpoints"])
+    for workdir in (rerun, fresh):
+        write_config(workdir, **{"models.tiny_gemma2.max_length": 80})
+    side_by_side((rerun, "-j1", target), (fresh, "-j1", target))
     log = (rerun / "results/logs/train/tiny_gemma2/fold0.log").read_text()
     assert "were made from other tokens: starting afresh" in log and "resuming" not in log
-    # a fresh run of the changed model: no checkpoints (its data and backbone copied from run_a)
-    copy_run(run_a, tmp_path / "fresh", drop=["results/models/tiny_gemma2", "results/checkpoints"])
-    write_config(tmp_path / "fresh", **{"models.tiny_gemma2.max_length": 80})
-    snakemake(tmp_path / "fresh", "-j1", target)
-    old, new, fresh = (
-        load_file(str(d / target / "adapter_model.safetensors")) for d in (run_a, rerun, tmp_path / "fresh")
-    )
+    old, new, fresh = (load_file(str(d / target / "adapter_model.safetensors")) for d in (run_a, rerun, fresh))
     assert all((new[k] - fresh[k]).abs().max() < 1e-6 for k in fresh)
     assert any((new[k] - old[k]).abs().max() > 1e-4 for k in old)
 

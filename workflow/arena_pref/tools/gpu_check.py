@@ -59,7 +59,7 @@ PARTS = {  # name -> share of the budget (what a part may use of the time left w
     "tiny": 1.0,
 }
 PART_TESTS = {
-    "presets": ["tests/test_presets.py::test_preset_runs_on_cpu"],
+    "presets": ["tests/test_presets.py::test_every_preset_runs_on_cpu"],
     "tiny": [
         "tests/test_judge.py::test_a_judge_runs_beside_a_feature_member_to_the_submission",
         "tests/test_teachers.py::test_a_student_learns_from_teacher_oof_and_pseudo_labels_without_leaks",
