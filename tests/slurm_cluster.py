@@ -147,6 +147,7 @@ class Cluster:
 
 
 def squeue_jobs():
-    """{slurm job id: job name} of jobs in the queue."""
-    out = _run("squeue", "-h", "-o", "%i %j", timeout=20).stdout
+    """{slurm job id: its comment} of jobs in the queue (Snakemake's SLURM plugin puts the rule and
+    wildcards in the comment)."""
+    out = _run("squeue", "-h", "-o", "%i %k", timeout=20).stdout
     return dict(line.split(maxsplit=1) for line in out.splitlines() if line.strip())

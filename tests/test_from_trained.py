@@ -54,7 +54,7 @@ def test_a_run_from_trained_models_trains_nothing(run_a, tmp_path):
 @pytest.fixture(scope="module")
 def predicted(offline_run):
     """The workflow directory of the Kaggle bundle's offline run (conftest.py): a run from run_a's
-    trained models, one job at a time, the time estimate first and then the submission."""
+    trained models, the time estimate first and then the submission."""
     return offline_run / "work"
 
 

@@ -44,10 +44,9 @@ def cluster():
     os.environ["PATH"] = hidden
 
 
-def submitted_rules(proc):
-    """[(slurm job id, rule)] from the plugin's submission lines."""
-    out = proc.stdout + proc.stderr
-    return [(jobid, re.search(r"/rule_([A-Za-z_]+)/", log).group(1)) for jobid, log in SUBMITTED.findall(out)]
+def submitted_rules(printed):
+    """[(slurm job id, rule)] from the plugin's submission lines in what Snakemake printed."""
+    return [(jobid, re.search(r"/rule_([A-Za-z_]+)/", log).group(1)) for jobid, log in SUBMITTED.findall(printed)]
 
 
 def on_cluster(cluster, workdir, *targets, timeout, env=None):
@@ -82,15 +81,20 @@ exec {shutil.which("squeue")} "$@"
     return {"PATH": f"{shim.parent}:{os.environ['PATH']}"}
 
 
-# what the SLURM run recomputes of the local run_a: fold 1 of one LLM member (its training, OOF and
-# test pass) and fold 0 of the feature member, then the test averages and the blend; the data, the
-# tokens, the other folds and members come from run_a's copy (every rule's SLURM path, without
+# what the SLURM run recomputes of the local run_a: fold 1 of the 4-bit LLM member (its training, OOF
+# and test pass) and fold 0 of the feature member, then the test averages and the blend; the data,
+# the tokens, the other folds and members come from run_a's copy (every rule's SLURM path, without
 # paying for a whole run twice)
-RERUN = {"tiny_llama": 1, "pair_features": 0}
+RERUN = {"tiny_gemma2": 1, "pair_features": 0}
+TRAINED = "results/models/tiny_gemma2/fold1/adapter"
 
 
 @pytest.fixture(scope="module")
 def slurm_run(cluster, run_a, tmp_path_factory):
+    """The SLURM run, as a user with a time limit meets it: the first attempt's training job is
+    cancelled after its checkpoint 3 (scancel, as a time limit or a lost node ends it), and the same
+    command run again finishes the run. squeue fails its first calls throughout (flaky_squeue).
+    Returns the directory, what both attempts printed, and their seconds."""
     workdir = tmp_path_factory.mktemp("slurm_run") / "w"
     dropped = [
         f"results/{part}/{model}/fold{fold}{suffix}"
@@ -98,25 +102,71 @@ def slurm_run(cluster, run_a, tmp_path_factory):
         for part, suffix in (("models", ""), ("checkpoints", ""), ("oof", ".parquet"), ("test", ".parquet"))
     ]
     copy_run(run_a, workdir, drop=[*dropped, "results/submission.csv"])
+    env = flaky_squeue(workdir.parent)
     t0 = time.monotonic()
-    proc = on_cluster(cluster, workdir, "results/submission.csv", timeout=900, env=flaky_squeue(workdir.parent))
-    return workdir, proc, time.monotonic() - t0
+    first = cancelled_attempt(workdir, env)
+    assert not (workdir / TRAINED).exists()  # no complete-looking output after the cancel
+    rerun = on_cluster(cluster, workdir, "results/submission.csv", timeout=900, env=env)
+    return workdir, first + rerun.stdout + rerun.stderr, time.monotonic() - t0
+
+
+def _wait_for(predicate, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = predicate()
+        if found:
+            return found
+        time.sleep(1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def cancelled_attempt(workdir, env):
+    """A SLURM run whose training job trains to checkpoint 3 and stalls there until this cancels
+    it; what Snakemake printed before it stopped on the failed job."""
+    cmd = [*SNAKEMAKE, "-s", str(SNAKEFILE), "-d", str(workdir), "--configfile", str(workdir / "config.yaml")]
+    cmd += ["--workflow-profile", str(PROFILE), "results/submission.csv"]
+    pause = {"ARENA_PREF_PAUSE_AFTER_CHECKPOINT": "3"}
+    first = subprocess.Popen(
+        cmd, env={**os.environ, **env, **pause}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        log = workdir / "results/logs/train/tiny_gemma2/fold1.log"
+        _wait_for(lambda: log.exists() and "pausing after checkpoint" in log.read_text(), 600, "the pause")
+        assert (workdir / "results/checkpoints/tiny_gemma2/fold1/checkpoint-3").exists()
+        training = [jid for jid, comment in squeue_jobs().items() if "rule_train" in comment]
+        assert len(training) == 1, f"the training job is not in the queue: {squeue_jobs()}"
+        subprocess.run(["scancel", training[0]], check=True)
+        out, _ = first.communicate(timeout=300)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    assert first.returncode != 0, out[-3000:]
+    return out
 
 
 def test_every_job_went_through_sbatch(slurm_run):
-    workdir, proc, seconds = slurm_run
-    rules = Counter(rule for _, rule in submitted_rules(proc))
-    # each rerun job its own SLURM job, and nothing that run_a's copy already had
+    workdir, printed, seconds = slurm_run
+    rules = Counter(rule for _, rule in submitted_rules(printed))
+    # each rerun job its own SLURM job (training twice: cancelled, then resumed), and nothing that
+    # run_a's copy already had
     assert rules == {
-        "train": 1,
+        "train": 2,
         "oof": 1,
         "infer": 1,
         "features_fold": 1,
         "average_test": 2,
         "blend": 1,
     }, rules  # in a run that trains, features_fold predicts the test rows and blend submits
-    assert len(list((workdir / ".snakemake/slurm_logs/rule_train").rglob("*.log"))) == 1
+    assert len(list((workdir / ".snakemake/slurm_logs/rule_train").rglob("*.log"))) == 2
     print(f"SLURM run of part of the small config: {seconds:.0f} s, {rules.total()} jobs")
+
+
+def test_cancelled_training_job_resumed_on_rerun(slurm_run, run_a):
+    """The training job resubmitted by the rerun resumed from checkpoint 3 and ended with the
+    adapter run_a's uninterrupted run trained."""
+    workdir, _, _ = slurm_run
+    assert_resumed_and_matches(run_a, workdir, TRAINED, fold=1)
 
 
 def test_submission_matches_a_local_run(slurm_run, run_a):
@@ -135,51 +185,3 @@ def test_jobs_survive_status_checks_that_fail_for_a_while(slurm_run):
     workdir, _, _ = slurm_run
     assert int((workdir.parent / "squeue_calls").read_text()) > FLAKY_CALLS
     assert (workdir / "results/submission.csv").exists()
-
-
-def _wait_for(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = predicate()
-        if found:
-            return found
-        time.sleep(1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def test_cancelled_training_job_resumes_on_rerun(cluster, run_a, tmp_path):
-    """scancel a running training job (as a time limit or a lost node would end it); rerunning the
-    same command resubmits it, it resumes from its last checkpoint, and the adapter equals the one an
-    uninterrupted run trains. The job's inputs come from a copy of run_a."""
-    target = "results/models/tiny_gemma2/fold0/adapter"
-    tmp_path = copy_run(run_a, tmp_path / "w", drop=["results/models/tiny_gemma2/fold0", "results/checkpoints"])
-    cmd = ["--workflow-profile", str(PROFILE), target]
-    # the first attempt trains to checkpoint 3, then stalls there until cancelled
-    env = {"ARENA_PREF_PAUSE_AFTER_CHECKPOINT": "3"}
-    first = subprocess.Popen(
-        [*SNAKEMAKE, "-s", str(SNAKEFILE), "-d", str(tmp_path), "--configfile", str(tmp_path / "config.yaml"), *cmd],
-        env={**os.environ, **env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        ckpt = tmp_path / "results/checkpoints/tiny_gemma2/fold0/checkpoint-3"
-        _wait_for(lambda: ckpt.exists(), 600, "checkpoint 3")
-        log = tmp_path / "results/logs/train/tiny_gemma2/fold0.log"
-        _wait_for(lambda: log.exists() and "pausing after checkpoint" in log.read_text(), 120, "the pause")
-        jobs = squeue_jobs()
-        assert jobs, "the training job is not in the queue"
-        for jid in jobs:
-            subprocess.run(["scancel", jid], check=True)
-        out, _ = first.communicate(timeout=300)
-    finally:
-        if first.poll() is None:
-            first.kill()
-            first.wait()
-    assert first.returncode != 0, out[-3000:]
-    assert not (tmp_path / target).exists()
-
-    rerun = on_cluster(cluster, tmp_path, target, timeout=900)
-    assert [rule for _, rule in submitted_rules(rerun)] == ["train"]
-    assert_resumed_and_matches(run_a, tmp_path, target)
