@@ -148,6 +148,10 @@ def cancelled_attempt(workdir, env):
 def test_every_job_went_through_sbatch(slurm_run):
     workdir, printed, seconds = slurm_run
     rules = Counter(rule for _, rule in submitted_rules(printed))
+    # the LLM's test average, and the feature member's where the first attempt got to it before it
+    # stopped: the rerun finds that member's refitted fold file unchanged in content and keeps the
+    # average made from it
+    assert rules.pop("average_test") in (1, 2), rules
     # each rerun job its own SLURM job (training twice: cancelled, then resumed), and nothing that
     # run_a's copy already had
     assert rules == {
@@ -155,11 +159,10 @@ def test_every_job_went_through_sbatch(slurm_run):
         "oof": 1,
         "infer": 1,
         "features_fold": 1,
-        "average_test": 2,
         "blend": 1,
     }, rules  # in a run that trains, features_fold predicts the test rows and blend submits
     assert len(list((workdir / ".snakemake/slurm_logs/rule_train").rglob("*.log"))) == 2
-    print(f"SLURM run of part of the small config: {seconds:.0f} s, {rules.total()} jobs")
+    print(f"SLURM run of part of the small config: {seconds:.0f} s")
 
 
 def test_cancelled_training_job_resumed_on_rerun(slurm_run, run_a):
