@@ -17,11 +17,10 @@ from conftest import REAL_PATH
 from slurm_cluster import Cluster, Unavailable, squeue_jobs
 from workflow_helpers import (
     REPO,
-    SNAKEFILE,
-    SNAKEMAKE,
     assert_resumed_and_matches,
     copy_run,
     snakemake,
+    snakemake_command,
 )
 
 pytestmark = pytest.mark.slow
@@ -123,8 +122,7 @@ def _wait_for(predicate, timeout, what):
 def cancelled_attempt(workdir, env):
     """A SLURM run whose training job trains to checkpoint 3 and stalls there until this cancels
     it; what Snakemake printed before it stopped on the failed job."""
-    cmd = [*SNAKEMAKE, "-s", str(SNAKEFILE), "-d", str(workdir), "--configfile", str(workdir / "config.yaml")]
-    cmd += ["--workflow-profile", str(PROFILE), "results/submission.csv"]
+    cmd = snakemake_command(workdir, "--workflow-profile", str(PROFILE), "results/submission.csv")
     pause = {"ARENA_PREF_PAUSE_AFTER_CHECKPOINT": "3"}
     first = subprocess.Popen(
         cmd, env={**os.environ, **env, **pause}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True

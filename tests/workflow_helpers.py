@@ -26,17 +26,14 @@ def model_settings(**model):
     return settings.model_config({"backbone": {"kind": "tiny"}, "lora": SMALL_LORA, **model})
 
 
+def snakemake_command(workdir, *args, config=None, snakefile=SNAKEFILE):
+    """The command line that runs the workflow in ``workdir`` on its own config (or ``config``)."""
+    config = config or workdir / "config.yaml"
+    return [*SNAKEMAKE, "-s", str(snakefile), "-d", str(workdir), "--configfile", str(config), *args]
+
+
 def snakemake(workdir, *args, config=None, env=None, check=True, timeout=900, snakefile=SNAKEFILE):
-    cmd = [
-        *SNAKEMAKE,
-        "-s",
-        str(snakefile),
-        "-d",
-        str(workdir),
-        "--configfile",
-        str(config or workdir / "config.yaml"),
-        *args,
-    ]
+    cmd = snakemake_command(workdir, *args, config=config, snakefile=snakefile)
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
