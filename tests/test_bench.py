@@ -121,8 +121,11 @@ def test_training_bench_runs_baseline_and_ours():
 
 @pytest.mark.slow  # compiles, spawns processes or runs Snakemake: make test, not test-fast
 def test_compile_bench_compares_eager_and_compiled_passes():
-    result = bench.bench_compile(rows=6, max_length=128, budget=512, pack_budget=256, threads=1)
-    for method in ("token_budget", "packed"):
+    # packed passes only: compiling costs about 25 s a method on 2 cores; test_predict compiles
+    # padded passes, and make gpu-check's CPU mode compiles a merged packed one
+    result = bench.bench_compile(rows=6, max_length=128, budget=512, pack_budget=256, threads=1, methods=("packed",))
+    assert set(result["methods"]) == {"packed"} and set(bench.COMPILED_METHODS) == {"token_budget", "packed"}
+    for method in result["methods"]:
         entry = result["methods"][method]
         assert set(entry) == {"eager", "compiled_first_pass", "compiled_second_pass"}
         assert entry["compiled_second_pass"]["max_abs_diff_vs_eager"] < 1e-5

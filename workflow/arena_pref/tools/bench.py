@@ -250,10 +250,13 @@ def bench_inference(
     }
 
 
-def bench_compile(*, rows=64, max_length=1024, budget=8192, pack_budget=2048, threads=2):
+COMPILED_METHODS = ("token_budget", "packed")
+
+
+def bench_compile(*, rows=64, max_length=1024, budget=8192, pack_budget=2048, threads=2, methods=COMPILED_METHODS):
     """``predict.compile`` against eager on the same rows, fp32 tiny Gemma-2: seconds of a warm
     eager pass, of the first compiled pass (compile time included) and of a second one, for
-    padded (token-budget) and packed batches."""
+    padded (token-budget) and packed batches (``methods``)."""
     from transformers import AutoConfig
 
     torch.set_num_threads(threads)
@@ -263,7 +266,8 @@ def bench_compile(*, rows=64, max_length=1024, budget=8192, pack_budget=2048, th
         path = tiny_gemma(Path(tmp) / "tiny_gemma2", max_position=max_length)
         tok = loading.load_tokenizer(path)
         seqs = random_sequences(lengths, AutoConfig.from_pretrained(path).vocab_size)
-        for method, plan in [("token_budget", dict(max_tokens=budget)), ("packed", dict(max_tokens=pack_budget))]:
+        for method in methods:
+            plan = {"max_tokens": budget if method == "token_budget" else pack_budget}
             batches = batching.plan_batches(lengths, method=method, **plan)
             model = loading.load_model(path, pad_token_id=tok.pad_token_id).eval()
             time_method(model, seqs, batches, pad_token_id=tok.pad_token_id)  # eager warm-up pass
