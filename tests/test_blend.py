@@ -411,8 +411,8 @@ def test_blend_step_takes_model_names_from_the_rule_not_from_paths(inputs, tmp_p
             path = tmp_path / "results" / "oof" / new / f"fold{fold}.parquet"
             atomic.write_parquet(part, path)
             oof_paths[new].append(path)
-        test_paths[new] = tmp_path / "results" / "test" / f"{new}.parquet"
-        atomic.write_parquet(test[old], test_paths[new])
+        test_paths[new] = {"folds": tmp_path / "results" / "test" / f"{new}.parquet"}
+        atomic.write_parquet(test[old], test_paths[new]["folds"])
     train = pd.DataFrame({"id": y_by_id.index, "label": y_by_id.to_numpy()})
     kaggle_csv.write_parsed(train, tmp_path / "train.parquet")
     atomic.write_parquet(
@@ -675,3 +675,24 @@ def test_a_weights_blender_is_the_weighted_average(inputs, tmp_path):
     np.testing.assert_allclose(
         sub[["winner_model_a", "winner_model_b", "winner_tie"]].to_numpy(), 0.75 * good + 0.25 * noise, atol=1e-12
     )
+
+
+def test_a_members_test_prediction_from_its_folds_its_full_model_or_both():
+    """blend.test_from: the folds' averaged file as it is, the full-data pass TTA-averaged where
+    TTA is on, or the two half each."""
+    from arena_pref.predict.prediction_files import submitted_prediction
+
+    folds = pd.DataFrame({"id": [7, 8], "a": [0.6, 0.2], "b": [0.3, 0.2], "tie": [0.1, 0.6]})
+    full = pd.DataFrame(
+        {"id": [7, 8], "a": [0.2, 0.4], "b": [0.4, 0.2], "tie": [0.4, 0.4], "a_tta": [0.4, 0.2]}
+        | {"b_tta": [0.2, 0.4], "tie_tta": [0.4, 0.4]}
+    )
+    probs = ["a", "b", "tie"]
+    assert submitted_prediction(folds, None, tta=True).equals(folds)
+    assert np.allclose(submitted_prediction(None, full, tta=False)[probs], full[probs])
+    # the pass's *_tta columns hold both orders' average
+    assert np.allclose(submitted_prediction(None, full, tta=True)[probs], [[0.4, 0.2, 0.4], [0.2, 0.4, 0.4]])
+    both = submitted_prediction(folds, full, tta=True)
+    assert both["id"].tolist() == [7, 8] and np.allclose(both[probs], [[0.5, 0.25, 0.25], [0.2, 0.3, 0.5]])
+    with pytest.raises(ValueError, match="different test ids"):
+        submitted_prediction(folds, full.assign(id=[8, 7]), tta=False)

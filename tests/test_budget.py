@@ -46,6 +46,7 @@ def test_the_estimate_times_a_split_model_split_and_does_not_multiply_its_rate(t
             "settings": None,
             "tta": False,
             "passes": 1,
+            "full_pass": False,
             "options": replace(DEFAULT_JOB_OPTIONS, model_parallel=parallel),
         }
         for name, parallel in (("big", SPLIT), ("small", None))

@@ -56,6 +56,24 @@ def test_the_bundle_carries_each_models_test_passes():
     assert files["blender.json"] == "results/blender.json"
 
 
+@pytest.mark.parametrize("test_from", ["full", "both"])
+def test_the_bundle_carries_the_full_data_adapters_it_submits(test_from):
+    raw = yaml.safe_load(SMALL.read_text())
+    raw["cv"]["full_fit"], raw["blend"]["test_from"] = True, test_from
+    raw["models"]["minilm"]["full_fit"] = False
+    config = settings.load_config(raw)
+    files = bundle.bundle_files(config)
+    for model in ("tiny_gemma2", "tiny_llama"):
+        assert files[f"models/{model}/full/adapter"] == f"results/models/{model}/full/adapter"
+        assert (f"models/{model}/fold0/adapter" in files) == (test_from == "both")
+    assert "models/minilm/full/adapter" not in files  # its own full_fit: false
+    assert files["models/pair_features/fold0/learner.joblib"]  # feature members submit their folds
+    carried = bundle.bundle_config(config, dataclasses.asdict(config.kaggle))
+    assert carried["blend"]["test_from"] == test_from and carried["models"]["tiny_llama"]["full_fit"] is True
+    again = settings.load_config(carried)
+    assert again.submitted_passes("tiny_llama") == config.submitted_passes("tiny_llama")
+
+
 def test_a_tiny_backbone_without_its_directory_is_an_error():
     raw = settings.validate(yaml.safe_load(SMALL.read_text()))
     with pytest.raises(InputError, match="tiny backbone needs its built directory"):
@@ -139,7 +157,7 @@ def test_a_model_whose_tta_differs_from_the_blenders_is_an_error(tmp_path):
     ):
         steps.submit(
             blender_path=tmp_path / "blender.json",
-            test_paths={"m": tmp_path / "m.parquet"},
+            test_paths={"m": {"folds": tmp_path / "m.parquet"}},
             test_parquet=None,
             tta={"m": False},
             submission=tmp_path / "sub.csv",
@@ -152,9 +170,16 @@ def test_a_model_whose_tta_differs_from_the_blenders_is_an_error(tmp_path):
 def test_averaging_if_needed_estimates_one_pass_per_model():
     """--average-if-needed: each model's measured per-pass time, once (None when nothing would change)."""
     run = kaggle_run()
-    estimate = {"models": {"a": {"passes": 5, "seconds": 5 * 3600.0}, "b": {"passes": 1, "seconds": 1800.0}}}
-    assert run.averaged_hours(estimate) == pytest.approx(1.5)
-    assert run.averaged_hours({"models": {"b": {"passes": 1, "seconds": 1800.0}}}) is None
+    a, b = (
+        {"passes": 5, "seconds": 5 * 3600.0, "full_pass": False},
+        {"passes": 1, "seconds": 1800.0, "full_pass": False},
+    )
+    assert run.averaged_hours({"models": {"a": a, "b": b}}) == pytest.approx(1.5)
+    assert run.averaged_hours({"models": {"b": b}}) is None
+    # blend.test_from both: five fold passes and the full-data adapter's; averaging keeps the latter
+    both = {"passes": 6, "seconds": 6 * 3600.0, "full_pass": True}
+    assert run.averaged_hours({"models": {"a": both}}) == pytest.approx(2.0)
+    assert run.averaged_hours({"models": {"a": {"passes": 1, "seconds": 3600.0, "full_pass": True}}}) is None
 
 
 def test_run_py_lets_a_split_model_be_scheduled():

@@ -3,6 +3,7 @@ caught before any job runs."""
 
 import os
 import re
+import shutil
 import stat
 
 import pandas as pd
@@ -468,6 +469,51 @@ def test_a_missing_trained_fold_is_named(tmp_path):
         r"missing \(predict.folds \[0, 1\]",
     ):
         trained_paths.check(settings.load_config(config))
+
+
+def test_full_fit_is_for_lora_models_and_a_models_own_key_wins():
+    config = {**BASE, "cv": {**BASE["cv"], "full_fit": True}}
+    config["models"] = {**BASE["models"], "minilm": {**BASE["models"]["minilm"], "full_fit": False}}
+    loaded = settings.load_config(config)
+    assert [m for m in loaded.models if loaded.has_full_fit(m)] == ["tiny_gemma2", "tiny_llama"]
+    # a training run makes the full-data pass beside the folds' (blend.test_from picks in the blend)
+    assert loaded.made_passes("tiny_gemma2") == ["fold0", "fold1", "full"]
+    assert loaded.test_sources("tiny_gemma2") == ("full",) and loaded.submitted_passes("tiny_gemma2") == ["full"]
+    assert loaded.test_sources("minilm") == ("folds",) and loaded.made_passes("minilm") == ["fold1"]
+    assert loaded.test_sources("pair_features") == ("folds",)
+    both = settings.load_config({**config, "blend": {**BASE["blend"], "test_from": "both"}})
+    assert both.submitted_passes("tiny_llama") == ["fold0", "fold1", "full"]
+    assert settings.load_config(BASE).made_passes("tiny_gemma2") == ["fold0", "fold1"]  # off by default
+
+
+@pytest.mark.parametrize("test_from", ["full", "both"])
+def test_test_from_without_a_full_data_model_is_an_error(test_from):
+    with pytest.raises(InputError, match=rf"^config blend.test_from: '{test_from}' reads the members' full-data"):
+        settings.load_config({**BASE, "blend": {**BASE["blend"], "test_from": test_from}})
+    settings.load_config({**BASE, "blend": {**BASE["blend"], "test_from": "folds"}})
+    with pytest.raises(InputError, match=r"config.models.pair_features: unknown key 'full_fit'"):
+        settings.load_config(config_with(pair_features={**BASE["models"]["pair_features"], "full_fit": True}))
+
+
+def test_a_run_from_trained_models_reads_the_full_adapter_it_submits(tmp_path):
+    """blend.test_from full: the trained directory needs the full-data adapter, not the folds'."""
+    from arena_pref.train import trained_paths
+
+    config = predict_only(tmp_path, blend={"from": str(tmp_path / "blender.json"), "test_from": "full"})
+    config["models"]["minilm"]["full_fit"] = True
+    with pytest.raises(
+        InputError,
+        match=r"models.minilm.trained: '.*/minilm/full/adapter/adapter_config.json' is missing "
+        r"\(the full-data adapter: blend.test_from full; the directory has \['fold0', 'fold1'\]\)",
+    ):
+        trained_paths.check(settings.load_config(config))
+    (tmp_path / "minilm" / "full" / "adapter").mkdir(parents=True)
+    (tmp_path / "minilm" / "full" / "adapter" / "adapter_config.json").write_text("{}")
+    shutil.rmtree(tmp_path / "minilm" / "fold1")
+    loaded = settings.load_config(config)
+    trained_paths.check(loaded)
+    assert loaded.made_passes("minilm") == ["full"]
+    assert trained_paths.adapter_dir(loaded, "minilm", "full") == f"{tmp_path}/minilm/full/adapter"
 
 
 def test_averaged_adapters_are_one_test_pass(tmp_path):

@@ -95,7 +95,7 @@ def test_teachers_reach_the_train_params_whatever_the_key_order():
 # --------------------------------------------------------------------------- through the workflow
 
 
-def write_run(workdir, alpha=0.5):
+def write_run(workdir, alpha=0.5, full_fit=False):
     """The small config's tiny Gemma-2 as the pseudo-label teacher, its tiny Llama as the student of
     the pair-feature member (distillation) and of the Gemma-2 (pseudo-labels); extra rows that
     repeat two training prompts and one test prompt besides new ones. ``workdir`` is a copy of
@@ -106,6 +106,7 @@ def write_run(workdir, alpha=0.5):
     del models["minilm"]
     models["tiny_llama"]["distill"] = {"alpha": alpha, "teacher": "pair_features"}
     models["tiny_llama"]["pseudo_labels"] = {"teacher": "tiny_gemma2"}
+    models["tiny_llama"]["full_fit"] = full_fit
     models["pair_features"]["member"] = False  # a teacher only: never blended or submitted
     cfg["data"]["extra_csv"] = "data/extra.csv"
     train, test = (pd.read_csv(workdir / cfg["data"][f"{s}_csv"], keep_default_na=False) for s in ("train", "test"))
@@ -144,12 +145,13 @@ def test_a_student_learns_from_teacher_oof_and_pseudo_labels_without_leaks(run_a
     plan = snakemake(tmp_path, "-n", "-j2", "results/submission.csv")
     # the DAG: fold 0 of the student reads the teacher's OOF of fold 1 only (fold 0's rows are the
     # ones it is scored on), and the Gemma-2's pseudo-labels of the extra rows
-    fold0 = job_inputs(plan, "train", model="tiny_llama", fold=0)
+    fold0 = job_inputs(plan, "train", model="tiny_llama", part="fold0")
     assert "results/oof/pair_features/fold1.parquet" in fold0
     assert "results/oof/pair_features/fold0.parquet" not in fold0
     assert {"results/pseudo/tiny_gemma2.parquet", "results/tokens/tiny_llama/extra.parquet"} <= set(fold0)
     # the teacher is not retrained: its fold models are run_a's, made before any student
-    assert job_block(plan, "train", model="tiny_gemma2", fold=0) is None
+    assert job_block(plan, "train", model="tiny_llama", part="fold1")  # (the pattern finds a planned fold)
+    assert job_block(plan, "train", model="tiny_gemma2", part="fold0") is None
     # the teacher's test passes over the extra rows, averaged as its test passes are
     assert sorted(job_inputs(plan, "average_test", scored="pseudo", model="tiny_gemma2")) == [
         "results/pseudo/tiny_gemma2/fold0.parquet",
@@ -182,6 +184,14 @@ def test_a_student_learns_from_teacher_oof_and_pseudo_labels_without_leaks(run_a
     jobs = planned_jobs(snakemake(tmp_path, "-n", "-j2", "results/submission.csv"))
     assert jobs.get("train") == 2 and "features_fold" not in jobs, jobs
     assert jobs.get("infer") == 2 and jobs.get("average_test") == 1, jobs  # the student's test passes only
+
+    # the student's full-data model (cv.full_fit) learns from the teacher's OOF of every fold
+    write_run(tmp_path, alpha=0.8, full_fit=True)
+    full = job_inputs(
+        snakemake(tmp_path, "-n", "-j2", "results/submission.csv"), "train", model="tiny_llama", part="full"
+    )
+    assert {f"results/oof/pair_features/fold{k}.parquet" for k in (0, 1)} <= set(full)
+    assert {"results/pseudo/tiny_gemma2.parquet", "results/tokens/tiny_llama/extra.parquet"} <= set(full)
 
 
 def test_a_bundle_cannot_hold_a_model_split_over_more_gpus_than_kaggle_has():

@@ -323,14 +323,19 @@ def train(
     extra_tokens=None,
     threads=None,
 ):
-    """One fold's adapter (:class:`~arena_pref.settings.TrainSettings`, ``options``:
-    :class:`~arena_pref.settings.JobOptions`). ``teacher_oof``: the distillation teacher's OOF
-    files of the other folds; ``pseudo_labels`` and ``extra_tokens``: the pseudo-label teacher's
+    """One fold's adapter, or with ``fold`` None the full-data one (every labelled row)
+    (:class:`~arena_pref.settings.TrainSettings`, ``options``: :class:`~arena_pref.settings.JobOptions`).
+    ``teacher_oof``: the distillation teacher's OOF files of the other folds (of every fold for
+    the full-data adapter); ``pseudo_labels`` and ``extra_tokens``: the pseudo-label teacher's
     predictions of the extra rows and this model's tokens of them."""
     from arena_pref.data.token_cache import read_tokens
     from arena_pref.train.trainer import train_fold
 
-    tokens = _fold_rows(read_tokens(tokens_parquet), folds_parquet, fold, held_out=False)
+    tokens = read_tokens(tokens_parquet)
+    if fold is None:
+        log.info("full-data model: training on all %d labelled rows", len(tokens))
+    else:
+        tokens = _fold_rows(tokens, folds_parquet, fold, held_out=False)
     labels = tokens["id"].map(kaggle_csv.read_parsed(train_parquet).set_index("id")["label"]).to_numpy()
     rows = _distilled(tokens, labels, settings.teachers, teacher_oof)
     if settings.teachers.pseudo:
@@ -451,12 +456,13 @@ def blend(
     config,
 ):
     """``oof_paths``: model name -> its folds' OOF files; ``test_paths``: model name -> its test
-    file (names given, never parsed from paths); ``settings``: :class:`~arena_pref.settings.BlendSettings`."""
+    files by source, as :func:`_submitted_predictions` reads them (names given, never parsed from
+    paths); ``settings``: :class:`~arena_pref.settings.BlendSettings`."""
     from arena_pref.blend.blender import blend_run, write_blender
     from arena_pref.runinfo import run_info
 
     oof = {m: pd.concat([pd.read_parquet(p) for p in paths], ignore_index=True) for m, paths in oof_paths.items()}
-    test = {m: pd.read_parquet(path) for m, path in test_paths.items()}
+    test = _submitted_predictions(test_paths, tta)
     train = kaggle_csv.read_parsed(train_parquet)
     labels = train.set_index("id")["label"]
     assignment = pd.read_parquet(folds_parquet).set_index("id")["fold"]
@@ -469,6 +475,7 @@ def blend(
         use_tta=tta,
         rule_plan=_post_rules(settings.post_rules, train, test_parquet),
     )
+    metrics["test_from"] = {m: list(sources) for m, sources in test_paths.items()}
     atomic.write_csv(sub, submission)
     atomic.write_json(metrics, metrics_path)
     atomic.write_parquet(oof_blend, oof_blend_path)
@@ -495,7 +502,7 @@ def submit(*, blender_path, test_paths, test_parquet, tta, submission, run_info_
 
     blender = read_blender(blender_path)
     blender.check(tta, f"the blender {blender_path}")
-    test = {m: pd.read_parquet(path) for m, path in test_paths.items()}
+    test = _submitted_predictions(test_paths, tta)
     kinds = row_kinds(kaggle_csv.read_parsed(test_parquet)) if blender.post_rules else None
     sub = apply_blender(blender, test, kinds)
     atomic.write_csv(sub, submission)
@@ -509,6 +516,19 @@ def submit(*, blender_path, test_paths, test_parquet, tta, submission, run_info_
         blender.n_train,
         blender.oof_log_loss,
     )
+
+
+def _submitted_predictions(test_paths, tta):
+    """``{model: {source: path}}`` (``folds``: the fold side's averaged file; ``full``: the
+    full-data pass) -> each member's test prediction (blend.test_from)."""
+    from arena_pref.predict.prediction_files import submitted_prediction
+
+    test = {}
+    for m, sources in test_paths.items():
+        read = {source: pd.read_parquet(path) for source, path in sources.items()}
+        test[m] = submitted_prediction(read.get("folds"), read.get("full"), tta[m])
+        log.info("model '%s' submits its test prediction from %s", m, " and ".join(sources))
+    return test
 
 
 def _post_rules(rules, train, test_parquet):
@@ -540,7 +560,8 @@ def kaggle_bundle(*, files, config, kaggle, backbones, out):
 
 def time_estimate(*, models, limit_h, margin_h, gpus, rows, out, threads=None):
     """The test passes' wall time (:mod:`arena_pref.kaggle.time_budget`) against the limit, written to ``out``.
-    ``models``: name -> dict(backbone, adapter, tokens_parquet, settings, tta, passes, options: the
+    ``models``: name -> dict(backbone, adapter, tokens_parquet, settings, tta, passes, full_pass
+    (one of the passes is the full-data adapter's), options: the
     :class:`~arena_pref.settings.JobOptions` its prediction jobs run with), each LoRA model timed on
     a sample of its test rows."""
     # what every prediction job pays before it loads a model: Python, Snakemake's script preamble
@@ -575,6 +596,7 @@ def time_estimate(*, models, limit_h, margin_h, gpus, rows, out, threads=None):
             **measured,
             "test_tokens": n_tokens,
             "passes": m["passes"],
+            "full_pass": m["full_pass"],
             "tta": m["tta"],
             "gpus": parallel.gpus if parallel else gpus,
             "copies": copies,

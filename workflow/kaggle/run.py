@@ -231,7 +231,7 @@ def check_time(workdir, config, jobs, gpus, average_if_needed=False):
     if not average_if_needed or averaged is None or averaged > left_h:
         why = f"; averaging every model's fold adapters would take {hours(averaged)}" if averaged is not None else ""
         fail(f"the run would not fit the time limit{why}: {estimate['advice']} (or rerun with --no-estimate)")
-    models = [m for m, v in estimate["models"].items() if v["passes"] > 1]
+    models = [m for m, v in estimate["models"].items() if fold_passes(v) > 1]
     say(
         f"--average-if-needed: averaging the fold adapters of {', '.join(models)} (one pass each): "
         f"{hours(averaged)} estimated"
@@ -246,12 +246,20 @@ def hours(h):
     return f"{h:.2f} h" if abs(h) >= 0.1 else f"{h * 3600:.0f} s"
 
 
+def fold_passes(model):
+    """A model's test passes of fold adapters (its estimate's passes less a full-data adapter's)."""
+    return model["passes"] - model["full_pass"]
+
+
 def averaged_hours(estimate):
-    """The estimate with one test pass per model (its fold adapters averaged), from the per-pass time
-    each model measured; None where every model already predicts once."""
-    if all(m["passes"] <= 1 for m in estimate["models"].values()):
+    """The estimate with each model's fold adapters averaged into one pass (a full-data adapter's
+    pass kept), from the per-pass time each model measured; None where no model has two fold passes."""
+    if all(fold_passes(m) <= 1 for m in estimate["models"].values()):
         return None
-    return sum(m["seconds"] / m["passes"] for m in estimate["models"].values()) / 3600
+    return (
+        sum(m["seconds"] / m["passes"] * min(m["passes"], 1 + m["full_pass"]) for m in estimate["models"].values())
+        / 3600
+    )
 
 
 def write_yaml(value, path):

@@ -17,6 +17,7 @@ if not CONFIG.predict_only:
             blend=settings.to_params(CONFIG.blend),
             tta=blend_tta(),
             models=MEMBERS,
+            test_sources=test_sources(),
         script:
             "../scripts/blend.py"
 
@@ -57,6 +58,7 @@ else:
         params:
             models=MEMBERS,
             tta=blend_tta(),
+            test_sources=test_sources(),
         script:
             "../scripts/submit.py"
 

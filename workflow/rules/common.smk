@@ -81,7 +81,7 @@ BUNDLE_FILES = {} if CONFIG.predict_only else bundle.bundle_files(CONFIG)
 wildcard_constraints:
     split="train|test|extra",
     fold=r"\d+",
-    part=r"fold\d+|average",
+    part=r"fold\d+|average|full",
     scored="test|pseudo",
     model="|".join(MODELS),
 
@@ -179,15 +179,16 @@ def fold_adapters(wildcards):
 
 def teacher_inputs(wildcards):
     """What a fold learns from besides its labels: the distillation teacher's OOF files of the
-    folds this fold trains on (each row's prediction by the teacher fold that held it out), and the
-    pseudo-label teacher's labels of the extra rows with this model's tokens of them."""
+    folds this fold trains on (each row's prediction by the teacher fold that held it out; every
+    fold's for the full-data model), and the pseudo-label teacher's labels of the extra rows
+    with this model's tokens of them."""
     inputs = {}
     distill = CONFIG.teachers(wildcards.model, "distill")
     if distill:
+        # None for the full-data model: it trains on every fold's rows
+        held_out = trained_paths.training_fold(wildcards.part)
         inputs["teacher_oof"] = [
-            f"results/oof/{distill}/fold{k}.parquet"
-            for k in FOLDS
-            if k != int(wildcards.fold)
+            f"results/oof/{distill}/fold{k}.parquet" for k in FOLDS if k != held_out
         ]
     pseudo = CONFIG.teachers(wildcards.model, "pseudo")
     if pseudo:
@@ -215,12 +216,12 @@ def bundle_inputs(wildcards):
 
 
 def estimate_inputs(wildcards):
-    """Each LoRA model's test tokens, the adapter of its first test pass and its backbone."""
+    """Each LoRA model's test tokens, the adapter of its first submitted test pass and its backbone."""
     inputs = {}
     for m in LLM_MEMBERS:
         inputs[f"tokens_{m}"] = f"results/tokens/{m}/test.parquet"
         inputs[f"adapter_{m}"] = trained_paths.adapter_dir(
-            CONFIG, m, CONFIG.test_passes(m)[0]
+            CONFIG, m, CONFIG.submitted_passes(m)[0]
         )
         backbone = backbones.rule_input(m, CONFIG.models[m].backbone)
         if backbone:
@@ -235,7 +236,7 @@ def submit_inputs(wildcards):
         "parsed_test": "results/data/test.parquet",
     }
     for m in MEMBERS:
-        inputs[f"test_{m}"] = f"results/test/{m}.parquet"
+        inputs.update(member_test_files(m))
     return inputs
 
 
@@ -251,8 +252,27 @@ def blend_inputs(wildcards):
         inputs[f"oof_{m}"] = expand(
             "results/oof/{model}/fold{fold}.parquet", model=m, fold=FOLDS
         )
-        inputs[f"test_{m}"] = f"results/test/{m}.parquet"
+        inputs.update(member_test_files(m))
     return inputs
+
+
+def member_test_files(model):
+    """A member's test predictions this run makes, named ``test_<source>_<model>``: ``folds`` (its
+    fold side's passes averaged) and ``full`` (its full-data adapter's pass). A training run makes
+    both where there is a full-data model, so blend.test_from picks between them in the blend.
+    """
+    passes = CONFIG.made_passes(model)
+    files = {}
+    if any(p != trained_paths.FULL for p in passes):
+        files[f"test_folds_{model}"] = f"results/test/{model}.parquet"
+    if trained_paths.FULL in passes:
+        files[f"test_full_{model}"] = f"results/test/{model}/full.parquet"
+    return files
+
+
+def test_sources():
+    """What each member submits for the test rows (blend.test_from): a change reruns the blend only."""
+    return {m: list(CONFIG.test_sources(m)) for m in MEMBERS}
 
 
 # ---------------------------------------------------------------- params

@@ -45,7 +45,9 @@ rule time_estimate:
             m: settings.to_params(CONFIG.models[m].prediction) for m in LLM_MEMBERS
         },
         tta={m: CONFIG.models[m].tta for m in LLM_MEMBERS},
-        passes={m: len(CONFIG.test_passes(m)) for m in LLM_MEMBERS},
+        passes={m: len(CONFIG.submitted_passes(m)) for m in LLM_MEMBERS},
+        # one of those passes the full-data adapter's (cv.full_fit): averaging the folds leaves it
+        full_pass={m: "full" in CONFIG.submitted_passes(m) for m in LLM_MEMBERS},
         bf16_emulation={
             m: CONFIG.models[m].options.allow_bf16_emulation for m in LLM_MEMBERS
         },

@@ -1,4 +1,5 @@
-# training only: a run from trained models has no training rows
+# training only: a run from trained models has no training rows. {part}: fold<k> (trained without
+# fold k's rows) or full
 if not CONFIG.predict_only:
 
     rule train:
@@ -9,14 +10,15 @@ if not CONFIG.predict_only:
             folds="results/data/folds.parquet",
             backbone=backbone_input,
         output:
-            adapter=directory("results/models/{model}/fold{fold}/adapter"),
-            metrics="results/models/{model}/fold{fold}/train_metrics.json",
+            adapter=directory("results/models/{model}/{part}/adapter"),
+            metrics="results/models/{model}/{part}/train_metrics.json",
         log:
-            "results/logs/train/{model}/fold{fold}.log",
+            "results/logs/train/{model}/{part}.log",
         benchmark:
-            "results/benchmarks/train/{model}/fold{fold}.tsv"
+            "results/benchmarks/train/{model}/{part}.tsv"
         wildcard_constraints:
             model=names_regex(LLM_MODELS),
+            part=r"fold\d+|full",  # full: the full-data adapter (cv.full_fit), on every labelled row
         conda:
             CONDA_ENV
         threads: CONFIG.threads
@@ -27,6 +29,6 @@ if not CONFIG.predict_only:
             settings=train_params,
             options=job_options,
             # outside the outputs: a failed or killed job keeps its checkpoints and resumes
-            checkpoints="results/checkpoints/{model}/fold{fold}",
+            checkpoints="results/checkpoints/{model}/{part}",
         script:
             "../scripts/train.py"

@@ -2,6 +2,7 @@
 
 from arena_pref import settings, steps
 from arena_pref.logs import run_main, setup_logging
+from arena_pref.predict.prediction_files import submitted_files
 
 
 @run_main
@@ -10,7 +11,7 @@ def main(sm):
     models = sm.params.models
     steps.blend(
         oof_paths={m: list(getattr(sm.input, f"oof_{m}")) for m in models},
-        test_paths={m: getattr(sm.input, f"test_{m}") for m in models},
+        test_paths=submitted_files(sm.input, sm.params.test_sources),
         train_parquet=sm.input.data,
         test_parquet=sm.input.parsed_test,
         folds_parquet=sm.input.folds,

@@ -2,6 +2,7 @@
 
 from arena_pref import settings, steps
 from arena_pref.logs import run_main, setup_logging
+from arena_pref.predict.prediction_files import submitted_files
 
 
 @run_main
@@ -9,7 +10,7 @@ def main(sm):
     setup_logging(sm.log[0])
     steps.submit(
         blender_path=sm.input.blender,
-        test_paths={m: getattr(sm.input, f"test_{m}") for m in sm.params.models},
+        test_paths=submitted_files(sm.input, sm.params.test_sources),
         test_parquet=sm.input.parsed_test,
         tta=sm.params.tta,
         submission=sm.output.submission,

@@ -28,6 +28,7 @@ def main(sm):
             "settings": from_params(PredictSettings, p.settings[m]),
             "tta": p.tta[m],
             "passes": p.passes[m],
+            "full_pass": p.full_pass[m],
             "options": job_options(p.bf16_emulation[m], p.model_parallel[m]),
         }
         for m in p.models

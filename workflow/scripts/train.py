@@ -1,10 +1,11 @@
-"""Rule train: one fold's LoRA adapter; checkpoints resume a killed job."""
+"""Rule train: one fold's LoRA adapter, or the full-data one; checkpoints resume a killed job."""
 
 from arena_pref import steps
 from arena_pref.logs import run_main, setup_logging
 from arena_pref.models.backbones import backbone_dir
 from arena_pref.models.gpus import claim_gpus
 from arena_pref.settings import TrainSettings, from_params
+from arena_pref.train.trained_paths import training_fold
 
 
 @run_main
@@ -15,7 +16,7 @@ def main(sm):
         tokens_parquet=sm.input.tokens,
         train_parquet=sm.input.data,
         folds_parquet=sm.input.folds,
-        fold=int(sm.wildcards.fold),
+        fold=training_fold(sm.wildcards.part),
         backbone=backbone_dir(sm.params.backbone, sm.input.backbone),
         settings=from_params(TrainSettings, sm.params.settings),
         options=sm.params.options,

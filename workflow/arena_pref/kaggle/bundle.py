@@ -53,7 +53,10 @@ def predict_config(raw, *, models_dir, blender, test_csv, backbones=None):
                 )
         models[name] = model
     config = {key: copy.deepcopy(value) for key, value in raw.items() if key not in ("data", "demo", "blend")}
-    return {**config, "data": {"test_csv": str(test_csv)}, "models": models, "blend": {"from": str(blender)}}
+    blend = {"from": str(blender)}
+    if any(m["kind"] == "llm" and m["full_fit"] for m in models.values()):
+        blend["test_from"] = raw["blend"]["test_from"]  # which trained adapters predict, as at home
+    return {**config, "data": {"test_csv": str(test_csv)}, "models": models, "blend": blend}
 
 
 # --------------------------------------------------------------------------- the bundle
@@ -96,8 +99,9 @@ def check_bundle(config):
 
 def bundle_files(config):
     """``{path in the bundle: path here}`` of what a run from trained models reads: each model's test
-    passes (adapters, averaged or per fold; fitted learners), the blender, and the backbones built
-    or packaged here (real backbones are attached on Kaggle, never copied)."""
+    passes as it submits them (adapters: averaged, per fold or full-data; fitted learners), the
+    blender, and the backbones built or packaged here (real backbones are attached on Kaggle,
+    never copied)."""
     from arena_pref.train.trained_paths import adapter_dir, learner_path
 
     files = {"blender.json": "results/blender.json"}
@@ -105,7 +109,7 @@ def bundle_files(config):
     for name, model in members.items():
         if model.kind == "judge":  # not bundled yet: build_bundle refuses the config
             continue
-        for part in config.test_passes(name):
+        for part in config.submitted_passes(name):
             if model.kind == "features":
                 files[f"models/{name}/{part}/learner.joblib"] = learner_path(config, name, part.removeprefix("fold"))
             else:

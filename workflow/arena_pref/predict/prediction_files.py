@@ -30,6 +30,24 @@ def final_probs(pred, tta):
     return pred[TTA_COLUMNS if tta else PROB_COLUMNS].to_numpy()
 
 
+def submitted_files(inputs, test_sources):
+    """``{model: {source: path}}`` of the blend's (or submit's) inputs named ``test_<source>_<model>``,
+    for each member's sources (``folds``, ``full``: blend.test_from)."""
+    return {m: {s: getattr(inputs, f"test_{s}_{m}") for s in sources} for m, sources in test_sources.items()}
+
+
+def submitted_prediction(folds_average, full_pass, tta):
+    """A member's test prediction from what it submits (blend.test_from): its folds' averaged
+    prediction (final probabilities), its full-data pass (TTA-averaged where ``tta``), or, both
+    given, the two averaged half each. Either may be None."""
+    final = [] if folds_average is None else [folds_average[["id", *PROB_COLUMNS]]]
+    if full_pass is not None:
+        final.append(average_folds([full_pass], tta))
+    if not final:
+        raise ValueError("a member's test prediction needs its folds' average or its full-data pass")
+    return average_folds(final, tta=False)
+
+
 def average_folds(preds, tta):
     """Average per-fold test predictions (frames with identical ids) into one frame."""
     ids = preds[0]["id"].to_numpy()

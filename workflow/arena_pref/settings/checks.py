@@ -16,6 +16,7 @@ def check(config, *, written_keys, written_blend):
     _check_judges(config)
     _check_trained(config, list(config["models"]), written_blend)
     _check_blend(config, [n for n, m in config["models"].items() if m["member"]])
+    _check_test_from(config, written_blend)
     if config["data"].get("train_csv") is not None:
         _check_teachers(config)
     _check_model_parallel(config)
@@ -41,10 +42,11 @@ def _check_trained(config, models, written_blend):
                 "with training data the blend rule fits one"
             )
         return
-    if "from" in written_blend and written_blend - {"from"}:
+    ignored = written_blend - {"from", "test_from"}  # test_from picks the test passes the blender reads
+    if "from" in written_blend and ignored:
         raise InputError(
             f"config blend: from is a fitted blender, used as it is: "
-            f"{', '.join(sorted(written_blend - {'from'}))} would be ignored; keep from alone"
+            f"{', '.join(sorted(ignored))} would be ignored; keep from (and test_from) alone"
         )
     tiny = [m for m in models if config["models"][m].get("backbone", {}).get("kind") == "tiny"]
     if tiny:
@@ -70,6 +72,19 @@ def _check_trained(config, models, written_blend):
         raise InputError(
             "config blend: without data.train_csv there is nothing to fit a blend on: set blend.from to "
             "the earlier run's results/blender.json, or method: weights with weights"
+        )
+
+
+def _check_test_from(config, written_blend):
+    """blend.test_from full or both, written where no member has a full-data model, would submit
+    the folds silently."""
+    test_from = config["blend"]["test_from"]
+    if "test_from" not in written_blend or test_from == "folds":
+        return
+    if not any(m["member"] and m["kind"] == "llm" and m["full_fit"] for m in config["models"].values()):
+        raise InputError(
+            f"config blend.test_from: '{test_from}' reads the members' full-data models, and no member has "
+            "one: set cv.full_fit: true (or a LoRA model's full_fit: true), or remove test_from"
         )
 
 

@@ -61,6 +61,7 @@ class Config:
     train_csv: str | None = None  # None: a run from trained models (predict only)
     blender_source: str | None = None  # blend.from: a blender.json fitted by an earlier run
     extra_csv: str | None = None  # data.extra_csv: unlabelled pairs the pseudo-label teachers label
+    test_from: str = "full"  # blend.test_from: folds | full | both, for a member with a full-data model
 
     @property
     def predict_only(self):
@@ -101,11 +102,36 @@ class Config:
         return self.fold_ids() if folds is None else sorted(set(folds))
 
     def test_passes(self, model):
-        """The parts that predict a model's test set, as named in result paths: ``fold<k>`` for
-        each predicting fold, or ``average`` for their averaged adapter."""
+        """The fold side of a model's test predictions, as named in result paths: ``fold<k>`` for
+        each predicting fold, or ``average`` for their averaged adapter (averaged into one file)."""
         if getattr(self.models[model], "average_adapters", False):
             return ["average"]
         return [f"fold{k}" for k in self.predict_folds(model)]
+
+    def has_full_fit(self, model):
+        """Whether a LoRA model has a full-data adapter (``full``): its full_fit, or cv.full_fit."""
+        return getattr(self.models[model], "full_fit", False)
+
+    def test_sources(self, model):
+        """What a member submits for the test rows: ``("folds",)``, ``("full",)`` or both
+        (blend.test_from, for a model with a full-data adapter)."""
+        if not self.has_full_fit(model):
+            return ("folds",)
+        return {"folds": ("folds",), "full": ("full",), "both": ("folds", "full")}[self.test_from]
+
+    def submitted_passes(self, model):
+        """The test passes the submission reads: the fold side's where it uses the folds, and
+        ``full`` where it uses the full-data adapter (what a Kaggle bundle carries and times)."""
+        sources = self.test_sources(model)
+        return (self.test_passes(model) if "folds" in sources else []) + (["full"] if "full" in sources else [])
+
+    def made_passes(self, model):
+        """The test passes this run makes: a training run makes the full-data pass beside the
+        folds' whatever blend.test_from says (changing it reruns only the blend); a run from
+        trained models only what it submits."""
+        if self.predict_only:
+            return self.submitted_passes(model)
+        return self.test_passes(model) + (["full"] if self.has_full_fit(model) else [])
 
 
 def load_config(config):
@@ -121,6 +147,7 @@ def build_config(config):
     """The :class:`Config` of a validated and checked config."""
     blend = {**config["blend"], "weights": {k: float(v) for k, v in config["blend"]["weights"].items()}}
     source = blend.pop("from", None)
+    test_from = blend.pop("test_from")
     return Config(
         raw=config,
         models={name: build_model(name, m) for name, m in config["models"].items()},
@@ -133,6 +160,7 @@ def build_config(config):
         train_csv=config["data"].get("train_csv"),
         blender_source=source,
         extra_csv=config["data"].get("extra_csv"),
+        test_from=test_from,
     )
 
 

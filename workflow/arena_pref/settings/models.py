@@ -37,6 +37,7 @@ class ModelConfig:
     trained: str | None = None  # a directory of trained folds from an earlier run (nothing trained)
     member: bool = True  # blended and submitted; False: a teacher only
     kind: str = "llm"
+    full_fit: bool = False  # a full-data adapter too (its full_fit, or cv.full_fit where that is null)
 
 
 @dataclass(frozen=True)
@@ -224,6 +225,7 @@ def _lora_model(name, m):
         average_adapters=p["average_adapters"],
         trained=m.get("trained"),
         member=m["member"],
+        full_fit=m["full_fit"],
     )
 
 

@@ -76,4 +76,7 @@ def validate(config):
     error = best_match(kinds or errors)
     if error is not None:
         raise InputError(_one_line(error))
+    for model in config["models"].values():
+        if model["kind"] == "llm" and model["full_fit"] is None:
+            model["full_fit"] = config["cv"]["full_fit"]  # a model's null follows cv.full_fit
     return config

@@ -1,6 +1,6 @@
 """Training checkpoints that resume exactly the same run, and never another one.
 
-A training job checkpoints into ``results/checkpoints/{model}/fold{fold}/`` (outside the rule's
+A training job checkpoints into ``results/checkpoints/{model}/{part}/`` (outside the rule's
 outputs, so a failed or killed job keeps them) and a rerun resumes from the last one. Three
 things make that safe:
 
@@ -13,7 +13,7 @@ things make that safe:
   (``arena_checkpoint.json``, with the fingerprint and the loss of every step so far) is written
   into it last, atomically; directories without one are removed on the next run, with a log line.
 - **One trainer per directory**: a job holds an exclusive lock (``flock``) on
-  ``fold{fold}.lock`` beside the directory for as long as it trains; a second one (an orphan
+  ``{part}.lock`` beside the directory for as long as it trains; a second one (an orphan
   left running by a killed Snakemake, say) stops with a clear message. The kernel releases the
   lock when the process ends, however it ends. (On network file systems without working
   ``flock`` the lock does not protect.)

@@ -4,9 +4,9 @@ A model trained here keeps its folds under ``results/models/<model>/``. A model 
 (a run from trained models, without training data) reads them from that directory instead, laid
 out the same way: ``fold<k>/adapter`` (LoRA models), ``fold<k>/learner.joblib`` (pair-feature
 models), ``fold<k>/calibration.json`` (judges), and optionally ``average/adapter`` (the folds'
-adapters averaged, as a Kaggle bundle carries them). The paths are checked when the workflow
-starts, so a missing fold is one line naming it rather than a MissingInputException deep in the
-DAG.
+adapters averaged, as a Kaggle bundle carries them) and ``full/adapter`` (a full-data model). The
+paths are checked when the workflow starts, so a missing fold is one line naming it rather than a
+MissingInputException deep in the DAG.
 """
 
 from __future__ import annotations
@@ -17,6 +17,12 @@ from arena_pref.errors import InputError
 
 RESULTS = "results/models"
 AVERAGE = "average"
+FULL = "full"  # the full-data adapter (cv.full_fit), trained on every labelled row
+
+
+def training_fold(part):
+    """The fold a trained part held out (``fold<k>`` -> k), or None for the full-data adapter."""
+    return None if part == FULL else int(part.removeprefix("fold"))
 
 
 def model_dir(config, model):
@@ -55,10 +61,18 @@ def check(config):
         for path in _needed(config, name):
             if not Path(path).exists():
                 raise InputError(
-                    f"config models.{name}.trained: '{path}' is missing (predict.folds "
-                    f"{config.predict_folds(name)}; the directory has "
+                    f"config models.{name}.trained: '{path}' is missing ({_reads(config, name)}; the directory has "
                     f"{sorted(p.name for p in Path(m.trained).iterdir()) or 'nothing'})"
                 )
+
+
+def _reads(config, model):
+    """What the config makes a trained directory's model read, by its keys."""
+    sources = config.test_sources(model)
+    reads = [f"predict.folds {config.predict_folds(model)}"] if "folds" in sources else []
+    if FULL in sources:
+        reads.append(f"the full-data adapter: blend.test_from {config.test_from}")
+    return ", ".join(reads)
 
 
 def _needed(config, model):
@@ -67,9 +81,13 @@ def _needed(config, model):
         return [learner_path(config, model, k) for k in config.predict_folds(model)]
     if m.kind == "judge":
         return [calibration_path(config, model, k) for k in config.predict_folds(model)]
-    if m.average_adapters and (Path(m.trained) / AVERAGE / "adapter").is_dir():
-        return [f"{m.trained}/{AVERAGE}/adapter/adapter_config.json"]
-    return [f"{m.trained}/fold{k}/adapter/adapter_config.json" for k in config.predict_folds(model)]
+    needed = []
+    for part in config.submitted_passes(model):
+        if part == AVERAGE and not (Path(m.trained) / AVERAGE / "adapter").is_dir():  # averaged here
+            needed += [f"{m.trained}/fold{k}/adapter/adapter_config.json" for k in config.predict_folds(model)]
+        else:
+            needed.append(f"{m.trained}/{part}/adapter/adapter_config.json")
+    return needed
 
 
 def _check_blender_file(config):
