@@ -318,8 +318,15 @@ def test_jobs_of_a_split_model_claim_its_gpus(tmp_path):
     """Every train, oof and infer job of a model-parallel model declares its GPUs (resources gpu=2,
     so ``-j2 --resources gpu=2`` runs one such job at a time), as does the time estimate, which
     times it split; the other models' jobs keep one GPU for training and compute.predict_gpus
-    for prediction."""
-    write_config(tmp_path, **{"models.tiny_gemma2.compute": {"model_parallel": {"gpus": 2}}})
+    for prediction. A data-parallel model's training jobs claim its GPUs, its prediction jobs not."""
+    write_config(
+        tmp_path,
+        **{
+            "models.tiny_gemma2.compute": {"model_parallel": {"gpus": 2}},
+            "models.tiny_llama.compute": {"data_parallel": {"gpus": 2}},
+            "models.tiny_llama.train.grad_accum": 2,
+        },
+    )
     proc = snakemake(
         tmp_path, "-j2", "results/submission.csv", "results/time_estimate.json", "--resources", "gpu=2", "-n"
     )
@@ -332,7 +339,9 @@ def test_jobs_of_a_split_model_claim_its_gpus(tmp_path):
         ("oof", "tiny_gemma2"): {2},
         ("infer", "tiny_gemma2"): {2},
     }
-    assert gpu[("train", "tiny_llama")] == gpu[("oof", "minilm")] == gpu[("infer", "minilm")] == {1}
+    assert gpu[("train", "tiny_llama")] == {2}
+    assert gpu[("oof", "tiny_llama")] == gpu[("infer", "tiny_llama")] == gpu[("train", "minilm")] == {1}
+    assert gpu[("oof", "minilm")] == gpu[("infer", "minilm")] == {1}
     assert gpu[("time_estimate", None)] == {2}
 
 

@@ -328,6 +328,44 @@ def test_model_parallel_mistakes_name_the_key(model, message):
     assert str(err.value).startswith(message) and "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize(
+    "model, message",
+    [
+        (
+            {"compute": {"data_parallel": {"gpus": 2}}},  # the small config's grad_accum is 1
+            "config models.tiny_gemma2.train.grad_accum: 1 is the global step's accumulation (batch_size x "
+            "grad_accum rows per optimizer step on any number of GPUs) and must be a multiple of "
+            "models.tiny_gemma2.compute.data_parallel.gpus (2)",
+        ),
+        (
+            {"compute": {"data_parallel": {"gpus": 2}, "model_parallel": {"gpus": 2}}, "train": {"grad_accum": 2}},
+            "config models.tiny_gemma2.compute: data_parallel and model_parallel together are not supported yet",
+        ),
+        (
+            {"compute": {"data_parallel": {"gpus": 2, "nodes": 2}}},
+            "config.models.tiny_gemma2.compute.data_parallel: unknown key 'nodes'",
+        ),
+    ],
+)
+def test_data_parallel_mistakes_name_the_key(model, message):
+    with pytest.raises(InputError) as err:
+        settings.load_config(config_with(tiny_gemma2={**BASE["models"]["tiny_gemma2"], **model}))
+    assert str(err.value).startswith(message) and "\n" not in str(err.value)
+
+
+def test_data_parallel_is_how_a_training_job_runs():
+    """Not a param: the same optimizer steps on any number of processes, so a change reruns nothing."""
+    model = {**BASE["models"]["tiny_gemma2"], "compute": {"data_parallel": {"gpus": 4}}}
+    model["train"] = {**model["train"], "grad_accum": 4}
+    loaded = settings.load_config(config_with(tiny_gemma2=model))
+    plain = settings.load_config(config_with(tiny_gemma2={**model, "compute": {}}))
+    assert loaded.models["tiny_gemma2"].options.data_parallel.gpus == 4
+    assert settings.to_params(loaded.models["tiny_gemma2"].training) == settings.to_params(
+        plain.models["tiny_gemma2"].training
+    )
+    assert loaded.job_gpus("tiny_gemma2", "train") == 4 and loaded.job_gpus("tiny_gemma2", "predict") == 1
+
+
 def test_model_parallel_is_for_lora_models_only():
     with pytest.raises(InputError, match=r"^config\.models\.pair_features: unknown key 'compute'"):
         settings.load_config(with_parallel("pair_features", compute={"model_parallel": {"gpus": 2}}))

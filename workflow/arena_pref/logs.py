@@ -28,11 +28,12 @@ def current_log_path():
     return _log_path
 
 
-def setup_logging(log_path=None, level=logging.INFO, append=False):
+def setup_logging(log_path=None, level=logging.INFO, append=False, tag=None):
     """Log to stderr and, where given, to the rule's log file (the file Snakemake points to);
-    ``append``: a worker process adding to its job's log."""
+    ``append``: a worker process adding to its job's log, each line marked with its ``tag``."""
     global _log_path
-    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+    mark = f"[{tag}] " if tag else ""
+    fmt = logging.Formatter(f"%(asctime)s %(levelname)s {mark}%(name)s: %(message)s", "%H:%M:%S")
     root = logging.getLogger()
     root.setLevel(level)
     for h in list(root.handlers):

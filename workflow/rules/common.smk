@@ -322,7 +322,7 @@ def predict_params(wildcards):
 
 
 def train_gpus(wildcards):
-    """GPUs a training job claims: one, or a model-parallel model's."""
+    """GPUs a training job claims: one, or a model-parallel or data-parallel model's."""
     return CONFIG.job_gpus(wildcards.model, "train")
 
 
@@ -334,7 +334,7 @@ def predict_gpus(wildcards):
 def estimate_gpus():
     """GPUs the time estimate claims: one, or the most a model-parallel model is split over
     (each model is timed as its jobs run)."""
-    return max([1] + [CONFIG.job_gpus(m, "train") for m in LLM_MEMBERS])
+    return max([1] + [CONFIG.split_gpus(m) for m in LLM_MEMBERS])
 
 
 def job_options(wildcards):

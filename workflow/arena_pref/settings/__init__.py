@@ -14,6 +14,7 @@ from arena_pref.settings.config import BlendSettings, Config, KaggleSettings, Po
 from arena_pref.settings.jobs import (
     DEFAULT_JOB_OPTIONS,
     Batching,
+    DataParallel,
     JobOptions,
     Loading,
     Lora,
@@ -54,6 +55,7 @@ __all__ = [
     "Loading",
     "Lora",
     "ModelConfig",
+    "DataParallel",
     "ModelParallel",
     "PostRules",
     "PredictSettings",

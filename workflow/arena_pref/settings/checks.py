@@ -20,6 +20,7 @@ def check(config, *, written_keys, written_blend):
     if config["data"].get("train_csv") is not None:
         _check_teachers(config)
     _check_model_parallel(config)
+    _check_data_parallel(config)
     _check_folds(config)
 
 
@@ -212,6 +213,28 @@ def _check_judges(config):
             raise InputError(
                 f"config models.{name}.quantization: backend vllm runs 4bit (bitsandbytes) or none, "
                 "not 8bit: choose one of those, or backend: transformers"
+            )
+
+
+def _check_data_parallel(config):
+    """Data-parallel training: not with a split model (until someone needs both), and a global
+    step the processes can share."""
+    for name, m in config["models"].items():
+        parallel = m["compute"].get("data_parallel") if m["kind"] == "llm" else None
+        if parallel is None:
+            continue
+        key = f"models.{name}.compute"
+        if m["compute"].get("model_parallel") is not None:
+            raise InputError(
+                f"config {key}: data_parallel and model_parallel together are not supported yet: a model "
+                "split over GPUs trains in one process; keep one of them"
+            )
+        gpus, accum = parallel["gpus"], m["train"]["grad_accum"]
+        if accum % gpus:
+            raise InputError(
+                f"config models.{name}.train.grad_accum: {accum} is the global step's accumulation "
+                f"(batch_size x grad_accum rows per optimizer step on any number of GPUs) and must be a "
+                f"multiple of {key}.data_parallel.gpus ({gpus}): each process accumulates its share"
             )
 
 

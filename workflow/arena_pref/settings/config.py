@@ -85,14 +85,22 @@ class Config:
         """Names of the models of one kind (``llm``, ``features`` or ``judge``), sorted."""
         return sorted(n for n, m in self.models.items() if m.kind == kind)
 
+    def split_gpus(self, model):
+        """GPUs one copy of ``model`` is split over (``compute.model_parallel``), else 1."""
+        parallel = self.models[model].options.model_parallel
+        return 1 if parallel is None else parallel.gpus
+
     def job_gpus(self, model, step):
         """GPUs a ``train``, ``oof`` or ``infer`` job of ``model`` claims: a model-parallel model's
-        ``gpus`` (one copy split over them), else one for training and ``compute.predict_gpus``
-        for prediction (one copy on each)."""
-        parallel = self.models[model].options.model_parallel
-        if parallel is not None:
-            return parallel.gpus
-        return 1 if step == "train" else self.predict_gpus
+        ``gpus`` (one copy split over them); else for training one, or a data-parallel model's
+        ``gpus`` (one process on each), and for prediction ``compute.predict_gpus`` (one copy on
+        each)."""
+        options = self.models[model].options
+        if options.model_parallel is not None:
+            return options.model_parallel.gpus
+        if step == "train":
+            return 1 if options.data_parallel is None else options.data_parallel.gpus
+        return self.predict_gpus
 
     def fold_ids(self):
         return list(range(self.n_folds))

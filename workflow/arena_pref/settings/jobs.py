@@ -29,15 +29,26 @@ class ModelParallel:
 
 
 @dataclass(frozen=True)
+class DataParallel:
+    """``compute.data_parallel`` of a LoRA model: each training job over ``gpus`` DDP processes
+    (:mod:`arena_pref.train.data_parallel`)."""
+
+    key: str  # the setting's config key, named in errors (models.<name>.compute.data_parallel)
+    gpus: int
+
+
+@dataclass(frozen=True)
 class JobOptions:
     """Settings that change how a job runs, never what it produces. Rules pass this object as is:
     Snakemake compares only plain-data params, so changing these reruns nothing, and checkpoint
-    fingerprints leave them out, so a rerun resumes."""
+    fingerprints leave them out, so a rerun resumes (data_parallel too: the global batch, and so
+    every optimizer step, is the same on any number of processes)."""
 
     allow_bf16_emulation: bool
     save_steps: int
     logging_steps: int
     model_parallel: ModelParallel | None = None  # None: the model on one GPU
+    data_parallel: DataParallel | None = None  # None: training in one process
 
 
 DEFAULT_JOB_OPTIONS = JobOptions(allow_bf16_emulation=False, save_steps=200, logging_steps=10)

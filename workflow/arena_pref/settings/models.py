@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from arena_pref.settings.jobs import (
     Batching,
+    DataParallel,
     JobOptions,
     Loading,
     Lora,
@@ -221,6 +222,7 @@ def _lora_model(name, m):
             save_steps=t["save_steps"],
             logging_steps=t["logging_steps"],
             model_parallel=_model_parallel(name, m),
+            data_parallel=_data_parallel(name, m),
         ),
         average_adapters=p["average_adapters"],
         trained=m.get("trained"),
@@ -236,6 +238,13 @@ def _teachers(m):
         alpha=float(distill["alpha"]) if distill else 0.0,
         pseudo=pseudo and pseudo["teacher"],
     )
+
+
+def _data_parallel(name, m):
+    parallel = m["compute"].get("data_parallel")
+    if parallel is None:
+        return None
+    return build(DataParallel, {"key": f"models.{name}.compute.data_parallel", **parallel})
 
 
 def _model_parallel(name, m):

@@ -10,6 +10,7 @@ the same run and only once complete (:mod:`checkpoints`).
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import resource
@@ -20,14 +21,15 @@ import numpy as np
 import torch
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
 
-from arena_pref.atomic import atomic_path, write_json
+from arena_pref.atomic import atomic_path, read_json, write_json
+from arena_pref.logs import current_log_path
 from arena_pref.models.batching import plan_rows
 from arena_pref.models.loading import attach_lora, default_device, job_devices, load_model, load_tokenizer
 from arena_pref.models.placement import job_device_map
 from arena_pref.models.pooling import classify, concat_row, packed_inputs, packing_unsupported, pad_rows, padded_inputs
 from arena_pref.models.varlen import base_implementation
 from arena_pref.settings import to_params
-from arena_pref.train import checkpoints
+from arena_pref.train import checkpoints, data_parallel
 
 log = logging.getLogger(__name__)
 
@@ -232,7 +234,7 @@ class PreferenceTrainer(Trainer):
         return self.accelerator.autocast()
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        logits = classify(
+        logits = _through_ddp(classify)(
             model,
             input_ids=inputs["input_ids"],
             attention_mask=inputs.get("attention_mask"),
@@ -255,7 +257,12 @@ class PreferenceTrainer(Trainer):
             loss = rows.mean()
         else:  # the Trainer counts on its device; a split model's logits end on the last GPU
             loss = rows.sum() / torch.as_tensor(num_items_in_batch).to(rows.device)
+        # this rank's share of the step's loss (the ranks' shares sum to it: StepRecorder)
         self.step_loss = self.step_loss + loss.detach()
+        if num_items_in_batch is not None and self.accelerator.num_processes > 1:
+            # DDP averages the ranks' gradients; the loss is over the whole step's rows, so the
+            # sum is wanted (as the Trainer's own compute_loss does)
+            loss = loss * self.accelerator.num_processes
         self.tokens_seen += inputs["n_tokens"]
         return (loss, {"logits": logits}) if return_outputs else loss
 
@@ -272,11 +279,28 @@ class PreferenceTrainer(Trainer):
 
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
+        # groups of global steps' rows, so every number of data-parallel ranks sees the same order
         return LengthGroupedSampler(
             [len(s) for s in dataset.sequences],
-            self.args.train_batch_size * self.args.gradient_accumulation_steps,
+            self.args.train_batch_size * self.args.gradient_accumulation_steps * self.args.world_size,
             self.args.seed,
         )
+
+
+def _through_ddp(step):
+    """``step(model, **inputs)``, run through the forward of a DistributedDataParallel ``model``
+    (a data-parallel rank), where DDP readies its gradient all-reduce: our pooling and head call
+    the model's parts, never its own forward, so the wrapped model's forward becomes the step."""
+
+    def call(model, **inputs):
+        if not isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            return step(model, **inputs)
+        inner = model.module
+        if vars(inner).get("forward") is None:
+            inner.forward = functools.partial(step, inner)
+        return model(**inputs)
+
+    return call
 
 
 class StepRecorder(TrainerCallback):
@@ -287,12 +311,24 @@ class StepRecorder(TrainerCallback):
         self.trainer, self.fingerprint = trainer, fingerprint
 
     def on_step_end(self, args, state, control, **kw):
-        self.trainer.step_losses.append(float(self.trainer.step_loss))
+        self.trainer.step_losses.append(_summed_over_ranks(self.trainer.step_loss, args))
         self.trainer.step_loss = 0.0
 
     def on_save(self, args, state, control, **kw):
-        checkpoint = os.path.join(args.output_dir, f"{checkpoints.PREFIX}{state.global_step}")
-        checkpoints.mark_complete(checkpoint, self.fingerprint, self.trainer.step_losses)
+        if args.world_size > 1:  # every rank has written its part (its RNG state) first
+            torch.distributed.barrier()
+        if state.is_world_process_zero:
+            checkpoint = os.path.join(args.output_dir, f"{checkpoints.PREFIX}{state.global_step}")
+            checkpoints.mark_complete(checkpoint, self.fingerprint, self.trainer.step_losses)
+
+
+def _summed_over_ranks(value, args):
+    """A number summed over the data-parallel ranks (itself in a single process)."""
+    if args.world_size == 1:
+        return float(value)
+    total = torch.as_tensor(value, dtype=torch.float64, device=args.device).reshape(1)
+    torch.distributed.all_reduce(total)
+    return float(total)
 
 
 class LogProgress(TrainerCallback):
@@ -349,9 +385,8 @@ def train_fold(*, backbone, tokens, targets, settings, options, ckpt_dir, adapte
     (:class:`~arena_pref.train.targets.Targets`) with
     :class:`~arena_pref.settings.TrainSettings` (and :class:`~arena_pref.settings.JobOptions`); write
     the adapter (``save_pretrained``, with the score head) and a metrics JSON. Resumes from this
-    run's last complete checkpoint."""
-    if threads:
-        torch.set_num_threads(threads)
+    run's last complete checkpoint. With ``options.data_parallel`` the ranks train it under
+    torchrun (:mod:`arena_pref.train.data_parallel`), this process holding the lock."""
     seqs, rows, segs = training_rows(tokens, targets, settings.train.swap_augment)
     optim = optimizer_name(settings.train.optimizer)
     # what ran matters too: a checkpoint's optimizer state cannot move between these
@@ -365,36 +400,79 @@ def train_fold(*, backbone, tokens, targets, settings, options, ckpt_dir, adapte
     )
     with checkpoints.exclusive(ckpt_dir):
         resume, step_losses = checkpoints.prepare(ckpt_dir, fp)
-        model, tokenizer, packing = _trainable_model(backbone, settings, options)
-        args = _training_arguments(settings, options, ckpt_dir, optim)
-        trainer = _trainer(
-            model,
-            tokenizer,
-            settings,
-            args,
-            RowDataset(seqs, rows, segs),
-            packing=packing,
+        run = dict(
+            backbone=backbone,
+            dataset=RowDataset(seqs, rows, segs),
+            settings=settings,
+            options=options,
+            optim=optim,
+            ckpt_dir=ckpt_dir,
+            adapter_dir=adapter_dir,
+            metrics_path=metrics_path,
             fingerprint=fp,
+            resume=resume,
             step_losses=step_losses,
+            threads=threads,
         )
-        _log_start(trainer, settings, packing, seqs)
-        for i in range(torch.cuda.device_count()):  # every GPU of a model split over several
-            torch.cuda.reset_peak_memory_stats(i)
-        t0 = time.perf_counter()
-        result = trainer.train(resume_from_checkpoint=resume)
-        elapsed = time.perf_counter() - t0
-        with atomic_path(adapter_dir, directory=True) as tmp:
-            trainer.model.save_pretrained(tmp)
-        metrics = _metrics(trainer, result, elapsed, resume=resume, steps_before=len(step_losses), seqs=seqs)
-        write_json(metrics, metrics_path)
+        processes = options.data_parallel.gpus if options.data_parallel else 1
+        if processes > 1:
+            data_parallel.launch(run, processes=processes, log_path=current_log_path())
+            metrics = read_json(metrics_path)
+        else:
+            metrics = run_training(**run)
     log.info(
         "trained %d steps (%d in this run) in %.1f s, mean loss %.4f, %.0f tokens/s",
         metrics["steps"],
         metrics["steps_this_run"],
-        elapsed,
+        metrics["runtime_s_this_run"],
         metrics["train_loss"],
         metrics["tokens_per_s_this_run"],
     )
+    return metrics
+
+
+def run_training(
+    *,
+    backbone,
+    dataset,
+    settings,
+    options,
+    optim,
+    ckpt_dir,
+    adapter_dir,
+    metrics_path,
+    fingerprint,
+    resume,
+    step_losses,
+    threads=None,
+):
+    """The training itself, in this process or in each rank of a data-parallel run (rank 0 then
+    writes the adapter and the metrics)."""
+    if threads:
+        torch.set_num_threads(threads)
+    model, tokenizer, packing = _trainable_model(backbone, settings, options)
+    args = _training_arguments(settings, options, ckpt_dir, optim)
+    trainer = _trainer(
+        model,
+        tokenizer,
+        settings,
+        args,
+        dataset,
+        packing=packing,
+        fingerprint=fingerprint,
+        step_losses=step_losses,
+    )
+    _log_start(trainer, settings, packing, dataset.sequences)
+    for i in range(torch.cuda.device_count()):  # every GPU of a model split over several
+        torch.cuda.reset_peak_memory_stats(i)
+    t0 = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=resume)
+    elapsed = time.perf_counter() - t0
+    metrics = _metrics(trainer, result, elapsed, resume=resume, steps_before=len(step_losses), seqs=dataset.sequences)
+    if trainer.is_world_process_zero():
+        with atomic_path(adapter_dir, directory=True) as tmp:
+            trainer.model.save_pretrained(tmp)
+        write_json(metrics, metrics_path)
     return metrics
 
 
@@ -410,6 +488,7 @@ def _trainable_model(backbone, settings, options):
         backbone,
         loading,
         pad_token_id=tokenizer.pad_token_id,
+        device=data_parallel.local_device(),  # a data-parallel rank's own GPU
         device_map=split,
         training=True,
         allow_bf16_emulation=options.allow_bf16_emulation,
@@ -424,10 +503,17 @@ def _trainable_model(backbone, settings, options):
 
 def _training_arguments(settings, options, ckpt_dir, optim):
     opts, dtype = settings.train, settings.loading.dtype
+    world = data_parallel.world_size()
+    on_gpu = default_device().type == "cuda"
     return TrainingArguments(
         output_dir=str(ckpt_dir),
         per_device_train_batch_size=opts.batch_size,
-        gradient_accumulation_steps=opts.grad_accum,
+        # grad_accum is the global step's: each of the data-parallel ranks does its share
+        gradient_accumulation_steps=data_parallel.rank_grad_accum(opts.grad_accum, world),
+        ddp_backend=None if on_gpu or world == 1 else "gloo",
+        ddp_find_unused_parameters=False,
+        # the rows of the whole global step divide each rank's loss (compute_loss)
+        average_tokens_across_devices=True,
         learning_rate=opts.lr,
         weight_decay=opts.weight_decay,
         warmup_steps=opts.warmup_steps,
@@ -438,7 +524,7 @@ def _training_arguments(settings, options, ckpt_dir, optim):
         # mixed precision in the model's dtype, on a CPU too (torch autocasts there as well)
         bf16=dtype == "bfloat16",
         fp16=dtype == "float16",
-        use_cpu=default_device().type != "cuda",
+        use_cpu=not on_gpu,
         logging_steps=options.logging_steps,
         save_strategy="steps",
         save_steps=options.save_steps,
@@ -525,7 +611,9 @@ def _metrics(trainer, result, elapsed, *, resume, steps_before, seqs):
         "n_tokens_per_epoch": int(sum(len(s) for s in seqs)),
         "trainable_parameters": _trainable_parameters(trainer.model),
         "runtime_s_this_run": elapsed,
-        "tokens_per_s_this_run": trainer.tokens_seen / max(elapsed, 1e-9),
+        # every rank's tokens: the rate of the whole data-parallel run
+        "tokens_per_s_this_run": _summed_over_ranks(trainer.tokens_seen, trainer.args) / max(elapsed, 1e-9),
+        "processes": trainer.args.world_size,
         "optimizer": _optim(trainer.args),
         "attention": base_implementation(trainer.model.config),  # what ran (attn_implementation fastest picks)
         "device": str(default_device()),
