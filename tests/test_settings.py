@@ -529,7 +529,15 @@ def test_test_from_without_a_full_data_model_is_an_error(test_from):
     with pytest.raises(InputError, match=rf"^config blend.test_from: '{test_from}' reads the members' full-data"):
         settings.load_config({**BASE, "blend": {**BASE["blend"], "test_from": test_from}})
     settings.load_config({**BASE, "blend": {**BASE["blend"], "test_from": "folds"}})
-    with pytest.raises(InputError, match=r"config.models.pair_features: unknown key 'full_fit'"):
+    opted_out = {m: {**BASE["models"][m], "full_fit": False} for m in ("tiny_gemma2", "tiny_llama", "minilm")}
+    with pytest.raises(InputError, match=r"cv.full_fit is on, but every LoRA member sets full_fit: false"):
+        settings.load_config(
+            {**config_with(**opted_out), "cv": {**BASE["cv"], "full_fit": True}, "blend": {"test_from": test_from}}
+        )
+    with pytest.raises(
+        InputError,
+        match=r"models.pair_features: unknown key 'full_fit' \(a LoRA model's key; this model is kind features\)",
+    ):
         settings.load_config(config_with(pair_features={**BASE["models"]["pair_features"], "full_fit": True}))
 
 

@@ -413,8 +413,8 @@ def oof(*, model, tokens_parquet, folds_parquet, fold, backbone, adapter, settin
 
 
 def infer(*, model, part, tokens_parquet, backbone, adapter, settings, options, tta, out, scored="test", threads=None):
-    """The rows of ``tokens_parquet`` predicted by one adapter (``part``: ``fold<k>``, or
-    ``average`` for the folds' averaged adapter): the test rows, or (``scored`` pseudo) the extra
+    """The rows of ``tokens_parquet`` predicted by one adapter (``part``: ``fold<k>``, ``average``
+    for the folds' averaged adapter, or ``full`` for the full-data one): the test rows, or (``scored`` pseudo) the extra
     rows a pseudo-label teacher labels."""
     from arena_pref.data.token_cache import read_tokens
 

@@ -55,8 +55,8 @@ def parse_args(argv=None):
     parser.add_argument(
         "--average-if-needed",
         action="store_true",
-        help="where the estimate does not fit, average each model's fold adapters (one test pass "
-        "each) if that fits, instead of stopping",
+        help="where the estimate does not fit, average each model's fold adapters into one test "
+        "pass (a full-data adapter's pass is kept) if that fits, instead of stopping",
     )
     parser.add_argument("--no-install", action="store_true", help="the wheels are installed already")
     parser.add_argument(
@@ -233,7 +233,7 @@ def check_time(workdir, config, jobs, gpus, average_if_needed=False):
         fail(f"the run would not fit the time limit{why}: {estimate['advice']} (or rerun with --no-estimate)")
     models = [m for m, v in estimate["models"].items() if fold_passes(v) > 1]
     say(
-        f"--average-if-needed: averaging the fold adapters of {', '.join(models)} (one pass each): "
+        f"--average-if-needed: averaging the fold adapters of {', '.join(models)} (one fold pass each): "
         f"{hours(averaged)} estimated"
     )
     run = yaml_load(config)

@@ -177,6 +177,15 @@ def fold_adapters(wildcards):
     ]
 
 
+def training_inputs(wildcards):
+    """A fold's fold assignment (the full-data adapter reads none: changing the folds does not
+    retrain it) and what it learns from besides its labels (:func:`teacher_inputs`)."""
+    inputs = teacher_inputs(wildcards)
+    if trained_paths.training_fold(wildcards.part) is not None:
+        inputs["folds"] = "results/data/folds.parquet"
+    return inputs
+
+
 def teacher_inputs(wildcards):
     """What a fold learns from besides its labels: the distillation teacher's OOF files of the
     folds this fold trains on (each row's prediction by the teacher fold that held it out; every

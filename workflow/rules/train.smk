@@ -4,10 +4,9 @@ if not CONFIG.predict_only:
 
     rule train:
         input:
-            unpack(teacher_inputs),
+            unpack(training_inputs),
             tokens="results/tokens/{model}/train.parquet",
             data="results/data/train.parquet",
-            folds="results/data/folds.parquet",
             backbone=backbone_input,
         output:
             adapter=directory("results/models/{model}/{part}/adapter"),

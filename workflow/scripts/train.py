@@ -15,7 +15,7 @@ def main(sm):
     steps.train(
         tokens_parquet=sm.input.tokens,
         train_parquet=sm.input.data,
-        folds_parquet=sm.input.folds,
+        folds_parquet=getattr(sm.input, "folds", None),
         fold=training_fold(sm.wildcards.part),
         backbone=backbone_dir(sm.params.backbone, sm.input.backbone),
         settings=from_params(TrainSettings, sm.params.settings),

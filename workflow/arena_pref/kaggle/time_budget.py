@@ -122,7 +122,8 @@ def verdict(models, *, limit_h, margin_h):
     if not fits:
         advice = (
             "average each model's fold adapters (predict.average_adapters), predict with fewer folds "
-            "(predict.folds), turn TTA off, or lower max_length"
+            "(predict.folds) or with the full-data adapter alone (cv.full_fit, blend.test_from: full), "
+            "turn TTA off, or lower max_length"
         )
     return {
         "estimate_s": total,

@@ -82,11 +82,18 @@ def _check_test_from(config, written_blend):
     test_from = config["blend"]["test_from"]
     if "test_from" not in written_blend or test_from == "folds":
         return
-    if not any(m["member"] and m["kind"] == "llm" and m["full_fit"] for m in config["models"].values()):
-        raise InputError(
-            f"config blend.test_from: '{test_from}' reads the members' full-data models, and no member has "
-            "one: set cv.full_fit: true (or a LoRA model's full_fit: true), or remove test_from"
-        )
+    lora = [n for n, m in config["models"].items() if m["member"] and m["kind"] == "llm"]
+    if any(config["models"][n]["full_fit"] for n in lora):
+        return
+    if not lora:
+        why = "no member is a LoRA model (only they have full-data models)"
+    elif config["cv"]["full_fit"]:
+        why = f"cv.full_fit is on, but every LoRA member sets full_fit: false ({', '.join(lora)})"
+    else:
+        why = "no member has one: set cv.full_fit: true (or a LoRA model's full_fit: true)"
+    raise InputError(
+        f"config blend.test_from: '{test_from}' reads the members' full-data models, and {why}; or remove test_from"
+    )
 
 
 def _check_blend(config, models):

@@ -39,6 +39,16 @@ def _where(path):
     return "config" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path)
 
 
+def _hint(key, known, instance):
+    """Why a key is unknown here: a typo of a known one, or a LoRA model's key on another kind."""
+    if match := difflib.get_close_matches(key, known, 1):
+        return f" (did you mean '{match[0]}'?)"
+    lora_keys = _validator().schema["$defs"]["llm_model"]["properties"]
+    if instance.get("kind") in ("features", "judge") and key in lora_keys:
+        return f" (a LoRA model's key; this model is kind {instance['kind']})"
+    return ""
+
+
 def _one_line(error):
     """A validation error as one line naming the key (and the closest known key for a typo)."""
     from jsonschema.exceptions import best_match
@@ -54,11 +64,7 @@ def _one_line(error):
         for branch in error.schema.get("allOf", []):
             known |= set(branch.get("then", {}).get("properties", {}))
         unknown = [k for k in error.instance if k not in known]
-        hints = [
-            f"unknown key '{k}'"
-            + (f" (did you mean '{m[0]}'?)" if (m := difflib.get_close_matches(k, known, 1)) else "")
-            for k in unknown
-        ]
+        hints = [f"unknown key '{k}'{_hint(k, known, error.instance)}" for k in unknown]
         if hints:
             return f"{_where(error.absolute_path)}: {'; '.join(hints)}"
     return f"{_where(error.absolute_path)}: {error.message}"

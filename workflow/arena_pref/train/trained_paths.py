@@ -31,7 +31,7 @@ def model_dir(config, model):
 
 
 def adapter_dir(config, model, part):
-    """A LoRA model's adapter for one test pass (``fold<k>`` or ``average``). A trained directory
+    """A LoRA model's adapter for one test pass (``fold<k>``, ``average`` or ``full``). A trained directory
     that carries no averaged adapter gets one averaged by this run from its folds."""
     trained = config.models[model].trained
     if part == AVERAGE and trained and not (Path(trained) / AVERAGE / "adapter").is_dir():
