@@ -27,12 +27,14 @@ report: setup
 	$(SNAKEMAKE) -j$(JOBS)
 	$(SNAKEMAKE) --report results/report.html
 
-test: setup
-	$(BIN)/python -m pytest tests -ra --durations=15
+# the unit tests on both cores (one torch thread each), then the workflow runs, presets and SLURM
+# one at a time (each runs two jobs at once itself)
+test: test-fast
+	$(BIN)/python -m pytest tests -ra -m slow --durations=15
 
-# the unit tests alone (no workflow runs, presets or SLURM): a few minutes on 2 cores
+# the unit tests alone (no workflow runs, presets or SLURM): about a minute on 2 cores
 test-fast: setup
-	$(BIN)/python -m pytest tests -ra -m "not slow"
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest tests -ra -m "not slow" -n 2 --durations=15
 
 # speed benchmarks (JSON): prediction methods side by side, our training step vs the baseline's
 bench: setup
