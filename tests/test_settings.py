@@ -332,10 +332,10 @@ def test_model_parallel_mistakes_name_the_key(model, message):
     "model, message",
     [
         (
-            {"compute": {"data_parallel": {"gpus": 2}}},  # the small config's grad_accum is 1
-            "config models.tiny_gemma2.train.grad_accum: 1 is the global step's accumulation (batch_size x "
+            {"compute": {"data_parallel": {"gpus": 3}}},  # the small config's grad_accum is 2
+            "config models.tiny_gemma2.train.grad_accum: 2 is the global step's accumulation (batch_size x "
             "grad_accum rows per optimizer step on any number of GPUs) and must be a multiple of "
-            "models.tiny_gemma2.compute.data_parallel.gpus (2)",
+            "models.tiny_gemma2.compute.data_parallel.gpus (3)",
         ),
         (
             {"compute": {"data_parallel": {"gpus": 2}, "model_parallel": {"gpus": 2}}, "train": {"grad_accum": 2}},
@@ -609,3 +609,18 @@ def test_the_shipped_run_from_trained_models_is_valid_and_predicts_as_the_preset
     as_trained = {k: v for k, v in example["models"]["gemma2_9b"].items() if k != "trained"}
     assert as_trained == {k: v for k, v in preset["models"]["gemma2_9b"].items() if k != "train"}
     assert all(m.trained == f"runs/gemma/results/models/{name}" for name, m in config.models.items())
+
+
+def test_the_shipped_data_parallel_example_adds_to_the_preset():
+    """workflow/examples/data-parallel-8gpu.yaml given after the QLoRA preset, merged as Snakemake
+    merges --configfile A B: the preset's model on 8 data-parallel processes, its other settings
+    kept, and a global step that 8 processes can share."""
+    from snakemake.utils import update_config
+
+    merged = yaml.safe_load((REPO / "workflow/presets/gemma2-9b-qlora.yaml").read_text())
+    update_config(merged, yaml.safe_load((REPO / "workflow/examples/data-parallel-8gpu.yaml").read_text()))
+    config = settings.load_config(merged)
+    model = config.models["gemma2_9b"]
+    assert model.options.data_parallel.gpus == 8 and config.job_gpus("gemma2_9b", "train") == 8
+    assert model.training.train.grad_accum == 8 and model.training.train.lr == 2.0e-4  # the preset's lr
+    assert config.has_full_fit("gemma2_9b") and config.submitted_passes("gemma2_9b") == ["full"]

@@ -4,6 +4,7 @@ The cluster is installed and started by tests/slurm_cluster.py when missing (CI 
 fresh Debian machine); elsewhere these tests are skipped with the reason.
 """
 
+import json
 import os
 import re
 import shutil
@@ -13,6 +14,7 @@ from collections import Counter
 
 import pandas as pd
 import pytest
+import yaml
 from conftest import REAL_PATH
 from slurm_cluster import Cluster, Unavailable, squeue_jobs
 from workflow_helpers import (
@@ -101,6 +103,11 @@ def slurm_run(cluster, run_a, tmp_path_factory):
         for part, suffix in (("models", ""), ("checkpoints", ""), ("oof", ".parquet"), ("test", ".parquet"))
     ]
     copy_run(run_a, workdir, drop=[*dropped, "results/submission.csv"])
+    # the retrained fold on two data-parallel processes (torchrun inside the SLURM job): how a job
+    # runs, not what it makes, so nothing else of the Gemma-2 reruns
+    config = yaml.safe_load((workdir / "config.yaml").read_text())
+    config["models"]["tiny_gemma2"]["compute"] = {"data_parallel": {"gpus": 2}}
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
     env = flaky_squeue(workdir.parent)
     t0 = time.monotonic()
     first = cancelled_attempt(workdir, env)
@@ -164,10 +171,14 @@ def test_every_job_went_through_sbatch(slurm_run):
 
 
 def test_cancelled_training_job_resumed_on_rerun(slurm_run, run_a):
-    """The training job resubmitted by the rerun resumed from checkpoint 3 and ended with the
-    adapter run_a's uninterrupted run trained."""
+    """The training job resubmitted by the rerun resumed from checkpoint 3, on two data-parallel
+    processes, and ended with the adapter run_a's uninterrupted single-process run trained."""
     workdir, _, _ = slurm_run
     assert_resumed_and_matches(run_a, workdir, TRAINED, fold=1)
+    log = (workdir / "results/logs/train/tiny_gemma2/fold1.log").read_text()
+    assert "data-parallel training on 2 processes" in log and "[rank 0]" in log
+    metrics = json.loads((workdir / "results/models/tiny_gemma2/fold1/train_metrics.json").read_text())
+    assert metrics["processes"] == 2 and metrics["resumed_from"].endswith("checkpoint-3")
 
 
 def test_submission_matches_a_local_run(slurm_run, run_a):
