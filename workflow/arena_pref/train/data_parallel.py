@@ -21,9 +21,9 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 MODULE = "arena_pref.train.data_parallel"  # what torchrun runs in each rank (-m): there __name__ is __main__
@@ -63,13 +63,18 @@ def local_device():
     return None
 
 
-def launch(run, *, processes, log_path):
+def launch(run, *, processes, log_path, key="compute.data_parallel"):
     """Train ``run`` (the keyword arguments of :func:`arena_pref.train.trainer.run_training`) on
-    ``processes`` ranks of this machine; raises when a rank fails (its error is in ``log_path``)."""
+    ``processes`` ranks of this machine; raises when a rank fails (its error is in ``log_path``).
+    Called with the checkpoint lock held: the run's file beside the checkpoints is this job's."""
+    _check_gpus(processes, key)
     if run.get("threads"):  # the job's CPU threads, shared by its processes
         run = {**run, "threads": max(1, run["threads"] // processes)}
-    with tempfile.TemporaryDirectory(prefix="ddp-", dir=Path(run["ckpt_dir"]).parent) as tmp:
-        spec = Path(tmp) / "run.pkl"
+    handoff = Path(f"{run['ckpt_dir']}.ddp")  # a killed job's is replaced, a finished one's removed
+    shutil.rmtree(handoff, ignore_errors=True)
+    handoff.mkdir(parents=True)
+    try:
+        spec = handoff / "run.pkl"
         with open(spec, "wb") as fh:
             pickle.dump({"run": run, "log_path": str(log_path) if log_path else None}, fh)
         cmd = [
@@ -86,10 +91,26 @@ def launch(run, *, processes, log_path):
         code = subprocess.run(
             cmd, env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
         ).returncode
+    finally:
+        shutil.rmtree(handoff, ignore_errors=True)
     if code != 0:
         raise RuntimeError(
             f"data-parallel training failed (torchrun exited with {code}): the failing rank's error is "
             "above in this log"
+        )
+
+
+def _check_gpus(processes, key):
+    """On a GPU machine, one GPU per process given to this job (resources gpu, CUDA_VISIBLE_DEVICES)."""
+    import torch
+
+    from arena_pref.errors import InputError
+
+    if torch.cuda.is_available() and torch.cuda.device_count() < processes:
+        raise InputError(
+            f"config {key}.gpus: {processes} processes, and this job sees {torch.cuda.device_count()} GPU(s): "
+            f"give the train rule gpu={processes} (--resources gpu=..., or gpu: {processes} under train in a "
+            "SLURM profile's set-resources)"
         )
 
 
@@ -101,6 +122,11 @@ def main(spec_path):
         spec = pickle.load(fh)
     level = logging.INFO if is_rank_zero() else logging.WARNING
     setup_logging(spec["log_path"], level=level, append=True, tag=f"rank {rank()}")
+    device = local_device()
+    if device is not None:  # before anything touches CUDA: "cuda" then means this rank's GPU
+        import torch
+
+        torch.cuda.set_device(device)
     try:
         if os.environ.get(FAIL_RANK) == str(rank()):
             raise RuntimeError(f"{FAIL_RANK}={rank()}: rank {rank()} fails on purpose")

@@ -227,6 +227,7 @@ class PreferenceTrainer(Trainer):
         self.pack_to = max_tokens or self.args.per_device_train_batch_size * longest
         self.step_losses = list(step_losses)  # steps done before a resume come from the checkpoint
         self.step_loss, self.tokens_seen = 0.0, 0
+        self.epoch_sampler = None  # the sampler drawing this run's batch order (set_epoch each epoch)
 
     def autocast_smart_context_manager(self, cache_enabled=True):
         # the Trainer leaves mixed precision to accelerate, which autocasts ``model.forward``
@@ -275,16 +276,26 @@ class PreferenceTrainer(Trainer):
         loader = torch.utils.data.DataLoader(
             self.train_dataset, batch_sampler=sampler, collate_fn=self.data_collator, num_workers=0
         )
+        self.epoch_sampler = sampler
         return self.accelerator.prepare(loader)
 
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         # groups of global steps' rows, so every number of data-parallel ranks sees the same order
-        return LengthGroupedSampler(
+        self.epoch_sampler = LengthGroupedSampler(
             [len(s) for s in dataset.sequences],
             self.args.train_batch_size * self.args.gradient_accumulation_steps * self.args.world_size,
             self.args.seed,
         )
+        return self.epoch_sampler
+
+    def _run_epoch(self, *args, epoch, **kwargs):
+        # the Trainer's set_epoch does not reach our sampler through the batch-skipping wrapper of a
+        # data-parallel epoch resumed mid-way (SkipBatchSampler around accelerate's
+        # BatchSamplerShard): set it here, before the epoch's batches are drawn
+        if self.epoch_sampler is not None:
+            self.epoch_sampler.set_epoch(epoch)
+        return super()._run_epoch(*args, epoch=epoch, **kwargs)
 
 
 def _through_ddp(step):
@@ -296,8 +307,9 @@ def _through_ddp(step):
         if not isinstance(model, torch.nn.parallel.DistributedDataParallel):
             return step(model, **inputs)
         inner = model.module
-        if vars(inner).get("forward") is None:
-            inner.forward = functools.partial(step, inner)
+        # replacing any forward accelerate installed for mixed precision: compute_loss autocasts
+        if getattr(inner, "_arena_pref_step", None) is not step:
+            inner.forward, inner._arena_pref_step = functools.partial(step, inner), step
         return model(**inputs)
 
     return call
@@ -416,7 +428,7 @@ def train_fold(*, backbone, tokens, targets, settings, options, ckpt_dir, adapte
         )
         processes = options.data_parallel.gpus if options.data_parallel else 1
         if processes > 1:
-            data_parallel.launch(run, processes=processes, log_path=current_log_path())
+            data_parallel.launch(run, processes=processes, log_path=current_log_path(), key=options.data_parallel.key)
             metrics = read_json(metrics_path)
         else:
             metrics = run_training(**run)
