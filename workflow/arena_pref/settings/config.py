@@ -95,11 +95,11 @@ class Config:
         ``gpus`` (one copy split over them); else for training one, or a data-parallel model's
         ``gpus`` (one process on each), and for prediction ``compute.predict_gpus`` (one copy on
         each)."""
-        options = self.models[model].options
-        if options.model_parallel is not None:
-            return options.model_parallel.gpus
+        split, data_parallel = self.split_gpus(model), self.models[model].options.data_parallel
+        if split > 1:
+            return split
         if step == "train":
-            return 1 if options.data_parallel is None else options.data_parallel.gpus
+            return 1 if data_parallel is None else data_parallel.gpus
         return self.predict_gpus
 
     def fold_ids(self):
