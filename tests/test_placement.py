@@ -318,22 +318,27 @@ def test_jobs_of_a_split_model_claim_its_gpus(tmp_path):
     """Every train, oof and infer job of a model-parallel model declares its GPUs (resources gpu=2,
     so ``-j2 --resources gpu=2`` runs one such job at a time), as does the time estimate, which
     times it split; the other models' jobs keep one GPU for training and compute.predict_gpus
-    for prediction. A data-parallel model's training jobs claim its GPUs, its prediction jobs not."""
+    for prediction. A data-parallel model's training jobs claim its GPUs, its prediction jobs not;
+    over two nodes, its training jobs alone carry the SLURM plugin's multi-node layout."""
     write_config(
         tmp_path,
         **{
             "models.tiny_gemma2.compute": {"model_parallel": {"gpus": 2}},
-            "models.tiny_llama.compute": {"data_parallel": {"gpus": 2}},
+            "models.tiny_llama.compute": {"data_parallel": {"nodes": 2, "gpus": 1}},
             "models.tiny_llama.train.grad_accum": 2,
         },
     )
     proc = snakemake(
         tmp_path, "-j2", "results/submission.csv", "results/time_estimate.json", "--resources", "gpu=2", "-n"
     )
-    gpu = {}
+    gpu, layout = {}, {}
     for rule, wildcards, resources in planned_resources(proc):
         if "gpu" in resources:
             gpu.setdefault((rule, wildcards.get("model")), set()).add(int(resources["gpu"]))
+        multi_node = tuple(resources.get(k) for k in ("nodes", "tasks", "mpi", "tasks_per_gpu"))
+        layout.setdefault((rule, wildcards.get("model")), set()).add(multi_node)
+    assert layout.pop(("train", "tiny_llama")) == {("2", "2", "srun", "0")}
+    assert set().union(*layout.values()) == {(None, None, None, None)}
     assert {k: v for k, v in gpu.items() if k[1] == "tiny_gemma2"} == {
         ("train", "tiny_gemma2"): {2},
         ("oof", "tiny_gemma2"): {2},

@@ -334,16 +334,24 @@ def test_model_parallel_mistakes_name_the_key(model, message):
         (
             {"compute": {"data_parallel": {"gpus": 3}}},  # the small config's grad_accum is 2
             "config models.tiny_gemma2.train.grad_accum: 2 is the global step's accumulation (batch_size x "
-            "grad_accum rows per optimizer step on any number of GPUs) and must be a multiple of "
-            "models.tiny_gemma2.compute.data_parallel.gpus (3)",
+            "grad_accum rows per optimizer step on any number of GPUs) and must be a multiple of the 3 "
+            "processes of models.tiny_gemma2.compute.data_parallel (gpus x nodes)",
+        ),
+        (
+            {"compute": {"data_parallel": {"nodes": 2, "gpus": 2}}},  # 4 processes, grad_accum 2
+            "config models.tiny_gemma2.train.grad_accum: 2 is the global step's accumulation",
+        ),
+        (
+            {"compute": {"data_parallel": {"gpus": 1}}},
+            "config models.tiny_gemma2.compute.data_parallel: gpus 1 on nodes 1 is one process",
         ),
         (
             {"compute": {"data_parallel": {"gpus": 2}, "model_parallel": {"gpus": 2}}, "train": {"grad_accum": 2}},
             "config models.tiny_gemma2.compute: data_parallel and model_parallel together are not supported yet",
         ),
         (
-            {"compute": {"data_parallel": {"gpus": 2, "nodes": 2}}},
-            "config.models.tiny_gemma2.compute.data_parallel: unknown key 'nodes'",
+            {"compute": {"data_parallel": {"gpus": 2, "hosts": 2}}},
+            "config.models.tiny_gemma2.compute.data_parallel: unknown key 'hosts'",
         ),
     ],
 )
@@ -364,6 +372,17 @@ def test_data_parallel_is_how_a_training_job_runs():
         plain.models["tiny_gemma2"].training
     )
     assert loaded.job_gpus("tiny_gemma2", "train") == 4 and loaded.job_gpus("tiny_gemma2", "predict") == 1
+    assert set(loaded.train_nodes("tiny_gemma2").values()) == {None}  # one node: no SLURM layout
+
+
+def test_a_model_over_several_nodes_claims_every_gpu_and_one_task_per_node():
+    model = {**BASE["models"]["tiny_gemma2"], "compute": {"data_parallel": {"nodes": 2, "gpus": 4}}}
+    model["train"] = {**model["train"], "grad_accum": 8}
+    loaded = settings.load_config(config_with(tiny_gemma2=model))
+    assert loaded.models["tiny_gemma2"].options.data_parallel.processes == 8
+    assert loaded.job_gpus("tiny_gemma2", "train") == 8 and loaded.job_gpus("tiny_gemma2", "predict") == 1
+    assert loaded.train_nodes("tiny_gemma2") == {"nodes": 2, "tasks": 2, "mpi": "srun", "tasks_per_gpu": 0}
+    assert set(loaded.train_nodes("tiny_llama").values()) == {None}
 
 
 def test_model_parallel_is_for_lora_models_only():
@@ -624,3 +643,17 @@ def test_the_shipped_data_parallel_example_adds_to_the_preset():
     assert model.options.data_parallel.gpus == 8 and config.job_gpus("gemma2_9b", "train") == 8
     assert model.training.train.grad_accum == 8 and model.training.train.lr == 2.0e-4  # the preset's lr
     assert config.has_full_fit("gemma2_9b") and config.submitted_passes("gemma2_9b") == ["full"]
+
+
+def test_the_shipped_multi_node_example_adds_to_the_preset():
+    """workflow/examples/data-parallel-2x8gpu-slurm.yaml after the QLoRA preset: 16 processes over 2
+    nodes, one SLURM task on each, the same 16 rows per optimizer step as the 8-GPU example."""
+    from snakemake.utils import update_config
+
+    merged = yaml.safe_load((REPO / "workflow/presets/gemma2-9b-qlora.yaml").read_text())
+    update_config(merged, yaml.safe_load((REPO / "workflow/examples/data-parallel-2x8gpu-slurm.yaml").read_text()))
+    config = settings.load_config(merged)
+    train = config.models["gemma2_9b"].training.train
+    assert config.job_gpus("gemma2_9b", "train") == 16 and train.batch_size * train.grad_accum == 16
+    assert config.train_nodes("gemma2_9b") == {"nodes": 2, "tasks": 2, "mpi": "srun", "tasks_per_gpu": 0}
+    assert config.has_full_fit("gemma2_9b") and train.lr == 2.0e-4

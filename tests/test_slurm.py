@@ -103,10 +103,11 @@ def slurm_run(cluster, run_a, tmp_path_factory):
         for part, suffix in (("models", ""), ("checkpoints", ""), ("oof", ".parquet"), ("test", ".parquet"))
     ]
     copy_run(run_a, workdir, drop=[*dropped, "results/submission.csv"])
-    # the retrained fold on two data-parallel processes (torchrun inside the SLURM job): how a job
-    # runs, not what it makes, so nothing else of the Gemma-2 reruns
+    # the retrained fold on two data-parallel processes "over two nodes": the SLURM job's own srun
+    # starts two torchrun tasks (the slurm-local profile keeps them on its one node), which meet at
+    # a c10d rendezvous. How a job runs, not what it makes, so nothing else of the Gemma-2 reruns
     config = yaml.safe_load((workdir / "config.yaml").read_text())
-    config["models"]["tiny_gemma2"]["compute"] = {"data_parallel": {"gpus": 2}}
+    config["models"]["tiny_gemma2"]["compute"] = {"data_parallel": {"gpus": 1, "nodes": 2}}
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))
     env = flaky_squeue(workdir.parent)
     t0 = time.monotonic()
@@ -172,11 +173,13 @@ def test_every_job_went_through_sbatch(slurm_run):
 
 def test_cancelled_training_job_resumed_on_rerun(slurm_run, run_a):
     """The training job resubmitted by the rerun resumed from checkpoint 3, on two data-parallel
-    processes, and ended with the adapter run_a's uninterrupted single-process run trained."""
+    processes in two SLURM tasks, and ended with the adapter run_a's uninterrupted single-process
+    run trained."""
     workdir, _, _ = slurm_run
     assert_resumed_and_matches(run_a, workdir, TRAINED, fold=1)
     log = (workdir / "results/logs/train/tiny_gemma2/fold1.log").read_text()
-    assert "data-parallel training on 2 processes" in log and "[rank 0]" in log
+    assert "data-parallel training on 2 processes (2 node(s) x 1): srun --nodes=1 --ntasks=2" in log
+    assert "--nnodes=2 --rdzv-backend=c10d" in log and "[rank 0]" in log
     metrics = json.loads((workdir / "results/models/tiny_gemma2/fold1/train_metrics.json").read_text())
     assert metrics["processes"] == 2 and metrics["resumed_from"].endswith("checkpoint-3")
 

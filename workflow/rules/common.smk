@@ -331,8 +331,14 @@ def predict_params(wildcards):
 
 
 def train_gpus(wildcards):
-    """GPUs a training job claims: one, or a model-parallel or data-parallel model's."""
+    """GPUs a training job claims: one, or a model-parallel or data-parallel model's (all nodes')."""
     return CONFIG.job_gpus(wildcards.model, "train")
+
+
+def train_nodes(key):
+    """A train job's SLURM layout resource ``key`` (nodes, tasks, mpi, tasks_per_gpu): set only for
+    a model trained over several nodes (compute.data_parallel.nodes)."""
+    return lambda wildcards: CONFIG.train_nodes(wildcards.model)[key]
 
 
 def predict_gpus(wildcards):

@@ -23,6 +23,11 @@ if not CONFIG.predict_only:
         threads: CONFIG.threads
         resources:
             gpu=train_gpus,
+            # over several nodes: one task per node, and the job's own srun (compute.data_parallel)
+            nodes=train_nodes("nodes"),
+            tasks=train_nodes("tasks"),
+            mpi=train_nodes("mpi"),
+            tasks_per_gpu=train_nodes("tasks_per_gpu"),
         params:
             backbone=backbone_spec,
             settings=train_params,

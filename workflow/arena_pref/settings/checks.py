@@ -236,12 +236,18 @@ def _check_data_parallel(config):
                 f"config {key}: data_parallel and model_parallel together are not supported yet: a model "
                 "split over GPUs trains in one process; keep one of them"
             )
-        gpus, accum = parallel["gpus"], m["train"]["grad_accum"]
-        if accum % gpus:
+        processes, accum = parallel["gpus"] * parallel["nodes"], m["train"]["grad_accum"]
+        if processes < 2:
+            raise InputError(
+                f"config {key}.data_parallel: gpus 1 on nodes 1 is one process: give gpus 2 or more, "
+                "or nodes 2 or more, or leave data_parallel out"
+            )
+        if accum % processes:
             raise InputError(
                 f"config models.{name}.train.grad_accum: {accum} is the global step's accumulation "
                 f"(batch_size x grad_accum rows per optimizer step on any number of GPUs) and must be a "
-                f"multiple of {key}.data_parallel.gpus ({gpus}): each process accumulates its share"
+                f"multiple of the {processes} processes of {key}.data_parallel (gpus x nodes): each "
+                "process accumulates its share"
             )
 
 

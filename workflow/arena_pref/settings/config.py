@@ -93,14 +93,24 @@ class Config:
     def job_gpus(self, model, step):
         """GPUs a ``train``, ``oof`` or ``infer`` job of ``model`` claims: a model-parallel model's
         ``gpus`` (one copy split over them); else for training one, or a data-parallel model's
-        ``gpus`` (one process on each), and for prediction ``compute.predict_gpus`` (one copy on
-        each)."""
+        ``gpus`` x ``nodes`` (one process on each), and for prediction ``compute.predict_gpus`` (one
+        copy on each)."""
         split, data_parallel = self.split_gpus(model), self.models[model].options.data_parallel
         if split > 1:
             return split
         if step == "train":
-            return 1 if data_parallel is None else data_parallel.gpus
+            return 1 if data_parallel is None else data_parallel.processes
         return self.predict_gpus
+
+    def train_nodes(self, model):
+        """The SLURM layout of a ``train`` job of ``model`` over several nodes, in
+        snakemake-executor-plugin-slurm's resources: ``nodes``, one task on each (``tasks``),
+        ``mpi`` so that the job runs its own srun (arena_pref.train.data_parallel), and no
+        ``--ntasks-per-gpu`` (``tasks_per_gpu`` 0). None for every key on one node."""
+        parallel = self.models[model].options.data_parallel
+        if parallel is None or parallel.nodes == 1:
+            return dict.fromkeys(("nodes", "tasks", "mpi", "tasks_per_gpu"))
+        return {"nodes": parallel.nodes, "tasks": parallel.nodes, "mpi": "srun", "tasks_per_gpu": 0}
 
     def fold_ids(self):
         return list(range(self.n_folds))

@@ -34,7 +34,13 @@ class DataParallel:
     (:mod:`arena_pref.train.data_parallel`)."""
 
     key: str  # the setting's config key, named in errors (models.<name>.compute.data_parallel)
-    gpus: int
+    gpus: int  # on each node
+    nodes: int = 1  # more than one: a SLURM job over that many machines, one task on each
+
+    @property
+    def processes(self):
+        """Ranks training together: one per GPU of every node."""
+        return self.gpus * self.nodes
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,9 @@
 processes). The job's own process keeps what must happen once: it holds the checkpoint lock,
 readies the checkpoint directory (:func:`arena_pref.train.checkpoints.prepare`) and writes the
 run (rows, targets, settings, the checkpoint to resume) to one file; then ``torchrun --standalone``
-starts the ranks, each running :func:`main`. The Hugging Face Trainer does the rest through
+starts the ranks, each running :func:`main`. Over several nodes (``nodes``, SLURM only) the job's
+own ``srun`` starts one torchrun per node, meeting at a c10d rendezvous on the job's first node
+(:func:`command`). The Hugging Face Trainer does the rest through
 accelerate: the model wrapped in DistributedDataParallel, each rank's share of the batches
 (every n-th batch of the same order, so the step count is the same on every rank), gradients
 averaged every optimizer step, checkpoints written by rank 0 and resumed by every rank from the
@@ -22,6 +24,7 @@ import logging
 import os
 import pickle
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -63,13 +66,15 @@ def local_device():
     return None
 
 
-def launch(run, *, processes, log_path, key="compute.data_parallel"):
-    """Train ``run`` (the keyword arguments of :func:`arena_pref.train.trainer.run_training`) on
-    ``processes`` ranks of this machine; raises when a rank fails (its error is in ``log_path``).
-    Called with the checkpoint lock held: the run's file beside the checkpoints is this job's."""
-    _check_gpus(processes, key)
-    if run.get("threads"):  # the job's CPU threads, shared by its processes
-        run = {**run, "threads": max(1, run["threads"] // processes)}
+def launch(run, parallel, *, log_path):
+    """Train ``run`` (the keyword arguments of :func:`arena_pref.train.trainer.run_training`) on the
+    processes of ``parallel`` (:class:`~arena_pref.settings.DataParallel`); raises when a rank fails
+    (its error is in ``log_path``). Called with the checkpoint lock held: the run's file beside the
+    checkpoints is this job's."""
+    _check_gpus(parallel)
+    threads = run.get("threads")
+    if threads:  # the job's CPU threads on each node, shared by its processes there
+        run = {**run, "threads": max(1, threads // parallel.gpus)}
     handoff = Path(f"{run['ckpt_dir']}.ddp")  # a killed job's is replaced, a finished one's removed
     shutil.rmtree(handoff, ignore_errors=True)
     handoff.mkdir(parents=True)
@@ -77,17 +82,14 @@ def launch(run, *, processes, log_path, key="compute.data_parallel"):
         spec = handoff / "run.pkl"
         with open(spec, "wb") as fh:
             pickle.dump({"run": run, "log_path": str(log_path) if log_path else None}, fh)
-        cmd = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            f"--nproc-per-node={processes}",
-            "-m",
-            MODULE,
-            str(spec),
-        ]
-        log.info("data-parallel training on %d processes: %s", processes, " ".join(cmd[2:]))
+        cmd = command(parallel, spec)
+        log.info(
+            "data-parallel training on %d processes (%d node(s) x %d): %s",
+            parallel.processes,
+            parallel.nodes,
+            parallel.gpus,
+            " ".join(cmd),
+        )
         code = subprocess.run(
             cmd, env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
         ).returncode
@@ -95,22 +97,83 @@ def launch(run, *, processes, log_path, key="compute.data_parallel"):
         shutil.rmtree(handoff, ignore_errors=True)
     if code != 0:
         raise RuntimeError(
-            f"data-parallel training failed (torchrun exited with {code}): the failing rank's error is "
+            f"data-parallel training failed ({cmd[0]} exited with {code}): the failing rank's error is "
             "above in this log"
         )
 
 
-def _check_gpus(processes, key):
-    """On a GPU machine, one GPU per process given to this job (resources gpu, CUDA_VISIBLE_DEVICES)."""
+def command(parallel, spec):
+    """What starts the ranks: torchrun --standalone on one machine; over several nodes, one
+    torchrun on each (srun in this SLURM job), meeting at a c10d rendezvous on this node."""
+    torchrun = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={parallel.gpus}"]
+    ranks = ["-m", MODULE, str(spec)]
+    if parallel.nodes == 1:
+        return [*torchrun, "--standalone", *ranks]
+    job = slurm_job(parallel)
+    rendezvous = [
+        f"--nnodes={parallel.nodes}",
+        "--rdzv-backend=c10d",
+        f"--rdzv-endpoint={socket.gethostname()}:{_free_port()}",
+        f"--rdzv-id=arena-pref-{job['JobId']}",
+    ]
+    return [*srun(parallel, job), *torchrun, *rendezvous, *ranks]
+
+
+def srun(parallel, job):
+    """The job step of one torchrun per node, on the nodes and CPUs this job holds (the SLURM
+    plugin's jobstep hides its SLURM_* variables, so they are read from ``job``): one task per node
+    on a job of ``nodes`` nodes (on a smaller one, as a one-node test cluster, tasks share nodes),
+    ``gpus`` GPUs each where the job has GPUs, and a failing task ends the others."""
+    import torch
+
+    nodes = int(job["NumNodes"].split("-")[0])
+    if nodes < parallel.nodes:
+        log.warning(
+            "SLURM job %s has %d node(s) for %d: the torchrun tasks share nodes", job["JobId"], nodes, parallel.nodes
+        )
+    cmd = ["srun", f"--nodes={nodes}", f"--ntasks={parallel.nodes}", "--kill-on-bad-exit=1"]
+    cmd.append(f"--cpus-per-task={job.get('CPUs/Task', '1')}")
+    if torch.cuda.is_available():
+        cmd.append(f"--gpus-per-task={parallel.gpus}")
+    return cmd
+
+
+def slurm_job(parallel):
+    """``scontrol show job`` of the SLURM job this runs in, as a dict (JobId, NumNodes, CPUs/Task,
+    ...); a job outside SLURM is an error naming the key."""
+    from arena_pref.errors import InputError
+
+    job_id = os.environ.get("SLURM_JOB_ID")
+    found = job_id and shutil.which("scontrol") and shutil.which("srun")
+    out = subprocess.run(["scontrol", "-o", "show", "job", job_id], capture_output=True, text=True) if found else None
+    if out is None or out.returncode != 0:
+        raise InputError(
+            f"config {parallel.key}.nodes: {parallel.nodes} nodes train only inside a SLURM job of that many "
+            "nodes (snakemake --executor slurm, or the slurm profile), and this job "
+            + (f"cannot read its SLURM job {job_id}: {out.stderr.strip()}" if out else "is not one")
+        )
+    return dict(field.split("=", 1) for field in out.stdout.split() if "=" in field)
+
+
+def _free_port():
+    """A TCP port free on this node now, for the rendezvous's store."""
+    with socket.socket() as sock:
+        sock.bind(("", 0))
+        return sock.getsockname()[1]
+
+
+def _check_gpus(parallel):
+    """On a GPU machine, one GPU per process of this node given to this job (resources gpu,
+    CUDA_VISIBLE_DEVICES)."""
     import torch
 
     from arena_pref.errors import InputError
 
-    if torch.cuda.is_available() and torch.cuda.device_count() < processes:
+    if torch.cuda.is_available() and torch.cuda.device_count() < parallel.gpus:
         raise InputError(
-            f"config {key}.gpus: {processes} processes, and this job sees {torch.cuda.device_count()} GPU(s): "
-            f"give the train rule gpu={processes} (--resources gpu=..., or gpu: {processes} under train in a "
-            "SLURM profile's set-resources)"
+            f"config {parallel.key}.gpus: {parallel.gpus} processes on each node, and this job sees "
+            f"{torch.cuda.device_count()} GPU(s): give the train rule gpu={parallel.processes} (--resources "
+            f"gpu=..., or gpu: {parallel.processes} under train in a SLURM profile's set-resources)"
         )
 
 

@@ -426,9 +426,8 @@ def train_fold(*, backbone, tokens, targets, settings, options, ckpt_dir, adapte
             step_losses=step_losses,
             threads=threads,
         )
-        processes = options.data_parallel.gpus if options.data_parallel else 1
-        if processes > 1:
-            data_parallel.launch(run, processes=processes, log_path=current_log_path(), key=options.data_parallel.key)
+        if options.data_parallel is not None:
+            data_parallel.launch(run, options.data_parallel, log_path=current_log_path())
             metrics = read_json(metrics_path)
         else:
             metrics = run_training(**run)
