@@ -326,12 +326,20 @@ def fake_vllm(calls, drop=None):
     class LLM:
         def __init__(self, **kwargs):
             calls["engine"] = kwargs
+            self.max_model_len = kwargs["max_model_len"]
 
         def generate(self, prompts, params, use_tqdm=True):
             calls["prompts"] = prompts
             allowed = params.kwargs["allowed_token_ids"]
             outs = []
-            for i, _ in enumerate(prompts):
+            for i, prompt in enumerate(prompts):
+                # vLLM's own check (v1 input processor, tests/v1/e2e/test_context_length.py)
+                length = len(prompt["prompt_token_ids"])
+                if length + params.kwargs["max_tokens"] > self.max_model_len:
+                    raise ValueError(
+                        f"The decoder prompt (length {length}) plus the number of requested output tokens "
+                        f"(at least 1) is longer than the maximum model length of {self.max_model_len}"
+                    )
                 first = {t: FakeLogprob(-(i + 1) * 10.0 - k) for k, t in enumerate(allowed) if t != drop}
                 outs.append(types.SimpleNamespace(outputs=[types.SimpleNamespace(logprobs=[first])]))
             return outs
@@ -352,6 +360,7 @@ def test_the_vllm_backend_builds_restricted_one_token_requests_and_maps_answers_
     seqs = prompts.judge_sequences(ROWS, tokenizer, layout, model.scoring.prompt)
     expected = [list(map(int, s)) for s in list(seqs["input_ids"]) + list(seqs["input_ids_swap"])]
     assert [p["prompt_token_ids"] for p in calls["prompts"]] == expected
+    assert max(map(len, expected)) == 160  # a row cut to exactly max_length: its answer token still fits
     assert calls["sampling"] == {
         "max_tokens": 1,
         "temperature": 1.0,
@@ -361,7 +370,7 @@ def test_the_vllm_backend_builds_restricted_one_token_requests_and_maps_answers_
     assert calls["engine"] == {
         "model": str(causal_dir),
         "dtype": "bfloat16",
-        "max_model_len": 160,
+        "max_model_len": 161,  # max_length and the answer token
         "seed": 0,
         "logprobs_mode": "processed_logprobs",
         "quantization": "bitsandbytes",

@@ -44,7 +44,9 @@ def engine_args(backbone, settings):
     args = {
         "model": str(backbone),
         "dtype": settings.dtype,
-        "max_model_len": settings.prompt.max_length,
+        # vLLM needs room for the generated token too: a row cut to exactly max_length is a
+        # prompt of max_length tokens, and the engine refuses prompt + max_tokens > max_model_len
+        "max_model_len": settings.prompt.max_length + 1,
         "seed": 0,
         "logprobs_mode": "processed_logprobs",
     }
