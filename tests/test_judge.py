@@ -52,7 +52,13 @@ def causal_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("judge") / "tiny_causal"
     prompt = judge_model().scoring.prompt
     build_tiny_backbone(
-        out, TEXTS + [prompt.template, prompt.plain_suffix], arch="gemma2", vocab_size=400, head="causal_lm", seed=0
+        out,
+        TEXTS + [prompt.template, prompt.plain_suffix],
+        arch="gemma2",
+        vocab_size=400,
+        head="causal_lm",
+        seed=0,
+        answer_words=sorted(prompt.answers.values()),
     )
     return out
 
@@ -99,15 +105,53 @@ def test_answer_tokens_are_the_first_token_after_the_prompt(lm):
     assert seq[0] == tokenizer.bos_token_id and tokenizer.decode(seq).endswith("equally good.\nAnswer:\n")
 
 
-def test_answers_sharing_their_first_token_are_a_config_error(lm):
+def test_an_answer_of_several_tokens_is_a_config_error(lm):
     _, tokenizer = lm
-    # "Answer A" and "Answer B" both start with the token "Answer": the classes could not be told apart
-    with pytest.raises(
-        InputError,
-        match=r"config models\.j\.answers: the answers must start with different tokens, "
-        r"and 'Answer A' -> 'Answer', 'Answer B' -> 'Answer'.*do not",
-    ):
+    # "Answer A" and "Answer B" both start with the token "Answer": read at their first token, the
+    # classes could not be told apart; the judge reads one token per answer
+    with pytest.raises(InputError) as err:
         layout_of(tokenizer, answers={"a": "Answer A", "b": "Answer B", "tie": "tie"})
+    assert str(err.value).startswith(
+        "config models.j.answers.a: 'Answer A' after the prompt is 3 tokens ('Answer' + ' ' + 'A'), not one of its "
+        "own, and the judge reads one token per answer: choose a word the tokenizer keeps whole after the prompt"
+    )
+
+
+def mistral_like_tokenizer():
+    """A SentencePiece-style tokenizer as Mistral-7B's: spaces are '▁', only the start of the text
+    gets one, and the vocabulary has '▁tie' but no 'tie', so 'tie' right after '[/INST]' or a new
+    line splits into 't' + 'ie'; the [INST] chat template with no new line before the answer."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    pieces = ["<unk>", "<s>", "</s>", "▁", "A", "B", "t", "i", "e", "ie", "▁t", "▁tie", "▁A", "▁B", "\n"]
+    vocab = {p: i for i, p in enumerate(pieces)}
+    bpe = models.BPE(vocab, [("i", "e"), ("▁", "t"), ("▁t", "ie"), ("▁", "A"), ("▁", "B")], unk_token="<unk>")
+    core = Tokenizer(bpe)
+    core.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=False)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    tokenizer.add_special_tokens({"additional_special_tokens": ["[INST]", "[/INST]"]})
+    tokenizer.chat_template = "{{ bos_token }}{% for m in messages %}[INST] {{ m['content'] }}[/INST]{% endfor %}"
+    return tokenizer
+
+
+def test_an_answer_split_after_the_generation_prompt_is_named_with_the_one_that_is_not():
+    """Mistral-7B's vocabulary: after '[/INST]', 'tie' is 't' + 'ie', and the judge read the logit of
+    't' as the tie's; it stops naming the label, and ' tie' ('▁tie', one token) is accepted."""
+    tokenizer = mistral_like_tokenizer()
+    assert tokenizer.convert_ids_to_tokens(tokenizer("[/INST]tie", add_special_tokens=False)["input_ids"]) == [
+        "[/INST]",
+        "t",
+        "ie",
+    ]
+    with pytest.raises(InputError) as err:
+        layout_of(tokenizer)
+    assert str(err.value) == (
+        "config models.j.answers.tie: 'tie' after the prompt is 2 tokens ('t' + 'ie'), not one of its own, "
+        "and the judge reads one token per answer: ' tie' is one ('▁tie')"
+    )
+    layout = layout_of(tokenizer, answers={"a": "A", "b": "B", "tie": " tie"})
+    assert layout.chat and tokenizer.convert_ids_to_tokens(list(layout.answer_ids)) == ["A", "B", "▁tie"]
 
 
 def test_the_chat_template_wraps_the_question_when_the_tokenizer_has_one(lm):

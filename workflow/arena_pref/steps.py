@@ -69,8 +69,8 @@ def folds(train_parquet, out, *, n_folds, seed):
 
 def tiny_backbone(train_parquet, out_dir, spec):
     """A tiny backbone from its spec (the model's ``backbone``; a judge's also carries ``head:
-    causal_lm`` and ``template_texts``, its template, suffix and answers, for the tokenizer to
-    learn)."""
+    causal_lm``, ``template_texts``, its template and suffix, for the tokenizer to learn, and
+    ``answer_words``, its answers)."""
     from arena_pref.data import templates
     from arena_pref.models import loading
 

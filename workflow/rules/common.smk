@@ -294,13 +294,17 @@ def backbone_spec(wildcards):
 
 
 def tiny_spec(wildcards):
-    """A tiny backbone's spec; a judge's also names its causal-LM head and the texts of its
-    template, for the tokenizer to learn."""
+    """A tiny backbone's spec; a judge's also names its causal-LM head, the texts of its template,
+    for the tokenizer to learn, and its answers, tokens of their own."""
     spec = backbone_spec(wildcards)
     if wildcards.model in JUDGE_MODELS:
         prompt = CONFIG.models[wildcards.model].scoring.prompt
-        texts = [prompt.template, prompt.plain_suffix, *sorted(prompt.answers.values())]
-        spec = {**spec, "head": "causal_lm", "template_texts": texts}
+        spec = {
+            **spec,
+            "head": "causal_lm",
+            "template_texts": [prompt.template, prompt.plain_suffix],
+            "answer_words": sorted(prompt.answers.values()),
+        }
     return settings.canonical(spec)
 
 

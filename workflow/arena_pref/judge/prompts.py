@@ -13,13 +13,14 @@ when a row is too long the texts are cut (each keeps its head; the conversation'
 most ``prompt_max_frac`` of the room, room a short part leaves goes to the others), never the
 template, so the question at its end always reaches the model.
 
-Answer tokens: each class's answer string is scored by its first token *as it follows the last
-fixed piece directly*, found by tokenizing that piece with and without the answer appended. No
-space is put before the answer: the default ``plain_suffix`` ends with a new line, as chat
-templates' generation prompts do, so the answer starts a line ("A", not " A"), which SentencePiece
-and byte-level BPE tokenizers alike encode as a token of its own. The three first tokens must
-differ, or the three classes could not be told apart: a one-line config error names the model and
-the answers.
+Answer tokens: each class's answer string is read as the token it encodes to *as it follows the
+last fixed piece directly* (the cue, or the chat template's generation prompt), found by tokenizing
+that piece with and without the answer appended. It must be one token of its own: SentencePiece
+vocabularies such as Mistral-7B's hold '▁tie' but not 'tie', so 'tie' right after '[/INST]' or a
+new line is 't' + 'ie', and reading 't' would score a fragment. Such an answer is a one-line
+config error naming the label, which offers the answer with a leading space where that one is a
+token. No space is put before the answers by default: the default ``plain_suffix`` ends with a new
+line, as chat templates' generation prompts often do, so the answer starts a line ("A", not " A").
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ class PromptLayout:
 
     fixed: tuple  # 4 token lists: before the first text, between the texts, after the last (the cue)
     order: tuple  # the parts (PARTS) in the order the template shows them
-    answer_ids: tuple  # first token of the a, b and tie answers
+    answer_ids: tuple  # the token of the a, b and tie answers
     chat: bool  # the tokenizer's chat template was applied
 
     @property
@@ -94,7 +95,7 @@ def make_layout(tokenizer, prompt, *, model="judge"):
         texts[-1], prefix = texts[-1] + prompt.plain_suffix, special_tokens(tokenizer)[0]
     enc = tokenizer(texts, add_special_tokens=False)["input_ids"]
     fixed = (prefix + list(enc[0]), *(list(e) for e in enc[1:]))
-    answers = [prompt.answers[k] for k in ANSWER_KEYS]
+    answers = {k: prompt.answers[k] for k in ANSWER_KEYS}
     return PromptLayout(
         fixed=fixed,
         order=order,
@@ -104,24 +105,52 @@ def make_layout(tokenizer, prompt, *, model="judge"):
 
 
 def answer_token_ids(tokenizer, cue, answers, model):
-    """The first token of each answer as it follows ``cue`` (the text the sequence ends with)."""
+    """The token of each answer (``answers``: class key -> string) as it follows ``cue`` (the text
+    the sequence ends with): it must be one token of its own, or the judge would read a fragment."""
     base = tokenizer(cue, add_special_tokens=False)["input_ids"]
-    ids = []
-    for answer in answers:
-        full = tokenizer(cue + answer, add_special_tokens=False)["input_ids"]
-        if len(full) <= len(base) or list(full[: len(base)]) != list(base):
+    ids = {}
+    for key, answer in answers.items():
+        after = _tokens_after(tokenizer, base, cue + answer)
+        if after is None:
             raise InputError(
-                f"config models.{model}.answers: {answer!r} merges with the end of the prompt into one "
+                f"config models.{model}.answers.{key}: {answer!r} merges with the end of the prompt into one "
                 f"token: end the template (plain_suffix) with a new line or choose another answer"
             )
-        ids.append(int(full[len(base)]))
-    if len(set(ids)) < len(ids):
-        shown = ", ".join(f"{a!r} -> {tokenizer.convert_ids_to_tokens(i)!r}" for a, i in zip(answers, ids))
+        if len(after) != 1:
+            raise InputError(
+                f"config models.{model}.answers.{key}: {_not_one_token(tokenizer, base, cue, answer, after)}"
+            )
+        ids[key] = int(after[0])
+    if len(set(ids.values())) < len(ids):
+        shown = ", ".join(f"{a!r} -> {tokenizer.convert_ids_to_tokens(ids[k])!r}" for k, a in answers.items())
         raise InputError(
-            f"config models.{model}.answers: the answers must start with different tokens, and "
-            f"{shown} do not: choose answers that start differently"
+            f"config models.{model}.answers: the answers must be different tokens, and {shown} are not: "
+            "choose other answers"
         )
-    return tuple(ids)
+    return tuple(ids[k] for k in answers)
+
+
+def _tokens_after(tokenizer, base, text):
+    """The token ids ``text`` encodes to after ``base`` (its beginning's ids), or None where the
+    beginning does not stay as it was."""
+    full = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if len(full) <= len(base) or list(full[: len(base)]) != list(base):
+        return None
+    return list(full[len(base) :])
+
+
+def _not_one_token(tokenizer, base, cue, answer, after):
+    """Why ``answer`` cannot be read, and the answer with a leading space where that one is a token
+    (SentencePiece vocabularies hold '▁tie' but not 'tie')."""
+    pieces = " + ".join(repr(tokenizer.convert_tokens_to_string([t])) for t in tokenizer.convert_ids_to_tokens(after))
+    why = (
+        f"{answer!r} after the prompt is {len(after)} tokens ({pieces}), not one of its own, and the judge "
+        "reads one token per answer"
+    )
+    spaced = _tokens_after(tokenizer, base, cue + " " + answer)
+    if spaced is not None and len(spaced) == 1 and not answer.startswith(" "):
+        return f"{why}: {' ' + answer!r} is one ({tokenizer.convert_ids_to_tokens(spaced[0])!r})"
+    return f"{why}: choose a word the tokenizer keeps whole after the prompt"
 
 
 def check_room(layout, prompt, model):

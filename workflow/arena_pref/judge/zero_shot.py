@@ -1,7 +1,7 @@
 """A zero-shot judge: a causal LM asked which answer is better, read at its next token.
 
 Each row is one judged sequence per order (:mod:`judge_prompt`); the model's next-token logits at
-the sequence's last position, restricted to the first tokens of the three answers, are the raw
+the sequence's last position, restricted to the tokens of the three answers, are the raw
 scores (``results/judge/<model>/<split>.parquet``, columns in :mod:`calibration`). The softmax over
 those three logits is the judge's raw probability; :mod:`calibration` turns the logits into
 calibrated probabilities per fold.

@@ -579,10 +579,11 @@ TOKENIZER_FAMILIES = {
 }
 
 
-def _tiny_tokenizer(texts, arch, vocab_size, max_position):
+def _tiny_tokenizer(texts, arch, vocab_size, max_position, words=()):
     """A byte-level BPE trained on ``texts``, with the special tokens and padding side of ``arch``'s
-    real tokenizer; every sequence starts with its bos token, as Gemma's and Llama-3's do."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    real tokenizer, and ``words`` as tokens of their own; every sequence starts with its bos token,
+    as Gemma's and Llama-3's do."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
     from tokenizers.processors import TemplateProcessing
     from transformers import PreTrainedTokenizerFast
 
@@ -598,6 +599,9 @@ def _tiny_tokenizer(texts, arch, vocab_size, max_position):
         show_progress=False,
     )
     tok.train_from_iterator(texts, trainer=trainer)
+    # a small vocabulary learns a word seen once in pieces ('t' + 'ie'); whole words only, so that
+    # 'tie' in 'entities' stays as trained
+    tok.add_tokens([AddedToken(w, single_word=True, normalized=False) for w in words])
     bos = family["bos_token"]
     tok.post_processor = TemplateProcessing(
         single=f"{bos} $A", pair=f"{bos} $A $B", special_tokens=[(bos, tok.token_to_id(bos))]
@@ -648,11 +652,21 @@ HEADS = ("seq_cls", "causal_lm")
 
 
 def build_tiny_backbone(
-    out_dir, texts, *, arch="gemma2", vocab_size=1000, max_position=1024, seed=0, head="seq_cls", **shape
+    out_dir,
+    texts,
+    *,
+    arch="gemma2",
+    vocab_size=1000,
+    max_position=1024,
+    seed=0,
+    head="seq_cls",
+    answer_words=(),
+    **shape,
 ):
     """Tokenizer trained on ``texts`` and a randomly initialised model, saved to ``out_dir``: a
     seq-cls model, or with ``head="causal_lm"`` a causal LM (its LM head over the tokenizer's
-    vocabulary).
+    vocabulary). ``answer_words`` (a judge's answers) are tokens of their own wherever they stand
+    as words, as a real LM's vocabulary holds 'A', 'B' and 'tie'.
 
     Deterministic from ``texts`` and ``seed``. Saved with ``save_pretrained``, so it loads
     (and quantizes) exactly like a downloaded 9B checkpoint. ``shape``: :func:`tiny_config`'s.
@@ -663,7 +677,7 @@ def build_tiny_backbone(
         raise ValueError(f"unknown tiny head {head!r}; choose one of {HEADS}")
     if arch not in TOKENIZER_FAMILIES:
         raise InputError(f"unknown tiny arch {arch!r}; choose one of {sorted(TOKENIZER_FAMILIES)}")
-    fast = _tiny_tokenizer(texts, arch, vocab_size, max_position)
+    fast = _tiny_tokenizer(texts, arch, vocab_size, max_position, answer_words)
     config = tiny_config(
         arch=arch,
         vocab_size=len(fast),
