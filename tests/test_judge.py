@@ -309,7 +309,8 @@ def fold_inputs(n=400, seed=1):
 def test_a_fold_is_calibrated_without_its_held_out_rows():
     raw, labels, assignment = fold_inputs()
     test = raw.iloc[:50].assign(id=np.arange(50) + 5000)
-    oof, test_frame, fitted, scores = calibration.calibrate_fold(raw, test, labels, assignment, 1, tta=True)
+    oof, fitted, scores = calibration.calibrate_fold(raw, labels, assignment, 1)
+    test_frame = calibration.predict_frame(fitted, test, tta=True)
     held = assignment.index[assignment == 1]
     assert oof["id"].tolist() == held.tolist() and (oof["fold"] == 1).all()
     assert list(test_frame.columns) == ["id", "a", "b", "tie", "a_tta", "b_tta", "tie_tta"]
@@ -320,10 +321,10 @@ def test_a_fold_is_calibrated_without_its_held_out_rows():
     # the held-out rows' labels play no part in the fit; the other rows' labels do
     flipped = labels.copy()
     flipped[held] = (flipped[held] + 1) % 3
-    assert calibration.calibrate_fold(raw, test, flipped, assignment, 1, tta=True)[2] == fitted
+    assert calibration.calibrate_fold(raw, flipped, assignment, 1)[1] == fitted
     others = labels.copy()
     others[assignment.index[assignment == 0]] = 2
-    assert calibration.calibrate_fold(raw, test, others, assignment, 1, tta=True)[2] != fitted
+    assert calibration.calibrate_fold(raw, others, assignment, 1)[1] != fitted
 
 
 def test_a_saved_calibration_loads_and_a_broken_one_is_named(tmp_path):
@@ -607,7 +608,7 @@ JUDGE = {
 @pytest.mark.slow
 def test_a_judge_runs_beside_a_feature_member_to_the_submission(run_a, tmp_path):
     import yaml
-    from workflow_helpers import SMALL, copy_run, snakemake, write_config
+    from workflow_helpers import SMALL, copy_run, planned_resources, snakemake, write_config
 
     # in a copy of run_a: its data, folds and feature member are this run's too
     tmp_path = copy_run(run_a, tmp_path / "w")
@@ -648,7 +649,8 @@ def test_a_judge_runs_beside_a_feature_member_to_the_submission(run_a, tmp_path)
 
     assert plan() == {}
     assert plan(allow_bf16_emulation=True) == {}
-    assert plan(predict={"tta": False}) == {"judge_score": 1, "judge_fold": 2, "average_test": 1, "blend": 1}
+    # (the calibrations stand: only the test passes rerun)
+    assert plan(predict={"tta": False}) == {"judge_score": 1, "judge_predict": 2, "average_test": 1, "blend": 1}
 
     # a run from trained models (no train.csv): the judge scores the test rows with the built
     # backbone and applies the saved calibrations, reproducing the home run's test passes
@@ -697,3 +699,14 @@ def test_a_judge_runs_beside_a_feature_member_to_the_submission(run_a, tmp_path)
         sub.drop(columns="id").to_numpy(),
         atol=1e-5,
     )
+
+    # a teacher-only judge (member: false): its student reads its OOF rows, so the judge neither
+    # scores nor calibrates the test rows (with a large judge, hours of GPU time never used)
+    teacher = copy_run(home, tmp_path.parent / "teacher", drop=["results/judge/judge/test.parquet", "results/test"])
+    student = {**yaml.safe_load(SMALL.read_text())["models"]["tiny_llama"], "distill": {"teacher": "judge"}}
+    models = {"judge": {**JUDGE, "member": False}, "pair_features": features, "tiny_llama": student}
+    write_config(teacher, models=models, blend={"method": "stack"})
+    jobs = planned_resources(snakemake(teacher, "-n", "results/submission.csv"))
+    judged = sorted((rule, w.get("split", w.get("fold"))) for rule, w, _ in jobs if w.get("model") == "judge")
+    assert judged == [], judged  # its train scores, calibrations and OOF are the copy's, unchanged
+    assert ("train", "tiny_llama") in {(rule, w.get("model")) for rule, w, _ in jobs}

@@ -115,8 +115,8 @@ def judge_score(*, model, split, parsed, backbone, settings, both_orders, option
 
 
 def judge_predict(*, model, fold, test_scores, calibration, tta, test_out):
-    """A run from trained models: one fold's saved calibration (``calibration.json`` of an earlier
-    run) applied to this run's test scores, as :func:`judge_fold` applies it."""
+    """One fold's calibration (``calibration.json`` of :func:`judge_fold`, this run's or an earlier
+    run's) applied to the test scores: a member's test pass."""
     from arena_pref.judge.calibration import load, predict_frame
 
     fitted = load(calibration)
@@ -132,23 +132,18 @@ def judge_predict(*, model, fold, test_scores, calibration, tta, test_out):
     )
 
 
-def judge_fold(
-    *, model, fold, train_scores, test_scores, train_parquet, folds_parquet, tta, oof_out, test_out, calibration_out
-):
+def judge_fold(*, model, fold, train_scores, train_parquet, folds_parquet, oof_out, calibration_out):
     """One fold of a judge: its calibration fitted on the training rows outside the fold
-    (:func:`arena_pref.judge.calibration.calibrate_fold`), the held-out rows' OOF file and the test
-    rows' file, written like any member's, and the calibration as JSON."""
+    (:func:`arena_pref.judge.calibration.calibrate_fold`), written as JSON, and the held-out rows'
+    OOF file, written like any member's. The test rows: :func:`judge_predict`."""
     from arena_pref.judge.calibration import MAX_T, calibrate_fold
     from arena_pref.metrics import log_loss
 
     labels = kaggle_csv.read_parsed(train_parquet).set_index("id")["label"]
     assignment = pd.read_parquet(folds_parquet).set_index("id")["fold"]
-    oof_frame, test_frame, calibration, scores = calibrate_fold(
-        pd.read_parquet(train_scores), pd.read_parquet(test_scores), labels, assignment, fold, tta
-    )
+    oof_frame, calibration, scores = calibrate_fold(pd.read_parquet(train_scores), labels, assignment, fold)
     atomic.write_json({"model": model, "fold": fold, **calibration.to_json()}, calibration_out)
     atomic.write_parquet(oof_frame, oof_out)
-    atomic.write_parquet(test_frame, test_out)
     log.info(
         "model '%s', fold %d: temperature %.3f, biases A %+.3f B %+.3f (tie 0); held-out log loss raw %.4f, "
         "calibrated %.4f, with TTA %.4f",

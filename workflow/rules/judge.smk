@@ -1,4 +1,5 @@
-# zero-shot judges (kind: judge): every row scored once per split, then calibrated per fold
+# zero-shot judges (kind: judge): every row scored once per split, then calibrated per fold; the
+# test rows are scored and calibrated only for a member (a teacher-only judge's students read its OOF)
 
 
 rule judge_score:
@@ -32,12 +33,10 @@ if not CONFIG.predict_only:
     rule judge_fold:
         input:
             train="results/judge/{model}/train.parquet",
-            test="results/judge/{model}/test.parquet",
             data="results/data/train.parquet",
             folds="results/data/folds.parquet",
         output:
             oof="results/oof/{model}/fold{fold}.parquet",
-            test="results/test/{model}/fold{fold}.parquet",
             calibration="results/models/{model}/fold{fold}/calibration.json",
         log:
             "results/logs/judge_fold/{model}/fold{fold}.log",
@@ -45,26 +44,24 @@ if not CONFIG.predict_only:
             model=names_regex(JUDGE_MODELS),
         conda:
             CONDA_ENV
-        params:
-            tta=model_tta,
         script:
             "../scripts/judge_fold.py"
 
-else:
 
-    rule judge_predict:
-        input:
-            test="results/judge/{model}/test.parquet",
-            calibration=trained_calibration,
-        output:
-            "results/test/{model}/fold{fold}.parquet",
-        log:
-            "results/logs/judge_predict/{model}/fold{fold}.log",
-        wildcard_constraints:
-            model=names_regex(JUDGE_MODELS),
-        conda:
-            CONDA_ENV
-        params:
-            tta=model_tta,
-        script:
-            "../scripts/judge_predict.py"
+# the calibration of this run's judge_fold, or of a trained directory (a run from trained models)
+rule judge_predict:
+    input:
+        test="results/judge/{model}/test.parquet",
+        calibration=trained_calibration,
+    output:
+        "results/test/{model}/fold{fold}.parquet",
+    log:
+        "results/logs/judge_predict/{model}/fold{fold}.log",
+    wildcard_constraints:
+        model=names_regex(JUDGE_MODELS),
+    conda:
+        CONDA_ENV
+    params:
+        tta=model_tta,
+    script:
+        "../scripts/judge_predict.py"

@@ -1,4 +1,4 @@
-"""Rule judge_fold: one fold's calibration of a judge, its OOF rows and its test predictions."""
+"""Rule judge_fold: one fold's calibration of a judge and its OOF rows."""
 
 from arena_pref import steps
 from arena_pref.logs import run_main, setup_logging
@@ -11,12 +11,9 @@ def main(sm):
         model=sm.wildcards.model,
         fold=int(sm.wildcards.fold),
         train_scores=sm.input.train,
-        test_scores=sm.input.test,
         train_parquet=sm.input.data,
         folds_parquet=sm.input.folds,
-        tta=sm.params.tta,
         oof_out=sm.output.oof,
-        test_out=sm.output.test,
         calibration_out=sm.output.calibration,
     )
 

@@ -1,4 +1,4 @@
-"""Rule judge_predict: a run from trained models applies one fold's saved judge calibration to the test scores."""
+"""Rule judge_predict: one fold's judge calibration (this run's or a trained one) applied to the test scores."""
 
 from arena_pref import steps
 from arena_pref.logs import run_main, setup_logging

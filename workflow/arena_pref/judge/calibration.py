@@ -137,11 +137,12 @@ def predict_frame(calibration, raw, tta):
     return frame_from_probs(raw, np.vstack(probs), tta)
 
 
-def calibrate_fold(train_raw, test_raw, labels, assignment, fold, tta):
-    """Fold ``fold``: the calibration fitted on the training rows outside it, its held-out rows'
-    predictions (an OOF frame with ``fold``, both orders) and the test rows' (both orders with
-    ``tta``). ``labels``, ``assignment``: id -> label, id -> fold. Also the held-out log loss of
-    the raw and the calibrated probabilities (as given, not TTA)."""
+def calibrate_fold(train_raw, labels, assignment, fold):
+    """Fold ``fold``: the calibration fitted on the training rows outside it and its held-out rows'
+    predictions (an OOF frame with ``fold``, both orders); the test rows are calibrated apart
+    (:func:`predict_frame`, rule judge_predict), and only for a member. ``labels``,
+    ``assignment``: id -> label, id -> fold. Also the held-out log loss of the raw and the
+    calibrated probabilities (as given, not TTA)."""
     folds = train_raw["id"].map(assignment)
     if folds.isna().any():
         raise InputError(
@@ -158,4 +159,4 @@ def calibrate_fold(train_raw, test_raw, labels, assignment, fold, tta):
         "raw": log_loss(y_held, apply(IDENTITY, held[AB_COLUMNS])),
         "calibrated": log_loss(y_held, oof[["a", "b", "tie"]].to_numpy()),
     }
-    return oof, predict_frame(calibration, test_raw, tta), calibration, scores
+    return oof, calibration, scores
