@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from arena_pref import LABELS, PROB_COLUMNS, TTA_COLUMNS, atomic
-from arena_pref.blend.combiners import METHODS, combiner, cross_fit, few
+from arena_pref.blend.combiners import METHODS, combiner, cross_fit, few, nested
 from arena_pref.errors import InputError
 from arena_pref.metrics import accuracy, class_frequencies, clip_probs, fold_scores, log_loss, prior_log_loss
 
@@ -192,7 +192,9 @@ def fit_blend(oof, y_by_id, folds_by_id, settings, *, use_tta, rule_plan=None):
     summary = {"method": settings.method, "temperature": None, **fitted.describe(params)}
     estimates = {}
     if rule_plan is not None:
-        oof_blend, estimates, summary["post_rules"] = rule_plan.apply(oof_blend, y=y, folds=folds, train_ids=train_ids)
+        oof_blend, estimates, summary["post_rules"] = rule_plan.apply(
+            oof_blend, y=y, folds=folds, train_ids=train_ids, blend_without=nested(fitted, oof_probs, y, folds)
+        )
     oof_blend, summary["guard"] = _guard(models, oof_blend, y, folds, settings.guard)
 
     blender = Blender(

@@ -63,6 +63,18 @@ def cross_fit(combiner, probs, y, folds):
     return out
 
 
+def nested(combiner, probs, y, folds):
+    """``without(k)``: the rows outside fold k, cross-fitted among themselves (each of their folds
+    combined by a ``combiner`` fitted on neither it nor fold k), for choices about fold k that its
+    labels must not sway."""
+
+    def without(k):
+        keep = folds != k
+        return cross_fit(combiner, _rows(probs, keep), y[keep], folds[keep])
+
+    return without
+
+
 def few(values, n=5):
     """Up to ``n`` of ``values``, sorted, for a one-line message."""
     values = sorted(values)

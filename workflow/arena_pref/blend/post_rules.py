@@ -107,13 +107,16 @@ class PostRulePlan:
             candidate[rows] = set_kinds(blend[rows], kinds[rows], self._estimate(kinds[~rows], y[~rows]))
         return tuple(rule for rule in self.rules if _lowers(rule, kinds, y, blend, candidate))
 
-    def apply(self, oof_blend, *, y, folds, train_ids):
+    def apply(self, oof_blend, *, y, folds, train_ids, blend_without=None):
         """The blend's OOF probabilities with the rules applied where they help, the probabilities
         that the rules which help give test rows (``{kind: (3,)}``, for :func:`set_kinds`), and a
         report of each rule. Each fold's OOF rows are set, and the rules that help chosen, from the
-        other folds' rows only, so the OOF figure stays honest; a rule sets the test rows of its
-        kind when that honest OOF figure of its rows is lower than the blend's. (With two folds a
-        choice would rest on one fold's rows estimated from none: no rule is used.)"""
+        other folds' rows only, so the OOF figure stays honest: the choice for fold k compares the
+        rules with ``blend_without(k)``, the other folds' rows blended by combiners fitted without
+        fold k (``oof_blend``'s rows of the other folds came from combiners that saw fold k's
+        labels); None: ``oof_blend``'s rows, for a blend fitted on nothing. A rule sets the test
+        rows of its kind when that honest OOF figure of its rows is lower than the blend's. (With
+        two folds a choice would rest on one fold's rows estimated from none: no rule is used.)"""
         kinds = self.kinds_train.loc[train_ids].to_numpy()
         if len(np.unique(folds)) < 3:
             log.warning(
@@ -123,7 +126,8 @@ class PostRulePlan:
         oof = oof_blend.copy()
         for k in np.unique(folds):
             rows, other = folds == k, folds != k
-            rules = self._helpful(oof_blend[other], kinds[other], y[other], folds[other])
+            blend_other = oof_blend[other] if blend_without is None else blend_without(k)
+            rules = self._helpful(blend_other, kinds[other], y[other], folds[other])
             oof[rows] = set_kinds(oof_blend[rows], kinds[rows], self._estimate(kinds[other], y[other], rules))
         rules = tuple(rule for rule in self.rules if _lowers(rule, kinds, y, oof_blend, oof))
         report = {rule: self._report(rule, rule in rules, kinds, y, oof_blend, oof) for rule in self.rules}
