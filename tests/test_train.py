@@ -482,3 +482,48 @@ def test_distillation_trains_toward_the_teacher_and_the_labels_as_alpha_weighs_t
     assert not same(soft, adapter("other_teacher", rows.labels, other, 1.0))
     assert same(adapter("alpha0", rows.labels, teacher, 0.0), adapter("plain", rows.labels))
     assert not same(soft, adapter("plain_again", rows.labels))
+
+
+@pytest.fixture
+def reward_dir(tiny_backbone_dir, tmp_path):
+    """A tiny random reward model: the tiny Gemma-2's body under a one-logit head, as Gemma-2
+    reward models are saved (Gemma2ForSequenceClassification, num_labels 1), with its tokenizer."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(tiny_backbone_dir, num_labels=1)
+    reward = AutoModelForSequenceClassification.from_config(config)
+    base = AutoModelForSequenceClassification.from_pretrained(tiny_backbone_dir)
+    reward.model.load_state_dict(base.model.state_dict())
+    out = tmp_path / "reward"
+    reward.save_pretrained(out)
+    AutoTokenizer.from_pretrained(tiny_backbone_dir).save_pretrained(out)
+    return out
+
+
+def test_a_reward_model_backbone_gets_a_fresh_three_class_head_and_keeps_its_body(reward_dir, tokens, tmp_path, caplog):
+    """Some top-5 teams started from a reward model (a Gemma-2 with a one-logit head): its body is
+    loaded, its head replaced by a fresh 3-class one (logged), trained in 4-bit QLoRA and saved with
+    the adapter, so that prediction reads the trained head."""
+    import logging
+
+    caplog.set_level(logging.INFO, logger="arena_pref.models.loading")
+    model = loading.load_model(reward_dir, device="cpu")
+    saved = load_file(str(reward_dir / "model.safetensors"))
+    assert saved["score.weight"].shape[0] == 1 and model.score.weight.shape[0] == 3
+    body = "model.layers.0.self_attn.q_proj.weight"
+    assert torch.equal(model.state_dict()[body], saved[body])
+    assert (
+        "the backbone is a Gemma2ForSequenceClassification with a one-logit head (a reward model): a fresh "
+        "3-class head replaces it" in caplog.text
+    )
+    assert run(reward_dir, tokens, tmp_path)["steps"] == 6
+    cache, _ = tokens
+    ids = torch.tensor([list(cache["input_ids"].iloc[0])])
+    predicting = model_settings(**SETTINGS).prediction.loading
+    pad = loading.load_tokenizer(reward_dir).pad_token_id
+    first, second = (
+        loading.load_for_inference(reward_dir, tmp_path / "a/adapter", predicting, pad_token_id=pad, device="cpu")
+        for _ in range(2)
+    )
+    with torch.inference_mode():  # the trained head both times, not two fresh random ones
+        assert torch.equal(first(input_ids=ids).logits, second(input_ids=ids).logits)

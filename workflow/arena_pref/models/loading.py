@@ -88,9 +88,16 @@ def load_model(
     softcapping, on SDPA where it would otherwise run eager attention, :func:`drop_softcap`). On
     ``device`` (default: the first GPU, else the CPU), or split over the devices of ``device_map``
     (module -> device, :func:`arena_pref.models.placement.job_device_map`); ``training``: picks
-    an attention that has a backward pass. ``allow_bf16_emulation``: :func:`check_dtype_supported`."""
-    from transformers import AutoModelForSequenceClassification
+    an attention that has a backward pass. ``allow_bf16_emulation``: :func:`check_dtype_supported`.
+    A checkpoint with a classification head of another size (a reward model's one logit) keeps its
+    body and gets a fresh 3-class head, logged (:func:`foreign_head`)."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
 
+    extra = {}
+    if why := foreign_head(AutoConfig.from_pretrained(backbone)):
+        log.info("%s: a fresh 3-class head replaces it (trained and saved with the adapter), its body is kept", why)
+        # the config is the checkpoint's own but for num_labels, so the head is all that can differ
+        extra["ignore_mismatched_sizes"] = True
     model = _from_pretrained(
         AutoModelForSequenceClassification,
         backbone,
@@ -100,10 +107,22 @@ def load_model(
         device_map=device_map,
         training=training,
         num_labels=NUM_LABELS,
+        **extra,
     )
     if pad_token_id is not None:
         model.config.pad_token_id = pad_token_id
     return model
+
+
+def foreign_head(config):
+    """Why a checkpoint's classification head is not ours to load: a sequence-classification
+    checkpoint whose head has other than 3 outputs, as a reward model's one logit; else None (a
+    base LM has no head: a fresh one is its usual start)."""
+    classifier = any(a.endswith("ForSequenceClassification") for a in (config.architectures or []))
+    if not classifier or config.num_labels == NUM_LABELS:
+        return None
+    head = "a one-logit head (a reward model)" if config.num_labels == 1 else f"a {config.num_labels}-label head"
+    return f"the backbone is a {config.architectures[0]} with {head}"
 
 
 def load_causal_lm(backbone, loading=DEFAULT_LOADING, *, device=None, allow_bf16_emulation=False):
