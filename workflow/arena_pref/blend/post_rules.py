@@ -126,8 +126,10 @@ class PostRulePlan:
         oof = oof_blend.copy()
         for k in np.unique(folds):
             rows, other = folds == k, folds != k
-            blend_other = oof_blend[other] if blend_without is None else blend_without(k)
-            rules = self._helpful(blend_other, kinds[other], y[other], folds[other])
+            rules = ()
+            if len(np.unique(folds[other])) > 1:  # one fold left: nothing to estimate its rows from
+                blend_other = oof_blend[other] if blend_without is None else blend_without(k)
+                rules = self._helpful(blend_other, kinds[other], y[other], folds[other])
             oof[rows] = set_kinds(oof_blend[rows], kinds[rows], self._estimate(kinds[other], y[other], rules))
         rules = tuple(rule for rule in self.rules if _lowers(rule, kinds, y, oof_blend, oof))
         report = {rule: self._report(rule, rule in rules, kinds, y, oof_blend, oof) for rule in self.rules}
