@@ -35,11 +35,11 @@ FEATURES = {"kind": "features", "learner": "logreg"}
             {},
             r"models.student.distill.teacher: no model named 'techer' in this config \(did you mean 'teacher'\?\)",
         ),
-        ({"student": {**LLM, "distill": {"teacher": "student"}}}, {}, "cannot be its own teacher"),
+        ({"student": {**LLM, "distill": {"teacher": "student"}}}, {}, "a model cannot learn from itself"),
         (
             {"a": {**LLM, "distill": {"teacher": "b"}}, "b": {**LLM, "pseudo_labels": {"teacher": "a"}}},
             {"extra_csv": "x.csv"},
-            r"the teachers form a cycle \(a -> b -> a\)",
+            r"the teachers and stages form a cycle \(a -> b -> a\)",
         ),
         (
             {"student": {**LLM, "pseudo_labels": {"teacher": "f"}}, "f": FEATURES},

@@ -316,13 +316,15 @@ def train(
     teacher_oof=(),
     pseudo_labels=None,
     extra_tokens=None,
+    init_adapter=None,
     threads=None,
 ):
     """One fold's adapter, or with ``fold`` None the full-data one (every labelled row)
     (:class:`~arena_pref.settings.TrainSettings`, ``options``: :class:`~arena_pref.settings.JobOptions`).
     ``teacher_oof``: the distillation teacher's OOF files of the other folds (of every fold for
     the full-data adapter); ``pseudo_labels`` and ``extra_tokens``: the pseudo-label teacher's
-    predictions of the extra rows and this model's tokens of them."""
+    predictions of the extra rows and this model's tokens of them; ``init_adapter``: the earlier
+    stage's adapter of the same fold (or full), where training starts (init.from)."""
     from arena_pref.data.token_cache import read_tokens
     from arena_pref.train.trainer import train_fold
 
@@ -353,6 +355,7 @@ def train(
         ckpt_dir=checkpoints,
         adapter_dir=adapter,
         metrics_path=metrics,
+        init_adapter=init_adapter,
         threads=threads,
     )
 

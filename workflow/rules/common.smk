@@ -179,10 +179,16 @@ def fold_adapters(wildcards):
 
 def training_inputs(wildcards):
     """A fold's fold assignment (the full-data adapter reads none: changing the folds does not
-    retrain it) and what it learns from besides its labels (:func:`teacher_inputs`)."""
+    retrain it), what it learns from besides its labels (:func:`teacher_inputs`), and the earlier
+    stage's adapter of the same part it starts from (init.from)."""
     inputs = teacher_inputs(wildcards)
     if trained_paths.training_fold(wildcards.part) is not None:
         inputs["folds"] = "results/data/folds.parquet"
+    earlier = CONFIG.models[wildcards.model].training.init_from
+    if earlier:
+        inputs["init_adapter"] = trained_paths.adapter_dir(
+            CONFIG, earlier, wildcards.part
+        )
     return inputs
 
 

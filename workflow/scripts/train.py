@@ -24,6 +24,7 @@ def main(sm):
         teacher_oof=list(getattr(sm.input, "teacher_oof", [])),
         pseudo_labels=getattr(sm.input, "pseudo_labels", None),
         extra_tokens=getattr(sm.input, "extra_tokens", None),
+        init_adapter=getattr(sm.input, "init_adapter", None),
         adapter=sm.output.adapter,
         metrics=sm.output.metrics,
         threads=sm.threads,

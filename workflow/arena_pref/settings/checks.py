@@ -7,6 +7,7 @@ import difflib
 
 from arena_pref.errors import InputError
 from arena_pref.settings.models import JUDGE_PLACEHOLDERS, LEARNER_READS
+from arena_pref.settings.params import canonical
 
 
 def check(config, *, written_keys, written_blend):
@@ -118,21 +119,26 @@ def _check_blend(config, models):
             raise InputError("config blend.weights: at least one weight must be positive")
 
 
+SOURCES = {"distill": "teacher", "pseudo_labels": "teacher", "init": "from"}  # role -> its key naming the model
+
+
 def _teacher_of(m, role):
-    return (m.get(role) or {}).get("teacher")
+    """The model ``m`` learns from in ``role`` (a key of :data:`SOURCES`), or None."""
+    return (m.get(role) or {}).get(SOURCES[role])
 
 
 def _check_teachers(config):
-    """Teachers name other models of this config, in an order training can follow (no model taught,
-    through any chain, by itself); pseudo-label teachers are LoRA models (they predict extra rows
-    from tokens), and data.extra_csv is given exactly when some model reads it."""
+    """Teachers and earlier stages (``init.from``) name other models of this config, in an order
+    training can follow (no model taught, through any chain, by itself); pseudo-label teachers and
+    earlier stages are LoRA models (they predict extra rows from tokens; they hand over an
+    adapter), and data.extra_csv is given exactly when some model reads it."""
     models = config["models"]
     for name, m in models.items():
-        for role in ("distill", "pseudo_labels"):
+        for role in SOURCES:
             teacher = _teacher_of(m, role)
             if teacher is None:
                 continue
-            where = f"config models.{name}.{role}.teacher"
+            where = f"config models.{name}.{role}.{SOURCES[role]}"
             if teacher not in models:
                 hint = difflib.get_close_matches(teacher, models, 1)
                 raise InputError(
@@ -140,21 +146,23 @@ def _check_teachers(config):
                     + (f" (did you mean {hint[0]!r}?)" if hint else "")
                 )
             if teacher == name:
-                raise InputError(f"{where}: a model cannot be its own teacher")
-            if role == "pseudo_labels" and models[teacher]["kind"] != "llm":
+                raise InputError(f"{where}: a model cannot learn from itself")
+            if role != "distill" and models[teacher]["kind"] != "llm":
+                what = "pseudo-labels come from" if role == "pseudo_labels" else "a stage starts from"
                 raise InputError(
-                    f"{where}: {teacher!r} is a {models[teacher]['kind']} model; pseudo-labels come "
-                    "from a LoRA model's fold adapters (kind llm)"
+                    f"{where}: {teacher!r} is a {models[teacher]['kind']} model; {what} a LoRA model's "
+                    "fold adapters (kind llm)"
                 )
     _check_no_teacher_cycle(models)
+    _check_init(models)
     if not any(m["member"] for m in models.values()):
         raise InputError("config models: every model has member: false: nothing would be submitted")
-    taught_by = {_teacher_of(m, role) for m in models.values() for role in ("distill", "pseudo_labels")}
+    taught_by = {_teacher_of(m, role) for m in models.values() for role in SOURCES}
     idle = [n for n, m in models.items() if not m["member"] and n not in taught_by]
     if idle:
         raise InputError(
-            f"config models.{idle[0]}.member: false, and no model learns from it (distill or "
-            "pseudo_labels): it would be trained for nothing"
+            f"config models.{idle[0]}.member: false, and no model learns from it (distill, "
+            "pseudo_labels or init): it would be trained for nothing"
         )
     readers = [n for n, m in models.items() if _teacher_of(m, "pseudo_labels")]
     if readers and not config["data"].get("extra_csv"):
@@ -170,19 +178,43 @@ def _check_teachers(config):
 
 def _check_no_teacher_cycle(models):
     def visit(name, path):
-        for role in ("distill", "pseudo_labels"):
+        for role in SOURCES:
             teacher = _teacher_of(models[name], role)
             if teacher in path:
                 cycle = " -> ".join(path[path.index(teacher) :] + [teacher])
                 raise InputError(
-                    f"config models: the teachers form a cycle ({cycle}): a teacher's predictions "
-                    "must exist before its student trains"
+                    f"config models: the teachers and stages form a cycle ({cycle}): what a model "
+                    "learns from must exist before it trains"
                 )
             if teacher in models:
                 visit(teacher, [*path, teacher])
 
     for name in models:
         visit(name, [name])
+
+
+def _check_init(models):
+    """A stage starts from an earlier stage's adapter only where it fits and cannot leak: the same
+    backbone and LoRA layout (the adapter's weights are loaded as they are), and a full-data
+    adapter to start the full-data model from. Fold k always starts from fold k's adapter, which
+    never saw fold k's labels (the folds are the run's, shared by every model)."""
+    for name, m in models.items():
+        source = _teacher_of(m, "init")
+        if source is None:
+            continue
+        earlier, where = models[source], f"config models.{name}.init.from"
+        for key in ("backbone", "lora"):
+            if canonical(m[key]) != canonical(earlier[key]):
+                raise InputError(
+                    f"{where}: {source!r} has another {key} ({canonical(earlier[key])} against "
+                    f"{canonical(m[key])}): a stage starts from an adapter of the same backbone and lora"
+                )
+        if m["full_fit"] and not earlier["full_fit"]:
+            raise InputError(
+                f"{where}: this model trains a full-data adapter (full_fit) and {source!r} has none to "
+                f"start it from (each stage's full-data adapter starts from the last's): give "
+                f"models.{source}.full_fit: true"
+            )
 
 
 def _check_learner_keys(config, written_keys):

@@ -107,6 +107,7 @@ class TrainSettings:
     lora: Lora
     train: TrainOptions
     teachers: Teachers
+    init_from: str | None = None  # multi-stage: the model whose adapter of the same part training starts from
 
 
 @dataclass(frozen=True)

@@ -203,6 +203,7 @@ def _lora_model(name, m):
             lora=build(Lora, m["lora"]),
             train=build(TrainOptions, {k: v for k, v in t.items() if k not in _OPERATIONAL}),
             teachers=_teachers(m),
+            init_from=m["init"] and m["init"]["from"],
         ),
         prediction=PredictSettings(
             loading=loading,

@@ -72,9 +72,10 @@ def backbone_identity(backbone):
     return h.hexdigest()
 
 
-def fingerprint(*, settings, ids, targets, sequences, backbone):
+def fingerprint(*, settings, ids, targets, sequences, backbone, init=None):
     """Hashes of what a training result depends on, by part (so a mismatch can say which):
-    ``targets`` (:class:`~arena_pref.train.targets.Targets`) with the teachers' probabilities."""
+    ``targets`` (:class:`~arena_pref.train.targets.Targets`) with the teachers' probabilities;
+    ``init``: the earlier stage's adapter directory training starts from, by its weights."""
     lengths = np.array([len(s) for s in sequences], dtype=np.int64)
     tokens = np.concatenate([np.asarray(s, dtype=np.int64) for s in sequences]) if sequences else lengths
     soft = (
@@ -92,6 +93,7 @@ def fingerprint(*, settings, ids, targets, sequences, backbone):
         ),
         "tokens": _sha(lengths.tobytes(), tokens.tobytes()),
         "backbone": backbone_identity(backbone),
+        **({"init": _sha((Path(init) / "adapter_model.safetensors").read_bytes())} if init else {}),
     }
 
 

@@ -16,12 +16,14 @@ import os
 import resource
 import signal
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from arena_pref.atomic import atomic_path, read_json, write_json
+from arena_pref.errors import InputError
 from arena_pref.logs import current_log_path
 from arena_pref.models.batching import plan_rows
 from arena_pref.models.loading import attach_lora, default_device, job_devices, load_model, load_tokenizer
@@ -392,13 +394,26 @@ class AfterCheckpoint(TrainerCallback):
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def train_fold(*, backbone, tokens, targets, settings, options, ckpt_dir, adapter_dir, metrics_path, threads=None):
+def train_fold(
+    *,
+    backbone,
+    tokens,
+    targets,
+    settings,
+    options,
+    ckpt_dir,
+    adapter_dir,
+    metrics_path,
+    init_adapter=None,
+    threads=None,
+):
     """Train one fold's adapter on ``tokens`` (rows of the token cache) and their ``targets``
     (:class:`~arena_pref.train.targets.Targets`) with
     :class:`~arena_pref.settings.TrainSettings` (and :class:`~arena_pref.settings.JobOptions`); write
     the adapter (``save_pretrained``, with the score head) and a metrics JSON. Resumes from this
     run's last complete checkpoint. With ``options.data_parallel`` the ranks train it under
-    torchrun (:mod:`arena_pref.train.data_parallel`), this process holding the lock."""
+    torchrun (:mod:`arena_pref.train.data_parallel`), this process holding the lock. ``init_adapter``:
+    an earlier stage's adapter (LoRA weights and score head) training starts from."""
     seqs, rows, segs = training_rows(tokens, targets, settings.train.swap_augment)
     optim = optimizer_name(settings.train.optimizer)
     # what ran matters too: a checkpoint's optimizer state cannot move between these
@@ -409,6 +424,7 @@ def train_fold(*, backbone, tokens, targets, settings, options, ckpt_dir, adapte
         targets=targets,
         sequences=seqs + (segs or []),
         backbone=backbone,
+        init=init_adapter,
     )
     with checkpoints.exclusive(ckpt_dir):
         resume, step_losses = checkpoints.prepare(ckpt_dir, fp)
@@ -424,6 +440,7 @@ def train_fold(*, backbone, tokens, targets, settings, options, ckpt_dir, adapte
             fingerprint=fp,
             resume=resume,
             step_losses=step_losses,
+            init_adapter=str(init_adapter) if init_adapter else None,
             threads=threads,
         )
         if options.data_parallel is not None:
@@ -455,6 +472,7 @@ def run_training(
     fingerprint,
     resume,
     step_losses,
+    init_adapter=None,
     threads=None,
 ):
     """The training itself, in this process or in each rank of a data-parallel run (rank 0 then
@@ -462,6 +480,8 @@ def run_training(
     if threads:
         torch.set_num_threads(threads)
     model, tokenizer, packing = _trainable_model(backbone, settings, options)
+    if init_adapter and resume is None:  # a resumed run's checkpoint holds its weights already
+        start_from_adapter(model, init_adapter)
     args = _training_arguments(settings, options, ckpt_dir, optim)
     trainer = _trainer(
         model,
@@ -510,6 +530,24 @@ def _trainable_model(backbone, settings, options):
         log.warning("train.packing is not supported for this model (%s): padded batches instead", why)
         packing = False
     return model, tokenizer, packing
+
+
+def start_from_adapter(model, adapter_dir):
+    """Set the LoRA weights and the score head of ``model`` (a fresh PEFT model) to an earlier
+    stage's adapter's; every one of them must be there and nothing else."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    state = load_file(str(Path(adapter_dir) / "adapter_model.safetensors"))
+    result = set_peft_model_state_dict(model, state)
+    trained = {n for n, p in model.named_parameters() if p.requires_grad}
+    not_set = sorted(trained & set(result.missing_keys))
+    if result.unexpected_keys or not_set:
+        raise InputError(
+            f"the earlier stage's adapter {adapter_dir} does not fit this model: unexpected "
+            f"{sorted(result.unexpected_keys)[:3]}, not set {not_set[:3]}"
+        )
+    log.info("training starts from the earlier stage's adapter %s (%d tensors)", adapter_dir, len(state))
 
 
 def _training_arguments(settings, options, ckpt_dir, optim):
