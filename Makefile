@@ -20,12 +20,12 @@ $(BIN)/.installed: envs/requirements.txt envs/requirements.lock pyproject.toml
 	$(BIN)/python -m pip install -q --no-deps -e .
 	touch $@
 
+# the submission, the plots and tables, and the report that shows them (results/report.html)
 demo: setup
-	$(SNAKEMAKE) -j$(JOBS) results/submission.csv
-
-report: setup
 	$(SNAKEMAKE) -j$(JOBS)
 	$(SNAKEMAKE) --report results/report.html
+
+report: demo
 
 # the unit tests on both cores (one torch thread each), then the workflow runs, presets and SLURM
 # one at a time (each runs two jobs at once itself)

@@ -6,6 +6,9 @@
 # against this Snakefile. Without --configfile the embedded CPU demo (config.yaml) runs.
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/tokenize.smk"

@@ -8,11 +8,12 @@ are stopped again, by pid. A cluster that already answers ``sinfo`` is used as i
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import tempfile
 import time
 from pathlib import Path
+
+from debian import Unavailable, ensure_installed  # noqa: F401 (Unavailable: the tests' import)
 
 SLURM_CONF = """\
 ClusterName=local
@@ -33,10 +34,6 @@ PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 """
 
 
-class Unavailable(Exception):
-    """SLURM cannot be installed or started here (the reason is the message)."""
-
-
 def _run(*cmd, timeout=300):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
 
@@ -50,17 +47,7 @@ def node_idle():
 
 
 def install():
-    if shutil.which("sbatch") and shutil.which("slurmctld") and shutil.which("munged"):
-        return
-    if os.geteuid() != 0 or not shutil.which("apt-get"):
-        raise Unavailable("SLURM is not installed and this is not a root Debian machine to install it")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    cmd = ["apt-get", "install", "-y", "-q", "slurm-wlm", "munge"]
-    if subprocess.run(cmd, capture_output=True, env=env, timeout=900).returncode != 0:
-        subprocess.run(["apt-get", "update", "-q"], capture_output=True, env=env, timeout=900)
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
-        if proc.returncode != 0:
-            raise Unavailable(f"apt-get install slurm-wlm munge failed: {proc.stderr[-2000:]}")
+    ensure_installed(("sbatch", "slurmctld", "munged"), ("slurm-wlm", "munge"))
 
 
 class Cluster:

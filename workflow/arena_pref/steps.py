@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -546,6 +547,65 @@ def plots(*, metrics_path, oof_blend_path, fold_scores_png, calibration_png):
 
     plot_fold_scores(atomic.read_json(metrics_path), fold_scores_png)
     plot_calibration(pd.read_parquet(oof_blend_path), calibration_png)
+
+
+TABLE_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<style>body{{font-family:sans-serif;margin:1em}} table{{border-collapse:collapse}}
+th,td{{border:1px solid #ccc;padding:4px 8px;text-align:right}} td:nth-child(2){{text-align:left}}</style>
+</head><body><h3>{title}</h3>
+{table}
+</body></html>
+"""
+
+
+def write_table(frame, path, title):
+    """``frame`` as a self-contained HTML page for the report (texts escaped, 4 decimals)."""
+    import html
+
+    table = frame.to_html(index=False, float_format=lambda x: f"{x:.4f}", na_rep="", escape=True, border=0)
+    with atomic.atomic_path(path) as tmp:
+        Path(tmp).write_text(TABLE_PAGE.format(title=html.escape(title), table=table), encoding="utf-8")
+
+
+def _member_oof(paths, labels=None):
+    """One member's OOF rows of every fold, with their ``label`` where ``labels`` (id -> label)."""
+    frame = pd.concat([pd.read_parquet(p) for p in paths], ignore_index=True)
+    return frame if labels is None else frame.assign(label=frame["id"].map(labels).to_numpy())
+
+
+def position_consistency(*, oof_paths, table, plot):
+    """Each member's position consistency before TTA (:func:`arena_pref.blend.diagnostics.position_consistency`)."""
+    from arena_pref.blend.diagnostics import position_consistency as consistency
+    from arena_pref.blend.plots import plot_position_consistency
+
+    rows = []
+    for model, paths in oof_paths.items():
+        found = consistency(_member_oof(paths))
+        rows.append({"model": model, **(found or {"rows": None, "flip_rate": None, "mean_abs_diff_a": None})})
+        if found is None:
+            log.info("model '%s': no swapped order in its OOF rows (TTA off or symmetric): left out", model)
+    frame = pd.DataFrame(rows)
+    write_table(frame, table, "Position consistency before TTA (OOF rows)")
+    plot_position_consistency(frame, plot)
+
+
+def diagnostics(*, metrics_path, oof_blend_path, train_parquet, oof_paths, benchmarks, outputs):
+    """The report's tables (:mod:`arena_pref.blend.diagnostics`) and the loss-by-group figure."""
+    from arena_pref.blend import diagnostics as d
+    from arena_pref.blend.plots import plot_loss_by_group
+
+    metrics = atomic.read_json(metrics_path)
+    oof_blend, parsed = pd.read_parquet(oof_blend_path), kaggle_csv.read_parsed(train_parquet)
+    labels = oof_blend.set_index("id")["label"]
+    oof = {m: _member_oof(paths, labels) for m, paths in oof_paths.items()}
+    seconds = {m: sum(pd.read_csv(p, sep="\t")["s"].sum() for p in paths) for m, paths in benchmarks.items()}
+    by_group = d.loss_by_group(oof_blend, parsed)
+    write_table(d.member_table(metrics, oof, seconds), outputs["members"], "Members (OOF log loss)")
+    write_table(by_group, outputs["by_group"], "The blend's OOF log loss by group")
+    write_table(d.post_rule_table(metrics), outputs["post_rules"], "Post-rules")
+    write_table(d.worst_rows(oof_blend, parsed), outputs["worst"], f"The {d.WORST_ROWS} worst OOF rows of the blend")
+    plot_loss_by_group(by_group, metrics["prior_log_loss"], outputs["plot"])
 
 
 def kaggle_bundle(*, files, config, kaggle, backbones, out):

@@ -43,6 +43,69 @@ if not CONFIG.predict_only:
         script:
             "../scripts/plots.py"
 
+    # the members' OOF rows alone: a blend change does not redraw it
+    rule position_consistency:
+        input:
+            unpack(member_oof_files),
+        output:
+            table=report(
+                "results/report/position_consistency.html",
+                caption="../report/position_consistency.rst",
+                category="Members",
+            ),
+            plot=report(
+                "results/plots/position_consistency.png",
+                caption="../report/position_consistency.rst",
+                category="Members",
+            ),
+        log:
+            "results/logs/position_consistency.log",
+        conda:
+            CONDA_ENV
+        params:
+            models=MEMBERS,
+        script:
+            "../scripts/position_consistency.py"
+
+    rule diagnostics:
+        input:
+            unpack(diagnostics_inputs),
+        output:
+            members=report(
+                "results/report/members.html",
+                caption="../report/members.rst",
+                category="Members",
+            ),
+            by_group=report(
+                "results/report/loss_by_group.html",
+                caption="../report/loss_by_group.rst",
+                category="Errors",
+            ),
+            plot=report(
+                "results/plots/loss_by_group.png",
+                caption="../report/loss_by_group.rst",
+                category="Errors",
+            ),
+            post_rules=report(
+                "results/report/post_rules.html",
+                caption="../report/post_rules.rst",
+                category="Errors",
+            ),
+            worst=report(
+                "results/report/worst_rows.html",
+                caption="../report/worst_rows.rst",
+                category="Errors",
+            ),
+        log:
+            "results/logs/diagnostics.log",
+        conda:
+            CONDA_ENV
+        params:
+            models=MEMBERS,
+            trained=LLM_MEMBERS,
+        script:
+            "../scripts/diagnostics.py"
+
 else:
 
     rule submit:

@@ -121,14 +121,30 @@ def parse_inputs(wildcards):
     return inputs
 
 
+REPORT_TABLES = [
+    "position_consistency",
+    "members",
+    "loss_by_group",
+    "post_rules",
+    "worst_rows",
+]  # results/report/<table>.html: the report's tables (rules position_consistency, diagnostics)
+
+
 def final_targets():
-    """What a plain `snakemake` makes: the submission, and where there are labels the plots."""
+    """What a plain `snakemake` makes: the submission, and where there are labels the plots and
+    the report's tables."""
     if CONFIG.predict_only:
         return ["results/submission.csv"]
     return [
         "results/submission.csv",
         "results/plots/fold_scores.png",
         "results/plots/calibration.png",
+        "results/plots/position_consistency.png",
+        "results/plots/loss_by_group.png",
+        *expand(
+            "results/report/{table}.html",
+            table=REPORT_TABLES,
+        ),
     ]
 
 
@@ -268,6 +284,34 @@ def blend_inputs(wildcards):
             "results/oof/{model}/fold{fold}.parquet", model=m, fold=FOLDS
         )
         inputs.update(member_test_files(m))
+    return inputs
+
+
+def member_oof_files(wildcards):
+    """Each member's OOF files, named ``oof_<model>``."""
+    return {
+        f"oof_{m}": expand(
+            "results/oof/{model}/fold{fold}.parquet", model=m, fold=FOLDS
+        )
+        for m in MEMBERS
+    }
+
+
+def diagnostics_inputs(wildcards):
+    """What the report's tables read: the blend's outputs, the training rows, each member's OOF
+    files and its training jobs' benchmarks (``bench_<model>``, LoRA members)."""
+    inputs = {
+        "metrics": "results/metrics.json",
+        "oof_blend": "results/oof_blend.parquet",
+        "data": "results/data/train.parquet",
+        **member_oof_files(wildcards),
+    }
+    for m in LLM_MEMBERS:
+        parts = [f"fold{k}" for k in FOLDS] + (
+            ["full"] if CONFIG.has_full_fit(m) else []
+        )
+        inputs[f"bench_{m}"] = [f"results/benchmarks/train/{m}/{p}.tsv" for p in parts]
+        inputs[f"adapter_{m}"] = [f"results/models/{m}/{p}/adapter" for p in parts]
     return inputs
 
 

@@ -55,3 +55,36 @@ def plot_calibration(oof_blend, path, n_bins=10):
     ax.legend(fontsize="small")
     ax.set_title("Calibration of the OOF blend")
     _save(fig, path)
+
+
+def plot_position_consistency(table, path):
+    """Each member's flip rate and mean |p(A wins | first) - p(A wins | second)| before TTA."""
+    shown = table.dropna(subset=["flip_rate"])
+    fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(shown) + 2), 4))
+    x = np.arange(len(shown))
+    ax.bar(x - 0.2, shown["flip_rate"], 0.4, label="winner flips when A and B swap")
+    ax.bar(x + 0.2, shown["mean_abs_diff_a"], 0.4, label="mean |p(A | first) - p(A | second)|")
+    ax.set_xticks(x)
+    ax.set_xticklabels(shown["model"], rotation=20, ha="right")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize="small")
+    missing = sorted(set(table["model"]) - set(shown["model"]))
+    note = f" (no swapped order: {', '.join(missing)})" if missing else ""
+    ax.set_title(f"Position consistency before TTA, OOF rows{note}", fontsize="medium")
+    _save(fig, path)
+
+
+def plot_loss_by_group(by_group, prior_log_loss, path):
+    """The blend's OOF log loss by length quartile, by number of turns and by true class."""
+    kinds = list(dict.fromkeys(by_group["by"]))
+    fig, axes = plt.subplots(1, len(kinds), figsize=(4 * len(kinds), 4), sharey=True, squeeze=False)
+    for ax, kind in zip(axes[0], kinds):
+        part = by_group[by_group["by"] == kind]
+        ax.bar(range(len(part)), part["log_loss"])
+        ax.set_xticks(range(len(part)))
+        ax.set_xticklabels([f"{g}\n({n} rows)" for g, n in zip(part["group"], part["rows"])], fontsize="small")
+        ax.axhline(prior_log_loss, color="black", linestyle="--", label="prior")
+        ax.set_title(f"by {kind}")
+    axes[0][0].set_ylabel("OOF log loss of the blend")
+    axes[0][0].legend(fontsize="small")
+    _save(fig, path)
