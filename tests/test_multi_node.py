@@ -41,6 +41,21 @@ def test_each_node_runs_one_torchrun_meeting_at_this_node(tmp_path, monkeypatch)
     assert args[-3:] == ["-m", data_parallel.MODULE, str(tmp_path / "run.pkl")]
 
 
+@pytest.mark.parametrize(
+    "job, step",
+    [
+        # --cpus-per-gpu 4 on 2 nodes of 8 GPUs: scontrol shows CPUs/Task=1, the node has 32 CPUs
+        ("JobId=9 NumNodes=2 NumCPUs=64 NumTasks=2 CPUs/Task=1", ["--nodes=2", "--ntasks=2", "--cpus-per-task=32"]),
+        # the one-node test cluster (slurm-local: nodes 1): both tasks share its 2 CPUs
+        ("JobId=9 NumNodes=1 NumCPUs=2 NumTasks=2 CPUs/Task=1", ["--nodes=1", "--ntasks=2", "--cpus-per-task=1"]),
+    ],
+)
+def test_each_task_gets_its_share_of_its_nodes_cpus(tmp_path, monkeypatch, job, step):
+    fake_slurm(tmp_path / "bin", monkeypatch, job)
+    cmd = data_parallel.command(OVER_TWO_NODES, tmp_path / "run.pkl")
+    assert set(step) <= set(cmd[: cmd.index("torch.distributed.run")])
+
+
 def test_one_node_is_torchrun_standalone(tmp_path):
     one = DataParallel(key="k", gpus=2)
     cmd = data_parallel.command(one, tmp_path / "run.pkl")
@@ -56,9 +71,12 @@ def test_one_node_is_torchrun_standalone(tmp_path):
 
 
 def test_several_nodes_outside_slurm_stop_naming_the_key(tmp_path, monkeypatch):
-    """A local run (no SLURM job) of a multi-node model: one line naming the key, and the hand-over
-    file gone."""
+    """A local run (no SLURM job) of a multi-node model: one line naming the key (the train script
+    checks it before claiming GPUs), and the hand-over file gone."""
     monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    with pytest.raises(InputError, match=r"^config models.gemma2_9b.compute.data_parallel.nodes: 2 nodes train only"):
+        data_parallel.require_slurm(OVER_TWO_NODES)
+    data_parallel.require_slurm(DataParallel(key="k", gpus=2))  # one node: anywhere
     with pytest.raises(InputError) as err:
         data_parallel.launch({"ckpt_dir": str(tmp_path / "ckpt")}, OVER_TWO_NODES, log_path=None)
     assert str(err.value) == (

@@ -5,12 +5,14 @@ from arena_pref.logs import run_main, setup_logging
 from arena_pref.models.backbones import backbone_dir
 from arena_pref.models.gpus import claim_gpus
 from arena_pref.settings import TrainSettings, from_params
+from arena_pref.train.data_parallel import require_slurm
 from arena_pref.train.trained_paths import training_fold
 
 
 @run_main
 def main(sm):
     setup_logging(sm.log[0])
+    require_slurm(sm.params.options.data_parallel)  # several nodes: before claiming a GPU count
     claim_gpus(sm.resources.gpu)  # before anything starts CUDA: -j2 jobs get their own GPUs
     steps.train(
         tokens_parquet=sm.input.tokens,

@@ -132,10 +132,24 @@ def srun(parallel, job):
             "SLURM job %s has %d node(s) for %d: the torchrun tasks share nodes", job["JobId"], nodes, parallel.nodes
         )
     cmd = ["srun", f"--nodes={nodes}", f"--ntasks={parallel.nodes}", "--kill-on-bad-exit=1"]
-    cmd.append(f"--cpus-per-task={job.get('CPUs/Task', '1')}")
+    # each node's CPUs over its tasks: CPUs/Task reads 1 where the job asked --cpus-per-gpu
+    per_node = -(-parallel.nodes // nodes)
+    cmd.append(f"--cpus-per-task={max(1, int(job['NumCPUs']) // nodes // per_node)}")
     if torch.cuda.is_available():
         cmd.append(f"--gpus-per-task={parallel.gpus}")
     return cmd
+
+
+def require_slurm(parallel):
+    """A model over several nodes trains only inside a SLURM job: checked before the job claims its
+    GPUs, so a local run stops on this, not on a GPU count."""
+    from arena_pref.errors import InputError
+
+    if parallel is not None and parallel.nodes > 1 and not os.environ.get("SLURM_JOB_ID"):
+        raise InputError(
+            f"config {parallel.key}.nodes: {parallel.nodes} nodes train only inside a SLURM job of that many "
+            "nodes (snakemake --executor slurm, or the slurm profile), and this job is not one"
+        )
 
 
 def slurm_job(parallel):
@@ -143,15 +157,13 @@ def slurm_job(parallel):
     ...); a job outside SLURM is an error naming the key."""
     from arena_pref.errors import InputError
 
-    job_id = os.environ.get("SLURM_JOB_ID")
-    found = job_id and shutil.which("scontrol") and shutil.which("srun")
-    out = subprocess.run(["scontrol", "-o", "show", "job", job_id], capture_output=True, text=True) if found else None
-    if out is None or out.returncode != 0:
-        raise InputError(
-            f"config {parallel.key}.nodes: {parallel.nodes} nodes train only inside a SLURM job of that many "
-            "nodes (snakemake --executor slurm, or the slurm profile), and this job "
-            + (f"cannot read its SLURM job {job_id}: {out.stderr.strip()}" if out else "is not one")
-        )
+    require_slurm(parallel)
+    job_id = os.environ["SLURM_JOB_ID"]
+    if not (shutil.which("scontrol") and shutil.which("srun")):
+        raise InputError(f"config {parallel.key}.nodes: SLURM job {job_id} without scontrol and srun on PATH")
+    out = subprocess.run(["scontrol", "-o", "show", "job", job_id], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise InputError(f"config {parallel.key}.nodes: cannot read SLURM job {job_id}: {out.stderr.strip()}")
     return dict(field.split("=", 1) for field in out.stdout.split() if "=" in field)
 
 
@@ -172,8 +184,8 @@ def _check_gpus(parallel):
     if torch.cuda.is_available() and torch.cuda.device_count() < parallel.gpus:
         raise InputError(
             f"config {parallel.key}.gpus: {parallel.gpus} processes on each node, and this job sees "
-            f"{torch.cuda.device_count()} GPU(s): give the train rule gpu={parallel.processes} (--resources "
-            f"gpu=..., or gpu: {parallel.processes} under train in a SLURM profile's set-resources)"
+            f"{torch.cuda.device_count()} GPU(s): run it with --resources gpu={parallel.processes} or more "
+            "(a gpu under train in a SLURM profile's set-resources overrides the rule's count: leave it out)"
         )
 
 
