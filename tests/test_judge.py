@@ -710,3 +710,20 @@ def test_a_judge_runs_beside_a_feature_member_to_the_submission(run_a, tmp_path)
     judged = sorted((rule, w.get("split", w.get("fold"))) for rule, w, _ in jobs if w.get("model") == "judge")
     assert judged == [], judged  # its train scores, calibrations and OOF are the copy's, unchanged
     assert ("train", "tiny_llama") in {(rule, w.get("model")) for rule, w, _ in jobs}
+
+
+def test_under_vllm_max_length_leaves_the_answer_token_a_position(causal_dir, monkeypatch):
+    """vLLM's context is max_length + 1 (the answer token): a max_length at the backbone's position
+    limit (1024 for the tiny Gemma-2) is refused under vLLM, naming the key, and fine otherwise."""
+    from arena_pref.models import backbones
+
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: object())  # vLLM "installed"
+    path = {"backbone": {"kind": "path", "path": str(causal_dir)}, "max_length": 1024}
+    with pytest.raises(InputError) as err:
+        backbones.check_judge(judge_model(backend="vllm", **path))
+    assert str(err.value) == (
+        "config models.model.max_length: 1024 is above the backbone's position limit (1024 tokens, one of them "
+        "the answer token's under backend vllm)"
+    )
+    backbones.check_judge(judge_model(**path))
+    backbones.check_judge(judge_model(backend="vllm", **{**path, "max_length": 1023}))

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from arena_pref.blend import diagnostics
-from workflow_helpers import planned_jobs, snakemake, write_config
+from workflow_helpers import copy_run, planned_jobs, snakemake, write_config
 
 REPORTED = {
     "results/plots/fold_scores.png",
@@ -134,7 +134,11 @@ def test_the_report_opens_in_a_browser_with_every_figure_and_table(run_a, browse
 
 @pytest.mark.slow
 def test_a_blend_change_redraws_only_what_depends_on_the_blend(run_a, tmp_path):
-    """The members' position consistency reads their OOF rows only: a new blend leaves it."""
+    """The members' position consistency reads their OOF rows only: a new blend leaves it. The
+    training time comes from benchmark files read where they exist: without them nothing reruns
+    (an input, a missing one had planned every fold's training again)."""
     config = write_config(tmp_path, **{"blend.stack_C": 0.5})
     planned = planned_jobs(snakemake(run_a, "-n", config=config))
     assert planned == {"blend": 1, "plots": 1, "diagnostics": 1, "all": 1}, planned
+    copy = copy_run(run_a, tmp_path / "w", drop=["results/benchmarks"])
+    assert planned_jobs(snakemake(copy, "-n")) == {}

@@ -9,6 +9,7 @@ import pytest
 import torch
 import yaml
 from arena_pref.errors import InputError
+from arena_pref.settings import to_params
 from arena_pref.train import checkpoints, targets, trainer
 from safetensors.torch import load_file
 from test_teachers import FEATURES, LLM, config_with
@@ -54,9 +55,14 @@ def test_stage_mistakes_are_one_line_naming_the_key(models, error):
 
 
 def test_a_first_stage_may_be_a_teacher_only():
-    """A stage-1 model with member: false is trained for the stage after it, never submitted."""
-    config = config_with({"stage2": STAGE_2, "stage1": {**LLM, "member": False}})
+    """A stage-1 model with member: false is trained for the stage after it, never submitted; a
+    stage may change the LoRA dropout (not the adapter's shape)."""
+    stage2 = {**STAGE_2, "lora": {**LLM["lora"], "dropout": 0.1}}
+    config = config_with({"stage2": stage2, "stage1": {**LLM, "member": False}})
     assert config.members == ["stage2"] and config.models["stage2"].training.init_from == "stage1"
+    # without init the params hold no init_from: folds trained before the key existed do not rerun
+    assert "init_from" not in to_params(config.models["stage1"].training)
+    assert to_params(config.models["stage2"].training)["init_from"] == "stage1"
 
 
 def test_training_starts_from_the_earlier_adapter_and_the_fingerprint_covers_it(

@@ -574,6 +574,15 @@ def _member_oof(paths, labels=None):
     return frame if labels is None else frame.assign(label=frame["id"].map(labels).to_numpy())
 
 
+def _benchmark_seconds(paths):
+    """The seconds of the benchmark files that exist (each holds its job's last attempt), or None
+    where none does."""
+    found = [p for p in paths if Path(p).exists()]
+    if len(found) < len(paths):
+        log.info("benchmarks missing, left out of the training time: %s", ", ".join(sorted(set(paths) - set(found))))
+    return sum(float(pd.read_csv(p, sep="\t")["s"].sum()) for p in found) if found else None
+
+
 def position_consistency(*, oof_paths, table, plot):
     """Each member's position consistency before TTA (:func:`arena_pref.blend.diagnostics.position_consistency`)."""
     from arena_pref.blend.diagnostics import position_consistency as consistency
@@ -599,7 +608,7 @@ def diagnostics(*, metrics_path, oof_blend_path, train_parquet, oof_paths, bench
     oof_blend, parsed = pd.read_parquet(oof_blend_path), kaggle_csv.read_parsed(train_parquet)
     labels = oof_blend.set_index("id")["label"]
     oof = {m: _member_oof(paths, labels) for m, paths in oof_paths.items()}
-    seconds = {m: sum(pd.read_csv(p, sep="\t")["s"].sum() for p in paths) for m, paths in benchmarks.items()}
+    seconds = {m: _benchmark_seconds(paths) for m, paths in benchmarks.items()}
     by_group = d.loss_by_group(oof_blend, parsed)
     write_table(d.member_table(metrics, oof, seconds), outputs["members"], "Members (OOF log loss)")
     write_table(by_group, outputs["by_group"], "The blend's OOF log loss by group")

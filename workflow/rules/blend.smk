@@ -102,7 +102,7 @@ if not CONFIG.predict_only:
             CONDA_ENV
         params:
             models=MEMBERS,
-            trained=LLM_MEMBERS,
+            benchmarks=train_benchmarks(),
         script:
             "../scripts/diagnostics.py"
 

@@ -12,7 +12,7 @@ def main(sm):
         oof_blend_path=sm.input.oof_blend,
         train_parquet=sm.input.data,
         oof_paths={m: list(getattr(sm.input, f"oof_{m}")) for m in sm.params.models},
-        benchmarks={m: list(getattr(sm.input, f"bench_{m}")) for m in sm.params.trained},
+        benchmarks=sm.params.benchmarks,
         outputs=dict(sm.output.items()),
     )
 

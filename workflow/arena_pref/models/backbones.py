@@ -208,10 +208,14 @@ def check_judge(model):
         config = _backbone_config(model)
         text = config.get_text_config() if hasattr(config, "get_text_config") else config
         limit = getattr(text, "max_position_embeddings", None)
-        if limit and prompt.max_length > limit:
+        # vLLM's context holds the answer token too (vllm_backend.engine_args)
+        room = limit and limit - (1 if model.scoring.backend == "vllm" else 0)
+        if limit and prompt.max_length > room:
             raise InputError(
                 f"config models.{model.name}.max_length: {prompt.max_length} is above the backbone's "
-                f"position limit ({limit} tokens)"
+                f"position limit ({limit} tokens"
+                + (", one of them the answer token's under backend vllm" if room < limit else "")
+                + ")"
             )
         if spec["kind"] != "tiny":  # a tiny backbone's tokenizer is built later: the judge_score step checks
             from arena_pref.judge.prompts import check_room, make_layout

@@ -193,6 +193,10 @@ def _check_no_teacher_cycle(models):
         visit(name, [name])
 
 
+ADAPTER_SHAPE = ("r", "alpha", "target_modules", "layers_to_transform")
+"""The lora keys an adapter's weights depend on (dropout is a training setting only)."""
+
+
 def _check_init(models):
     """A stage starts from an earlier stage's adapter only where it fits and cannot leak: the same
     backbone and LoRA layout (the adapter's weights are loaded as they are), and a full-data
@@ -203,11 +207,12 @@ def _check_init(models):
         if source is None:
             continue
         earlier, where = models[source], f"config models.{name}.init.from"
-        for key in ("backbone", "lora"):
-            if canonical(m[key]) != canonical(earlier[key]):
+        for key, part in (("backbone", None), ("lora", ADAPTER_SHAPE)):
+            mine, theirs = (x[key] if part is None else {k: x[key][k] for k in part} for x in (m, earlier))
+            if canonical(mine) != canonical(theirs):
                 raise InputError(
-                    f"{where}: {source!r} has another {key} ({canonical(earlier[key])} against "
-                    f"{canonical(m[key])}): a stage starts from an adapter of the same backbone and lora"
+                    f"{where}: {source!r} has another {key} ({canonical(theirs)} against "
+                    f"{canonical(mine)}): a stage starts from an adapter of the same backbone and lora"
                 )
         if m["full_fit"] and not earlier["full_fit"]:
             raise InputError(

@@ -3,7 +3,9 @@ infer), and the job options that change how a job runs, never what it produces."
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from arena_pref.settings.params import OMIT_AT_DEFAULT
 
 
 @dataclass(frozen=True)
@@ -107,7 +109,9 @@ class TrainSettings:
     lora: Lora
     train: TrainOptions
     teachers: Teachers
-    init_from: str | None = None  # multi-stage: the model whose adapter of the same part training starts from
+    # multi-stage: the model whose adapter of the same part training starts from (not in the params
+    # when None: the folds trained before the key existed keep their params)
+    init_from: str | None = field(default=None, metadata={OMIT_AT_DEFAULT: True})
 
 
 @dataclass(frozen=True)

@@ -11,11 +11,19 @@ from __future__ import annotations
 import dataclasses
 import typing
 
+OMIT_AT_DEFAULT = "omit_at_default"
+"""Field metadata of settings added after runs were trained: at its default the field is left out of
+the params, so that upgrading arena-pref reruns none of those jobs (:func:`build` fills it back)."""
+
 
 def canonical(value):
     """``value`` as plain data with dict keys sorted at every level (tuples become lists)."""
     if dataclasses.is_dataclass(value):
-        value = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+        value = {
+            f.name: getattr(value, f.name)
+            for f in dataclasses.fields(value)
+            if not (f.metadata.get(OMIT_AT_DEFAULT) and getattr(value, f.name) == f.default)
+        }
     if isinstance(value, dict):
         return {str(k): canonical(value[k]) for k in sorted(value)}
     if isinstance(value, (list, tuple)):
@@ -38,7 +46,10 @@ def build(cls, data):
     if unknown:
         raise ValueError(f"{cls.__name__}: unknown settings {sorted(unknown)}")
     kwargs = {}
+    omitted = {f.name for f in dataclasses.fields(cls) if f.metadata.get(OMIT_AT_DEFAULT)}
     for name in names:
+        if name in omitted and name not in data:
+            continue  # its default
         value, hint = data[name], hints[name]
         if dataclasses.is_dataclass(hint):
             value = build(hint, value)

@@ -539,7 +539,10 @@ def start_from_adapter(model, adapter_dir):
     from safetensors.torch import load_file
 
     state = load_file(str(Path(adapter_dir) / "adapter_model.safetensors"))
-    result = set_peft_model_state_dict(model, state)
+    try:
+        result = set_peft_model_state_dict(model, state)
+    except (KeyError, RuntimeError) as err:  # a tensor missing or of another shape
+        raise InputError(f"the earlier stage's adapter {adapter_dir} does not fit this model: {err}") from None
     trained = {n for n, p in model.named_parameters() if p.requires_grad}
     not_set = sorted(trained & set(result.missing_keys))
     if result.unexpected_keys or not_set:
