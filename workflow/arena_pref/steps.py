@@ -460,7 +460,7 @@ def blend(
     from arena_pref.blend.blender import blend_run, write_blender
     from arena_pref.runinfo import run_info
 
-    oof = {m: pd.concat([pd.read_parquet(p) for p in paths], ignore_index=True) for m, paths in oof_paths.items()}
+    oof = {m: _member_oof(paths) for m, paths in oof_paths.items()}
     test = _submitted_predictions(test_paths, tta)
     train = kaggle_csv.read_parsed(train_parquet)
     labels = train.set_index("id")["label"]

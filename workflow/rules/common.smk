@@ -279,10 +279,8 @@ def blend_inputs(wildcards):
         "parsed_test": "results/data/test.parquet",
         "folds": "results/data/folds.parquet",
     }
+    inputs.update(member_oof_files(wildcards))
     for m in MEMBERS:
-        inputs[f"oof_{m}"] = expand(
-            "results/oof/{model}/fold{fold}.parquet", model=m, fold=FOLDS
-        )
         inputs.update(member_test_files(m))
     return inputs
 

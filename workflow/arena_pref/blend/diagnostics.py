@@ -18,9 +18,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from arena_pref import PROB_COLUMNS as GIVEN
+from arena_pref import TTA_COLUMNS as TTA
 from arena_pref.metrics import log_loss
 
-GIVEN, TTA = ["a", "b", "tie"], ["a_tta", "b_tta", "tie_tta"]
 CLASSES = ("A", "B", "tie")  # the labels' names in the tables
 LENGTH_BUCKETS = 4  # quartiles of a row's total characters (prompt and both answers)
 WORST_ROWS = 20
